@@ -1,0 +1,5 @@
+//! Compression + authenticated encryption as one streaming pipeline.
+
+mod compression;
+
+pub use compression::{Compression, FinishWrite};

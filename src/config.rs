@@ -1,0 +1,425 @@
+//! The configuration file (TOML).
+//!
+//! Looked up as `--config PATH`, else `$CBDR_CONFIG`, else `./cbdr.toml`,
+//! else `/etc/cbdr/cbdr.toml`; with none of them, the defaults (a local
+//! filesystem repository, lz4, no encryption). `config-templates/cbdr.toml`
+//! documents every key. Unknown keys and bad values are refused with the key
+//! and what is allowed.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::codec::Compression;
+
+/// The default repository directory when no storage is configured.
+pub const DEFAULT_REPO_PATH: &str = "/var/lib/cbdr/repo";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub compression: CompressionConfig,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+    /// Where the config came from, for messages (not a TOML key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageType {
+    #[default]
+    Fs,
+    S3,
+}
+
+/// `[storage]`: where the repository is. The S3 keys are used when
+/// `type = "s3"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(rename = "type", default)]
+    pub kind: StorageType,
+    /// Repository directory for `type = "fs"`.
+    #[serde(default = "default_repo_path")]
+    pub path: PathBuf,
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket ("" = the bucket root).
+    #[serde(default)]
+    pub prefix: String,
+    /// Endpoint URL of an S3-compatible service; absent = AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub storage_class: Option<String>,
+    /// Server-side encryption: "AES256" or "aws:kms".
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Multipart part size in bytes.
+    #[serde(default = "default_part_size")]
+    pub part_size: u64,
+    /// Parts of one object uploaded at once.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+    /// Attempts per request (throttling, 5xx, network errors).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            kind: StorageType::Fs,
+            path: default_repo_path(),
+            bucket: None,
+            prefix: String::new(),
+            endpoint: None,
+            region: None,
+            force_path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            storage_class: None,
+            sse: None,
+            sse_kms_key_id: None,
+            part_size: default_part_size(),
+            upload_concurrency: default_upload_concurrency(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+// Secrets never reach logs or messages, not even through `{:?}`.
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("type", &self.kind)
+            .field("path", &self.path)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("force_path_style", &self.force_path_style)
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("storage_class", &self.storage_class)
+            .field("sse", &self.sse)
+            .field("part_size", &self.part_size)
+            .field("upload_concurrency", &self.upload_concurrency)
+            .finish()
+    }
+}
+
+fn default_repo_path() -> PathBuf {
+    PathBuf::from(DEFAULT_REPO_PATH)
+}
+
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+fn default_part_size() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_upload_concurrency() -> usize {
+    4
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    #[serde(default = "default_method")]
+    pub method: Compression,
+    /// Method-specific level; absent = the method's fast default.
+    pub level: Option<i32>,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            method: default_method(),
+            level: None,
+        }
+    }
+}
+
+fn default_method() -> Compression {
+    Compression::Lz4
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// File holding the key: 64 hex characters = a raw 256-bit key, anything
+    /// else = a passphrase. `$CBDR_ENCRYPTION_KEY` is used when absent.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// WAL files `wal-push` uploads at once (the one asked for plus the next
+    /// `.ready` ones).
+    #[serde(default = "default_push_concurrency")]
+    pub push_concurrency: usize,
+    /// WAL files `wal-fetch` downloads at once (the one asked for plus the
+    /// next ones, kept in a prefetch directory).
+    #[serde(default = "default_fetch_concurrency")]
+    pub fetch_concurrency: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            push_concurrency: default_push_concurrency(),
+            fetch_concurrency: default_fetch_concurrency(),
+        }
+    }
+}
+
+fn default_push_concurrency() -> usize {
+    4
+}
+fn default_fetch_concurrency() -> usize {
+    4
+}
+
+impl Config {
+    /// Finds and loads the config file: `explicit`, else `$CBDR_CONFIG`, else
+    /// `./cbdr.toml`, else `/etc/cbdr/cbdr.toml`, else the defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            return Config::load(path);
+        }
+        if let Some(path) = std::env::var_os("CBDR_CONFIG").filter(|p| !p.is_empty()) {
+            return Config::load(Path::new(&path));
+        }
+        for candidate in ["cbdr.toml", "/etc/cbdr/cbdr.toml"] {
+            let path = Path::new(candidate);
+            if path.exists() {
+                return Config::load(path);
+            }
+        }
+        Ok(Config::default())
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            },
+            other => other,
+        })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text (the path in errors is `<text>`).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: self
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<text>")),
+            key,
+            message,
+        };
+        let s3 = &self.storage;
+        match self.storage.kind {
+            StorageType::S3 => {
+                if s3.bucket.as_deref().unwrap_or("").is_empty() {
+                    return Err(invalid(
+                        "storage.bucket",
+                        "required when storage.type = \"s3\"".into(),
+                    ));
+                }
+            }
+            StorageType::Fs => {
+                if self.storage.path.as_os_str().is_empty() {
+                    return Err(invalid(
+                        "storage.path",
+                        "must name a directory".into(),
+                    ));
+                }
+            }
+        }
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&s3.part_size) {
+            return Err(invalid(
+                "storage.part_size",
+                format!(
+                    "{} is out of range: S3 parts are {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes",
+                    s3.part_size
+                ),
+            ));
+        }
+        if s3.upload_concurrency == 0 || s3.upload_concurrency > 64 {
+            return Err(invalid(
+                "storage.upload_concurrency",
+                "must be between 1 and 64".into(),
+            ));
+        }
+        if s3.max_attempts == 0 {
+            return Err(invalid("storage.max_attempts", "must be at least 1".into()));
+        }
+        if let Some(sse) = &s3.sse {
+            if sse != "AES256" && sse != "aws:kms" {
+                return Err(invalid(
+                    "storage.sse",
+                    format!("{sse:?} is not allowed: use \"AES256\" or \"aws:kms\""),
+                ));
+            }
+        }
+        if s3.sse_kms_key_id.is_some() && s3.sse.as_deref() != Some("aws:kms") {
+            return Err(invalid(
+                "storage.sse_kms_key_id",
+                "only allowed with sse = \"aws:kms\"".into(),
+            ));
+        }
+        if let Some(level) = self.compression.level {
+            let range = self.compression.method.level_range();
+            if !range.contains(&level) {
+                return Err(invalid(
+                    "compression.level",
+                    format!(
+                        "{level} is out of range for {}: use {} to {}",
+                        self.compression.method.name(),
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("archive.push_concurrency", self.archive.push_concurrency),
+            ("archive.fetch_concurrency", self.archive.fetch_concurrency),
+        ] {
+            if value == 0 || value > 64 {
+                return Err(invalid(key, format!("{value} is out of range: use 1 to 64")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.storage.kind, StorageType::Fs);
+        assert_eq!(c.storage.path, PathBuf::from(DEFAULT_REPO_PATH));
+        assert_eq!(c.compression.method, Compression::Lz4);
+        assert_eq!(c.archive.push_concurrency, 4);
+    }
+
+    #[test]
+    fn full_s3_config_parses() {
+        let c = Config::parse(
+            r#"
+            [storage]
+            type = "s3"
+            bucket = "b"
+            prefix = "cluster1"
+            endpoint = "http://127.0.0.1:3900"
+            region = "garage"
+            force_path_style = true
+            access_key_id = "GK1"
+            secret_access_key = "secret"
+            part_size = 8388608
+            [compression]
+            method = "zstd"
+            level = 3
+            [encryption]
+            key_file = "/etc/cbdr/key"
+            [archive]
+            push_concurrency = 8
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.storage.kind, StorageType::S3);
+        assert_eq!(c.storage.bucket.as_deref(), Some("b"));
+        assert_eq!(c.storage.part_size, 8 * 1024 * 1024);
+        assert_eq!(c.compression.level, Some(3));
+        assert_eq!(c.archive.push_concurrency, 8);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("secret\""), "secret leaked: {debug}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[storage]\npaht = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("paht"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("[compression]\nmethod = \"gzip\"\n", "gzip"),
+            ("[compression]\nmethod = \"zstd\"\nlevel = 99\n", "compression.level"),
+            ("[storage]\ntype = \"s3\"\n", "storage.bucket"),
+            ("[storage]\ntype = \"ftp\"\n", "ftp"),
+            ("[storage]\ntype = \"s3\"\nbucket = \"b\"\nsse = \"rot13\"\n", "storage.sse"),
+            ("[storage]\npart_size = 1024\n", "storage.part_size"),
+            ("[archive]\npush_concurrency = 0\n", "archive.push_concurrency"),
+        ];
+        for (text, needle) in cases {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Filesystem backend (placeholder, being written).
+#[derive(Debug)]
+pub struct FsStorage;

@@ -1,0 +1,149 @@
+//! Object storage: one trait, with a filesystem backend and an S3 backend.
+//!
+//! Keys are relative, `/`-separated paths (`seg-1/wal/0000000100000000/...`).
+//! Every backend promises the same things:
+//! - `put` is atomic and durable: when it returns `Ok`, the whole object is
+//!   stored (fsync + rename on a filesystem, a completed upload on S3); when
+//!   it fails, no object (and no partial object) is visible under the key.
+//! - `get` of a missing key is `StorageError::NotFound`.
+//! - `list` is recursive under a prefix and returns keys relative to the
+//!   storage root, in lexicographic order.
+
+mod fs;
+mod s3;
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use fs::FsStorage;
+pub use s3::S3Storage;
+
+/// A stream of object bytes, as uploaded or downloaded.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {key} not found in {location}")]
+    NotFound { key: String, location: String },
+    #[error("{op} {key} in {location}: {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        location: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op} {key} in {location}: {message}")]
+    Remote {
+        op: &'static str,
+        key: String,
+        location: String,
+        message: String,
+    },
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("storage configuration: {0}")]
+    Config(String),
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Stores `body` under `key`, atomically and durably; returns the number
+    /// of bytes stored. An error in `body` aborts the upload and leaves
+    /// nothing under `key`. Overwrites an existing object.
+    async fn put(&self, key: &str, body: ByteStream) -> Result<u64, StorageError>;
+
+    /// Streams the object's bytes.
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError>;
+
+    /// The object's size, or `None` when it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<u64>, StorageError>;
+
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// Removes the object; removing a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Where this storage is, for messages (no secrets).
+    fn location(&self) -> String;
+}
+
+pub type DynStorage = Arc<dyn Storage>;
+
+/// Wraps an in-memory buffer as a one-item body stream.
+pub fn body_from_bytes(data: impl Into<Bytes>) -> ByteStream {
+    let data = data.into();
+    Box::pin(futures_util::stream::once(async move { Ok(data) }))
+}
+
+/// Reads a whole object into memory (for small objects: metadata, manifests).
+pub async fn get_bytes(storage: &dyn Storage, key: &str) -> Result<Vec<u8>, StorageError> {
+    use futures_util::TryStreamExt;
+    let mut stream = storage.get(key).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| StorageError::Io {
+        op: "read",
+        key: key.to_string(),
+        location: storage.location(),
+        source: e,
+    })? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Checks that a key is a clean relative path: no empty, `.` or `..`
+/// components, no leading `/`, no backslashes or NUL bytes.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let bad = |reason| {
+        Err(StorageError::InvalidKey {
+            key: key.to_string(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.contains('\\') || key.contains('\0') {
+        return bad("contains a backslash or NUL byte");
+    }
+    for part in key.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return bad("has an empty, '.' or '..' component");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        assert!(validate_key("seg-1/wal/0000000100000000/000000010000000000000001").is_ok());
+        for bad in ["", "/abs", "a//b", "a/../b", "a/./b", "a/", "a\\b", "a\0b"] {
+            assert!(validate_key(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! S3 backend (placeholder, being written).
+#[derive(Debug)]
+pub struct S3Storage;
