@@ -1,3 +1,895 @@
-//! S3 backend (placeholder, being written).
-#[derive(Debug)]
-pub struct S3Storage;
+//! S3 backend, for AWS S3 and S3-compatible servers (Garage, MinIO, Ceph...).
+//!
+//! Objects live at `prefix/key` in the bucket. `put` streams its body: a body
+//! that fits in one part is a single PutObject, a larger one a multipart
+//! upload with up to `upload_concurrency` parts in flight, aborted on any
+//! error so that nothing is ever visible under the key. The SDK retries
+//! throttling, 5xx and network errors (`max_attempts`, exponential back-off).
+//!
+//! TLS is rustls with the ring provider, and the SDK computes checksums only
+//! when an operation requires them (some S3-compatible servers refuse the
+//! SDK's default CRC32 checksums on multipart uploads).
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::meta::region::RegionProviderChain;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+
+use super::{validate_key, ByteStream, ObjectInfo, Storage, StorageError};
+use crate::config::{StorageConfig, MAX_PART_SIZE, MIN_PART_SIZE};
+
+/// Time to establish a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for one attempt of a request without a large body (head, list,
+/// delete, multipart bookkeeping). Transfers have no such limit: the SDK's
+/// stalled-stream protection stops those that make no progress.
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Completing a large multipart upload can take the server a while.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(300);
+/// S3 allows at most this many parts in one upload.
+const MAX_PARTS: u32 = 10_000;
+/// The part size doubles after every this many parts (up to 4 times), so
+/// that an object far larger than expected still fits in `MAX_PARTS` parts.
+const PART_GROWTH_EVERY: u32 = 2_000;
+
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    /// Key prefix without leading or trailing slashes; "" = bucket root.
+    prefix: String,
+    endpoint: Option<String>,
+    storage_class: Option<StorageClass>,
+    sse: Option<ServerSideEncryption>,
+    sse_kms_key_id: Option<String>,
+    part_size: u64,
+    upload_concurrency: usize,
+    /// `max_keys` of each ListObjectsV2 page; `None` = the server's (1000).
+    list_page_size: Option<i32>,
+}
+
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("location", &self.location())
+            .field("part_size", &self.part_size)
+            .field("upload_concurrency", &self.upload_concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Storage {
+    /// Builds the client from `[storage]`. Makes no request: a wrong
+    /// endpoint, bucket or credentials show up on the first operation.
+    ///
+    /// Credentials are `access_key_id`/`secret_access_key` when set, else
+    /// the usual AWS chain (environment, profile, web identity, instance
+    /// role). The region is `region`, else the AWS chain, else `us-east-1`.
+    pub async fn new(cfg: &StorageConfig) -> Result<S3Storage, StorageError> {
+        let bucket = cfg
+            .bucket
+            .clone()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| StorageError::Config("storage.bucket is required for S3".into()))?;
+        let prefix = normalize_prefix(&cfg.prefix)?;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&cfg.part_size) {
+            return Err(StorageError::Config(format!(
+                "storage.part_size {} is out of range: S3 parts are {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes",
+                cfg.part_size
+            )));
+        }
+        if cfg.upload_concurrency == 0 {
+            return Err(StorageError::Config(
+                "storage.upload_concurrency must be at least 1".into(),
+            ));
+        }
+        if cfg.max_attempts == 0 {
+            return Err(StorageError::Config(
+                "storage.max_attempts must be at least 1".into(),
+            ));
+        }
+        let storage_class = cfg
+            .storage_class
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(StorageClass::from);
+        let sse = cfg
+            .sse
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(ServerSideEncryption::from);
+        let endpoint = cfg.endpoint.clone().filter(|e| !e.is_empty());
+
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(cfg.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .build(),
+            )
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        loader = match cfg.region.as_deref().filter(|r| !r.is_empty()) {
+            Some(region) => loader.region(Region::new(region.to_string())),
+            None => loader.region(
+                RegionProviderChain::default_provider().or_else(Region::from_static("us-east-1")),
+            ),
+        };
+        let key_id = cfg.access_key_id.as_deref().filter(|s| !s.is_empty());
+        let secret = cfg.secret_access_key.as_deref().filter(|s| !s.is_empty());
+        match (key_id, secret) {
+            (Some(id), Some(secret)) => {
+                loader = loader.credentials_provider(Credentials::new(
+                    id,
+                    secret,
+                    None,
+                    None,
+                    "cbdr-config",
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(StorageError::Config(
+                    "storage.access_key_id and storage.secret_access_key must be set together"
+                        .into(),
+                ))
+            }
+        }
+        let sdk_config = loader.load().await;
+        let mut s3_config =
+            aws_sdk_s3::config::Builder::from(&sdk_config).force_path_style(cfg.force_path_style);
+        if let Some(endpoint) = &endpoint {
+            s3_config = s3_config.endpoint_url(endpoint);
+        }
+        Ok(S3Storage {
+            client: Client::from_conf(s3_config.build()),
+            bucket,
+            prefix,
+            endpoint,
+            storage_class,
+            sse,
+            sse_kms_key_id: cfg.sse_kms_key_id.clone().filter(|s| !s.is_empty()),
+            part_size: cfg.part_size,
+            upload_concurrency: cfg.upload_concurrency,
+            list_page_size: None,
+        })
+    }
+
+    /// Lists with pages of `n` keys (for tests of pagination).
+    #[doc(hidden)]
+    pub fn with_list_page_size(mut self, n: i32) -> Self {
+        self.list_page_size = Some(n);
+        self
+    }
+
+    /// The SDK client and bucket, for tests that check the server directly.
+    #[doc(hidden)]
+    pub fn client_and_bucket(&self) -> (&Client, &str) {
+        (&self.client, &self.bucket)
+    }
+
+    fn object_key(&self, key: &str) -> String {
+        join_key(&self.prefix, key)
+    }
+
+    fn endpoint_name(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or("AWS S3")
+    }
+
+    fn remote<E>(&self, op: &'static str, key: &str, err: &SdkError<E>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        StorageError::Remote {
+            op,
+            key: key.to_string(),
+            location: self.location(),
+            message: describe_error(err, &self.bucket, self.endpoint_name()),
+        }
+    }
+
+    async fn put_single(
+        &self,
+        key: &str,
+        object_key: &str,
+        data: Bytes,
+    ) -> Result<u64, StorageError> {
+        let len = data.len() as u64;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(object_key)
+            .content_length(len as i64)
+            .body(SdkByteStream::from(data))
+            .set_storage_class(self.storage_class.clone())
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.remote("put", key, &e))?;
+        Ok(len)
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        object_key: &str,
+        buf: BytesMut,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object_key)
+            .set_storage_class(self.storage_class.clone())
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .customize()
+            .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+            .send()
+            .await
+            .map_err(|e| self.remote("put", key, &e))?;
+        let upload_id = created.upload_id().ok_or_else(|| StorageError::Remote {
+            op: "put",
+            key: key.to_string(),
+            location: self.location(),
+            message: "the server started a multipart upload without an upload id".into(),
+        })?;
+        // Aborts the upload if this future is dropped before it ends.
+        let mut guard = AbortGuard {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            object_key: object_key.to_string(),
+            upload_id: upload_id.to_string(),
+            armed: true,
+        };
+        match self
+            .upload_parts(key, object_key, upload_id, buf, body)
+            .await
+        {
+            Ok(total) => {
+                guard.armed = false;
+                Ok(total)
+            }
+            Err(e) => {
+                guard.armed = false;
+                if let Err(abort_err) = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(object_key)
+                    .upload_id(upload_id)
+                    .customize()
+                    .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+                    .send()
+                    .await
+                {
+                    tracing::warn!(
+                        "cannot abort the multipart upload of {key} in {} (its parts stay until a lifecycle rule removes them): {}",
+                        self.location(),
+                        describe_error(&abort_err, &self.bucket, self.endpoint_name())
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads the parts (`buf` holds the start of the body) and completes
+    /// the upload; the caller aborts it on error.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        object_key: &str,
+        upload_id: &str,
+        mut buf: BytesMut,
+        mut body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        let mut tasks: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
+        let mut parts: Vec<CompletedPart> = Vec::new();
+        let mut part_number: u32 = 0;
+        let mut total: u64 = 0;
+        let mut eof = false;
+        let join_error = |e: tokio::task::JoinError| StorageError::Remote {
+            op: "put",
+            key: key.to_string(),
+            location: self.location(),
+            message: format!("part upload task failed: {e}"),
+        };
+        loop {
+            // Collect the parts already uploaded, failing early on errors.
+            while let Some(done) = tasks.try_join_next() {
+                parts.push(done.map_err(join_error)??);
+            }
+            let size = part_size_for(part_number + 1, self.part_size);
+            let size_usize = usize::try_from(size).unwrap_or(usize::MAX);
+            if buf.len() < size_usize {
+                buf.reserve(size_usize - buf.len());
+            }
+            while !eof && buf.len() < size_usize {
+                match body.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Err(body_error(key, self.location(), e)),
+                    None => eof = true,
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let data = buf.split_to(buf.len().min(size_usize)).freeze();
+            part_number += 1;
+            if part_number > MAX_PARTS {
+                return Err(StorageError::Remote {
+                    op: "put",
+                    key: key.to_string(),
+                    location: self.location(),
+                    message: format!(
+                        "the object is larger than S3 allows in {MAX_PARTS} parts with storage.part_size = {}: raise storage.part_size",
+                        self.part_size
+                    ),
+                });
+            }
+            // Bounded memory: at most `upload_concurrency` parts in flight
+            // plus the one just read.
+            while tasks.len() >= self.upload_concurrency {
+                if let Some(done) = tasks.join_next().await {
+                    parts.push(done.map_err(join_error)??);
+                }
+            }
+            total += data.len() as u64;
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(object_key)
+                .upload_id(upload_id)
+                .part_number(part_number as i32)
+                .content_length(data.len() as i64)
+                .body(SdkByteStream::from(data));
+            let (bucket, endpoint, location) = (
+                self.bucket.clone(),
+                self.endpoint_name().to_string(),
+                self.location(),
+            );
+            let key_owned = key.to_string();
+            tasks.spawn(async move {
+                let out = request.send().await.map_err(|e| StorageError::Remote {
+                    op: "put",
+                    key: key_owned.clone(),
+                    location: location.clone(),
+                    message: format!(
+                        "part {part_number}: {}",
+                        describe_error(&e, &bucket, &endpoint)
+                    ),
+                })?;
+                let e_tag = out.e_tag().ok_or_else(|| StorageError::Remote {
+                    op: "put",
+                    key: key_owned,
+                    location,
+                    message: format!("the server returned no ETag for part {part_number}"),
+                })?;
+                Ok(CompletedPart::builder()
+                    .part_number(part_number as i32)
+                    .e_tag(e_tag)
+                    .build())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            parts.push(done.map_err(join_error)??);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object_key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .customize()
+            .config_override(attempt_timeout(COMPLETE_TIMEOUT))
+            .send()
+            .await
+            .map_err(|e| self.remote("put", key, &e))?;
+        Ok(total)
+    }
+}
+
+/// Aborts a multipart upload when dropped while armed (the `put` future was
+/// cancelled), so that no orphaned parts stay behind.
+struct AbortGuard {
+    client: Client,
+    bucket: String,
+    object_key: String,
+    upload_id: String,
+    armed: bool,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let request = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.object_key)
+                .upload_id(&self.upload_id);
+            runtime.spawn(async move {
+                let _ = request.send().await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64, StorageError> {
+        validate_key(key)?;
+        let object_key = self.object_key(key);
+        let first = usize::try_from(part_size_for(1, self.part_size)).unwrap_or(usize::MAX);
+        // Read one byte more than a part: a body that fits in one part is a
+        // single PutObject.
+        let mut buf = BytesMut::new();
+        while buf.len() <= first {
+            match body.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(body_error(key, self.location(), e)),
+                None => return self.put_single(key, &object_key, buf.freeze()).await,
+            }
+        }
+        self.put_multipart(key, &object_key, buf, body).await
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        validate_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    StorageError::NotFound {
+                        key: key.to_string(),
+                        location: self.location(),
+                    }
+                } else {
+                    self.remote("get", key, &e)
+                }
+            })?;
+        let what = format!("reading {key} from {}", self.location());
+        let stream =
+            futures_util::stream::try_unfold((out.body, what), |(mut body, what)| async move {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => Ok(Some((chunk, (body, what)))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(io::Error::other(format!(
+                        "{what}: {}",
+                        DisplayErrorContext(&e)
+                    ))),
+                }
+            });
+        Ok(Box::pin(stream))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        validate_key(key)?;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .customize()
+            .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.remote("head", key, &e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        validate_list_prefix(prefix)?;
+        let root = join_key(&self.prefix, "");
+        let full_prefix = format!("{root}{prefix}");
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(token.take())
+                .set_max_keys(self.list_page_size)
+                .customize()
+                .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+                .send()
+                .await
+                .map_err(|e| self.remote("list", prefix, &e))?;
+            for object in page.contents() {
+                let Some(relative) = object.key().and_then(|k| k.strip_prefix(&root)) else {
+                    continue;
+                };
+                objects.push(ObjectInfo {
+                    key: relative.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            match page.next_continuation_token() {
+                Some(next) if !next.is_empty() => token = Some(next.to_string()),
+                _ => {
+                    return Err(StorageError::Remote {
+                        op: "list",
+                        key: prefix.to_string(),
+                        location: self.location(),
+                        message:
+                            "the server returned a truncated listing without a continuation token"
+                                .into(),
+                    })
+                }
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        validate_key(key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .customize()
+            .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.remote("delete", key, &e)),
+        }
+    }
+
+    fn location(&self) -> String {
+        let mut location = format!("s3://{}", self.bucket);
+        if !self.prefix.is_empty() {
+            location.push('/');
+            location.push_str(&self.prefix);
+        }
+        if let Some(endpoint) = &self.endpoint {
+            location.push_str(&format!(" ({endpoint})"));
+        }
+        location
+    }
+}
+
+/// Per-request override: connect timeout plus a limit on each attempt.
+fn attempt_timeout(limit: Duration) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(limit)
+            .build(),
+    )
+}
+
+fn body_error(key: &str, location: String, source: io::Error) -> StorageError {
+    StorageError::Io {
+        op: "read the data to put as",
+        key: key.to_string(),
+        location,
+        source,
+    }
+}
+
+/// Trims the slashes around a configured prefix and checks what is left.
+fn normalize_prefix(prefix: &str) -> Result<String, StorageError> {
+    let trimmed = prefix.trim_matches('/');
+    if !trimmed.is_empty() {
+        validate_key(trimmed).map_err(|e| {
+            StorageError::Config(format!(
+                "storage.prefix {prefix:?} is not a clean path: {e}"
+            ))
+        })?;
+    }
+    Ok(trimmed.to_string())
+}
+
+/// `prefix/key`, or `key` when the prefix is empty (the prefix is
+/// normalized: no leading or trailing slash).
+fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
+/// A listing prefix may end anywhere (`seg-1/wal/0000`), but may not climb
+/// out of the storage root or start with a slash.
+fn validate_list_prefix(prefix: &str) -> Result<(), StorageError> {
+    let bad = |reason| {
+        Err(StorageError::InvalidKey {
+            key: prefix.to_string(),
+            reason,
+        })
+    };
+    if prefix.starts_with('/') {
+        return bad("starts with '/'");
+    }
+    if prefix.contains('\\') || prefix.contains('\0') {
+        return bad("contains a backslash or NUL byte");
+    }
+    let mut parts: Vec<&str> = prefix.split('/').collect();
+    parts.pop(); // the last component may be partial or empty
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return bad("has an empty, '.' or '..' component");
+    }
+    Ok(())
+}
+
+/// Size of part `n` (from 1): the configured size, doubled after every
+/// `PART_GROWTH_EVERY` parts, at most 4 times, capped at the S3 maximum.
+fn part_size_for(part_number: u32, base: u64) -> u64 {
+    let doublings = (part_number.saturating_sub(1) / PART_GROWTH_EVERY).min(4);
+    base.saturating_mul(1 << doublings).min(MAX_PART_SIZE)
+}
+
+fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// A missing object (404), as opposed to a missing bucket.
+fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    let code = err.as_service_error().and_then(|e| e.code());
+    match code {
+        Some("NoSuchKey") | Some("NotFound") => true,
+        Some("NoSuchBucket") => false,
+        _ => status_of(err) == Some(404),
+    }
+}
+
+/// A message a DBA can act on: what is wrong and what to check, then the
+/// SDK's details. Never contains credentials.
+fn describe_error<E>(err: &SdkError<E>, bucket: &str, endpoint: &str) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let detail = DisplayErrorContext(err).to_string();
+    match err {
+        SdkError::DispatchFailure(failure) => {
+            let io_kind = io_error_kind(err);
+            if io_kind == Some(io::ErrorKind::ConnectionRefused) {
+                format!("cannot connect to endpoint {endpoint}: connection refused ({detail})")
+            } else if failure.is_timeout() {
+                format!("cannot connect to endpoint {endpoint}: timed out ({detail})")
+            } else if detail.contains("dns error") || detail.contains("failed to lookup") {
+                format!("cannot resolve the host of endpoint {endpoint} ({detail})")
+            } else if failure.is_io() || io_kind.is_some() {
+                format!("network error talking to endpoint {endpoint} ({detail})")
+            } else if detail.to_ascii_lowercase().contains("credential") {
+                format!(
+                    "no usable credentials: set storage.access_key_id and storage.secret_access_key, \
+                     or provide AWS credentials (environment, profile or instance role) ({detail})"
+                )
+            } else {
+                format!("request to endpoint {endpoint} failed ({detail})")
+            }
+        }
+        SdkError::TimeoutError(_) => {
+            format!("request to endpoint {endpoint} timed out ({detail})")
+        }
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            service_message(e.code(), e.message(), status_of(err), bucket, &detail)
+        }
+        SdkError::ResponseError(_) => service_message(None, None, status_of(err), bucket, &detail),
+        _ => detail,
+    }
+}
+
+fn service_message(
+    code: Option<&str>,
+    message: Option<&str>,
+    status: Option<u16>,
+    bucket: &str,
+    detail: &str,
+) -> String {
+    let hint = match (code, status) {
+        (Some("NoSuchBucket"), _) => format!("bucket {bucket} does not exist"),
+        (Some("AccessDenied"), _) | (None, Some(403)) => format!(
+            "access denied to bucket {bucket}: check access_key_id/secret_access_key and the key's permissions on the bucket"
+        ),
+        (Some("InvalidAccessKeyId"), _) => {
+            "the server does not know this access key: check access_key_id".to_string()
+        }
+        (Some("SignatureDoesNotMatch"), _) => {
+            "signature rejected: check access_key_id/secret_access_key".to_string()
+        }
+        (Some("AuthorizationHeaderMalformed"), _)
+        | (Some("PermanentRedirect"), _)
+        | (None, Some(301)) => {
+            format!("bucket {bucket} is in another region: check storage.region")
+        }
+        (Some("RequestTimeTooSkewed"), _) => {
+            "this machine's clock differs too much from the server's: fix the clock (NTP)"
+                .to_string()
+        }
+        (Some("SlowDown"), _) | (None, Some(503)) => {
+            "the server is overloaded (still failing after retries): try again later or raise storage.max_attempts"
+                .to_string()
+        }
+        (Some("InvalidStorageClass"), _) => {
+            "the server does not accept this storage class: check storage.storage_class".to_string()
+        }
+        (Some("KMS.NotFoundException"), _) | (Some("KMS.DisabledException"), _) => {
+            "the KMS key cannot be used: check storage.sse_kms_key_id".to_string()
+        }
+        _ => String::new(),
+    };
+    let mut what = String::new();
+    if let Some(code) = code {
+        what.push_str(code);
+    }
+    if let Some(message) = message.filter(|m| !m.is_empty()) {
+        if !what.is_empty() {
+            what.push_str(": ");
+        }
+        what.push_str(message);
+    }
+    if what.is_empty() {
+        what = match status {
+            Some(status) => format!("HTTP status {status}"),
+            None => detail.to_string(),
+        };
+    }
+    if hint.is_empty() {
+        format!("{what} ({detail})")
+    } else {
+        format!("{hint} [{what}] ({detail})")
+    }
+}
+
+/// The kind of the first I/O error in the error's source chain.
+fn io_error_kind(err: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io_err) = e.downcast_ref::<io::Error>() {
+            return Some(io_err.kind());
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_joined_under_the_prefix() {
+        assert_eq!(join_key("", "a/b"), "a/b");
+        assert_eq!(join_key("cluster1", "a/b"), "cluster1/a/b");
+        assert_eq!(join_key("x/y", ""), "x/y/");
+        assert_eq!(join_key("", ""), "");
+    }
+
+    #[test]
+    fn prefixes_are_trimmed_and_checked() {
+        assert_eq!(normalize_prefix("").unwrap(), "");
+        assert_eq!(normalize_prefix("/").unwrap(), "");
+        assert_eq!(normalize_prefix("/cluster1/").unwrap(), "cluster1");
+        assert_eq!(normalize_prefix("a/b").unwrap(), "a/b");
+        assert!(normalize_prefix("a//b").is_err());
+        assert!(normalize_prefix("a/../b").is_err());
+    }
+
+    #[test]
+    fn list_prefixes_may_end_anywhere() {
+        for ok in ["", "seg-1", "seg-1/", "seg-1/wal/0000", "a/b/"] {
+            assert!(validate_list_prefix(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["/a", "a//b", "../a", "a/./b", "a\\b", "a\0"] {
+            assert!(validate_list_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn part_size_grows_for_huge_objects() {
+        let base = 16 << 20;
+        assert_eq!(part_size_for(1, base), base);
+        assert_eq!(part_size_for(2000, base), base);
+        assert_eq!(part_size_for(2001, base), 2 * base);
+        assert_eq!(part_size_for(8001, base), 16 * base);
+        assert_eq!(part_size_for(10_000, base), 16 * base);
+        assert_eq!(part_size_for(10_000, MAX_PART_SIZE), MAX_PART_SIZE);
+        // 10 000 parts hold 62 000 base parts: ~970 GiB with 16 MiB parts.
+        let capacity: u64 = (1..=MAX_PARTS).map(|n| part_size_for(n, base)).sum();
+        assert_eq!(capacity, 62_000 * base);
+    }
+
+    #[test]
+    fn service_errors_get_hints() {
+        let m = service_message(
+            Some("NoSuchBucket"),
+            Some("The specified bucket does not exist"),
+            Some(404),
+            "backups",
+            "detail",
+        );
+        assert!(m.starts_with("bucket backups does not exist"), "{m}");
+        assert!(m.contains("NoSuchBucket: The specified bucket"), "{m}");
+        let m = service_message(Some("SignatureDoesNotMatch"), None, Some(403), "b", "d");
+        assert!(m.contains("check access_key_id/secret_access_key"), "{m}");
+        let m = service_message(None, None, Some(403), "b", "d");
+        assert!(
+            m.contains("access denied") && m.contains("HTTP status 403"),
+            "{m}"
+        );
+        let m = service_message(Some("InternalError"), Some("oops"), Some(500), "b", "d");
+        assert_eq!(m, "InternalError: oops (d)");
+    }
+
+    #[test]
+    fn io_kinds_are_found_in_the_chain() {
+        #[derive(Debug)]
+        struct Wrapper(io::Error);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapper")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Wrapper(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(io_error_kind(&e), Some(io::ErrorKind::ConnectionRefused));
+    }
+}
