@@ -289,10 +289,7 @@ impl Config {
             }
             StorageType::Fs => {
                 if self.storage.path.as_os_str().is_empty() {
-                    return Err(invalid(
-                        "storage.path",
-                        "must name a directory".into(),
-                    ));
+                    return Err(invalid("storage.path", "must name a directory".into()));
                 }
             }
         }
@@ -347,7 +344,10 @@ impl Config {
             ("archive.fetch_concurrency", self.archive.fetch_concurrency),
         ] {
             if value == 0 || value > 64 {
-                return Err(invalid(key, format!("{value} is out of range: use 1 to 64")));
+                return Err(invalid(
+                    key,
+                    format!("{value} is out of range: use 1 to 64"),
+                ));
             }
         }
         Ok(())
@@ -402,7 +402,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::parse("[storage]\npaht = \"/x\"\n").unwrap_err().to_string();
+        let e = Config::parse("[storage]\npaht = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("paht"), "{e}");
     }
 
@@ -410,12 +412,21 @@ mod tests {
     fn bad_values_are_named() {
         let cases = [
             ("[compression]\nmethod = \"gzip\"\n", "gzip"),
-            ("[compression]\nmethod = \"zstd\"\nlevel = 99\n", "compression.level"),
+            (
+                "[compression]\nmethod = \"zstd\"\nlevel = 99\n",
+                "compression.level",
+            ),
             ("[storage]\ntype = \"s3\"\n", "storage.bucket"),
             ("[storage]\ntype = \"ftp\"\n", "ftp"),
-            ("[storage]\ntype = \"s3\"\nbucket = \"b\"\nsse = \"rot13\"\n", "storage.sse"),
+            (
+                "[storage]\ntype = \"s3\"\nbucket = \"b\"\nsse = \"rot13\"\n",
+                "storage.sse",
+            ),
             ("[storage]\npart_size = 1024\n", "storage.part_size"),
-            ("[archive]\npush_concurrency = 0\n", "archive.push_concurrency"),
+            (
+                "[archive]\npush_concurrency = 0\n",
+                "archive.push_concurrency",
+            ),
         ];
         for (text, needle) in cases {
             let e = Config::parse(text).unwrap_err().to_string();

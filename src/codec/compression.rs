@@ -105,7 +105,10 @@ impl Compression {
     }
 
     /// Wraps `input` in this method's streaming decompressor.
-    pub fn decoder<'a, R: Read + Send + 'a>(self, input: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+    pub fn decoder<'a, R: Read + Send + 'a>(
+        self,
+        input: R,
+    ) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Compression::None => Box::new(input),
             Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(input)),
@@ -190,10 +193,16 @@ impl<W: Write> FinishWrite<W> for Lzma<W> {
 struct Brotli<W: Write>(Option<brotli::CompressorWriter<W>>);
 impl<W: Write> Write for Brotli<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.as_mut().expect("brotli writer used after finish").write(buf)
+        self.0
+            .as_mut()
+            .expect("brotli writer used after finish")
+            .write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.as_mut().expect("brotli writer used after finish").flush()
+        self.0
+            .as_mut()
+            .expect("brotli writer used after finish")
+            .flush()
     }
 }
 impl<W: Write> FinishWrite<W> for Brotli<W> {
