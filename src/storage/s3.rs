@@ -15,7 +15,6 @@ use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
@@ -115,6 +114,13 @@ impl S3Storage {
             .filter(|s| !s.is_empty())
             .map(ServerSideEncryption::from);
         let endpoint = cfg.endpoint.clone().filter(|e| !e.is_empty());
+        if let Some(endpoint) = &endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(StorageError::Config(format!(
+                    "storage.endpoint {endpoint:?} must be a URL starting with http:// or https://"
+                )));
+            }
+        }
 
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
@@ -136,12 +142,11 @@ impl S3Storage {
             )
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        loader = match cfg.region.as_deref().filter(|r| !r.is_empty()) {
-            Some(region) => loader.region(Region::new(region.to_string())),
-            None => loader.region(
-                RegionProviderChain::default_provider().or_else(Region::from_static("us-east-1")),
-            ),
-        };
+        // Without a configured region the loader's own chain looks for one
+        // (environment, profile, instance metadata), with our HTTP client.
+        if let Some(region) = cfg.region.as_deref().filter(|r| !r.is_empty()) {
+            loader = loader.region(Region::new(region.to_string()));
+        }
         let key_id = cfg.access_key_id.as_deref().filter(|s| !s.is_empty());
         let secret = cfg.secret_access_key.as_deref().filter(|s| !s.is_empty());
         match (key_id, secret) {
@@ -165,6 +170,9 @@ impl S3Storage {
         let sdk_config = loader.load().await;
         let mut s3_config =
             aws_sdk_s3::config::Builder::from(&sdk_config).force_path_style(cfg.force_path_style);
+        if sdk_config.region().is_none() {
+            s3_config = s3_config.region(Region::from_static("us-east-1"));
+        }
         if let Some(endpoint) = &endpoint {
             s3_config = s3_config.endpoint_url(endpoint);
         }
@@ -543,7 +551,7 @@ impl Storage for S3Storage {
                 .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
                 .send()
                 .await
-                .map_err(|e| self.remote("list", prefix, &e))?;
+                .map_err(|e| self.remote("list", &format!("{prefix}*"), &e))?;
             for object in page.contents() {
                 let Some(relative) = object.key().and_then(|k| k.strip_prefix(&root)) else {
                     continue;
@@ -561,7 +569,7 @@ impl Storage for S3Storage {
                 _ => {
                     return Err(StorageError::Remote {
                         op: "list",
-                        key: prefix.to_string(),
+                        key: format!("{prefix}*"),
                         location: self.location(),
                         message:
                             "the server returned a truncated listing without a continuation token"
@@ -695,61 +703,74 @@ fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
 }
 
 /// A message a DBA can act on: what is wrong and what to check, then the
-/// SDK's details. Never contains credentials.
+/// server's error code and message or the chain of causes. Never contains
+/// credentials. The SDK's full error context goes to the debug log.
 fn describe_error<E>(err: &SdkError<E>, bucket: &str, endpoint: &str) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let detail = DisplayErrorContext(err).to_string();
+    tracing::debug!("S3 request failed: {}", DisplayErrorContext(err));
     match err {
         SdkError::DispatchFailure(failure) => {
+            let chain = error_chain(err);
             let io_kind = io_error_kind(err);
             if io_kind == Some(io::ErrorKind::ConnectionRefused) {
-                format!("cannot connect to endpoint {endpoint}: connection refused ({detail})")
-            } else if failure.is_timeout() {
-                format!("cannot connect to endpoint {endpoint}: timed out ({detail})")
-            } else if detail.contains("dns error") || detail.contains("failed to lookup") {
-                format!("cannot resolve the host of endpoint {endpoint} ({detail})")
+                format!("cannot connect to endpoint {endpoint}: connection refused ({chain})")
+            } else if failure.is_timeout() || io_kind == Some(io::ErrorKind::TimedOut) {
+                format!("cannot connect to endpoint {endpoint}: timed out ({chain})")
+            } else if chain.contains("dns error") || chain.contains("failed to lookup") {
+                format!("cannot resolve the host of endpoint {endpoint} ({chain})")
             } else if failure.is_io() || io_kind.is_some() {
-                format!("network error talking to endpoint {endpoint} ({detail})")
-            } else if detail.to_ascii_lowercase().contains("credential") {
+                format!("network error talking to endpoint {endpoint} ({chain})")
+            } else if chain.to_ascii_lowercase().contains("credential") {
                 format!(
                     "no usable credentials: set storage.access_key_id and storage.secret_access_key, \
-                     or provide AWS credentials (environment, profile or instance role) ({detail})"
+                     or provide AWS credentials (environment, profile or instance role) ({chain})"
                 )
             } else {
-                format!("request to endpoint {endpoint} failed ({detail})")
+                format!("request to endpoint {endpoint} failed ({chain})")
             }
         }
         SdkError::TimeoutError(_) => {
-            format!("request to endpoint {endpoint} timed out ({detail})")
+            format!(
+                "request to endpoint {endpoint} timed out ({})",
+                error_chain(err)
+            )
         }
         SdkError::ServiceError(service) => {
             let e = service.err();
-            service_message(e.code(), e.message(), status_of(err), bucket, &detail)
+            service_message(e.code(), e.message(), status_of(err), bucket)
         }
-        SdkError::ResponseError(_) => service_message(None, None, status_of(err), bucket, &detail),
-        _ => detail,
+        SdkError::ResponseError(_) => format!(
+            "unexpected response from endpoint {endpoint}: {} ({})",
+            service_message(None, None, status_of(err), bucket),
+            error_chain(err)
+        ),
+        _ => DisplayErrorContext(err).to_string(),
     }
 }
 
+/// `hint [Code: message] (HTTP status)`, or without the hint when there is
+/// none for this error.
 fn service_message(
     code: Option<&str>,
     message: Option<&str>,
     status: Option<u16>,
     bucket: &str,
-    detail: &str,
 ) -> String {
+    let signature = message.is_some_and(|m| m.to_ascii_lowercase().contains("signature"));
     let hint = match (code, status) {
         (Some("NoSuchBucket"), _) => format!("bucket {bucket} does not exist"),
+        (Some("SignatureDoesNotMatch"), _) | (Some("AccessDenied"), _)
+            if signature || code == Some("SignatureDoesNotMatch") =>
+        {
+            "signature rejected: check access_key_id/secret_access_key".to_string()
+        }
         (Some("AccessDenied"), _) | (None, Some(403)) => format!(
             "access denied to bucket {bucket}: check access_key_id/secret_access_key and the key's permissions on the bucket"
         ),
         (Some("InvalidAccessKeyId"), _) => {
             "the server does not know this access key: check access_key_id".to_string()
-        }
-        (Some("SignatureDoesNotMatch"), _) => {
-            "signature rejected: check access_key_id/secret_access_key".to_string()
         }
         (Some("AuthorizationHeaderMalformed"), _)
         | (Some("PermanentRedirect"), _)
@@ -782,17 +803,33 @@ fn service_message(
         }
         what.push_str(message);
     }
-    if what.is_empty() {
-        what = match status {
-            Some(status) => format!("HTTP status {status}"),
-            None => detail.to_string(),
-        };
+    let mut out = match (hint.is_empty(), what.is_empty()) {
+        (true, _) => what,
+        (false, true) => hint,
+        (false, false) => format!("{hint} [{what}]"),
+    };
+    match status {
+        Some(status) if out.is_empty() => out = format!("HTTP {status}"),
+        Some(status) => out.push_str(&format!(" (HTTP {status})")),
+        None if out.is_empty() => out = "unknown error".to_string(),
+        None => {}
     }
-    if hint.is_empty() {
-        format!("{what} ({detail})")
-    } else {
-        format!("{hint} [{what}] ({detail})")
+    out
+}
+
+/// The messages of an error and its sources, `: `-separated, without
+/// repeats.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        current = e.source();
     }
+    parts.join(": ")
 }
 
 /// The kind of the first I/O error in the error's source chain.
@@ -860,19 +897,29 @@ mod tests {
             Some("The specified bucket does not exist"),
             Some(404),
             "backups",
-            "detail",
         );
-        assert!(m.starts_with("bucket backups does not exist"), "{m}");
-        assert!(m.contains("NoSuchBucket: The specified bucket"), "{m}");
-        let m = service_message(Some("SignatureDoesNotMatch"), None, Some(403), "b", "d");
+        assert_eq!(
+            m,
+            "bucket backups does not exist [NoSuchBucket: The specified bucket does not exist] (HTTP 404)"
+        );
+        let m = service_message(Some("SignatureDoesNotMatch"), None, Some(403), "b");
         assert!(m.contains("check access_key_id/secret_access_key"), "{m}");
-        let m = service_message(None, None, Some(403), "b", "d");
+        let m = service_message(
+            Some("AccessDenied"),
+            Some("Forbidden: Invalid signature"),
+            Some(403),
+            "b",
+        );
+        assert!(m.starts_with("signature rejected"), "{m}");
+        let m = service_message(None, None, Some(403), "b");
         assert!(
-            m.contains("access denied") && m.contains("HTTP status 403"),
+            m.contains("access denied") && m.ends_with("(HTTP 403)"),
             "{m}"
         );
-        let m = service_message(Some("InternalError"), Some("oops"), Some(500), "b", "d");
-        assert_eq!(m, "InternalError: oops (d)");
+        let m = service_message(Some("InternalError"), Some("oops"), Some(500), "b");
+        assert_eq!(m, "InternalError: oops (HTTP 500)");
+        assert_eq!(service_message(None, None, Some(418), "b"), "HTTP 418");
+        assert_eq!(service_message(Some("X"), None, None, "b"), "X");
     }
 
     #[test]
