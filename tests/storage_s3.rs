@@ -536,3 +536,64 @@ async fn aws_chains_are_used_when_nothing_is_configured() {
     s.put("k", body_from_bytes(&b"from env"[..])).await.unwrap();
     assert_eq!(get_bytes(&s, "k").await.unwrap(), b"from env");
 }
+
+/// A fake S3 endpoint on 127.0.0.1 that answers every request with 503
+/// SlowDown; returns its URL and the count of requests it got.
+async fn always_slow_down() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                            <Message>Please reduce your request rate.</Message></Error>";
+                let response = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_max_attempts_times() {
+    use std::sync::atomic::Ordering;
+    let (endpoint, count) = always_slow_down().await;
+    let cfg = StorageConfig {
+        kind: StorageType::S3,
+        bucket: Some("b".into()),
+        endpoint: Some(endpoint),
+        region: Some("garage".into()),
+        force_path_style: true,
+        access_key_id: Some("GK0123".into()),
+        secret_access_key: Some("throttled-secret".into()),
+        max_attempts: 3,
+        ..StorageConfig::default()
+    };
+    let s = S3Storage::new(&cfg).await.unwrap();
+    let started = Instant::now();
+    let e = s.list("").await.unwrap_err().to_string();
+    eprintln!("{e} (after {:?})", started.elapsed());
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert!(e.contains("overloaded") && e.contains("SlowDown"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -129,10 +129,12 @@ impl S3Storage {
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client)
+            // Exponential back-off with full jitter: up to 1 s, 2 s, 4 s...
+            // between attempts, at most 20 s.
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(cfg.max_attempts)
-                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_initial_backoff(Duration::from_secs(1))
                     .with_max_backoff(Duration::from_secs(20)),
             )
             .timeout_config(
@@ -506,10 +508,7 @@ impl Storage for S3Storage {
                 match body.try_next().await {
                     Ok(Some(chunk)) => Ok(Some((chunk, (body, what)))),
                     Ok(None) => Ok(None),
-                    Err(e) => Err(io::Error::other(format!(
-                        "{what}: {}",
-                        DisplayErrorContext(&e)
-                    ))),
+                    Err(e) => Err(io::Error::other(format!("{what}: {}", error_chain(&e)))),
                 }
             });
         Ok(Box::pin(stream))
