@@ -537,33 +537,53 @@ async fn aws_chains_are_used_when_nothing_is_configured() {
     assert_eq!(get_bytes(&s, "k").await.unwrap(), b"from env");
 }
 
-/// A fake S3 endpoint on 127.0.0.1 that answers every request with 503
-/// SlowDown; returns its URL and the count of requests it got.
-async fn always_slow_down() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+type Handler = fn(&str, &str) -> (u16, String);
+
+/// A fake S3 endpoint on 127.0.0.1: `handler(method, path_and_query)`
+/// gives each answer's status and XML body. Returns its URL and the
+/// requests it got (`METHOD path?query`).
+async fn fake_s3(handler: Handler) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let count = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests = log.clone();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
-            let counter = counter.clone();
+            let requests = requests.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut buf = vec![0u8; 65536];
+                let end = loop {
+                    if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
                     match sock.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
+                };
+                let head = String::from_utf8_lossy(&request[..end]).into_owned();
+                let content_length: usize = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut have = request.len() - end;
+                while have < content_length {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
                 }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
-                            <Message>Please reduce your request rate.</Message></Error>";
+                let mut first = head.lines().next().unwrap_or("").split_whitespace();
+                let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                requests.lock().unwrap().push(format!("{method} {target}"));
+                let (status, body) = handler(method, target);
                 let response = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} Fake\r\nContent-Type: application/xml\r\n\
+                     ETag: \"fake\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = sock.write_all(response.as_bytes()).await;
@@ -571,29 +591,99 @@ async fn always_slow_down() -> (String, std::sync::Arc<std::sync::atomic::Atomic
             });
         }
     });
-    (url, count)
+    (url, log)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttling_is_retried_max_attempts_times() {
-    use std::sync::atomic::Ordering;
-    let (endpoint, count) = always_slow_down().await;
-    let cfg = StorageConfig {
+fn fake_config(endpoint: String, max_attempts: u32) -> StorageConfig {
+    StorageConfig {
         kind: StorageType::S3,
         bucket: Some("b".into()),
         endpoint: Some(endpoint),
         region: Some("garage".into()),
         force_path_style: true,
         access_key_id: Some("GK0123".into()),
-        secret_access_key: Some("throttled-secret".into()),
-        max_attempts: 3,
+        secret_access_key: Some("fake-secret".into()),
+        part_size: 5 * MIB as u64,
+        max_attempts,
         ..StorageConfig::default()
-    };
-    let s = S3Storage::new(&cfg).await.unwrap();
+    }
+}
+
+fn s3_error(code: &str, message: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>\
+         <Message>{message}</Message></Error>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_max_attempts_times() {
+    let (endpoint, requests) = fake_s3(|_, _| {
+        (
+            503,
+            s3_error("SlowDown", "Please reduce your request rate."),
+        )
+    })
+    .await;
+    let s = S3Storage::new(&fake_config(endpoint, 3)).await.unwrap();
     let started = Instant::now();
     let e = s.list("").await.unwrap_err().to_string();
     eprintln!("{e} (after {:?})", started.elapsed());
-    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert_eq!(requests.lock().unwrap().len(), 3);
     assert!(e.contains("overloaded") && e.contains("SlowDown"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// A part the server keeps refusing fails the put and aborts the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_part_aborts_the_upload() {
+    let (endpoint, requests) = fake_s3(|method, target| match method {
+        "POST" if target.ends_with("?uploads") || target.contains("?uploads&") => (
+            200,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult>\
+             <Bucket>b</Bucket><Key>k</Key><UploadId>up-1</UploadId></InitiateMultipartUploadResult>"
+                .to_string(),
+        ),
+        "PUT" if target.contains("partNumber=2") => {
+            (500, s3_error("InternalError", "disk on fire"))
+        }
+        "PUT" => (200, String::new()),
+        "DELETE" => (204, String::new()),
+        _ => (400, s3_error("Unexpected", target)),
+    })
+    .await;
+    let s = S3Storage::new(&fake_config(endpoint, 2)).await.unwrap();
+    let e = s
+        .put("k", chunked(data(12 * MIB, 6), 65536))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    eprintln!("{text}");
+    assert!(matches!(e, StorageError::Remote { .. }), "{text}");
+    assert!(
+        text.contains("part 2") && text.contains("InternalError: disk on fire"),
+        "{text}"
+    );
+    let requests = requests.lock().unwrap().clone();
+    eprintln!("{requests:#?}");
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.contains("partNumber=2"))
+            .count(),
+        2,
+        "part 2 is tried max_attempts times"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("DELETE") && r.contains("uploadId=up-1")),
+        "no AbortMultipartUpload: {requests:?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("POST") && r.contains("uploadId=")),
+        "completed: {requests:?}"
+    );
 }

@@ -320,10 +320,30 @@ impl S3Storage {
         key: &str,
         object_key: &str,
         upload_id: &str,
+        buf: BytesMut,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        let mut tasks = JoinSet::new();
+        let result = self
+            .upload_parts_with(&mut tasks, key, object_key, upload_id, buf, body)
+            .await;
+        if result.is_err() {
+            // Cancel the parts still in flight and wait until their requests
+            // are gone, so that none lands after the abort.
+            tasks.shutdown().await;
+        }
+        result
+    }
+
+    async fn upload_parts_with(
+        &self,
+        tasks: &mut JoinSet<Result<CompletedPart, StorageError>>,
+        key: &str,
+        object_key: &str,
+        upload_id: &str,
         mut buf: BytesMut,
         mut body: ByteStream,
     ) -> Result<u64, StorageError> {
-        let mut tasks: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
         let mut parts: Vec<CompletedPart> = Vec::new();
         let mut part_number: u32 = 0;
         let mut total: u64 = 0;
