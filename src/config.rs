@@ -200,6 +200,10 @@ pub struct ArchiveConfig {
     /// next ones, kept in a prefetch directory).
     #[serde(default = "default_fetch_concurrency")]
     pub fetch_concurrency: usize,
+    /// WAL segment size in bytes, used to name the segments `wal-fetch`
+    /// prefetches: 16 MiB for PostgreSQL, 64 MiB for Greenplum/Cloudberry.
+    #[serde(default = "default_wal_segment_size")]
+    pub wal_segment_size: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -207,6 +211,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             push_concurrency: default_push_concurrency(),
             fetch_concurrency: default_fetch_concurrency(),
+            wal_segment_size: default_wal_segment_size(),
         }
     }
 }
@@ -216,6 +221,9 @@ fn default_push_concurrency() -> usize {
 }
 fn default_fetch_concurrency() -> usize {
     4
+}
+fn default_wal_segment_size() -> u64 {
+    crate::pg::DEFAULT_WAL_SEGMENT_SIZE
 }
 
 impl Config {
@@ -350,6 +358,13 @@ impl Config {
                 ));
             }
         }
+        let seg = self.archive.wal_segment_size;
+        if !seg.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg) {
+            return Err(invalid(
+                "archive.wal_segment_size",
+                format!("{seg} is not a WAL segment size: use a power of two from 1048576 (1 MiB) to 1073741824 (1 GiB)"),
+            ));
+        }
         Ok(())
     }
 }
@@ -357,6 +372,12 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_template_parses_and_states_the_defaults() {
+        let template = Config::parse(include_str!("../config-templates/cbdr.toml")).unwrap();
+        assert_eq!(format!("{template:?}"), format!("{:?}", Config::default()));
+    }
 
     #[test]
     fn empty_config_gives_defaults() {
@@ -426,6 +447,10 @@ mod tests {
             (
                 "[archive]\npush_concurrency = 0\n",
                 "archive.push_concurrency",
+            ),
+            (
+                "[archive]\nwal_segment_size = 1000\n",
+                "archive.wal_segment_size",
             ),
         ];
         for (text, needle) in cases {

@@ -1,6 +1,14 @@
 //! cbdr: WAL-level physical backup and point-in-time recovery for PostgreSQL
 //! and PostgreSQL-based MPP clusters (Apache Cloudberry, Greenplum).
 
+pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod pg;
+pub mod repo;
 pub mod storage;
+pub mod wal;
+
+pub use error::{Error, ExitCode, Result};

@@ -69,11 +69,12 @@ impl Header {
             out.extend_from_slice(&enc.nonce_prefix);
             out.extend_from_slice(&enc.key_check);
         }
-        debug_assert_eq!(out.len(), self.len());
+        debug_assert_eq!(out.len(), self.encoded_len());
         out
     }
 
-    pub fn len(&self) -> usize {
+    /// Encoded length in bytes.
+    pub fn encoded_len(&self) -> usize {
         if self.encryption.is_some() {
             ENCRYPTED_LEN
         } else {
@@ -218,7 +219,7 @@ mod tests {
         };
         for h in [plain, enc] {
             let bytes = h.encode();
-            assert_eq!(bytes.len(), h.len());
+            assert_eq!(bytes.len(), h.encoded_len());
             assert_eq!(Header::read(&bytes[..], "x").unwrap(), (h, bytes));
         }
     }

@@ -36,6 +36,9 @@ enum Source {
     Passphrase(Zeroizing<Vec<u8>>),
 }
 
+/// Master keys by (salt, Argon2id costs).
+type DerivedKeys = HashMap<([u8; 16], [u32; 3]), Zeroizing<[u8; 32]>>;
+
 /// The user's key. Holds the secret; never printed.
 pub struct Key {
     source: Source,
@@ -43,7 +46,7 @@ pub struct Key {
     writer_salt: Mutex<Option<[u8; 16]>>,
     /// Master keys derived so far, by (salt, params): reading objects written
     /// with the same salt costs one Argon2id run per process.
-    derived: Mutex<HashMap<([u8; 16], [u32; 3]), Zeroizing<[u8; 32]>>>,
+    derived: Mutex<DerivedKeys>,
 }
 
 impl std::fmt::Debug for Key {

@@ -159,3 +159,8 @@ impl Codec {
 
 #[cfg(test)]
 mod tests;
+
+/// Random bytes from the OS.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    key::random()
+}

@@ -1,3 +1,228 @@
-//! Filesystem backend (placeholder, being written).
-#[derive(Debug)]
-pub struct FsStorage;
+//! Filesystem backend: a local or mounted directory.
+//!
+//! Objects are files under the root; `put` writes a temp file next to the
+//! destination, fsyncs it, renames it into place and fsyncs the directory.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+
+use super::{validate_key, ByteStream, ObjectInfo, Storage, StorageError};
+use crate::fsutil::{create_dir_all_durable, is_temp_name, AtomicFile};
+
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    root: PathBuf,
+}
+
+impl FsStorage {
+    /// Opens (creating if needed) the repository directory.
+    pub fn new(root: &Path) -> Result<FsStorage, StorageError> {
+        create_dir_all_durable(root).map_err(|e| StorageError::Io {
+            op: "create repository directory",
+            key: String::new(),
+            location: root.display().to_string(),
+            source: e,
+        })?;
+        Ok(FsStorage {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn io_err(&self, op: &'static str, key: &str, source: io::Error) -> StorageError {
+        if source.kind() == io::ErrorKind::NotFound && (op == "read" || op == "open") {
+            return StorageError::NotFound {
+                key: key.to_string(),
+                location: self.location(),
+            };
+        }
+        StorageError::Io {
+            op,
+            key: key.to_string(),
+            location: self.location(),
+            source,
+        }
+    }
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(format!("storage worker failed: {e}"))
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64, StorageError> {
+        let path = self.path(key)?;
+        let handle = tokio::runtime::Handle::current();
+        let result = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            create_dir_all_durable(path.parent().expect("keys have a file name"))?;
+            let mut file = AtomicFile::create(&path)?;
+            let mut total = 0u64;
+            while let Some(chunk) = handle.block_on(body.next()) {
+                let chunk = chunk?;
+                file.write_all(&chunk)?;
+                total += chunk.len() as u64;
+            }
+            file.commit()?;
+            Ok(total)
+        })
+        .await
+        .map_err(blocking_failed)
+        .and_then(|r| r);
+        result.map_err(|e| self.io_err("write", key, e))
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        let path = self.path(key)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.io_err("open", key, e))?;
+        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 * 1024,
+        )))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_err("stat", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let root = self.root.clone();
+        let prefix_owned = prefix.to_string();
+        let result = tokio::task::spawn_blocking(move || walk(&root, &prefix_owned))
+            .await
+            .map_err(blocking_failed)
+            .and_then(|r| r);
+        result.map_err(|e| self.io_err("list", prefix, e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_err("delete", key, e)),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+/// Every file whose key starts with `prefix`, sorted; temp files skipped.
+fn walk(root: &Path, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+    // Start from the deepest directory the prefix names in full.
+    let start_rel = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![(root.join(start_rel), start_rel.to_string())];
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let key = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                    stack.push((entry.path(), key));
+                }
+            } else if ty.is_file() && !is_temp_name(name) && key.starts_with(prefix) {
+                out.push(ObjectInfo {
+                    key,
+                    size: entry.metadata()?.len(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{body_from_bytes, get_bytes};
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn put_get_head_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(&dir.path().join("repo")).unwrap();
+        assert_eq!(
+            s.put("a/b/one", body_from_bytes(&b"1234"[..]))
+                .await
+                .unwrap(),
+            4
+        );
+        s.put("a/two", body_from_bytes(&b"22"[..])).await.unwrap();
+        s.put("ab", body_from_bytes(&b""[..])).await.unwrap();
+        assert_eq!(get_bytes(&s, "a/b/one").await.unwrap(), b"1234");
+        assert_eq!(s.head("a/two").await.unwrap(), Some(2));
+        assert_eq!(s.head("a/none").await.unwrap(), None);
+        assert!(matches!(s.get("a/none").await, Err(e) if e.is_not_found()));
+        let keys = |v: Vec<ObjectInfo>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
+        assert_eq!(keys(s.list("").await.unwrap()), ["a/b/one", "a/two", "ab"]);
+        assert_eq!(keys(s.list("a/").await.unwrap()), ["a/b/one", "a/two"]);
+        assert_eq!(keys(s.list("a").await.unwrap()), ["a/b/one", "a/two", "ab"]);
+        assert_eq!(keys(s.list("a/b/o").await.unwrap()), ["a/b/one"]);
+        assert!(keys(s.list("zz/").await.unwrap()).is_empty());
+        s.delete("a/two").await.unwrap();
+        s.delete("a/two").await.unwrap();
+        assert_eq!(s.head("a/two").await.unwrap(), None);
+        assert!(s
+            .put("../escape", body_from_bytes(&b"x"[..]))
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_leaves_nothing_and_keeps_the_old_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(dir.path()).unwrap();
+        s.put("k", body_from_bytes(&b"old"[..])).await.unwrap();
+        let body: ByteStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"new data")),
+            Err(io::Error::other("source failed")),
+        ]));
+        assert!(s.put("k", body).await.is_err());
+        assert_eq!(get_bytes(&s, "k").await.unwrap(), b"old");
+        let body: ByteStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"x")),
+            Err(io::Error::other("source failed")),
+        ]));
+        assert!(s.put("fresh", body).await.is_err());
+        assert_eq!(s.head("fresh").await.unwrap(), None);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "temp files left: {names:?}");
+    }
+}

@@ -1,0 +1,111 @@
+//! The command line: parses arguments, runs a command, prints errors well
+//! and maps them to documented exit codes.
+
+mod wal;
+
+use std::path::PathBuf;
+use std::process::ExitCode as ProcessExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::{Error, ExitCode};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cbdr",
+    version,
+    about = "WAL-level backup and point-in-time recovery for PostgreSQL and MPP clusters",
+    long_about = None
+)]
+pub struct Cli {
+    /// Config file (else $CBDR_CONFIG, ./cbdr.toml, /etc/cbdr/cbdr.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v: debug, -vv: trace). $CBDR_LOG takes a filter too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors in the log.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Archive a WAL file: use as archive_command = 'cbdr wal-push %p'.
+    WalPush(wal::WalPushArgs),
+    /// Restore a WAL file: use as restore_command = 'cbdr wal-fetch %f %p'.
+    WalFetch(wal::WalFetchArgs),
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run() -> ProcessExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let quiet_not_found = matches!(cli.command, Command::WalFetch(_));
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))
+        .and_then(|rt| rt.block_on(dispatch(cli)));
+    match result {
+        Ok(()) => ProcessExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.exit_code();
+            if code == ExitCode::NotFound && quiet_not_found {
+                // The normal end of recovery: PostgreSQL asks for the next
+                // file until one is missing.
+                tracing::debug!("{e}");
+            } else {
+                eprintln!("cbdr: error: {}", render(&e));
+            }
+            ProcessExitCode::from(code as u8)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Error> {
+    let config = Config::discover(cli.config.as_deref())?;
+    match cli.command {
+        Command::WalPush(args) => wal::push(&config, args).await,
+        Command::WalFetch(args) => wal::fetch(&config, args).await,
+    }
+}
+
+/// The error and its causes, each once.
+fn render(e: &Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info,cbdr=debug",
+        (false, _) => "debug,cbdr=trace",
+    };
+    let filter = std::env::var("CBDR_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,51 @@
+//! `wal-push` and `wal-fetch`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::repo::Repo;
+use crate::wal::{self, FetchOptions, PushOptions};
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The WAL file to archive (archive_command's %p).
+    pub path: PathBuf,
+    /// Content id of the segment (-1: the coordinator or a single server).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub content_id: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file name to restore (restore_command's %f).
+    pub name: String,
+    /// Where to write it (restore_command's %p).
+    pub dest: PathBuf,
+    /// Content id of the segment (-1: the coordinator or a single server).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub content_id: i32,
+}
+
+pub async fn push(config: &Config, args: WalPushArgs) -> Result<(), Error> {
+    let repo = Repo::open(config).await?;
+    let opts = PushOptions {
+        content_id: args.content_id,
+        concurrency: config.archive.push_concurrency,
+    };
+    wal::wal_push(&repo, &args.path, &opts).await.map(|_| ())
+}
+
+pub async fn fetch(config: &Config, args: WalFetchArgs) -> Result<(), Error> {
+    let repo = Repo::open(config).await?;
+    let opts = FetchOptions {
+        content_id: args.content_id,
+        concurrency: config.archive.fetch_concurrency,
+        segment_size: config.archive.wal_segment_size,
+    };
+    wal::wal_fetch(&repo, &args.name, &args.dest, &opts)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,7 @@
+//! PostgreSQL concepts: LSNs, timelines and WAL file names.
+
+mod lsn;
+mod wal_name;
+
+pub use lsn::Lsn;
+pub use wal_name::{TimelineId, WalFile, WalSegmentName, DEFAULT_WAL_SEGMENT_SIZE};

@@ -1,0 +1,61 @@
+//! Where things live in the repository.
+//!
+//! ```text
+//! cbdr-repo.json                          repository identity (format, passphrase salt)
+//! seg{ID}/wal/{TLI}{LOG}/{segment}        WAL segments, .partial and .backup files
+//! seg{ID}/wal/history/{TLI}.history       timeline history files
+//! ```
+//! `ID` is the content id: `seg-1` is the coordinator (or a single server),
+//! `seg0`..`segN-1` the segments. Object names do not depend on the
+//! compression method (the object header records it), so a WAL file keeps
+//! its name when the config changes.
+
+use crate::pg::WalFile;
+
+pub const REPO_META_KEY: &str = "cbdr-repo.json";
+
+/// The prefix of one content id's objects.
+pub fn segment_prefix(content_id: i32) -> String {
+    format!("seg{content_id}")
+}
+
+/// The prefix of one content id's WAL archive.
+pub fn wal_prefix(content_id: i32) -> String {
+    format!("{}/wal/", segment_prefix(content_id))
+}
+
+/// The object of one WAL file.
+pub fn wal_key(content_id: i32, file: &WalFile) -> String {
+    match file.segment() {
+        Some(seg) => format!("{}{}/{file}", wal_prefix(content_id), seg.group()),
+        None => format!("{}history/{file}", wal_prefix(content_id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_keys() {
+        let f = |n: &str| WalFile::parse(n).unwrap();
+        assert_eq!(
+            wal_key(-1, &f("000000010000000A000000FF")),
+            "seg-1/wal/000000010000000A/000000010000000A000000FF"
+        );
+        assert_eq!(
+            wal_key(3, &f("00000002.history")),
+            "seg3/wal/history/00000002.history"
+        );
+        assert_eq!(
+            wal_key(0, &f("000000010000000000000002.00000028.backup")),
+            "seg0/wal/0000000100000000/000000010000000000000002.00000028.backup"
+        );
+        for key in [
+            wal_key(-1, &f("00000002.history")),
+            wal_key(7, &f("000000030000000000000005.partial")),
+        ] {
+            crate::storage::validate_key(&key).unwrap();
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The repository: storage plus the codec, and the layout of what is in it.
+
+pub mod layout;
+mod meta;
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt;
+use tokio::sync::mpsc;
+
+use crate::codec::{Codec, Key};
+use crate::config::{Config, StorageType};
+use crate::error::{Error, Result};
+use crate::storage::{ByteStream, DynStorage, FsStorage, S3Storage, StorageError};
+
+pub use meta::RepoMeta;
+
+/// Bytes moved by one object transfer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Plain (uncompressed, unencrypted) bytes.
+    pub plain: u64,
+    /// Bytes as stored.
+    pub stored: u64,
+}
+
+/// An open repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub storage: DynStorage,
+    pub codec: Codec,
+}
+
+impl Repo {
+    /// Opens the repository the config names, with its key. Writes nothing.
+    pub async fn open(config: &Config) -> Result<Repo> {
+        let storage: DynStorage = match config.storage.kind {
+            StorageType::Fs => Arc::new(FsStorage::new(&config.storage.path)?),
+            StorageType::S3 => Arc::new(S3Storage::new(&config.storage).await?),
+        };
+        let key = load_key(config)?;
+        let codec = Codec::new(config.compression.method, config.compression.level, key);
+        Ok(Repo { storage, codec })
+    }
+
+    pub fn new(storage: DynStorage, codec: Codec) -> Repo {
+        Repo { storage, codec }
+    }
+
+    /// Prepares the repository for writing: creates its identity object on
+    /// first use, and loads the passphrase salt for new objects.
+    pub async fn prepare_write(&self) -> Result<RepoMeta> {
+        let meta = meta::load_or_create(self.storage.as_ref()).await?;
+        if let Some(key) = &self.codec.key {
+            if key.is_passphrase() {
+                key.set_writer_salt(meta.kdf_salt()?);
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Encodes everything `input` yields into the object `key`, streaming.
+    /// The object exists only once the upload completed.
+    pub async fn put_reader<R: Read + Send + 'static>(
+        &self,
+        key: &str,
+        input: R,
+    ) -> Result<TransferStats> {
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let codec = self.codec.clone();
+        let name = key.to_string();
+        let encode = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut input = input;
+            let mut w = codec.writer(ChannelWriter::new(tx), &name)?;
+            io::copy(&mut input, &mut w).map_err(|e| match e.get_ref() {
+                Some(i) if i.is::<crate::codec::CodecError>() => {
+                    Error::Codec(crate::codec::CodecError::from_io(e, &name))
+                }
+                _ => Error::io(format!("reading the data for {name}"), e),
+            })?;
+            let plain = w.plain_bytes();
+            w.finish()?.close();
+            Ok(plain)
+        });
+        let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let put = self.storage.put(key, body).await;
+        let encoded = encode
+            .await
+            .map_err(|e| Error::Internal(format!("encoder task: {e}")))?;
+        // The encoder's own error explains a failed upload better than the
+        // aborted stream does; a storage error alone is reported as such.
+        let plain = encoded?;
+        let stored = put?;
+        Ok(TransferStats { plain, stored })
+    }
+
+    /// Encodes a buffer into the object `key`.
+    pub async fn put_bytes(&self, key: &str, data: Vec<u8>) -> Result<TransferStats> {
+        self.put_reader(key, io::Cursor::new(data)).await
+    }
+
+    /// Decodes the object `key` into `out`, streaming, verifying every chunk.
+    /// `out` has received only verified bytes when this returns, but may
+    /// have received some before an error: write to a temp file.
+    pub async fn get_into<W: Write + Send + 'static>(&self, key: &str, out: W) -> Result<(W, u64)> {
+        let stream = self.storage.get(key).await?;
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
+            stream.map_err(|e| e),
+        ));
+        let codec = self.codec.clone();
+        let name = key.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(W, u64)> {
+            let mut r = codec.reader(reader, &name)?;
+            let mut out = out;
+            let n = copy_decoded(&mut r, &mut out, &name)?;
+            Ok((out, n))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("decoder task: {e}")))?
+    }
+
+    /// Reads and decodes a whole (small) object.
+    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
+        Ok(self.get_into(key, Vec::new()).await?.0)
+    }
+
+    /// Whether the object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        Ok(self.storage.head(key).await?.is_some())
+    }
+}
+
+/// Copies decoded bytes, telling codec errors (integrity, key) from errors
+/// writing the output.
+fn copy_decoded(r: &mut impl Read, out: &mut impl Write, name: &str) -> Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Codec(crate::codec::CodecError::from_io(e, name))),
+        };
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io(format!("writing {name} locally"), e))?;
+        total += n as u64;
+    }
+}
+
+/// Loads the encryption key: `[encryption] key_file`, else
+/// `$CBDR_ENCRYPTION_KEY`; none means no encryption (said once).
+pub fn load_key(config: &Config) -> Result<Option<Arc<Key>>> {
+    if let Some(path) = &config.encryption.key_file {
+        return Ok(Some(Arc::new(Key::from_file(path)?)));
+    }
+    match std::env::var("CBDR_ENCRYPTION_KEY") {
+        Ok(text) if !text.is_empty() => {
+            Ok(Some(Arc::new(Key::from_text(&text).map_err(|e| {
+                Error::Usage(format!("CBDR_ENCRYPTION_KEY: {e}"))
+            })?)))
+        }
+        _ => {
+            tracing::info!(
+                "encryption is off: no [encryption] key_file and no CBDR_ENCRYPTION_KEY"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// A `Write` that sends what it is given to an async receiver in ~1 MiB
+/// pieces. Dropped without [`ChannelWriter::close`], it sends an error, so
+/// the upload it feeds is aborted rather than stored short.
+pub struct ChannelWriter {
+    tx: Option<mpsc::Sender<io::Result<Bytes>>>,
+    buf: BytesMut,
+}
+
+const CHANNEL_PIECE: usize = 1024 * 1024;
+
+impl ChannelWriter {
+    pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> ChannelWriter {
+        ChannelWriter {
+            tx: Some(tx),
+            buf: BytesMut::with_capacity(CHANNEL_PIECE),
+        }
+    }
+
+    fn send(&mut self, item: io::Result<Bytes>) -> io::Result<()> {
+        let tx = self.tx.as_ref().expect("not closed");
+        tx.blocking_send(item)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+
+    /// Sends what is buffered and ends the stream normally.
+    pub fn close(mut self) {
+        if !self.buf.is_empty() {
+            let piece = self.buf.split().freeze();
+            let _ = self.send(Ok(piece));
+        }
+        self.tx = None;
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHANNEL_PIECE {
+            let piece = self.buf.split().freeze();
+            self.buf.reserve(CHANNEL_PIECE);
+            self.send(Ok(piece))?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.blocking_send(Err(io::Error::other("the writer stopped before the end")));
+        }
+    }
+}

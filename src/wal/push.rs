@@ -1,0 +1,234 @@
+//! `wal-push`: archive one WAL file, and the next ones already waiting.
+//!
+//! PostgreSQL runs archive_command once per file, one at a time. To keep up
+//! with busy servers, each call also uploads (in parallel, up to
+//! `archive.push_concurrency` files) the files that `archive_status/*.ready`
+//! lists, and remembers each one it stored in `pg_wal/cbdr_archived/`; the
+//! call PostgreSQL then makes for such a file checks the memo (size and
+//! CRC32 of the file) and returns at once. A memo is written only after the
+//! upload completed, so nothing is reported archived before it is durable.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use futures_util::future::join_all;
+
+use super::wal_file_of;
+use crate::error::{Error, Result};
+use crate::fsutil::{parent_dir, AtomicFile};
+use crate::pg::WalFile;
+use crate::repo::{layout, Repo, TransferStats};
+
+pub const MEMO_DIR: &str = "cbdr_archived";
+
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub content_id: i32,
+    /// Files uploaded at once, this one included.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Uploaded now.
+    Uploaded(TransferStats),
+    /// Already in the archive with the same content.
+    AlreadyArchived,
+    /// Uploaded ahead by an earlier call (its memo matched).
+    UploadedAhead,
+}
+
+/// Archives the WAL file at `path` (archive_command's `%p`).
+pub async fn wal_push(repo: &Repo, path: &Path, opts: &PushOptions) -> Result<PushOutcome> {
+    let (name, file) = wal_file_of(path)?;
+    let wal_dir = parent_dir(path).to_path_buf();
+    let memo = Memo::new(&wal_dir);
+    if memo.take_if_matches(&name, path)? {
+        tracing::debug!("{name}: uploaded ahead by an earlier call");
+        return Ok(PushOutcome::UploadedAhead);
+    }
+    if !path.is_file() {
+        return Err(Error::Usage(format!(
+            "{} does not exist or is not a file",
+            path.display()
+        )));
+    }
+    repo.prepare_write().await?;
+
+    let ahead = ready_files(&wal_dir, &name, opts.concurrency.saturating_sub(1));
+    let main = push_one(repo, opts.content_id, &file, path);
+    let others = ahead.iter().map(|(ahead_name, ahead_file)| {
+        let p = wal_dir.join(ahead_name);
+        let memo = &memo;
+        async move {
+            match push_one(repo, opts.content_id, ahead_file, &p).await {
+                Ok(_) => {
+                    if let Err(e) = memo.record(ahead_name, &p) {
+                        tracing::warn!("{ahead_name}: archived, but could not remember it: {e}");
+                    }
+                }
+                // PostgreSQL will ask for it again, and the error then
+                // reaches it: here it is only a warning.
+                Err(e) => tracing::warn!("{ahead_name}: uploading ahead failed: {e}"),
+            }
+        }
+    });
+    let (result, _) = futures_util::join!(main, join_all(others));
+    result
+}
+
+/// Uploads one file unless the archive has it; the same content already
+/// archived is success, different content an error that overwrites nothing.
+async fn push_one(
+    repo: &Repo,
+    content_id: i32,
+    file: &WalFile,
+    path: &Path,
+) -> Result<PushOutcome> {
+    let key = layout::wal_key(content_id, file);
+    if repo.exists(&key).await? {
+        return if same_content(repo, &key, path).await? {
+            tracing::info!("{file}: already archived with the same content");
+            Ok(PushOutcome::AlreadyArchived)
+        } else {
+            Err(Error::WalConflict {
+                name: file.to_string(),
+                key,
+            })
+        };
+    }
+    let input =
+        fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let stats = repo.put_reader(&key, input).await?;
+    tracing::info!(
+        "{file}: archived ({} bytes, stored {} bytes)",
+        stats.plain,
+        stats.stored
+    );
+    Ok(PushOutcome::Uploaded(stats))
+}
+
+/// Compares the archived object with the local file, streaming.
+async fn same_content(repo: &Repo, key: &str, path: &Path) -> Result<bool> {
+    let local =
+        fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let cmp = Comparer {
+        local: io::BufReader::with_capacity(256 * 1024, local),
+        same: true,
+        scratch: Vec::new(),
+    };
+    let (mut cmp, _) = repo.get_into(key, cmp).await?;
+    // The local file must not be longer than the archived one.
+    let mut probe = [0u8; 1];
+    let longer = cmp
+        .local
+        .read(&mut probe)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        > 0;
+    Ok(cmp.same && !longer)
+}
+
+struct Comparer<R: Read> {
+    local: R,
+    same: bool,
+    scratch: Vec<u8>,
+}
+
+impl<R: Read> Write for Comparer<R> {
+    fn write(&mut self, archived: &[u8]) -> io::Result<usize> {
+        if self.same {
+            self.scratch.resize(archived.len(), 0);
+            let mut filled = 0;
+            while filled < archived.len() {
+                match self.local.read(&mut self.scratch[filled..])? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            self.same = filled == archived.len() && self.scratch[..filled] == *archived;
+        }
+        Ok(archived.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Files waiting to be archived (`archive_status/*.ready`), other than
+/// `current`: history files first, then oldest first, at most `limit`.
+fn ready_files(wal_dir: &Path, current: &str, limit: usize) -> Vec<(String, WalFile)> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    let Ok(entries) = fs::read_dir(wal_dir.join("archive_status")) else {
+        return Vec::new();
+    };
+    let mut ready: Vec<(String, WalFile)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_suffix(".ready")?.to_string();
+            let f = WalFile::parse(&n)?;
+            (n != current).then_some((n, f))
+        })
+        .collect();
+    ready.sort_by_key(|(n, f)| (!matches!(f, WalFile::History(_)), n.clone()));
+    ready.truncate(limit);
+    ready
+}
+
+/// Remembers files uploaded ahead: `pg_wal/cbdr_archived/<name>` holds the
+/// file's size and CRC32 when it was uploaded.
+struct Memo {
+    dir: PathBuf,
+}
+
+impl Memo {
+    fn new(wal_dir: &Path) -> Memo {
+        Memo {
+            dir: wal_dir.join(MEMO_DIR),
+        }
+    }
+
+    fn record(&self, name: &str, path: &Path) -> io::Result<()> {
+        let fingerprint = fingerprint(path)?;
+        fs::create_dir_all(&self.dir)?;
+        let mut f = AtomicFile::create(&self.dir.join(name))?;
+        f.write_all(fingerprint.as_bytes())?;
+        f.commit()
+    }
+
+    /// True (and the memo removed) when `name` was uploaded ahead with the
+    /// content `path` has now.
+    fn take_if_matches(&self, name: &str, path: &Path) -> Result<bool> {
+        let memo_path = self.dir.join(name);
+        let Ok(recorded) = fs::read_to_string(&memo_path) else {
+            return Ok(false);
+        };
+        let matches = fingerprint(path).is_ok_and(|now| now == recorded);
+        let _ = fs::remove_file(&memo_path);
+        if !matches {
+            tracing::warn!(
+                "{name}: uploaded ahead, but the file changed since: checking the archive again"
+            );
+        }
+        Ok(matches)
+    }
+}
+
+fn fingerprint(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        match f.read(&mut buf)? {
+            0 => break,
+            n => {
+                h.update(&buf[..n]);
+                size += n as u64;
+            }
+        }
+    }
+    Ok(format!("{size} {:08x}\n", h.finalize()))
+}

@@ -1,0 +1,393 @@
+//! Bad input and damaged repositories: each gives its documented exit code
+//! and a clear message, and leaves the repository as it was.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::garage;
+use tempfile::TempDir;
+
+const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+const SEG1: &str = "000000010000000000000001";
+const SEG2: &str = "000000010000000000000002";
+const SEG3: &str = "000000010000000000000003";
+
+struct Env {
+    dir: TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    fn new(storage_toml: Option<&str>) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage_toml.map(String::from).unwrap_or_else(|| {
+            format!(
+                "[storage]\npath = \"{}\"",
+                dir.path().join("repo").display()
+            )
+        });
+        let config = dir.path().join("cbdr.toml");
+        fs::write(
+            &config,
+            format!("{storage}\n[archive]\nwal_segment_size = 1048576\n"),
+        )
+        .unwrap();
+        fs::create_dir_all(dir.path().join("pg_wal/archive_status")).unwrap();
+        Env { dir, config }
+    }
+
+    fn wal(&self, name: &str) -> PathBuf {
+        self.dir.path().join("pg_wal").join(name)
+    }
+
+    /// A WAL-named file with pseudo-random content.
+    fn make_wal(&self, name: &str, seed: u8) -> Vec<u8> {
+        let data: Vec<u8> = (0..1_048_576u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ seed)
+            .collect();
+        fs::write(self.wal(name), &data).unwrap();
+        data
+    }
+
+    fn repo_file(&self, name: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("repo/seg-1/wal/0000000100000000")
+            .join(name)
+    }
+
+    fn run(&self, key: Option<&str>, args: &[&str]) -> (i32, String) {
+        let mut cmd = Command::new(CBDR);
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.current_dir(self.dir.path());
+        match key {
+            Some(k) => cmd.env("CBDR_ENCRYPTION_KEY", k),
+            None => cmd.env_remove("CBDR_ENCRYPTION_KEY"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn push(&self, name: &str) -> (i32, String) {
+        self.run(Some(KEY), &["wal-push", self.wal(name).to_str().unwrap()])
+    }
+
+    fn fetch_with(&self, key: Option<&str>, name: &str) -> (i32, String, PathBuf) {
+        let dest = self.dir.path().join("restored").join(name);
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let (code, err) = self.run(key, &["wal-fetch", name, dest.to_str().unwrap()]);
+        (code, err, dest)
+    }
+
+    /// Files in the restore directory, temp files and prefetch included.
+    fn restored_entries(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let root = self.dir.path().join("restored");
+        for e in walk(&root) {
+            out.push(e.strip_prefix(&root).unwrap().display().to_string());
+        }
+        out
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn pushing_again_same_content_succeeds_different_content_fails_and_keeps_the_archive() {
+    let env = Env::new(None);
+    let original = env.make_wal(SEG1, 1);
+    assert_eq!(env.push(SEG1).0, 0);
+    let stored = fs::read(env.repo_file(SEG1)).unwrap();
+
+    // PostgreSQL retries after a crash: the same content is accepted.
+    let (code, err) = env.push(SEG1);
+    assert_eq!(code, 0, "{err}");
+
+    // Different content under the same name is refused, exit 5.
+    env.make_wal(SEG1, 2);
+    let (code, err) = env.push(SEG1);
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("already archived") && err.contains("different content"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(env.repo_file(SEG1)).unwrap(),
+        stored,
+        "archive changed"
+    );
+
+    // A truncated local copy is different content too.
+    fs::write(env.wal(SEG1), &original[..1000]).unwrap();
+    assert_eq!(env.push(SEG1).0, 5);
+    assert_eq!(
+        fs::read(env.repo_file(SEG1)).unwrap(),
+        stored,
+        "archive changed"
+    );
+    // And what is archived still reads back as the original.
+    let (code, err, dest) = env.fetch_with(Some(KEY), SEG1);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read(dest).unwrap(), original);
+}
+
+#[test]
+fn wrong_or_missing_key_is_named_and_writes_nothing() {
+    let env = Env::new(None);
+    env.make_wal(SEG1, 1);
+    assert_eq!(env.push(SEG1).0, 0);
+
+    let (code, err, dest) = env.fetch_with(Some(OTHER_KEY), SEG1);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("wrong encryption key"), "{err}");
+    assert!(!dest.exists());
+
+    let (code, err, dest) = env.fetch_with(None, SEG1);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("encrypted but no key is configured"), "{err}");
+    assert!(!dest.exists());
+    assert!(
+        env.restored_entries().iter().all(|e| !e.contains(SEG1)),
+        "left behind: {:?}",
+        env.restored_entries()
+    );
+}
+
+#[test]
+fn corrupted_and_truncated_objects_are_refused() {
+    let env = Env::new(None);
+    let data1 = env.make_wal(SEG1, 1);
+    env.make_wal(SEG2, 2);
+    assert_eq!(env.push(SEG1).0, 0);
+    assert_eq!(env.push(SEG2).0, 0);
+
+    // One flipped bit in the middle of one, the end cut off the other
+    // (both damaged before any fetch, which would prefetch the next).
+    let mut bytes = fs::read(env.repo_file(SEG1)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(env.repo_file(SEG1), &bytes).unwrap();
+    let bytes = fs::read(env.repo_file(SEG2)).unwrap();
+    fs::write(env.repo_file(SEG2), &bytes[..bytes.len() - 100]).unwrap();
+
+    let (code, err, dest) = env.fetch_with(Some(KEY), SEG1);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("corrupted"), "{err}");
+    assert!(!dest.exists());
+    let (code, err, dest) = env.fetch_with(Some(KEY), SEG2);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("truncated") || err.contains("corrupted"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+
+    // Nothing half-written is left where PostgreSQL would look.
+    assert!(
+        env.restored_entries().is_empty(),
+        "{:?}",
+        env.restored_entries()
+    );
+    // Pushing the right content again is still refused (nothing is
+    // overwritten), with the damage named.
+    fs::write(env.wal(SEG1), &data1).unwrap();
+    let (code, err) = env.push(SEG1);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("corrupted"), "{err}");
+}
+
+#[test]
+fn a_missing_segment_exits_1_quietly() {
+    let env = Env::new(None);
+    env.make_wal(SEG1, 1);
+    assert_eq!(env.push(SEG1).0, 0);
+    let (code, err, dest) = env.fetch_with(Some(KEY), SEG3);
+    assert_eq!(code, 1);
+    assert_eq!(err, "", "wal-fetch of a missing file should be quiet");
+    assert!(!dest.exists());
+    // PostgreSQL asks for history files that do not exist as a matter of course.
+    let (code, err, _) = env.fetch_with(Some(KEY), "00000005.history");
+    assert_eq!((code, err.as_str()), (1, ""));
+}
+
+#[test]
+fn bad_config_and_arguments_exit_2_naming_the_problem() {
+    let env = Env::new(None);
+    env.make_wal(SEG1, 1);
+    let cases = [
+        ("[storage]\npaht = \"/tmp/x\"\n", "paht"),
+        ("[compression]\nmethod = \"gzip\"\n", "gzip"),
+        (
+            "[compression]\nmethod = \"zstd\"\nlevel = 40\n",
+            "compression.level",
+        ),
+        ("[storage]\ntype = \"s3\"\n", "storage.bucket"),
+        (
+            "[archive]\nwal_segment_size = 12345\n",
+            "archive.wal_segment_size",
+        ),
+        ("this is not toml", "config file"),
+    ];
+    for (text, needle) in cases {
+        fs::write(&env.config, text).unwrap();
+        let (code, err) = env.push(SEG1);
+        assert_eq!(code, 2, "{text:?}: {err}");
+        assert!(err.contains(needle), "{text:?}: {err}");
+    }
+    assert!(
+        !env.dir.path().join("repo").exists(),
+        "a bad config wrote a repository"
+    );
+
+    let env = Env::new(None);
+    fs::write(env.wal("notawalfile"), b"x").unwrap();
+    let (code, err) = env.push("notawalfile");
+    assert_eq!(code, 2);
+    assert!(err.contains("not a WAL file name"), "{err}");
+    let (code, err) = env.run(Some("short"), &["wal-fetch", SEG1, "x"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("CBDR_ENCRYPTION_KEY") && !err.contains("short\""),
+        "{err}"
+    );
+    let (code, err) = env.run(Some(KEY), &["wal-push", env.wal(SEG2).to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn ready_files_are_pushed_ahead_and_later_calls_need_no_storage() {
+    let env = Env::new(None);
+    for (i, name) in [SEG1, SEG2, SEG3].iter().enumerate() {
+        env.make_wal(name, i as u8);
+        fs::write(
+            env.dir
+                .path()
+                .join(format!("pg_wal/archive_status/{name}.ready")),
+            "",
+        )
+        .unwrap();
+    }
+    let (code, err) = env.push(SEG1);
+    assert_eq!(code, 0, "{err}");
+    for name in [SEG1, SEG2, SEG3] {
+        assert!(env.repo_file(name).exists(), "{name} not uploaded");
+    }
+    assert!(env
+        .dir
+        .path()
+        .join("pg_wal/cbdr_archived")
+        .join(SEG2)
+        .exists());
+
+    // Point the config at storage that cannot be reached: the next calls
+    // succeed from the memo alone, and consume it.
+    let port = common::free_port();
+    fs::write(
+        &env.config,
+        format!("[storage]\ntype = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:{port}\"\nregion = \"x\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\nmax_attempts = 1\n"),
+    )
+    .unwrap();
+    assert_eq!(env.push(SEG2).0, 0);
+    assert!(!env
+        .dir
+        .path()
+        .join("pg_wal/cbdr_archived")
+        .join(SEG2)
+        .exists());
+    // A file changed since it was pushed ahead is not trusted to the memo:
+    // it needs the storage, which is down (exit 3).
+    env.make_wal(SEG3, 9);
+    let (code, err) = env.push(SEG3);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    // Nothing was told archived that is not: SEG2 again needs storage now.
+    let (code, _) = env.push(SEG2);
+    assert_eq!(code, 3);
+}
+
+#[test]
+fn prefetched_segments_serve_later_calls() {
+    let env = Env::new(None);
+    let mut originals = Vec::new();
+    for (i, name) in [SEG1, SEG2, SEG3].iter().enumerate() {
+        originals.push(env.make_wal(name, i as u8));
+        assert_eq!(env.push(name).0, 0);
+    }
+    let (code, err, dest) = env.fetch_with(Some(KEY), SEG1);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read(&dest).unwrap(), originals[0]);
+    let prefetch = dest.parent().unwrap().join("cbdr_prefetch");
+    assert!(prefetch.join(SEG2).exists() && prefetch.join(SEG3).exists());
+    // With the repository gone, the next two come from the prefetch dir.
+    fs::rename(
+        env.dir.path().join("repo"),
+        env.dir.path().join("repo.moved"),
+    )
+    .unwrap();
+    for (i, name) in [SEG2, SEG3].iter().enumerate() {
+        let (code, err, dest) = env.fetch_with(Some(KEY), name);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(fs::read(&dest).unwrap(), originals[i + 1]);
+    }
+}
+
+#[tokio::test]
+async fn damaged_objects_on_s3_are_refused() {
+    use cbdr::storage::{body_from_bytes, get_bytes, S3Storage, Storage};
+    let target = garage::bucket("wal-errors");
+    let env = Env::new(Some(&target.config_toml("c")));
+    let data = env.make_wal(SEG1, 1);
+    env.make_wal(SEG2, 2);
+    assert_eq!(env.push(SEG1).0, 0);
+    assert_eq!(env.push(SEG2).0, 0);
+
+    let cfg = cbdr::config::Config::parse(&target.config_toml("c")).unwrap();
+    let s3 = S3Storage::new(&cfg.storage).await.unwrap();
+    let key1 = format!("seg-1/wal/0000000100000000/{SEG1}");
+    let key2 = format!("seg-1/wal/0000000100000000/{SEG2}");
+    let mut bytes = get_bytes(&s3, &key1).await.unwrap();
+    let stored = bytes.clone();
+    bytes[5000] ^= 0x80;
+    s3.put(&key1, body_from_bytes(bytes)).await.unwrap();
+    let cut = get_bytes(&s3, &key2).await.unwrap();
+    s3.put(&key2, body_from_bytes(cut[..cut.len() / 2].to_vec()))
+        .await
+        .unwrap();
+
+    let (code, err, dest) = env.fetch_with(Some(KEY), SEG1);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("corrupted"), "{err}");
+    assert!(!dest.exists());
+    let (code, err, dest) = env.fetch_with(Some(KEY), SEG2);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("truncated"), "{err}");
+    assert!(!dest.exists());
+
+    // Restored from the good copy, it reads back.
+    s3.put(&key1, body_from_bytes(stored)).await.unwrap();
+    let (code, err, dest) = env.fetch_with(Some(KEY), SEG1);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read(dest).unwrap(), data);
+}
