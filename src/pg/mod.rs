@@ -1,5 +1,6 @@
 //! PostgreSQL concepts: LSNs, timelines and WAL file names.
 
+pub mod conn;
 mod lsn;
 mod wal_name;
 
