@@ -137,6 +137,7 @@ pub struct PgConn {
     backend_key: Option<(i32, i32)>,
     transaction_status: u8,
     tls: bool,
+    auth_method: &'static str,
 }
 
 impl std::fmt::Debug for PgConn {
@@ -235,6 +236,7 @@ impl PgConn {
             backend_key: None,
             transaction_status: b'I',
             tls,
+            auth_method: "trust",
         };
         conn.startup(params, replication).await?;
         Ok(conn)
@@ -263,8 +265,18 @@ impl PgConn {
                 .await
                 .map(Ok)
                 .map_err(|e| {
+                    let e = e.to_string();
+                    let hint = if e.contains("UnknownIssuer") || e.contains("BadSignature") {
+                        ": the server certificate does not chain to a trusted root (set \
+                         sslrootcert / PGSSLROOTCERT to the CA certificate)"
+                    } else if e.contains("not valid for name") || e.contains("NotValidForName") {
+                        ": connect with the host name the certificate is for, or use \
+                         sslmode=verify-ca"
+                    } else {
+                        ""
+                    };
                     PgError::Tls(format!(
-                        "handshake with {} failed (sslmode={}): {e}",
+                        "handshake with {} failed (sslmode={}): {e}{hint}",
                         params.target(),
                         params.sslmode
                     ))
@@ -320,6 +332,7 @@ impl PgConn {
                         0 => {} // AuthenticationOk
                         3 => {
                             let password = self.password(params, replication)?;
+                            self.auth_method = "password";
                             frontend::password_message(password.as_bytes(), &mut self.wbuf)
                                 .map_err(|_| {
                                     PgError::Auth("the password contains a NUL byte".into())
@@ -336,6 +349,7 @@ impl PgConn {
                                 password.as_bytes(),
                                 salt,
                             );
+                            self.auth_method = "md5";
                             frontend::password_message(hash.as_bytes(), &mut self.wbuf)
                                 .map_err(|e| PgError::Protocol(e.to_string()))?;
                             self.flush().await?;
@@ -344,6 +358,7 @@ impl PgConn {
                             let mechanisms = parse_cstrings(&body);
                             let password = self.password(params, replication)?;
                             let (mechanism, state) = self.scram_start(&mechanisms, &password)?;
+                            self.auth_method = mechanism;
                             frontend::sasl_initial_response(
                                 mechanism,
                                 state.message(),
@@ -504,6 +519,13 @@ impl PgConn {
         self.tls
     }
 
+    /// How the connection authenticated: `trust` (no password asked),
+    /// `password`, `md5`, `SCRAM-SHA-256` or `SCRAM-SHA-256-PLUS` (with
+    /// channel binding).
+    pub fn auth_method(&self) -> &'static str {
+        self.auth_method
+    }
+
     /// The transaction status of the last ReadyForQuery: `b'I'` idle,
     /// `b'T'` in a transaction, `b'E'` in a failed transaction.
     pub fn transaction_status(&self) -> u8 {
@@ -550,10 +572,14 @@ impl PgConn {
                             .into(),
                     ))
                 }
+                Err(PgError::Server(e)) if matches!(e.severity.as_str(), "FATAL" | "PANIC") => {
+                    // The server closes the connection after it.
+                    return Err(PgError::Server(e));
+                }
                 Err(e @ PgError::Server(_)) => {
                     error.get_or_insert(e);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(error.unwrap_or(e)),
             }
         }
         match error {
@@ -574,8 +600,10 @@ impl PgConn {
     /// Send a simple Query without reading the reply: read it with
     /// [`PgConn::next_message`] up to [`BackendMessage::ReadyForQuery`].
     pub async fn send_query(&mut self, sql: &str) -> Result<(), PgError> {
-        frontend::query(sql, &mut self.wbuf)
-            .map_err(|_| PgError::Protocol("the query contains a NUL byte".into()))?;
+        if sql.contains('\0') {
+            return Err(PgError::Protocol("the query contains a NUL byte".into()));
+        }
+        frontend::query(sql, &mut self.wbuf).map_err(|e| self.encode_error(e))?;
         self.flush().await
     }
 
@@ -655,6 +683,12 @@ impl PgConn {
         frontend::terminate(&mut self.wbuf);
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
+    }
+
+    /// A message could not be encoded: drop what was partly written.
+    fn encode_error(&mut self, e: io::Error) -> PgError {
+        self.wbuf.clear();
+        PgError::Protocol(format!("could not encode a message: {e}"))
     }
 
     async fn flush(&mut self) -> Result<(), PgError> {
