@@ -39,6 +39,10 @@ pub enum Error {
     Usage(String),
     #[error("WAL file {name} is already archived as {key} with different content: refusing to overwrite it. Another server may be archiving into the same repository (check --content-id and the storage settings), or this server's WAL diverged from the archived one (e.g. a restored copy archiving on the old timeline)")]
     WalConflict { name: String, key: String },
+    #[error("the restored data does not verify: {0}")]
+    Integrity(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("{0} not found in the repository")]
     NotFound(String),
     #[error("{context}: {source}")]
@@ -70,6 +74,8 @@ impl Error {
             Error::Codec(_) => ExitCode::Integrity,
             Error::WalConflict { .. } => ExitCode::Conflict,
             Error::NotFound(_) => ExitCode::NotFound,
+            Error::Postgres(_) => ExitCode::Postgres,
+            Error::Integrity(_) => ExitCode::Integrity,
             Error::Io { .. } => ExitCode::Storage,
             Error::Internal(_) => ExitCode::Internal,
         }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod pg;
+pub mod physical;
 pub mod repo;
 pub mod storage;
 pub mod wal;

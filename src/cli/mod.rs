@@ -1,6 +1,8 @@
 //! The command line: parses arguments, runs a command, prints errors well
 //! and maps them to documented exit codes.
 
+mod list;
+mod physical;
 mod wal;
 
 use std::path::PathBuf;
@@ -38,6 +40,14 @@ pub enum Command {
     WalPush(wal::WalPushArgs),
     /// Restore a WAL file: use as restore_command = 'cbdr wal-fetch %f %p'.
     WalFetch(wal::WalFetchArgs),
+    /// Take a base backup over the replication protocol.
+    BackupPush(physical::BackupPushArgs),
+    /// Create a named restore point (and record it in the repository).
+    CreateRestorePoint(physical::RestorePointArgs),
+    /// Restore a base backup and set up recovery to a target.
+    Restore(physical::RestoreArgs),
+    /// Show backups, restore points and WAL coverage.
+    List(list::ListArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -71,6 +81,10 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::WalPush(args) => wal::push(&config, args).await,
         Command::WalFetch(args) => wal::fetch(&config, args).await,
+        Command::BackupPush(args) => physical::backup(&config, args).await,
+        Command::CreateRestorePoint(args) => physical::restore_point(&config, args).await,
+        Command::Restore(args) => physical::restore_cmd(&config, args).await,
+        Command::List(args) => list::list(&config, args).await,
     }
 }
 

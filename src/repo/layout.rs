@@ -4,6 +4,13 @@
 //! cbdr-repo.json                          repository identity (format, passphrase salt)
 //! seg{ID}/wal/{TLI}{LOG}/{segment}        WAL segments, .partial and .backup files
 //! seg{ID}/wal/history/{TLI}.history       timeline history files
+//! seg{ID}/basebackups/{NAME}/parts/{ARCHIVE}/{N}.tar
+//!                                         a base backup's tar stream, cut at file
+//!                                         boundaries (ARCHIVE: "base" or a tablespace OID)
+//! seg{ID}/basebackups/{NAME}/backup_manifest   the server's backup manifest
+//! seg{ID}/basebackups/{NAME}/backup.json  the backup's record, written last:
+//!                                         a backup without it is incomplete
+//! seg{ID}/restore_points/{NAME}.json      a named restore point
 //! ```
 //! `ID` is the content id: `seg-1` is the coordinator (or a single server),
 //! `seg0`..`segN-1` the segments. Object names do not depend on the
@@ -30,6 +37,39 @@ pub fn wal_key(content_id: i32, file: &WalFile) -> String {
         Some(seg) => format!("{}{}/{file}", wal_prefix(content_id), seg.group()),
         None => format!("{}history/{file}", wal_prefix(content_id)),
     }
+}
+
+/// The prefix of one content id's base backups.
+pub fn backups_prefix(content_id: i32) -> String {
+    format!("{}/basebackups/", segment_prefix(content_id))
+}
+
+pub fn backup_prefix(content_id: i32, backup: &str) -> String {
+    format!("{}{backup}/", backups_prefix(content_id))
+}
+
+/// The record whose presence makes a backup complete.
+pub fn backup_record_key(content_id: i32, backup: &str) -> String {
+    format!("{}backup.json", backup_prefix(content_id, backup))
+}
+
+pub fn backup_manifest_key(content_id: i32, backup: &str) -> String {
+    format!("{}backup_manifest", backup_prefix(content_id, backup))
+}
+
+pub fn backup_part_key(content_id: i32, backup: &str, archive: &str, part: u32) -> String {
+    format!(
+        "{}parts/{archive}/{part:06}.tar",
+        backup_prefix(content_id, backup)
+    )
+}
+
+pub fn restore_points_prefix(content_id: i32) -> String {
+    format!("{}/restore_points/", segment_prefix(content_id))
+}
+
+pub fn restore_point_key(content_id: i32, name: &str) -> String {
+    format!("{}{name}.json", restore_points_prefix(content_id))
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The repository: storage plus the codec, and the layout of what is in it.
 
+pub mod catalog;
+pub mod coverage;
 pub mod layout;
 mod meta;
 

@@ -1,0 +1,151 @@
+//! `list`: backups, restore points and WAL coverage, for people or as JSON.
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::repo::catalog::{BackupRecord, RestorePointRecord};
+use crate::repo::coverage::{coverage, TimelineCoverage};
+use crate::repo::{layout, Repo};
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this content id (default: all in the repository).
+    #[arg(long, allow_negative_numbers = true)]
+    pub content_id: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+struct SegmentListing {
+    content_id: i32,
+    backups: Vec<BackupRecord>,
+    restore_points: Vec<RestorePointRecord>,
+    wal: Vec<TimelineCoverage>,
+}
+
+pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
+    let repo = Repo::open(config).await?;
+    let mut ids: Vec<i32> = match args.content_id {
+        Some(id) => vec![id],
+        None => {
+            let mut ids = std::collections::BTreeSet::new();
+            for o in repo.storage.list("seg").await? {
+                if let Some(id) = o
+                    .key
+                    .split('/')
+                    .next()
+                    .and_then(|s| s.strip_prefix("seg"))
+                    .and_then(|s| s.parse().ok())
+                {
+                    ids.insert(id);
+                }
+            }
+            ids.into_iter().collect()
+        }
+    };
+    ids.sort();
+    let mut out = Vec::new();
+    for id in ids {
+        let backups = repo.backups(id).await?;
+        let restore_points = repo.restore_points(id).await?;
+        let segment_size = backups
+            .last()
+            .map(|b| b.wal_segment_size)
+            .unwrap_or(config.archive.wal_segment_size);
+        let wal_objects = repo.storage.list(&layout::wal_prefix(id)).await?;
+        let wal = coverage(
+            wal_objects.iter().filter_map(|o| o.key.rsplit('/').next()),
+            segment_size,
+        );
+        out.push(SegmentListing {
+            content_id: id,
+            backups,
+            restore_points,
+            wal,
+        });
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializable")
+        );
+        return Ok(());
+    }
+    if out.is_empty() {
+        println!("The repository at {} is empty.", repo.storage.location());
+    }
+    for s in &out {
+        println!("== content id {} ==", s.content_id);
+        println!("Backups:");
+        if s.backups.is_empty() {
+            println!("  (none)");
+        } else {
+            println!(
+                "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>6}",
+                "NAME", "FINISHED (UTC)", "START LSN", "STOP LSN", "TLI", "SIZE", "STORED", "RATIO"
+            );
+            for b in &s.backups {
+                let ratio = b.plain_bytes() as f64 / b.stored_bytes().max(1) as f64;
+                println!(
+                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>5.1}x",
+                    b.name,
+                    b.stop_time.format("%Y-%m-%d %H:%M:%S"),
+                    b.start_lsn.to_string(),
+                    b.stop_lsn.to_string(),
+                    b.timeline.0,
+                    human(b.plain_bytes()),
+                    human(b.stored_bytes()),
+                    ratio
+                );
+            }
+        }
+        println!("Restore points:");
+        if s.restore_points.is_empty() {
+            println!("  (none)");
+        }
+        for r in &s.restore_points {
+            println!(
+                "  {:<24} {:<20} {:>12} {:>4}",
+                r.name,
+                r.time.format("%Y-%m-%d %H:%M:%S"),
+                r.lsn.to_string(),
+                r.timeline.0
+            );
+        }
+        println!("WAL archive:");
+        if s.wal.is_empty() {
+            println!("  (none)");
+        }
+        for w in &s.wal {
+            let gaps = if w.gaps.is_empty() {
+                "no gaps".to_string()
+            } else {
+                w.gaps
+                    .iter()
+                    .map(|g| format!("missing {}..{}", g.from, g.to))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "  timeline {}: {} .. {} ({} segments, {gaps})",
+                w.timeline.0, w.first, w.last, w.segments
+            );
+        }
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}

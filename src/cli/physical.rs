@@ -1,0 +1,216 @@
+//! `backup-push`, `create-restore-point`, `restore`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pg::conn::ConnParams;
+use crate::pg::Lsn;
+use crate::physical::backup::{backup_push, BackupOptions, PART_TARGET};
+use crate::physical::restore::{restore, RecoveryTarget, RestoreOptions, TargetAction};
+use crate::physical::restore_point::create_restore_point;
+use crate::repo::Repo;
+
+/// Connection settings; libpq's environment variables (PGHOST, PGPORT,
+/// PGUSER, PGPASSWORD, ~/.pgpass, PGSSLMODE) apply too.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Host name, IP address or unix-socket directory of the server.
+    #[arg(long, short = 'H')]
+    pub host: Option<String>,
+    #[arg(long, short = 'p')]
+    pub port: Option<u16>,
+    #[arg(long, short = 'U')]
+    pub user: Option<String>,
+}
+
+impl ConnArgs {
+    fn params(&self) -> Result<ConnParams> {
+        let mut p = ConnParams::try_from_env().map_err(Error::Usage)?;
+        if let Some(h) = &self.host {
+            p.host = h.clone();
+        }
+        if let Some(port) = self.port {
+            p.port = port;
+        }
+        if let Some(u) = &self.user {
+            p.user = u.clone();
+        }
+        Ok(p)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BackupPushArgs {
+    /// Content id of the segment (-1: the coordinator or a single server).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub content_id: i32,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Seconds to wait for the backup's WAL to reach the archive.
+    #[arg(long, default_value_t = 300)]
+    pub wal_wait: u64,
+}
+
+pub async fn backup(config: &Config, args: BackupPushArgs) -> Result<()> {
+    let repo = Repo::open(config).await?;
+    let opts = BackupOptions {
+        content_id: args.content_id,
+        conn: args.conn.params()?,
+        wal_wait: Duration::from_secs(args.wal_wait),
+        part_target: PART_TARGET,
+    };
+    let b = backup_push(&repo, &opts).await?;
+    println!(
+        "backup {} complete: {} to {}, {} MB, stored {} MB",
+        b.name,
+        b.start_lsn,
+        b.stop_lsn,
+        b.plain_bytes() / 1_000_000,
+        b.stored_bytes() / 1_000_000
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct RestorePointArgs {
+    /// The restore point's name (letters, digits, '_', '-', '.').
+    pub name: String,
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub content_id: i32,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Seconds to wait for the point's WAL to reach the archive.
+    #[arg(long, default_value_t = 300)]
+    pub wal_wait: u64,
+}
+
+pub async fn restore_point(config: &Config, args: RestorePointArgs) -> Result<()> {
+    let repo = Repo::open(config).await?;
+    let rp = create_restore_point(
+        &repo,
+        args.content_id,
+        &args.name,
+        &args.conn.params()?,
+        Duration::from_secs(args.wal_wait),
+    )
+    .await?;
+    println!(
+        "restore point {} at {} (timeline {})",
+        rp.name, rp.lsn, rp.timeline
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").args(["restore_point", "target_time", "target_lsn", "target_xid", "immediate"])))]
+pub struct RestoreArgs {
+    /// The new data directory (must be empty or absent, unless --force).
+    #[arg(long)]
+    pub target_dir: PathBuf,
+    /// The backup to restore: a name from `cbdr list`, or LATEST (the
+    /// newest that ends before the target; the default).
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Recover to this restore point.
+    #[arg(long)]
+    pub restore_point: Option<String>,
+    /// Recover to this time, e.g. '2026-11-25 10:00:00+00'.
+    #[arg(long)]
+    pub target_time: Option<String>,
+    /// Recover to this LSN, e.g. 0/5000028.
+    #[arg(long)]
+    pub target_lsn: Option<String>,
+    /// Recover to the end of this transaction.
+    #[arg(long)]
+    pub target_xid: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long)]
+    pub immediate: bool,
+    /// What the server does at the target.
+    #[arg(long, value_enum, default_value = "promote")]
+    pub target_action: TargetAction,
+    /// Move a tablespace: OLD=NEW (repeatable).
+    #[arg(long, value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<String>,
+    /// Replace the contents of a non-empty target directory.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub content_id: i32,
+    /// Parts downloaded at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+}
+
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
+    let t = text.trim();
+    chrono::DateTime::parse_from_rfc3339(t)
+        .or_else(|_| chrono::DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .or_else(|_| chrono::DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%#z"))
+        .map_err(|_| {
+            Error::Usage(format!(
+                "--target-time {text:?}: use a time with its zone, e.g. '2026-11-25 10:00:00+00'"
+            ))
+        })
+}
+
+pub async fn restore_cmd(config: &Config, args: RestoreArgs) -> Result<()> {
+    let target = if let Some(n) = args.restore_point {
+        RecoveryTarget::RestorePoint(n)
+    } else if let Some(t) = args.target_time {
+        RecoveryTarget::Time(parse_time(&t)?)
+    } else if let Some(l) = args.target_lsn {
+        RecoveryTarget::Lsn(
+            l.parse::<Lsn>()
+                .map_err(|e| Error::Usage(format!("--target-lsn: {e}")))?,
+        )
+    } else if let Some(x) = args.target_xid {
+        RecoveryTarget::Xid(x)
+    } else if args.immediate {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::Latest
+    };
+    let mut map = Vec::new();
+    for m in &args.tablespace_map {
+        let (old, new) = m
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--tablespace-map {m:?}: use OLD=NEW")))?;
+        map.push((old.to_string(), new.to_string()));
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the cbdr executable", e))?;
+    let mut restore_command = format!("{}", exe.display());
+    if let Some(src) = &config.source {
+        let abs = std::fs::canonicalize(src).unwrap_or(src.clone());
+        restore_command.push_str(&format!(" --config {}", abs.display()));
+    }
+    restore_command.push_str(&format!(
+        " wal-fetch %f %p --content-id {}",
+        args.content_id
+    ));
+    let repo = Repo::open(config).await?;
+    let target_dir = std::path::absolute(&args.target_dir).unwrap_or(args.target_dir.clone());
+    let opts = RestoreOptions {
+        content_id: args.content_id,
+        target_dir: target_dir.clone(),
+        backup: args.backup,
+        target,
+        action: args.target_action,
+        tablespace_map: map,
+        force: args.force,
+        restore_command,
+        parallel: args.parallel,
+    };
+    let b = restore(&repo, &opts).await?;
+    println!(
+        "restored backup {} into {}: start the server to recover ({:?})",
+        b.name,
+        target_dir.display(),
+        opts.target
+    );
+    Ok(())
+}

@@ -1,0 +1,604 @@
+//! `backup-push`: a base backup over the replication protocol, streamed
+//! through the codec into the repository.
+//!
+//! The server's tar streams (the data directory and each tablespace) are cut
+//! at file boundaries into parts of about `PART_TARGET` plain bytes, each a
+//! valid tar, encoded and uploaded while the next part is received (up to
+//! `PARTS_IN_FLIGHT` at once). The server's backup manifest is kept. The
+//! backup's record (`backup.json`) is written last, after every part and
+//! after the WAL from start to stop LSN is in the archive: without it the
+//! backup does not exist for `list` or `restore`.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::tar_split::TarBoundaries;
+use crate::error::{Error, Result};
+use crate::pg::conn::{BackendMessage, ConnParams, PgConn, Replication};
+use crate::pg::{Lsn, TimelineId, WalFile, WalSegmentName};
+use crate::repo::catalog::{ArchiveRecord, BackupRecord};
+use crate::repo::{layout, Repo, TransferStats};
+
+/// Plain bytes per part before it is cut at the next file boundary.
+pub const PART_TARGET: u64 = 32 * 1024 * 1024;
+/// Parts encoded and uploaded at once.
+pub const PARTS_IN_FLIGHT: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub content_id: i32,
+    pub conn: ConnParams,
+    /// How long to wait for the backup's WAL to reach the archive.
+    pub wal_wait: Duration,
+    pub part_target: u64,
+}
+
+/// Takes a base backup; returns its record once it is complete.
+pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupRecord> {
+    repo.prepare_write().await?;
+    let mut conn = PgConn::connect(&opts.conn, Replication::Physical)
+        .await
+        .map_err(pg_err)?;
+    let version = conn.server_version_num();
+    if version < 130000 {
+        return Err(Error::Usage(format!(
+            "PostgreSQL {} is too old: cbdr backs up PostgreSQL 13 and later (Cloudberry, Greenplum 7)",
+            version / 10000
+        )));
+    }
+    let ident = conn.query_one("IDENTIFY_SYSTEM").await.map_err(pg_err)?;
+    let system_identifier = ident.get(0).unwrap_or_default().to_string();
+    let segment_size = parse_size_setting(
+        conn.query_one("SHOW wal_segment_size")
+            .await
+            .map_err(pg_err)?
+            .get(0)
+            .unwrap_or_default(),
+    )?;
+
+    let name = new_backup_name(repo, opts.content_id).await?;
+    tracing::info!("backup {name}: starting (PostgreSQL {version}, system {system_identifier})");
+    let start_time = Utc::now();
+    let label = format!("cbdr {name}");
+    let command = if version >= 150000 {
+        format!(
+            "BASE_BACKUP (LABEL '{label}', PROGRESS true, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP true)"
+        )
+    } else {
+        format!("BASE_BACKUP LABEL '{label}' PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP")
+    };
+    conn.send_query(&command).await.map_err(pg_err)?;
+
+    let mut stream = BackupStream::new(
+        repo.clone(),
+        opts.content_id,
+        name.clone(),
+        opts.part_target,
+    );
+    let result = stream.run(&mut conn, version >= 150000).await;
+    let (start, stop, archives, manifest_bytes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            stream.abort().await;
+            return Err(e);
+        }
+    };
+    conn.close().await;
+    let stop_time = Utc::now();
+
+    wait_for_wal(
+        repo,
+        opts.content_id,
+        start,
+        stop,
+        segment_size,
+        opts.wal_wait,
+    )
+    .await?;
+
+    let record = BackupRecord {
+        format: 1,
+        name: name.clone(),
+        content_id: opts.content_id,
+        start_lsn: start.0,
+        stop_lsn: stop.0,
+        timeline: start.1,
+        stop_timeline: stop.1,
+        start_time,
+        stop_time,
+        server_version: version,
+        system_identifier,
+        wal_segment_size: segment_size,
+        archives,
+        compression: repo.codec.compression.name().to_string(),
+        encrypted: repo.codec.key.is_some(),
+        manifest_bytes,
+    };
+    repo.put_json(&layout::backup_record_key(opts.content_id, &name), &record)
+        .await?;
+    tracing::info!(
+        "backup {name}: complete, {} bytes stored as {} ({}..{})",
+        record.plain_bytes(),
+        record.stored_bytes(),
+        record.start_lsn,
+        record.stop_lsn
+    );
+    Ok(record)
+}
+
+fn pg_err(e: crate::pg::conn::PgError) -> Error {
+    Error::Postgres(e.to_string())
+}
+
+/// `base_YYYYMMDDTHHMMSSZ`, unique in the repository.
+async fn new_backup_name(repo: &Repo, content_id: i32) -> Result<String> {
+    let base = format!("base_{}", Utc::now().format("%Y%m%dT%H%M%SZ"));
+    for n in 0..100 {
+        let name = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}_{n}")
+        };
+        if repo
+            .storage
+            .list(&layout::backup_prefix(content_id, &name))
+            .await?
+            .is_empty()
+        {
+            return Ok(name);
+        }
+    }
+    Err(Error::Internal("no free backup name".into()))
+}
+
+/// "16MB", "64MB", "1GB" → bytes.
+pub fn parse_size_setting(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| Error::Internal(format!("unexpected size setting {text:?}")))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1024,
+        "MB" => 1024 * 1024,
+        "GB" => 1024 * 1024 * 1024,
+        other => return Err(Error::Internal(format!("unexpected size unit {other:?}"))),
+    };
+    Ok(n * mult)
+}
+
+fn parse_lsn(text: Option<&str>) -> Result<Lsn> {
+    text.unwrap_or_default()
+        .parse()
+        .map_err(|e| Error::Postgres(format!("the server sent a bad LSN: {e}")))
+}
+
+fn parse_tli(text: Option<&str>) -> Result<TimelineId> {
+    text.unwrap_or_default()
+        .parse()
+        .map(TimelineId)
+        .map_err(|_| Error::Postgres("the server sent a bad timeline".into()))
+}
+
+type Position = (Lsn, TimelineId);
+
+struct BackupStream {
+    repo: Repo,
+    content_id: i32,
+    name: String,
+    part_target: u64,
+    slots: Arc<Semaphore>,
+    current: Option<ArchiveWriter>,
+    done: Vec<ArchiveRecord>,
+    manifest: Option<PartSink>,
+}
+
+impl BackupStream {
+    fn new(repo: Repo, content_id: i32, name: String, part_target: u64) -> BackupStream {
+        BackupStream {
+            repo,
+            content_id,
+            name,
+            part_target,
+            slots: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
+            current: None,
+            done: Vec::new(),
+            manifest: None,
+        }
+    }
+
+    /// Reads the server's reply to BASE_BACKUP to the end.
+    async fn run(
+        &mut self,
+        conn: &mut PgConn,
+        new_protocol: bool,
+    ) -> Result<(Position, Position, Vec<ArchiveRecord>, u64)> {
+        let mut start: Option<Position> = None;
+        let mut stop: Option<Position> = None;
+        // Legacy protocol: (oid, location) of each tablespace, in the order
+        // their COPY streams come; the data directory has no oid.
+        let mut tablespaces: Vec<(String, Option<String>)> = Vec::new();
+        let mut result_sets = 0;
+        let mut copies = 0;
+        let mut columns: Vec<String> = Vec::new();
+        let mut last_log = Instant::now();
+        let mut progress: u64 = 0;
+        let mut total: u64 = 0;
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(format!("backup {}", self.name));
+            bar
+        });
+        loop {
+            match conn.next_message().await.map_err(pg_err)? {
+                BackendMessage::RowDescription(cols) => columns = cols.to_vec(),
+                BackendMessage::DataRow(values) => {
+                    let text = |i: usize| {
+                        values
+                            .get(i)
+                            .and_then(|v| v.as_ref())
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                    };
+                    if columns.first().map(String::as_str) == Some("spcoid") {
+                        // size is in kB, with PROGRESS.
+                        total += text(2).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) * 1024;
+                        if let Some(b) = &bar {
+                            b.set_length(total);
+                        }
+                        tablespaces.push((text(0).unwrap_or_default(), text(1)));
+                    } else if columns.first().map(String::as_str) == Some("recptr") {
+                        let pos = (
+                            parse_lsn(text(0).as_deref())?,
+                            parse_tli(text(1).as_deref())?,
+                        );
+                        if start.is_none() {
+                            start = Some(pos);
+                        } else {
+                            stop = Some(pos);
+                        }
+                    }
+                }
+                BackendMessage::CommandComplete(_) => result_sets += 1,
+                // Legacy protocol: one COPY per tablespace (data directory
+                // last), then one for the manifest.
+                BackendMessage::CopyOutResponse | BackendMessage::CopyBothResponse
+                    if !new_protocol =>
+                {
+                    self.finish_archive().await?;
+                    if copies < tablespaces.len() {
+                        let (oid, location) = tablespaces[copies].clone();
+                        let archive = if oid.is_empty() { "base".to_string() } else { oid };
+                        self.start_archive(archive, location.filter(|l| !l.is_empty()));
+                    } else {
+                        self.start_manifest();
+                    }
+                    copies += 1;
+                }
+                BackendMessage::CopyData(data) => {
+                    if !new_protocol {
+                        progress += data.len() as u64;
+                        self.write(data).await?;
+                        continue;
+                    }
+                    let Some((&kind, rest)) = data.split_first() else {
+                        continue;
+                    };
+                    match kind {
+                        b'n' => {
+                            self.finish_archive().await?;
+                            let mut fields = rest.split(|&b| b == 0);
+                            let archive =
+                                String::from_utf8_lossy(fields.next().unwrap_or_default())
+                                    .trim_end_matches(".tar")
+                                    .to_string();
+                            let location = fields
+                                .next()
+                                .map(|l| String::from_utf8_lossy(l).into_owned())
+                                .filter(|l| !l.is_empty());
+                            self.start_archive(archive, location);
+                        }
+                        b'd' => self.write(data.slice(1..)).await?,
+                        b'p' if rest.len() >= 8 => {
+                            progress = u64::from_be_bytes(rest[..8].try_into().unwrap());
+                        }
+                        b'm' => {
+                            self.finish_archive().await?;
+                            self.start_manifest();
+                        }
+                        _ => {}
+                    }
+                }
+                BackendMessage::CopyDone => {}
+                BackendMessage::ReadyForQuery => break,
+                _ => {}
+            }
+            if let Some(b) = &bar {
+                b.set_position(progress);
+            } else if last_log.elapsed() > Duration::from_secs(10) {
+                tracing::info!(
+                    "backup {}: {} of about {} MB received",
+                    self.name,
+                    progress / 1_000_000,
+                    total / 1_000_000
+                );
+                last_log = Instant::now();
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        self.finish_archive().await?;
+        let manifest_bytes = match self.manifest.take() {
+            Some(m) => m.finish().await?.plain,
+            None => return Err(Error::Postgres("the server sent no backup manifest".into())),
+        };
+        let _ = result_sets;
+        let start =
+            start.ok_or_else(|| Error::Postgres("the server sent no start position".into()))?;
+        let stop =
+            stop.ok_or_else(|| Error::Postgres("the server sent no stop position".into()))?;
+        Ok((start, stop, std::mem::take(&mut self.done), manifest_bytes))
+    }
+
+    fn start_archive(&mut self, archive: String, location: Option<String>) {
+        tracing::debug!("backup {}: archive {archive} ({location:?})", self.name);
+        self.current = Some(ArchiveWriter {
+            record: ArchiveRecord {
+                name: archive,
+                tablespace_path: location,
+                parts: 0,
+                plain_bytes: 0,
+                stored_bytes: 0,
+            },
+            boundaries: TarBoundaries::new(),
+            part: None,
+            uploads: Vec::new(),
+        });
+    }
+
+    fn start_manifest(&mut self) {
+        let key = layout::backup_manifest_key(self.content_id, &self.name);
+        self.manifest = Some(PartSink::start(&self.repo, key, None));
+    }
+
+    async fn write(&mut self, mut data: Bytes) -> Result<()> {
+        if let Some(m) = self.manifest.as_mut() {
+            return m.send(data).await;
+        }
+        let Some(a) = self.current.as_mut() else {
+            return Err(Error::Postgres(
+                "the server sent data before an archive header".into(),
+            ));
+        };
+        while !data.is_empty() {
+            if a.part.is_none() {
+                let permit = self
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let key = layout::backup_part_key(
+                    self.content_id,
+                    &self.name,
+                    &a.record.name,
+                    a.record.parts,
+                );
+                a.record.parts += 1;
+                a.part = Some(PartSink::start(&self.repo, key, Some(permit)));
+            }
+            let n = a
+                .boundaries
+                .advance(&data)
+                .map_err(|e| Error::Postgres(format!("the server's tar stream: {e}")))?;
+            let piece = data.split_to(n);
+            let part = a.part.as_mut().expect("started above");
+            part.send(piece).await?;
+            if a.boundaries.at_boundary() && part.plain >= self.part_target {
+                a.uploads
+                    .push(a.part.take().expect("present").close().await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish_archive(&mut self) -> Result<()> {
+        let Some(mut a) = self.current.take() else {
+            return Ok(());
+        };
+        if a.part.is_none() && a.record.parts == 0 {
+            let key = layout::backup_part_key(self.content_id, &self.name, &a.record.name, 0);
+            a.record.parts = 1;
+            a.part = Some(PartSink::start(&self.repo, key, None));
+        }
+        if let Some(p) = a.part.take() {
+            a.uploads.push(p.close().await);
+        }
+        for upload in a.uploads {
+            let stats = join_part(upload).await?;
+            a.record.plain_bytes += stats.plain;
+            a.record.stored_bytes += stats.stored;
+        }
+        self.done.push(a.record);
+        Ok(())
+    }
+
+    /// Stops every upload in flight (nothing of this backup becomes
+    /// complete: its record is never written).
+    async fn abort(&mut self) {
+        if let Some(a) = self.current.take() {
+            for u in a.uploads {
+                u.abort();
+            }
+            if let Some(p) = a.part {
+                p.task.abort();
+            }
+        }
+        if let Some(m) = self.manifest.take() {
+            m.task.abort();
+        }
+    }
+}
+
+struct ArchiveWriter {
+    record: ArchiveRecord,
+    boundaries: TarBoundaries,
+    part: Option<PartSink>,
+    uploads: Vec<JoinHandle<Result<TransferStats>>>,
+}
+
+/// One object being encoded and uploaded from data sent to it.
+struct PartSink {
+    tx: mpsc::Sender<Option<Bytes>>,
+    plain: u64,
+    task: JoinHandle<Result<TransferStats>>,
+}
+
+impl PartSink {
+    fn start(
+        repo: &Repo,
+        key: String,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> PartSink {
+        let (tx, rx) = mpsc::channel::<Option<Bytes>>(32);
+        let repo = repo.clone();
+        let task = tokio::spawn(async move {
+            let r = repo.put_reader(&key, ChannelReader::new(rx)).await;
+            drop(permit);
+            r
+        });
+        PartSink { tx, plain: 0, task }
+    }
+
+    async fn send(&mut self, data: Bytes) -> Result<()> {
+        self.plain += data.len() as u64;
+        if self.tx.send(Some(data)).await.is_err() {
+            // The upload ended early: its error says why.
+            let task = std::mem::replace(
+                &mut self.task,
+                tokio::spawn(async { Ok(TransferStats::default()) }),
+            );
+            return Err(join_part(task)
+                .await
+                .err()
+                .unwrap_or_else(|| Error::Internal("a part upload stopped early".into())));
+        }
+        Ok(())
+    }
+
+    /// Ends the data; the upload completes in the background.
+    async fn close(self) -> JoinHandle<Result<TransferStats>> {
+        // The end marker: without it the reader reports an error, so a
+        // part cut short by an abort is never stored as complete. (If the
+        // upload already failed, the handle returns its error.)
+        let _ = self.tx.send(None).await;
+        self.task
+    }
+
+    async fn finish(self) -> Result<TransferStats> {
+        join_part(self.close().await).await
+    }
+}
+
+async fn join_part(task: JoinHandle<Result<TransferStats>>) -> Result<TransferStats> {
+    task.await
+        .map_err(|e| Error::Internal(format!("part upload task: {e}")))?
+}
+
+/// Reads what a [`PartSink`] sends; EOF only after the end marker.
+struct ChannelReader {
+    rx: mpsc::Receiver<Option<Bytes>>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<Option<Bytes>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+            ended: false,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Some(data)) => self.current = data,
+                Some(None) => self.ended = true,
+                None => return Err(io::Error::other("the backup was interrupted")),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Waits until every WAL segment from `start` to `stop` is in the archive.
+pub(crate) async fn wait_for_wal(
+    repo: &Repo,
+    content_id: i32,
+    start: Position,
+    stop: Position,
+    segment_size: u64,
+    timeout: Duration,
+) -> Result<()> {
+    let first = WalSegmentName::from_lsn(start.1, start.0, segment_size);
+    // The stop LSN may sit at the very start of a segment it does not need.
+    let stop_lsn = Lsn(stop.0 .0.saturating_sub(1).max(start.0 .0));
+    let last = WalSegmentName::from_lsn(stop.1, stop_lsn, segment_size);
+    let deadline = Instant::now() + timeout;
+    let mut next = first;
+    loop {
+        let key = layout::wal_key(content_id, &WalFile::Segment(next));
+        if repo.exists(&key).await? {
+            if next >= last {
+                return Ok(());
+            }
+            next = next.next(segment_size);
+            continue;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Usage(format!(
+                "the backup's WAL is not in the archive: {next} was still missing after {}s (the backup needs {first} to {last}). Check that archive_command = 'cbdr wal-push %p{}' works (pg_stat_archiver, the server log); the backup is not complete",
+                timeout.as_secs(),
+                if content_id == -1 { String::new() } else { format!(" --content-id {content_id}") }
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_settings() {
+        assert_eq!(parse_size_setting("16MB").unwrap(), 16 << 20);
+        assert_eq!(parse_size_setting("1GB").unwrap(), 1 << 30);
+        assert_eq!(parse_size_setting("8192").unwrap(), 8192);
+        assert!(parse_size_setting("16XB").is_err());
+    }
+}

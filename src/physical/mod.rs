@@ -1,0 +1,7 @@
+//! Physical base backups and restores of one server (or segment).
+
+pub mod backup;
+pub mod manifest;
+pub mod restore;
+pub mod restore_point;
+pub mod tar_split;

@@ -1,0 +1,597 @@
+//! `restore`: a base backup unpacked into a new data directory, every file
+//! checked against the server's manifest, and the recovery settings written
+//! so that PostgreSQL replays the archived WAL up to the target.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, FixedOffset};
+use tokio::task::JoinSet;
+
+use super::manifest::{Manifest, ManifestFile};
+use crate::error::{Error, Result};
+use crate::pg::{Lsn, WalFile, WalSegmentName};
+use crate::repo::catalog::BackupRecord;
+use crate::repo::{layout, Repo};
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// The end of the archived WAL.
+    Latest,
+    /// As soon as the backup is consistent.
+    Immediate,
+    RestorePoint(String),
+    Time(DateTime<FixedOffset>),
+    Lsn(Lsn),
+    Xid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl TargetAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub content_id: i32,
+    pub target_dir: PathBuf,
+    /// A backup name; `None` or "LATEST" = the newest that ends before the target.
+    pub backup: Option<String>,
+    pub target: RecoveryTarget,
+    pub action: TargetAction,
+    /// Tablespace locations: old → new.
+    pub tablespace_map: Vec<(String, String)>,
+    /// Restore into a non-empty directory (its contents are removed first).
+    pub force: bool,
+    /// The restore_command written into the restored server's settings.
+    pub restore_command: String,
+    /// Parts downloaded at once.
+    pub parallel: usize,
+}
+
+/// Chooses the backup for a target: the newest complete backup that ends
+/// before the target; errors when none does.
+pub async fn choose_backup(
+    repo: &Repo,
+    opts: &RestoreOptions,
+) -> Result<(BackupRecord, Option<Lsn>)> {
+    let target_lsn = match &opts.target {
+        RecoveryTarget::RestorePoint(name) => {
+            let key = layout::restore_point_key(opts.content_id, name);
+            match repo.get_json::<crate::repo::catalog::RestorePointRecord>(&key).await {
+                Ok(rp) => Some(rp.lsn),
+                Err(Error::Storage(e)) if e.is_not_found() => {
+                    return Err(Error::NotFound(format!(
+                        "restore point {name:?} (see `cbdr list` for the restore points; points made with plain pg_create_restore_point() are not recorded: give --backup and --target-lsn instead)"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        RecoveryTarget::Lsn(l) => Some(*l),
+        _ => None,
+    };
+    if let Some(name) = opts
+        .backup
+        .as_deref()
+        .filter(|n| !n.eq_ignore_ascii_case("LATEST"))
+    {
+        let b = repo.backup(opts.content_id, name).await?;
+        if let Some(lsn) = target_lsn {
+            if b.stop_lsn > lsn {
+                return Err(Error::Usage(format!(
+                    "backup {name} ends at {}, after the target {lsn}: recovery cannot go back in time; choose an older backup",
+                    b.stop_lsn
+                )));
+            }
+        }
+        return Ok((b, target_lsn));
+    }
+    let backups = repo.backups(opts.content_id).await?;
+    if backups.is_empty() {
+        return Err(Error::NotFound(format!(
+            "any complete base backup of content id {} (run `cbdr backup-push` first)",
+            opts.content_id
+        )));
+    }
+    let fits = |b: &&BackupRecord| match (&opts.target, target_lsn) {
+        (_, Some(lsn)) => b.stop_lsn <= lsn,
+        (RecoveryTarget::Time(t), _) => b.stop_time <= *t,
+        _ => true,
+    };
+    match backups.iter().rev().find(fits) {
+        Some(b) => Ok((b.clone(), target_lsn)),
+        None => Err(Error::Usage(format!(
+            "no backup ends before the target {:?}: the oldest, {}, ends at {} ({}); nothing can be restored to that point",
+            opts.target,
+            backups[0].name,
+            backups[0].stop_lsn,
+            backups[0].stop_time
+        ))),
+    }
+}
+
+/// Checks that the archive holds the WAL from the backup's start to `upto`
+/// (or the backup's end), before anything is written.
+async fn check_wal(repo: &Repo, backup: &BackupRecord, upto: Option<Lsn>) -> Result<()> {
+    let size = backup.wal_segment_size;
+    let first = WalSegmentName::from_lsn(backup.timeline, backup.start_lsn, size);
+    let end = upto.unwrap_or(backup.stop_lsn).max(backup.stop_lsn);
+    let last = WalSegmentName::from_lsn(
+        backup.stop_timeline,
+        Lsn(end.0.saturating_sub(1).max(backup.start_lsn.0)),
+        size,
+    );
+    let archived: HashSet<String> = repo
+        .storage
+        .list(&layout::wal_prefix(backup.content_id))
+        .await?
+        .into_iter()
+        .filter_map(|o| o.key.rsplit('/').next().map(String::from))
+        .collect();
+    let mut seg = first;
+    loop {
+        if !archived.contains(&WalFile::Segment(seg).to_string()) {
+            let what = if seg.start_lsn(size) < backup.stop_lsn {
+                "the backup needs it to become consistent"
+            } else {
+                "it lies between the backup and the target"
+            };
+            return Err(Error::Usage(format!(
+                "WAL segment {seg} is not in the archive and {what}: restoring to that target is impossible (check archiving on the server, or choose an earlier target)"
+            )));
+        }
+        if seg >= last {
+            return Ok(());
+        }
+        seg = seg.next(size);
+    }
+}
+
+/// Restores a backup and prepares recovery. Returns the backup restored.
+pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord> {
+    let (backup, target_lsn) = choose_backup(repo, opts).await?;
+    check_wal(repo, &backup, target_lsn).await?;
+    prepare_dir(&opts.target_dir, opts.force)?;
+    tracing::info!(
+        "restoring backup {} into {}",
+        backup.name,
+        opts.target_dir.display()
+    );
+
+    let manifest_bytes = repo
+        .get_bytes(&layout::backup_manifest_key(opts.content_id, &backup.name))
+        .await?;
+    let manifest = Arc::new(Manifest::parse(&manifest_bytes)?);
+
+    // Where each archive goes: the data directory, or its tablespace's
+    // (possibly remapped) location.
+    let mut dirs: HashMap<String, (PathBuf, String)> = HashMap::new();
+    for a in &backup.archives {
+        if a.name == "base" {
+            dirs.insert(a.name.clone(), (opts.target_dir.clone(), String::new()));
+        } else {
+            let old = a.tablespace_path.clone().unwrap_or_default();
+            let new = opts
+                .tablespace_map
+                .iter()
+                .find(|(o, _)| *o == old)
+                .map(|(_, n)| n.clone())
+                .unwrap_or(old.clone());
+            prepare_dir(Path::new(&new), opts.force)?;
+            dirs.insert(
+                a.name.clone(),
+                (PathBuf::from(new), format!("pg_tblspc/{}/", a.name)),
+            );
+        }
+    }
+
+    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    let mut queue: Vec<(String, PathBuf, String)> = Vec::new();
+    for a in &backup.archives {
+        let (dir, manifest_prefix) = dirs[&a.name].clone();
+        for part in 0..a.parts {
+            queue.push((
+                layout::backup_part_key(opts.content_id, &backup.name, &a.name, part),
+                dir.clone(),
+                manifest_prefix.clone(),
+            ));
+        }
+    }
+    let mut queue = queue.into_iter();
+    let mut failure: Option<Error> = None;
+    loop {
+        while failure.is_none() && tasks.len() < opts.parallel.max(1) {
+            let Some((key, dir, prefix)) = queue.next() else {
+                break;
+            };
+            let repo = repo.clone();
+            let manifest = manifest.clone();
+            let seen = seen.clone();
+            tasks.spawn(async move {
+                let sink = UntarSink::new(dir, prefix, manifest, seen, key.clone());
+                repo.get_into(&key, sink).await?.0.finish()
+            });
+        }
+        match tasks.join_next().await {
+            None => break,
+            // Tasks cancelled after a failure end with a JoinError: the
+            // first failure is the one reported.
+            Some(Err(e)) if e.is_cancelled() => {}
+            Some(joined) => {
+                let r = joined
+                    .map_err(|e| Error::Internal(format!("restore task: {e}")))
+                    .and_then(|r| r);
+                if let Err(e) = r {
+                    failure.get_or_insert(e);
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(incomplete(&opts.target_dir, e));
+    }
+
+    // Every file of the manifest arrived, with its checksum.
+    let seen = seen.lock().unwrap();
+    let mut missing: Vec<&String> = manifest
+        .files
+        .keys()
+        .filter(|p| !seen.contains(*p))
+        .collect();
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(incomplete(
+            &opts.target_dir,
+            Error::Integrity(format!(
+                "{} files of the backup manifest are missing from the backup, e.g. {}",
+                missing.len(),
+                missing[0]
+            )),
+        ));
+    }
+
+    // Remapped tablespaces: tablespace_map points recovery at them.
+    if !opts.tablespace_map.is_empty() {
+        rewrite_tablespace_map(&opts.target_dir, &backup, &dirs)?;
+    }
+    fs::write(opts.target_dir.join("backup_manifest"), &manifest_bytes)
+        .map_err(|e| Error::io("writing backup_manifest", e))?;
+    write_recovery_settings(&opts.target_dir, opts)?;
+    // pg_control last: until it is there, the directory cannot start.
+    let control = opts.target_dir.join("global/pg_control");
+    fs::rename(control.with_extension(PARTIAL_EXT), &control)
+        .map_err(|e| Error::io("putting global/pg_control in place", e))?;
+    sync_tree(&opts.target_dir)?;
+    for (dir, _) in dirs.values() {
+        sync_tree(dir)?;
+    }
+    Ok(backup)
+}
+
+const PARTIAL_EXT: &str = "cbdr-restoring";
+
+fn incomplete(dir: &Path, e: Error) -> Error {
+    tracing::error!(
+        "the restore into {} did not complete: the directory holds no pg_control and cannot start; remove it or restore again with --force",
+        dir.display()
+    );
+    e
+}
+
+fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                if !force {
+                    return Err(Error::Usage(format!(
+                        "{} is not empty: restore into a new or empty directory, or add --force to replace its contents",
+                        dir.display()
+                    )));
+                }
+                for e in fs::read_dir(dir)
+                    .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+                {
+                    let p = e.map_err(|e| Error::io("reading directory", e))?.path();
+                    let r = if p.is_dir() && !p.is_symlink() {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                    r.map_err(|e| Error::io(format!("removing {}", p.display()), e))?;
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("setting permissions of {}", dir.display()), e))
+}
+
+fn rewrite_tablespace_map(
+    data_dir: &Path,
+    backup: &BackupRecord,
+    dirs: &HashMap<String, (PathBuf, String)>,
+) -> Result<()> {
+    let mut text = String::new();
+    for a in backup.archives.iter().filter(|a| a.name != "base") {
+        text.push_str(&format!("{} {}\n", a.name, dirs[&a.name].0.display()));
+    }
+    fs::write(data_dir.join("tablespace_map"), text)
+        .map_err(|e| Error::io("writing tablespace_map", e))
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn write_recovery_settings(dir: &Path, opts: &RestoreOptions) -> Result<()> {
+    let mut conf = String::from("\n# Added by cbdr restore\n");
+    conf.push_str(&format!(
+        "restore_command = {}\n",
+        quote(&opts.restore_command)
+    ));
+    match &opts.target {
+        RecoveryTarget::Latest => {}
+        RecoveryTarget::Immediate => conf.push_str("recovery_target = 'immediate'\n"),
+        RecoveryTarget::RestorePoint(n) => {
+            conf.push_str(&format!("recovery_target_name = {}\n", quote(n)))
+        }
+        RecoveryTarget::Time(t) => conf.push_str(&format!(
+            "recovery_target_time = {}\n",
+            quote(&t.to_rfc3339())
+        )),
+        RecoveryTarget::Lsn(l) => conf.push_str(&format!(
+            "recovery_target_lsn = {}\n",
+            quote(&l.to_string())
+        )),
+        RecoveryTarget::Xid(x) => conf.push_str(&format!("recovery_target_xid = {}\n", quote(x))),
+    }
+    if opts.target != RecoveryTarget::Latest {
+        conf.push_str(&format!(
+            "recovery_target_action = {}\n",
+            quote(opts.action.as_str())
+        ));
+    }
+    conf.push_str("recovery_target_timeline = 'latest'\n");
+    let auto = dir.join("postgresql.auto.conf");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&auto)
+        .map_err(|e| Error::io("opening postgresql.auto.conf", e))?;
+    f.write_all(conf.as_bytes())
+        .map_err(|e| Error::io("writing postgresql.auto.conf", e))?;
+    fs::write(dir.join("recovery.signal"), "").map_err(|e| Error::io("writing recovery.signal", e))
+}
+
+/// fsync of a whole file system tree, in one call (syncfs).
+fn sync_tree(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+    // SAFETY: syncfs takes a valid open file descriptor.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        return Err(Error::io(
+            format!("syncing {}", dir.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Receives one part's decoded tar stream and unpacks it, checking each
+/// file against the manifest. Runs on a blocking thread (it is a `Write`).
+struct UntarSink {
+    /// Bytes not yet consumed by the tar reader.
+    pipe: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl UntarSink {
+    fn new(
+        dir: PathBuf,
+        manifest_prefix: String,
+        manifest: Arc<Manifest>,
+        seen: Arc<Mutex<HashSet<String>>>,
+        part: String,
+    ) -> UntarSink {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let worker = std::thread::spawn(move || {
+            let reader = PipeReader {
+                rx,
+                current: Vec::new(),
+                pos: 0,
+            };
+            unpack(reader, &dir, &manifest_prefix, &manifest, &seen, &part)
+        });
+        UntarSink {
+            pipe: Some(tx),
+            worker: Some(worker),
+        }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        drop(self.pipe.take());
+        self.worker
+            .take()
+            .expect("finished once")
+            .join()
+            .map_err(|_| Error::Internal("unpacking thread panicked".into()))?
+    }
+}
+
+impl Write for UntarSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let tx = self.pipe.as_ref().expect("open");
+        if tx.send(buf.to_vec()).is_err() {
+            // The unpacker stopped: its error comes out of finish().
+            let err = self.worker.take().map(|w| w.join());
+            let msg = match err {
+                Some(Ok(Err(e))) => e.to_string(),
+                _ => "unpacking stopped".into(),
+            };
+            return Err(io::Error::other(msg));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct PipeReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.current.len() {
+            match self.rx.recv() {
+                Ok(v) => {
+                    self.current = v;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn unpack(
+    reader: impl Read,
+    dir: &Path,
+    manifest_prefix: &str,
+    manifest: &Manifest,
+    seen: &Mutex<HashSet<String>>,
+    part: &str,
+) -> Result<()> {
+    let bad = |what: String| Error::Integrity(format!("{part}: {what}"));
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("not a tar stream: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("damaged tar stream: {e}")))?;
+        let rel = entry
+            .path()
+            .map_err(|e| bad(format!("bad file name: {e}")))?
+            .into_owned();
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(bad(format!("refusing the path {}", rel.display())));
+        }
+        let rel_str = rel.to_string_lossy().trim_end_matches('/').to_string();
+        let dest = dir.join(&rel);
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dest)
+                .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+            continue;
+        }
+        if kind.is_symlink() {
+            let target = entry
+                .link_name()
+                .map_err(|e| bad(format!("bad link: {e}")))?
+                .ok_or_else(|| bad(format!("link {rel_str} without a target")))?;
+            std::os::unix::fs::symlink(&*target, &dest)
+                .map_err(|e| Error::io(format!("creating link {}", dest.display()), e))?;
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        if let Some(parent) = dest.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        let manifest_path = format!("{manifest_prefix}{rel_str}");
+        let out_path = if manifest_path == "global/pg_control" {
+            dest.with_extension(PARTIAL_EXT)
+        } else {
+            dest.clone()
+        };
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode_0600()
+            .open(&out_path)
+            .map_err(|e| Error::io(format!("creating {}", out_path.display()), e))?;
+        let mut crc = 0u32;
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = entry
+                .read(&mut buf)
+                .map_err(|e| bad(format!("reading {rel_str}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            size += n as u64;
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io(format!("writing {}", out_path.display()), e))?;
+        }
+        if let Some(ManifestFile { size: want, crc32c }) = manifest.files.get(&manifest_path) {
+            if *want != size || crc32c.is_some_and(|c| c != crc) {
+                return Err(bad(format!(
+                    "{manifest_path} does not match the backup manifest (size {size}, expected {want})"
+                )));
+            }
+            seen.lock().unwrap().insert(manifest_path);
+        }
+    }
+    Ok(())
+}
+
+trait OpenMode {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl OpenMode for fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}

@@ -1,0 +1,373 @@
+//! Base backups and point-in-time restores of a real PostgreSQL 15, on the
+//! filesystem repository and on Garage.
+
+mod common;
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::garage;
+use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
+use tempfile::TempDir;
+
+const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
+
+struct Setup {
+    dir: TempDir,
+    config: PathBuf,
+}
+
+fn setup(storage_toml: Option<&str>) -> Setup {
+    let dir = pg_user_dir("cbdr-backup");
+    let key = dir.path().join("key");
+    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
+    let storage = storage_toml.map(String::from).unwrap_or_else(|| {
+        format!(
+            "[storage]\npath = \"{}\"",
+            dir.path().join("repo").display()
+        )
+    });
+    let config = dir.path().join("cbdr.toml");
+    fs::write(
+        &config,
+        format!(
+            "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    chown_to_pg(dir.path());
+    Setup { dir, config }
+}
+
+impl Setup {
+    fn server(&self) -> PgServer {
+        PgServer::builder()
+            .initdb_arg("--wal-segsize=1")
+            .conf("archive_mode = on")
+            .conf(format!(
+                "archive_command = '{CBDR} --config {} wal-push %p'",
+                self.config.display()
+            ))
+            .conf("max_wal_size = '256MB'")
+            .start()
+    }
+
+    fn cbdr(&self, server: Option<&PgServer>, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = pg_command(CBDR);
+        cmd.arg("--config").arg(&self.config).args(args);
+        if let Some(s) = server {
+            cmd.env("PGHOST", "127.0.0.1")
+                .env("PGPORT", s.port().to_string())
+                .env("PGUSER", "postgres");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, server: Option<&PgServer>, args: &[&str]) -> String {
+        let (code, out, err) = self.cbdr(server, args);
+        assert_eq!(code, 0, "cbdr {args:?}: {err}");
+        out
+    }
+
+    fn backups(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(None, &["list", "--json", "--content-id", "-1"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["backups"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn restore(&self, name: &str, args: &[&str]) -> (i32, String, PathBuf) {
+        let dir = self.dir.path().join(name);
+        let mut all = vec!["restore", "--target-dir", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (code, _, err) = self.cbdr(None, &all);
+        (code, err, dir)
+    }
+}
+
+fn pgbench(server: &PgServer, args: &[&str]) -> Child {
+    pg_command(pg_bin("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &server.port().to_string(),
+        ])
+        .args(args)
+        .arg("postgres")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn run_pgbench(server: &PgServer, args: &[&str]) {
+    let out = pgbench(server, args).wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn dump(server: &PgServer) -> String {
+    let out = pg_command(pg_bin("pg_dump"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &server.port().to_string(),
+        ])
+        .args(["--no-comments", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pg_dump 15.14+ writes a random \restrict key: not part of the data.
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn archive_everything(server: &PgServer) {
+    server.psql("select pg_switch_wal()");
+    server.wait_until(
+        |s| {
+            fs::read_dir(s.data_dir().join("pg_wal/archive_status"))
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .all(|e| !e.file_name().to_string_lossy().ends_with(".ready"))
+                })
+                .unwrap_or(false)
+        },
+        Duration::from_secs(60),
+    );
+}
+
+/// Starts a restored directory on a new port and waits for recovery.
+fn start_restored(dir: &Path) -> PgServer {
+    let s = PgServer::start_existing(dir, PgServer::builder().conf("archive_mode = off"));
+    s.wait_for_recovery_end();
+    s
+}
+
+fn verify_backup(dir: &Path) {
+    chown_to_pg(dir);
+    let out = pg_command(pg_bin("pg_verifybackup"))
+        .arg("-n")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn point_in_time_restore_on_filesystem() {
+    let s = setup(None);
+    let server = s.server();
+    run_pgbench(&server, &["-i", "-s", "3", "-q"]);
+
+    // A backup while pgbench writes.
+    let writer = pgbench(&server, &["-c", "2", "-T", "4", "-n"]);
+    let out = s.ok(Some(&server), &["backup-push"]);
+    assert!(out.contains("complete"), "{out}");
+    assert!(writer.wait_with_output().unwrap().status.success());
+    run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
+
+    // A quiet moment: a restore point, its time and LSN, and a dump.
+    s.ok(Some(&server), &["create-restore-point", "quiet_point"]);
+    let lsn = server.psql("select pg_current_wal_lsn()");
+    std::thread::sleep(Duration::from_millis(1100));
+    let time = server.psql("select now()");
+    std::thread::sleep(Duration::from_millis(1100));
+    let at_point = dump(&server);
+
+    // More writes after it.
+    run_pgbench(&server, &["-c", "2", "-t", "300", "-n"]);
+    let at_end = dump(&server);
+    assert_ne!(at_point, at_end);
+    archive_everything(&server);
+
+    // The same name again is refused.
+    let (code, _, err) = s.cbdr(Some(&server), &["create-restore-point", "quiet_point"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+
+    // To the restore point: pg_verifybackup passes before recovery starts.
+    let (code, err, dir) = s.restore("to_point", &["--restore-point", "quiet_point"]);
+    assert_eq!(code, 0, "{err}");
+    verify_backup(&dir);
+    let restored = start_restored(&dir);
+    assert_eq!(dump(&restored), at_point, "restore point");
+    drop(restored);
+
+    let (code, err, dir) = s.restore("to_time", &["--target-time", &time]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(dump(&start_restored(&dir)), at_point, "target time");
+
+    let (code, err, dir) = s.restore("to_lsn", &["--target-lsn", &lsn]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(dump(&start_restored(&dir)), at_point, "target lsn");
+
+    let (code, err, dir) = s.restore("to_latest", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(dump(&start_restored(&dir)), at_end, "latest");
+
+    // A non-empty target directory is refused.
+    let (code, err, _) = s.restore("to_latest", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not empty"), "{err}");
+
+    // A target before every backup is refused before anything is written.
+    let (code, err, dir) = s.restore("too_early", &["--target-lsn", "0/1000000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!dir.join("PG_VERSION").exists());
+
+    let listing = s.ok(None, &["list"]);
+    assert!(
+        listing.contains("quiet_point") && listing.contains("base_"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn interrupted_or_damaged_backups_never_restore_as_good() {
+    let s = setup(None);
+    let mut server = s.server();
+    run_pgbench(&server, &["-i", "-s", "1", "-q"]);
+    s.ok(Some(&server), &["backup-push"]);
+    assert_eq!(s.backups().len(), 1);
+
+    // Archiving broken: the backup waits for its WAL; killed there, it is
+    // not listed, and with a short wait it fails clearly.
+    server.psql("alter system set archive_command = '/bin/false'");
+    server.psql("select pg_reload_conf()");
+    let (code, _, err) = s.cbdr(Some(&server), &["backup-push", "--wal-wait", "2"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not in the archive"), "{err}");
+    // Its own process group, so the kill reaches cbdr and not only runuser.
+    let mut child = pg_command(CBDR)
+        .process_group(0)
+        .arg("--config")
+        .arg(&s.config)
+        .arg("backup-push")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", server.port().to_string())
+        .env("PGUSER", "postgres")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "backup-push should be waiting for WAL"
+    );
+    // SAFETY: kill(2) on the process group we created.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    child.wait().unwrap();
+    assert_eq!(s.backups().len(), 1, "an interrupted backup is listed");
+    server.psql("alter system reset archive_command");
+    server.restart();
+    s.ok(Some(&server), &["backup-push"]);
+    let backups = s.backups();
+    assert_eq!(backups.len(), 2);
+    archive_everything(&server);
+    let newest = backups[1]["name"].as_str().unwrap().to_string();
+
+    // Wrong key: refused, and nothing that could start is left.
+    let mut cmd = pg_command(CBDR);
+    let other_cfg = s.dir.path().join("other.toml");
+    let text = fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("key_file", "# key_file");
+    fs::write(&other_cfg, text).unwrap();
+    chown_to_pg(&other_cfg);
+    let dir = s.dir.path().join("wrong_key");
+    let out = cmd
+        .arg("--config")
+        .arg(&other_cfg)
+        .args(["restore", "--target-dir", dir.to_str().unwrap()])
+        .env("CBDR_ENCRYPTION_KEY", "ff".repeat(32))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong encryption key"));
+    assert!(!dir.join("global/pg_control").exists());
+
+    // A corrupted part, then a missing part.
+    let parts = s
+        .dir
+        .path()
+        .join(format!("repo/seg-1/basebackups/{newest}/parts/base"));
+    let part = parts.join("000000.tar");
+    let good = fs::read(&part).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 3;
+    bad[at] ^= 0x04;
+    fs::write(&part, &bad).unwrap();
+    let (code, err, dir) = s.restore("corrupt", &["--backup", &newest]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("corrupted"), "{err}");
+    assert!(!dir.join("global/pg_control").exists());
+    fs::remove_file(&part).unwrap();
+    let (code, err, dir) = s.restore("missing", &["--backup", &newest]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("000000.tar"), "{err}");
+    assert!(!dir.join("global/pg_control").exists());
+
+    // The older backup still restores.
+    fs::write(&part, &good).unwrap();
+    chown_to_pg(&part);
+    let (code, err, dir) = s.restore("good", &["--backup", &newest]);
+    assert_eq!(code, 0, "{err}");
+    let restored = start_restored(&dir);
+    assert_eq!(
+        restored.psql("select count(*) from pgbench_accounts"),
+        "100000"
+    );
+}
+
+#[test]
+fn backup_and_restore_on_garage() {
+    let target = garage::bucket("backup-restore");
+    let s = setup(Some(&target.config_toml("c")));
+    let server = s.server();
+    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
+    s.ok(Some(&server), &["backup-push"]);
+    run_pgbench(&server, &["-c", "2", "-t", "100", "-n"]);
+    let expected = dump(&server);
+    archive_everything(&server);
+    let (code, err, dir) = s.restore("from_s3", &[]);
+    assert_eq!(code, 0, "{err}");
+    verify_backup(&dir);
+    assert_eq!(dump(&start_restored(&dir)), expected);
+}
