@@ -883,3 +883,164 @@ async fn base_backup_throughput() {
         }
     }
 }
+
+/// A minimal fake server on 127.0.0.1: trust authentication, then answers
+/// the first Query with `reply` and the second with ReadyForQuery only.
+/// Returns the port.
+fn fake_server(reply: impl FnOnce(&mut std::net::TcpStream) + Send + 'static) -> u16 {
+    fn read_message(s: &mut std::net::TcpStream, tagged: bool) -> Vec<u8> {
+        let mut tag = [0u8; 1];
+        if tagged {
+            s.read_exact(&mut tag).unwrap();
+        }
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut body).unwrap();
+        body
+    }
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        read_message(&mut s, false); // StartupMessage
+        let mut hello = message(b'R', &0i32.to_be_bytes());
+        hello.extend(message(b'S', b"server_version\x0015.0 (fake)\x00"));
+        hello.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+        hello.extend(message(b'Z', b"I"));
+        s.write_all(&hello).unwrap();
+        read_message(&mut s, true); // Query
+        s.write_all(&message(b'H', &[0, 0, 0])).unwrap(); // CopyOutResponse
+        reply(&mut s);
+        let mut end = message(b'c', b"");
+        end.extend(message(b'C', b"BASE_BACKUP\x00"));
+        end.extend(message(b'Z', b"I"));
+        s.write_all(&end).unwrap();
+        read_message(&mut s, true); // Query
+        s.write_all(&message(b'Z', b"I")).unwrap();
+        // Wait for Terminate or EOF.
+        let _ = s.read(&mut [0u8; 16]);
+    });
+    port
+}
+
+fn copy_data(i: u64, len: usize) -> Vec<u8> {
+    let mut m = vec![b'd'];
+    m.extend_from_slice(&(len as u32 + 4).to_be_bytes());
+    let start = m.len();
+    m.resize(start + len, (i % 251) as u8);
+    let n = len.min(8);
+    m[start..start + n].copy_from_slice(&i.to_be_bytes()[..n]);
+    m
+}
+
+fn fake_params(port: u16) -> ConnParams {
+    ConnParams {
+        host: "127.0.0.1".into(),
+        port,
+        user: "u".into(),
+        password: None,
+        dbname: "d".into(),
+        sslmode: SslMode::Disable,
+        sslrootcert: None,
+        application_name: "cbdr-test".into(),
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+/// CopyData messages of every size, split at every place by the reads,
+/// come out whole and in order.
+#[tokio::test]
+async fn copy_data_framing() {
+    const SIZES: [usize; 9] = [0, 1, 7, 100, 8192, 32768, 262_139, 300_000, 1_048_579];
+    const COUNT: u64 = 300;
+    let port = fake_server(|s| {
+        for i in 0..COUNT {
+            let m = copy_data(i, SIZES[i as usize % SIZES.len()]);
+            // Dribble some messages out in small pieces.
+            if i % 7 == 3 {
+                for piece in m.chunks(1 + (i as usize % 5000)) {
+                    s.write_all(piece).unwrap();
+                }
+            } else {
+                s.write_all(&m).unwrap();
+            }
+        }
+    });
+    let mut conn = PgConn::connect(&fake_params(port), Replication::Physical)
+        .await
+        .unwrap();
+    assert_eq!(conn.server_version_num(), 150000);
+    assert_eq!(conn.process_id(), Some(7));
+    conn.send_query("BASE_BACKUP").await.unwrap();
+    assert_eq!(
+        conn.next_message().await.unwrap(),
+        BackendMessage::CopyOutResponse
+    );
+    for i in 0..COUNT {
+        let BackendMessage::CopyData(data) = conn.next_message().await.unwrap() else {
+            panic!("message {i}: not CopyData");
+        };
+        let expect = copy_data(i, SIZES[i as usize % SIZES.len()]);
+        assert!(data[..] == expect[5..], "message {i} differs");
+    }
+    assert_eq!(conn.next_message().await.unwrap(), BackendMessage::CopyDone);
+    assert_eq!(
+        conn.next_message().await.unwrap(),
+        BackendMessage::CommandComplete("BASE_BACKUP".into())
+    );
+    assert_eq!(
+        conn.next_message().await.unwrap(),
+        BackendMessage::ReadyForQuery
+    );
+    assert!(conn.simple_query("select").await.unwrap().is_empty());
+    conn.close().await;
+}
+
+/// The client's ceiling: 4 GiB of 32 KiB CopyData messages from a fake
+/// server that sends them from memory over loopback.
+/// `cargo test --release --test pg_conn -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn copy_data_throughput() {
+    const MESSAGE: usize = 32 * 1024;
+    const BLOCK_MESSAGES: u64 = 256;
+    const BLOCKS: u64 = 512;
+    let port = fake_server(|s| {
+        let mut block = Vec::new();
+        for i in 0..BLOCK_MESSAGES {
+            block.extend(copy_data(i, MESSAGE));
+        }
+        for _ in 0..BLOCKS {
+            s.write_all(&block).unwrap();
+        }
+    });
+    let mut conn = PgConn::connect(&fake_params(port), Replication::Physical)
+        .await
+        .unwrap();
+    conn.send_query("BASE_BACKUP").await.unwrap();
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    loop {
+        match conn.next_message().await.unwrap() {
+            BackendMessage::CopyData(d) => bytes += d.len() as u64,
+            BackendMessage::ReadyForQuery => break,
+            _ => {}
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(bytes, BLOCKS * BLOCK_MESSAGES * MESSAGE as u64);
+    println!(
+        "fake server, 32 KiB CopyData over TCP loopback: {:.2} GB in {secs:.2} s = {:.2} GB/s",
+        bytes as f64 / 1e9,
+        bytes as f64 / 1e9 / secs
+    );
+    conn.close().await;
+}

@@ -282,7 +282,11 @@ impl BackupStream {
                     self.finish_archive().await?;
                     if copies < tablespaces.len() {
                         let (oid, location) = tablespaces[copies].clone();
-                        let archive = if oid.is_empty() { "base".to_string() } else { oid };
+                        let archive = if oid.is_empty() {
+                            "base".to_string()
+                        } else {
+                            oid
+                        };
                         self.start_archive(archive, location.filter(|l| !l.is_empty()));
                     } else {
                         self.start_manifest();
