@@ -816,7 +816,14 @@ hostssl all scramu 127.0.0.1/32 scram-sha-256
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn base_backup_throughput() {
-    let server = PgServer::builder().conf("shared_buffers = 128MB").start();
+    let certs = pg_user_dir("tls");
+    let (crt, key) = make_cert(certs.path(), "server", "localhost");
+    let server = PgServer::builder()
+        .conf("shared_buffers = 128MB")
+        .conf("ssl = on")
+        .conf(format!("ssl_cert_file = '{}'", crt.display()))
+        .conf(format!("ssl_key_file = '{}'", key.display()))
+        .start();
     let out = pg_command(pg_bin("pgbench"))
         .args(["-i", "-s", "20", "-q", "-h"])
         .arg(server.socket_dir())
@@ -838,11 +845,16 @@ async fn base_backup_throughput() {
     println!("databases: {:.1} MB", size as f64 / 1e6);
 
     for round in 0..3 {
-        for (name, host) in [
-            ("tcp", "127.0.0.1".to_owned()),
-            ("unix", server.socket_dir().to_str().unwrap().to_owned()),
+        for (name, host, sslmode) in [
+            ("tcp", "127.0.0.1".to_owned(), SslMode::Disable),
+            ("tcp+tls", "127.0.0.1".to_owned(), SslMode::Require),
+            (
+                "unix",
+                server.socket_dir().to_str().unwrap().to_owned(),
+                SslMode::Disable,
+            ),
         ] {
-            let mut p = params(&server, "postgres", None, SslMode::Disable);
+            let mut p = params(&server, "postgres", None, sslmode);
             p.host = host;
             let mut conn = PgConn::connect(&p, Replication::Physical).await.unwrap();
             let start = Instant::now();
@@ -857,13 +869,19 @@ async fn base_backup_throughput() {
             );
             conn.close().await;
         }
-        for (name, host) in [
-            ("tcp", "127.0.0.1".to_owned()),
-            ("unix", server.socket_dir().to_str().unwrap().to_owned()),
+        for (name, host, sslmode) in [
+            ("tcp", "127.0.0.1".to_owned(), "disable"),
+            ("tcp+tls", "127.0.0.1".to_owned(), "require"),
+            (
+                "unix",
+                server.socket_dir().to_str().unwrap().to_owned(),
+                "disable",
+            ),
         ] {
             let start = Instant::now();
             let out = pg_command("sh")
                 .arg("-c")
+                .env("PGSSLMODE", sslmode)
                 .arg(format!(
                     "{} -h {host} -p {} -U postgres -Ft -D - -X none -c fast > /dev/null",
                     pg_bin("pg_basebackup").display(),
@@ -1043,4 +1061,37 @@ async fn copy_data_throughput() {
         bytes as f64 / 1e9 / secs
     );
     conn.close().await;
+
+    // Baseline: the same bytes read raw from a socket with tokio, no framing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut block = Vec::new();
+        for i in 0..BLOCK_MESSAGES {
+            block.extend(copy_data(i, MESSAGE));
+        }
+        for _ in 0..BLOCKS {
+            s.write_all(&block).unwrap();
+        }
+    });
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let start = Instant::now();
+    let mut raw = 0u64;
+    loop {
+        let n = tokio::io::AsyncReadExt::read(&mut sock, &mut buf)
+            .await
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        raw += n as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "baseline, raw tokio reads of the same stream: {:.2} GB in {secs:.2} s = {:.2} GB/s",
+        raw as f64 / 1e9,
+        raw as f64 / 1e9 / secs
+    );
 }
