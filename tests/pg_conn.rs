@@ -22,6 +22,7 @@ fn params(server: &PgServer, user: &str, password: Option<&str>, sslmode: SslMod
         port: server.port(),
         user: user.into(),
         password: password.map(String::from),
+        passfile: None,
         dbname: "postgres".into(),
         sslmode,
         sslrootcert: None,
@@ -232,6 +233,7 @@ async fn connection_failures_have_advice() {
         port,
         user: "postgres".into(),
         password: None,
+        passfile: None,
         dbname: "postgres".into(),
         sslmode: SslMode::Prefer,
         sslrootcert: None,
@@ -322,10 +324,14 @@ host replication postgres 127.0.0.1/32 trust
 host replication scramu 127.0.0.1/32 scram-sha-256
 ",
     );
-    // No password file unless a step sets one.
+    // A password file that does not exist until a step below writes it.
     let pgpass_dir = tempfile::tempdir().unwrap();
     let pgpass = pgpass_dir.path().join("pgpass");
-    std::env::set_var("PGPASSFILE", &pgpass);
+    let with_passfile = |user: &str| {
+        let mut p = params(&server, user, None, SslMode::Disable);
+        p.passfile = Some(pgpass.clone());
+        p
+    };
 
     for (user, password, method) in [
         ("md5u", "md5-Secret-1", "md5"),
@@ -360,12 +366,9 @@ host replication scramu 127.0.0.1/32 scram-sha-256
         assert!(msg.contains("check the password"), "{msg}");
 
         // No password at all.
-        let err = PgConn::connect(
-            &params(&server, user, None, SslMode::Disable),
-            Replication::Off,
-        )
-        .await
-        .unwrap_err();
+        let err = PgConn::connect(&with_passfile(user), Replication::Off)
+            .await
+            .unwrap_err();
         assert!(matches!(err, PgError::Auth(_)), "{err:?}");
         assert_eq!(
             err.to_string(),
@@ -396,36 +399,24 @@ host replication scramu 127.0.0.1/32 scram-sha-256
     )
     .unwrap();
     fs::set_permissions(&pgpass, fs::Permissions::from_mode(0o600)).unwrap();
-    let conn = PgConn::connect(
-        &params(&server, "scramu", None, SslMode::Disable),
-        Replication::Physical,
-    )
-    .await
-    .unwrap();
+    let conn = PgConn::connect(&with_passfile("scramu"), Replication::Physical)
+        .await
+        .unwrap();
     assert_eq!(conn.auth_method(), "SCRAM-SHA-256");
     conn.close().await;
-    let err = PgConn::connect(
-        &params(&server, "scramu", None, SslMode::Disable),
-        Replication::Off,
-    )
-    .await
-    .unwrap_err();
+    let err = PgConn::connect(&with_passfile("scramu"), Replication::Off)
+        .await
+        .unwrap_err();
     assert!(matches!(err, PgError::Auth(_)), "{err:?}");
-    PgConn::connect(
-        &params(&server, "md5u", None, SslMode::Disable),
-        Replication::Off,
-    )
-    .await
-    .unwrap()
-    .close()
-    .await;
+    PgConn::connect(&with_passfile("md5u"), Replication::Off)
+        .await
+        .unwrap()
+        .close()
+        .await;
     fs::set_permissions(&pgpass, fs::Permissions::from_mode(0o644)).unwrap();
-    let err = PgConn::connect(
-        &params(&server, "md5u", None, SslMode::Disable),
-        Replication::Off,
-    )
-    .await
-    .unwrap_err();
+    let err = PgConn::connect(&with_passfile("md5u"), Replication::Off)
+        .await
+        .unwrap_err();
     assert!(matches!(err, PgError::Auth(_)), "{err:?}");
 
     // No pg_hba.conf line for a replication connection: the server's
@@ -452,7 +443,6 @@ host replication scramu 127.0.0.1/32 scram-sha-256
         ),
         "{msg}"
     );
-    std::env::remove_var("PGPASSFILE");
 }
 
 /// Collects the reply to a BASE_BACKUP: result sets and CopyData counts.
@@ -965,6 +955,7 @@ fn fake_params(port: u16) -> ConnParams {
         port,
         user: "u".into(),
         password: None,
+        passfile: None,
         dbname: "d".into(),
         sslmode: SslMode::Disable,
         sslrootcert: None,

@@ -83,6 +83,9 @@ pub struct ConnParams {
     /// When `None`, the password file is consulted if the server asks for
     /// a password.
     pub password: Option<String>,
+    /// The password file (`host:port:database:user:password` lines), read
+    /// when `password` is `None` and the server asks for one.
+    pub passfile: Option<PathBuf>,
     pub dbname: String,
     pub sslmode: SslMode,
     /// PEM file of trusted root certificates; `None` = the system roots.
@@ -100,6 +103,7 @@ impl fmt::Debug for ConnParams {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("passfile", &self.passfile)
             .field("dbname", &self.dbname)
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
@@ -118,7 +122,7 @@ impl ConnParams {
     /// `PGCONNECT_TIMEOUT` (seconds; default 30, 0 = none), `PGAPPNAME`
     /// (default `cbdr`).
     ///
-    /// The password file (`PGPASSFILE`, default ~/.pgpass) is read at
+    /// `passfile` is `PGPASSFILE`, default ~/.pgpass; it is read at
     /// connect time when `password` is `None` and the server asks for one,
     /// matching database `replication` for physical replication
     /// connections, as libpq's replication clients do.
@@ -164,16 +168,11 @@ impl ConnParams {
         }
     }
 
-    /// The password from the password file (`PGPASSFILE`, else
-    /// ~/.pgpass) for these parameters and database `dbname`; `None` when
-    /// there is no file, it has group/world access (ignored, as by libpq,
-    /// with a warning) or no line matches.
+    /// The password from `passfile` for these parameters and database
+    /// `dbname`; `None` when there is no file, it has group/world access
+    /// (ignored, as by libpq, with a warning) or no line matches.
     pub fn password_from_file(&self, dbname: &str) -> Option<String> {
-        let path = match env_var("PGPASSFILE") {
-            Some(p) => PathBuf::from(p),
-            None => home_dir()?.join(".pgpass"),
-        };
-        let contents = read_password_file(&path)?;
+        let contents = read_password_file(self.passfile.as_deref()?)?;
         let port = self.port.to_string();
         let mut hosts = vec![self.host.as_str()];
         if self.is_unix_socket() && self.host.trim_end_matches('/') == DEFAULT_SOCKET_DIR {
@@ -233,6 +232,7 @@ pub(crate) fn from_vars(
         Some(s) if s == "system" => None,
         Some(s) => Some(PathBuf::from(s)),
         None => home
+            .as_ref()
             .map(|h| h.join(".postgresql/root.crt"))
             .filter(|p| p.is_file()),
     };
@@ -248,11 +248,15 @@ pub(crate) fn from_vars(
         },
         None => DEFAULT_CONNECT_TIMEOUT,
     };
+    let passfile = get("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".pgpass")));
     let params = ConnParams {
         host,
         port,
         user,
         password: get("PGPASSWORD"),
+        passfile,
         dbname,
         sslmode,
         sslrootcert,
@@ -466,7 +470,11 @@ hostlong:5432:*:u:long
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        from_vars(&|k| map.get(k).cloned(), "osuser", None)
+        from_vars(
+            &|k| map.get(k).cloned(),
+            "osuser",
+            Some(PathBuf::from("/home/osuser")),
+        )
     }
 
     #[test]
@@ -477,6 +485,7 @@ hostlong:5432:*:u:long
         assert_eq!(p.user, "osuser");
         assert_eq!(p.dbname, "osuser");
         assert_eq!(p.password, None);
+        assert_eq!(p.passfile, Some(PathBuf::from("/home/osuser/.pgpass")));
         assert_eq!(p.sslmode, SslMode::Prefer);
         assert_eq!(p.sslrootcert, None);
         assert_eq!(p.application_name, "cbdr");
@@ -497,6 +506,7 @@ hostlong:5432:*:u:long
             ("PGSSLROOTCERT", "/etc/ca.pem"),
             ("PGCONNECT_TIMEOUT", "1"),
             ("PGAPPNAME", "app"),
+            ("PGPASSFILE", "/etc/pgpass"),
         ]);
         assert!(problems.is_empty());
         assert_eq!(p.host, "db.example");
@@ -504,6 +514,7 @@ hostlong:5432:*:u:long
         assert_eq!(p.user, "alice");
         assert_eq!(p.dbname, "alice");
         assert_eq!(p.password.as_deref(), Some("s3cret"));
+        assert_eq!(p.passfile, Some(PathBuf::from("/etc/pgpass")));
         assert_eq!(p.sslmode, SslMode::VerifyFull);
         assert_eq!(p.sslrootcert, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(p.connect_timeout, Duration::from_secs(2));
