@@ -46,6 +46,13 @@
 //!
 //! Output: a table on stdout and the same as JSON in
 //! `target/bench-wal-archive.json`.
+//!
+//! Duration at the default size: ~1 minute to generate the WAL, then 2 × 6
+//! drains of 2-15 s each: about 3 minutes with one run per contender, 7
+//! with `CBDR_BENCH_REPEAT=3` (plus building the bench). Drain times of a
+//! few seconds are sensitive to other work on the machine: every run
+//! records the load average and CPU/I/O pressure before and after it;
+//! on a busy machine use `CBDR_BENCH_REPEAT=3` and read the medians.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -209,10 +216,25 @@ fn opts() -> Opts {
     }
 }
 
+/// The load average and, where the kernel has PSI, the share of the last
+/// 10 s in which some task waited for a CPU or for I/O: on a shared 2-core
+/// machine they tell whether other work competed with the contenders.
 fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
+    let load = fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let psi = |what: &str| -> Option<String> {
+        let text = fs::read_to_string(format!("/proc/pressure/{what}")).ok()?;
+        let some = text.lines().find(|l| l.starts_with("some"))?;
+        let avg10 = some
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("avg10="))?;
+        Some(format!("{what} {avg10}%"))
+    };
+    match (psi("cpu"), psi("io")) {
+        (Some(cpu), Some(io)) => format!("{load} (pressure {cpu}, {io})"),
+        _ => load,
+    }
 }
 
 /// Runs a command; panics with its output when it fails.
