@@ -229,8 +229,35 @@ fn point_in_time_restore_on_filesystem() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(dump(&start_restored(&dir)), at_point, "target time");
 
-    let (code, err, dir) = s.restore("to_lsn", &["--target-lsn", &lsn]);
+    // --start: cbdr starts the server and waits for the target.
+    let port = common::free_port().to_string();
+    let (code, err, dir) = s.restore(
+        "to_lsn",
+        &[
+            "--target-lsn",
+            &lsn,
+            "--archive-mode",
+            "off",
+            "--start",
+            "--port",
+            &port,
+        ],
+    );
     assert_eq!(code, 0, "{err}");
+    assert!(!dir.join("recovery.signal").exists(), "not promoted");
+    let out = pg_command(pg_bin("psql"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port, "-XAtc"])
+        .arg("select pg_is_in_recovery()")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "f");
+    let stop = pg_command(pg_bin("pg_ctl"))
+        .arg("-D")
+        .arg(&dir)
+        .args(["stop", "-m", "fast"])
+        .output()
+        .unwrap();
+    assert!(stop.status.success());
     assert_eq!(dump(&start_restored(&dir)), at_point, "target lsn");
 
     let (code, err, dir) = s.restore("to_latest", &[]);

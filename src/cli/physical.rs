@@ -144,6 +144,23 @@ pub struct RestoreArgs {
     /// Parts downloaded at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Archiving in the restored server: "preserve" its setting (a promoted
+    /// copy then archives a new timeline into the repository, as pgBackRest
+    /// does by default) or "off" (for a copy that must not archive).
+    #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve")]
+    pub archive_mode: String,
+    /// Start the restored server and wait until recovery reaches the target.
+    #[arg(long)]
+    pub start: bool,
+    /// With --start: the port to start the server on (else its config's).
+    #[arg(long, requires = "start")]
+    pub port: Option<u16>,
+    /// With --start: the directory of pg_ctl (else /usr/lib/postgresql/VERSION/bin, else PATH).
+    #[arg(long, requires = "start")]
+    pub pg_bin: Option<PathBuf>,
+    /// With --start: seconds to wait for recovery.
+    #[arg(long, default_value_t = 3600, requires = "start")]
+    pub start_timeout: u64,
 }
 
 pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
@@ -204,8 +221,28 @@ pub async fn restore_cmd(config: &Config, args: RestoreArgs) -> Result<()> {
         force: args.force,
         restore_command,
         parallel: args.parallel,
+        archive_off: args.archive_mode == "off",
     };
     let b = restore(&repo, &opts).await?;
+    if args.start {
+        let (dir, action) = (target_dir.clone(), args.target_action);
+        let (port, bin, timeout) = (
+            args.port,
+            args.pg_bin.clone(),
+            Duration::from_secs(args.start_timeout),
+        );
+        let outcome = tokio::task::spawn_blocking(move || {
+            crate::physical::start::start_and_wait(&dir, bin.as_deref(), port, action, timeout)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("start task: {e}")))??;
+        println!(
+            "restored backup {} into {}: {outcome}",
+            b.name,
+            target_dir.display()
+        );
+        return Ok(());
+    }
     println!(
         "restored backup {} into {}: start the server to recover ({:?})",
         b.name,

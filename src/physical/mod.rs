@@ -4,4 +4,5 @@ pub mod backup;
 pub mod manifest;
 pub mod restore;
 pub mod restore_point;
+pub mod start;
 pub mod tar_split;

@@ -64,6 +64,9 @@ pub struct RestoreOptions {
     pub restore_command: String,
     /// Parts downloaded at once.
     pub parallel: usize,
+    /// Turn archiving off in the restored server (else its setting is kept,
+    /// and a promoted copy archives a new timeline into the repository).
+    pub archive_off: bool,
 }
 
 /// Chooses the backup for a target: the newest complete backup that ends
@@ -380,6 +383,9 @@ fn write_recovery_settings(dir: &Path, opts: &RestoreOptions) -> Result<()> {
         ));
     }
     conf.push_str("recovery_target_timeline = 'latest'\n");
+    if opts.archive_off {
+        conf.push_str("archive_mode = 'off'\n");
+    }
     let auto = dir.join("postgresql.auto.conf");
     let mut f = fs::OpenOptions::new()
         .append(true)
