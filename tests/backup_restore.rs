@@ -398,3 +398,53 @@ fn backup_and_restore_on_garage() {
     verify_backup(&dir);
     assert_eq!(dump(&start_restored(&dir)), expected);
 }
+
+#[test]
+fn a_promoted_copy_archives_a_new_timeline_that_latest_follows() {
+    let s = setup(None);
+    let server = s.server();
+    server.psql("create table t (v text)");
+    server.psql("insert into t values ('before backup')");
+    s.ok(Some(&server), &["backup-push"]);
+    server.psql("insert into t values ('on timeline 1')");
+    archive_everything(&server);
+    drop(server);
+
+    // Restored with archiving kept, started and promoted: timeline 2.
+    let (code, err, dir) = s.restore(
+        "copy",
+        &["--start", "--port", &common::free_port().to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!dir.join("recovery.signal").exists(), "not promoted");
+    // Handed over to the fixture, which stops it at the end of the test.
+    let stop = pg_command(pg_bin("pg_ctl"))
+        .arg("-D")
+        .arg(&dir)
+        .args(["stop", "-m", "fast"])
+        .output()
+        .unwrap();
+    assert!(stop.status.success());
+    let copy = PgServer::start_existing(&dir, PgServer::builder());
+    copy.wait_for_recovery_end();
+    assert_eq!(
+        copy.psql("select string_agg(v, ',' order by v) from t"),
+        "before backup,on timeline 1"
+    );
+    copy.psql("insert into t values ('on timeline 2')");
+    archive_everything(&copy);
+    let listing = s.ok(None, &["list"]);
+    assert!(listing.contains("timeline 2"), "{listing}");
+    let history = s.dir.path().join("repo/seg-1/wal/history/00000002.history");
+    assert!(history.exists(), "history file not archived");
+    drop(copy);
+
+    // Latest follows the new timeline through its history file.
+    let (code, err, dir) = s.restore("latest", &["--archive-mode", "off"]);
+    assert_eq!(code, 0, "{err}");
+    let latest = start_restored(&dir);
+    assert_eq!(
+        latest.psql("select string_agg(v, ',' order by v) from t"),
+        "before backup,on timeline 1,on timeline 2"
+    );
+}
