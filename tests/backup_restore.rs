@@ -448,3 +448,58 @@ fn a_promoted_copy_archives_a_new_timeline_that_latest_follows() {
         "before backup,on timeline 1,on timeline 2"
     );
 }
+
+#[test]
+fn tablespaces_are_restored_to_new_locations() {
+    let s = setup(None);
+    let server = s.server();
+    let ts_dir = s.dir.path().join("ts_original");
+    fs::create_dir(&ts_dir).unwrap();
+    chown_to_pg(&ts_dir);
+    server.psql(&format!(
+        "create tablespace extra location '{}'",
+        ts_dir.display()
+    ));
+    server.psql("create table far (id int, v text) tablespace extra");
+    server.psql("insert into far select g, md5(g::text) from generate_series(1, 20000) g");
+    server.psql("create table near as select 1 as one");
+    s.ok(Some(&server), &["backup-push"]);
+    let expected =
+        server.psql("select count(*) || ':' || md5(string_agg(v, ',' order by id)) from far");
+    archive_everything(&server);
+
+    // A target beyond the archived WAL is refused before anything is written.
+    let (code, err, dir) = s.restore("beyond", &["--target-lsn", "FF/0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not in the archive"), "{err}");
+    assert!(!dir.exists() || fs::read_dir(&dir).unwrap().next().is_none());
+
+    // The original location is in use: the restore refuses it...
+    let (code, err, dir) = s.restore("same_place", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not empty"), "{err}");
+    assert!(!dir.exists(), "a refused restore created its target");
+
+    // ...and moves it where it is told.
+    let new_ts = s.dir.path().join("ts_moved");
+    let map = format!("{}={}", ts_dir.display(), new_ts.display());
+    let (code, err, dir) = s.restore(
+        "moved",
+        &["--tablespace-map", &map, "--archive-mode", "off"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(fs::read_dir(&new_ts).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("PG_15_")));
+    drop(server);
+    let restored = start_restored(&dir);
+    assert_eq!(
+        restored.psql("select count(*) || ':' || md5(string_agg(v, ',' order by id)) from far"),
+        expected
+    );
+    let location = restored
+        .psql("select pg_tablespace_location(oid) from pg_tablespace where spcname = 'extra'");
+    assert_eq!(location, new_ts.display().to_string());
+}

@@ -172,7 +172,6 @@ async fn check_wal(repo: &Repo, backup: &BackupRecord, upto: Option<Lsn>) -> Res
 pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord> {
     let (backup, target_lsn) = choose_backup(repo, opts).await?;
     check_wal(repo, &backup, target_lsn).await?;
-    prepare_dir(&opts.target_dir, opts.force)?;
     tracing::info!(
         "restoring backup {} into {}",
         backup.name,
@@ -198,12 +197,18 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
                 .find(|(o, _)| *o == old)
                 .map(|(_, n)| n.clone())
                 .unwrap_or(old.clone());
-            prepare_dir(Path::new(&new), opts.force)?;
             dirs.insert(
                 a.name.clone(),
                 (PathBuf::from(new), format!("pg_tblspc/{}/", a.name)),
             );
         }
+    }
+    // Every location is checked before any is written.
+    for (dir, _) in dirs.values() {
+        check_dir(dir, opts.force)?;
+    }
+    for (dir, _) in dirs.values() {
+        prepare_dir(dir, opts.force)?;
     }
 
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -301,6 +306,19 @@ fn incomplete(dir: &Path, e: Error) -> Error {
     e
 }
 
+/// Refuses a non-empty directory unless `force`.
+fn check_dir(dir: &Path, force: bool) -> Result<()> {
+    let non_empty = fs::read_dir(dir).is_ok_and(|mut e| e.next().is_some());
+    if non_empty && !force {
+        return Err(Error::Usage(format!(
+            "{} is not empty: restore into a new or empty directory, or add --force to replace its contents",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the directory (mode 0700), or empties it when `force`.
 fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
