@@ -43,7 +43,8 @@ pub enum Error {
     Integrity(String),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
-    #[error("{0} not found in the repository")]
+    /// A full sentence: what is missing, and what to do.
+    #[error("{0}")]
     NotFound(String),
     #[error("{context}: {source}")]
     Io {

@@ -82,7 +82,7 @@ pub async fn choose_backup(
                 Ok(rp) => Some(rp.lsn),
                 Err(Error::Storage(e)) if e.is_not_found() => {
                     return Err(Error::NotFound(format!(
-                        "restore point {name:?} (see `cbdr list` for the restore points; points made with plain pg_create_restore_point() are not recorded: give --backup and --target-lsn instead)"
+                        "restore point {name:?} is not in the repository: `cbdr list` shows the restore points (points made with plain pg_create_restore_point() are not recorded: give --backup and --target-lsn instead)"
                     )))
                 }
                 Err(e) => return Err(e),
@@ -110,7 +110,7 @@ pub async fn choose_backup(
     let backups = repo.backups(opts.content_id).await?;
     if backups.is_empty() {
         return Err(Error::NotFound(format!(
-            "any complete base backup of content id {} (run `cbdr backup-push` first)",
+            "the repository holds no complete base backup of content id {}: run `cbdr backup-push` first",
             opts.content_id
         )));
     }

@@ -111,7 +111,7 @@ impl Repo {
             .await
             .map_err(|e| match e {
                 Error::Storage(s) if s.is_not_found() => {
-                    Error::NotFound(format!("complete backup {name} of content id {content_id}"))
+                    Error::NotFound(format!("backup {name} of content id {content_id} is not in the repository (or not complete): `cbdr list` shows the backups"))
                 }
                 other => other,
             })

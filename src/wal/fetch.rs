@@ -108,7 +108,9 @@ async fn download(repo: &Repo, key: String, dest: PathBuf) -> Result<()> {
     let file = AtomicFile::create(&dest)
         .map_err(|e| Error::io(format!("creating a file next to {}", dest.display()), e))?;
     let (file, _) = repo.get_into(&key, file).await.map_err(|e| match e {
-        Error::Storage(s) if s.is_not_found() => Error::NotFound(key.clone()),
+        Error::Storage(s) if s.is_not_found() => {
+            Error::NotFound(format!("{key} is not in the repository"))
+        }
         other => other,
     })?;
     file.commit()
