@@ -1,0 +1,1367 @@
+//! Base backups and restores: cbdr `backup-push` (lz4 + encryption, to the
+//! filesystem repository and to Garage) against `pg_basebackup -Ft` (plain
+//! and `--compress=server-lz4`) and pgBackRest `backup` (lz4, process-max
+//! 2); cbdr `restore` against pgBackRest `restore` (process-max 2). Wall
+//! time, throughput, stored size and peak memory, on one PostgreSQL 15
+//! server per data set, with ratios against the issue's goals.
+//!
+//! ```text
+//! cargo bench --bench backup_restore                          # scale 100 (~1.6 GB per data set)
+//! CBDR_BENCH_SCALE=10 cargo bench --bench backup_restore      # a quick run (~160 MB)
+//! ```
+//!
+//! `cargo bench` builds the `cbdr` binary with the bench profile (= release)
+//! and hands its path to this bench (`CARGO_BIN_EXE_cbdr`; `CBDR_BENCH_CBDR`
+//! names another binary); it is copied to a temp dir so that a rebuild
+//! during the run cannot change it. Needs PostgreSQL 15 (`$PG_BIN`),
+//! `pgbackrest` on PATH and, for the Garage rows, `garage` (see .ci/run);
+//! runs as root (PostgreSQL, pgBackRest and cbdr then run as the OS user
+//! `postgres`) or as an ordinary user.
+//!
+//! Data sets (each on its own fresh server, loaded with `wal_level =
+//! minimal` so that loading writes almost no WAL, then `VACUUM (FREEZE,
+//! ANALYZE)`, `CHECKPOINT`, and a restart with `wal_level = replica`,
+//! `archive_mode = on`):
+//! * `pgbench`: `pgbench -i -s SCALE` (scale 100: about 1.5 GB; very
+//!   compressible, lz4 ~5×);
+//! * `random`: tables of random text and numbers of about the same size
+//!   (base64 of random bytes, random numerics, floats and integers, and
+//!   some repetitive words: lz4 ~1.7×), with a primary key, loaded by
+//!   `CBDR_BENCH_GEN_JOBS` sessions at once.
+//!
+//! One archive_command archives every WAL file to all three repositories
+//! (`cbdr wal-push` to fs and to Garage, with `push_concurrency = 1` as the
+//! two share `pg_wal/cbdr_archived`, and `pgbackrest archive-push`); before
+//! each backup the contender's own push is put first (ALTER SYSTEM +
+//! reload), as cbdr and pgBackRest wait until the backup's WAL is in their
+//! archive. Before every timed command: `CHECKPOINT` and sync(2). The
+//! contenders run one after the other in a fixed order (backups, then
+//! restores), `CBDR_BENCH_REPEAT` rounds; the data was just loaded, so every
+//! contender reads it from a warm page cache (the machine has far more RAM
+//! than the data). Each tool keeps its own durability defaults
+//! (pg_basebackup and pgBackRest fsync what they write; cbdr fsyncs its fs
+//! repository and `syncfs`es a restored directory; Garage runs with
+//! `data_fsync = false`). pg_basebackup uses TCP to 127.0.0.1 like cbdr, and
+//! its default `-X stream`.
+//!
+//! Peak memory: `ru_maxrss` from wait4(2) of the command (the largest
+//! single process among it and the children it waited for: pgBackRest's
+//! local workers count, the PostgreSQL walsender serving pg_basebackup or
+//! cbdr does not), and the peak sum of RSS over the command's process tree
+//! sampled every 50 ms.
+//!
+//! Each restore is checked cheaply: `PG_VERSION` and `global/pg_control`
+//! present, the files and bytes under `base/` equal to the server's
+//! (without `pg_internal.init`), and `pg_verifybackup -n` on cbdr's
+//! restored directories (cbdr leaves the server's `backup_manifest` there).
+//!
+//! Environment:
+//! * `CBDR_BENCH_SCALE` (default 100): pgbench scale; the random data set
+//!   matches the pgbench data set's size.
+//! * `CBDR_BENCH_KINDS` (default `pgbench,random`).
+//! * `CBDR_BENCH_REPEAT` (default 1): rounds over the contenders; the tables
+//!   show the best (shortest) run and list every run.
+//! * `CBDR_BENCH_RESTORE_PARALLEL` (default 4, cbdr's default): `cbdr
+//!   restore --parallel`.
+//! * `CBDR_BENCH_GEN_JOBS` (default 2): sessions loading the random data set.
+//! * `CBDR_BENCH_CBDR`: the cbdr binary to measure (default: the one cargo
+//!   built).
+//!
+//! Output: tables on stdout and the same as JSON in
+//! `target/bench-backup-restore.json`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
+use serde_json::{json, Value};
+
+/// Sizes and rates are in MB = 10^6 bytes (RSS too: the conservative unit).
+const MB: f64 = 1_000_000.0;
+/// A fixed raw 256-bit key for cbdr.
+const KEY_HEX: &str = "6a3f0c9e2b7d41f8a5c3e1d9b7f02468ace13579bdf02468ace13579bdf02468";
+/// The issue's goals.
+const GOAL_BACKUP_VS_PGBR: f64 = 0.5;
+const GOAL_BACKUP_VS_PGBB_LZ4: f64 = 1.0;
+const GOAL_RESTORE_VS_PGBR: f64 = 0.5;
+const GOAL_RSS_MB: f64 = 200.0;
+/// pgbench data set bytes per scale unit (tables and indexes, measured on
+/// PostgreSQL 15): the random data set's size when pgbench did not run.
+const PGBENCH_BYTES_PER_SCALE: f64 = 15.6e6;
+const STANZA: &str = "bench";
+const SAMPLE: Duration = Duration::from_millis(50);
+
+struct Opts {
+    scale: u32,
+    kinds: Vec<Kind>,
+    repeat: usize,
+    restore_parallel: usize,
+    gen_jobs: usize,
+    cbdr_source: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Pgbench,
+    Random,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Pgbench => "pgbench",
+            Kind::Random => "random",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+enum Repo {
+    Fs,
+    Garage,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+enum Op {
+    PgbbPlain,
+    PgbbLz4,
+    PgbrBackup,
+    CbdrBackup(Repo),
+    PgbrRestore,
+    CbdrRestore(Repo),
+}
+
+const BACKUPS: [Op; 5] = [
+    Op::PgbbPlain,
+    Op::PgbbLz4,
+    Op::PgbrBackup,
+    Op::CbdrBackup(Repo::Fs),
+    Op::CbdrBackup(Repo::Garage),
+];
+const RESTORES: [Op; 3] = [
+    Op::PgbrRestore,
+    Op::CbdrRestore(Repo::Fs),
+    Op::CbdrRestore(Repo::Garage),
+];
+
+impl Op {
+    fn id(self) -> &'static str {
+        match self {
+            Op::PgbbPlain => "pg_basebackup-plain",
+            Op::PgbbLz4 => "pg_basebackup-server-lz4",
+            Op::PgbrBackup => "pgbackrest-backup",
+            Op::CbdrBackup(Repo::Fs) => "cbdr-backup-fs",
+            Op::CbdrBackup(Repo::Garage) => "cbdr-backup-garage",
+            Op::PgbrRestore => "pgbackrest-restore",
+            Op::CbdrRestore(Repo::Fs) => "cbdr-restore-fs",
+            Op::CbdrRestore(Repo::Garage) => "cbdr-restore-garage",
+        }
+    }
+
+    fn label(self, restore_parallel: usize) -> String {
+        match self {
+            Op::PgbbPlain => "pg_basebackup -Ft (plain)".into(),
+            Op::PgbbLz4 => "pg_basebackup -Ft --compress=server-lz4".into(),
+            Op::PgbrBackup => "pgBackRest backup (lz4, process-max 2)".into(),
+            Op::CbdrBackup(Repo::Fs) => "cbdr backup-push (lz4+enc, fs)".into(),
+            Op::CbdrBackup(Repo::Garage) => "cbdr backup-push (lz4+enc, Garage)".into(),
+            Op::PgbrRestore => "pgBackRest restore (process-max 2)".into(),
+            Op::CbdrRestore(Repo::Fs) => format!("cbdr restore (fs, parallel {restore_parallel})"),
+            Op::CbdrRestore(Repo::Garage) => {
+                format!("cbdr restore (Garage, parallel {restore_parallel})")
+            }
+        }
+    }
+
+    fn is_cbdr(self) -> bool {
+        matches!(self, Op::CbdrBackup(_) | Op::CbdrRestore(_))
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn env_num(name: &str, default: &str) -> usize {
+    env_or(name, default)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}: a number"))
+}
+
+fn opts() -> Opts {
+    let kinds = env_or("CBDR_BENCH_KINDS", "pgbench,random")
+        .split(',')
+        .map(|k| match k.trim() {
+            "pgbench" => Kind::Pgbench,
+            "random" => Kind::Random,
+            other => panic!("CBDR_BENCH_KINDS: unknown kind {other:?} (pgbench, random)"),
+        })
+        .collect();
+    Opts {
+        scale: env_num("CBDR_BENCH_SCALE", "100").max(1) as u32,
+        kinds,
+        repeat: env_num("CBDR_BENCH_REPEAT", "1").max(1),
+        restore_parallel: env_num("CBDR_BENCH_RESTORE_PARALLEL", "4").max(1),
+        gen_jobs: env_num("CBDR_BENCH_GEN_JOBS", "2").max(1),
+        cbdr_source: PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr"))),
+    }
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Runs a command; panics with its output when it fails.
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Total size and count of the regular files under `dir`, skipping the
+/// top-level entries named in `skip_top` and files whose name fails `keep`.
+fn tree_usage(dir: &Path, skip_top: &[&str], keep: &dyn Fn(&str) -> bool) -> (u64, u64) {
+    let mut bytes = 0;
+    let mut files = 0;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if skip_top.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(ty) = e.file_type() else { continue };
+        if ty.is_dir() {
+            let (b, f) = tree_usage(&e.path(), &[], keep);
+            bytes += b;
+            files += f;
+        } else if ty.is_file() && keep(&name) {
+            bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            files += 1;
+        }
+    }
+    (bytes, files)
+}
+
+fn all_files(_: &str) -> bool {
+    true
+}
+
+/// Files a base backup carries (pg_basebackup and pgBackRest leave out the
+/// relation cache init files).
+fn backed_up_file(name: &str) -> bool {
+    name != "pg_internal.init" && !name.starts_with("pgsql_tmp")
+}
+
+/// Sum of the RSS of `root` and all its descendants, in bytes.
+fn tree_rss(root: u32, page_size: u64) -> u64 {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": the name may hold spaces and ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut total = 0;
+    let mut todo = vec![root];
+    let mut seen = HashSet::new();
+    while let Some(pid) = todo.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        if let Ok(statm) = fs::read_to_string(format!("/proc/{pid}/statm")) {
+            let resident: u64 = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            total += resident * page_size;
+        }
+        if let Some(c) = children.get(&pid) {
+            todo.extend(c);
+        }
+    }
+    total
+}
+
+/// What one timed command did.
+struct Timed {
+    seconds: f64,
+    success: bool,
+    status: String,
+    /// ru_maxrss of the command (its largest process), bytes.
+    max_rss: u64,
+    /// Peak sampled sum of RSS over its process tree, bytes.
+    tree_rss: u64,
+    output: String,
+}
+
+/// Runs `cmd` with its output in files under `log_dir` (named `tag`),
+/// timing it and recording its peak memory.
+fn timed(mut cmd: Command, log_dir: &Path, tag: &str) -> Timed {
+    let out_path = log_dir.join(format!("{tag}.out"));
+    let out = fs::File::create(&out_path).expect("create output file");
+    let err = out.try_clone().expect("dup output file");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let t0 = Instant::now();
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tag}: cannot run: {e}"));
+    let pid = child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(tree_rss(pid, page_size));
+                std::thread::sleep(SAMPLE);
+            }
+            peak
+        })
+    };
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child's pid with valid out-pointers; the
+    // child is reaped here (std's Child is dropped without waiting).
+    let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    let seconds = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        rc,
+        pid as libc::pid_t,
+        "wait4: {}",
+        std::io::Error::last_os_error()
+    );
+    drop(child);
+    stop.store(true, Ordering::Relaxed);
+    let tree_rss = sampler.join().unwrap_or(0);
+    let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let status = if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else {
+        format!("signal {}", libc::WTERMSIG(status))
+    };
+    Timed {
+        seconds,
+        success,
+        status,
+        max_rss: usage.ru_maxrss.max(0) as u64 * 1024,
+        tree_rss,
+        output: fs::read_to_string(&out_path).unwrap_or_default(),
+    }
+}
+
+/// One run of one contender.
+struct Outcome {
+    kind: Kind,
+    op: Op,
+    round: usize,
+    seconds: Option<f64>,
+    max_rss: Option<u64>,
+    tree_rss: Option<u64>,
+    stored_bytes: Option<u64>,
+    load_before: String,
+    load_after: String,
+    notes: Vec<String>,
+}
+
+impl Outcome {
+    fn new(kind: Kind, op: Op, round: usize) -> Outcome {
+        Outcome {
+            kind,
+            op,
+            round,
+            seconds: None,
+            max_rss: None,
+            tree_rss: None,
+            stored_bytes: None,
+            load_before: String::new(),
+            load_after: String::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn json(&self, restore_parallel: usize) -> Value {
+        json!({
+            "kind": self.kind.name(),
+            "contender": self.op.id(),
+            "label": self.op.label(restore_parallel),
+            "round": self.round,
+            "seconds": self.seconds,
+            "max_rss_bytes": self.max_rss,
+            "tree_rss_bytes": self.tree_rss,
+            "stored_bytes": self.stored_bytes,
+            "loadavg_before": self.load_before,
+            "loadavg_after": self.load_after,
+            "notes": self.notes,
+        })
+    }
+}
+
+/// One data set's server, repositories and tools.
+struct Bench<'a> {
+    opts: &'a Opts,
+    kind: Kind,
+    /// Declared before `dir`: the server stops before its archive_command's
+    /// binary and repositories go.
+    pg: PgServer,
+    dir: tempfile::TempDir,
+    cbdr: PathBuf,
+    fs_config: PathBuf,
+    fs_repo: PathBuf,
+    garage_config: Option<PathBuf>,
+    pgbr_config: Option<PathBuf>,
+    pgbr_repo: PathBuf,
+    /// The data directory without pg_wal, after loading.
+    data_bytes: u64,
+    data_files: u64,
+    /// Files and bytes under base/ (what a restore must reproduce).
+    base_usage: (u64, u64),
+    relation_bytes: u64,
+    generate_secs: f64,
+    generate_note: String,
+    /// The last good backup of each tool, for its restore.
+    last_backup: HashMap<Op, String>,
+    runs: usize,
+}
+
+impl<'a> Bench<'a> {
+    fn start(opts: &'a Opts, kind: Kind, target_bytes: u64) -> Bench<'a> {
+        let dir = pg_user_dir(&format!("brbench-{}", kind.name()));
+        let cbdr = dir.path().join("cbdr");
+        fs::copy(&opts.cbdr_source, &cbdr)
+            .unwrap_or_else(|e| panic!("copy the cbdr binary {}: {e}", opts.cbdr_source.display()));
+        fs::set_permissions(&cbdr, fs::Permissions::from_mode(0o755)).unwrap();
+        let pg = PgServer::builder()
+            // Loading: no WAL for tables created in the loading transaction.
+            .conf("wal_level = minimal")
+            .conf("max_wal_senders = 0")
+            .conf("archive_mode = off")
+            .conf("synchronous_commit = off")
+            .conf("shared_buffers = '256MB'")
+            .conf("max_wal_size = '4GB'")
+            .conf("checkpoint_timeout = '1d'")
+            .conf("autovacuum = off")
+            .conf("maintenance_work_mem = '256MB'")
+            .start();
+        let mut b = Bench {
+            opts,
+            kind,
+            dir,
+            cbdr,
+            pg,
+            fs_config: PathBuf::new(),
+            fs_repo: PathBuf::new(),
+            garage_config: None,
+            pgbr_config: None,
+            pgbr_repo: PathBuf::new(),
+            data_bytes: 0,
+            data_files: 0,
+            base_usage: (0, 0),
+            relation_bytes: 0,
+            generate_secs: 0.0,
+            generate_note: String::new(),
+            last_backup: HashMap::new(),
+            runs: 0,
+        };
+        let t0 = Instant::now();
+        match kind {
+            Kind::Pgbench => b.load_pgbench(),
+            Kind::Random => b.load_random(target_bytes),
+        }
+        b.pg.psql("vacuum (freeze, analyze)");
+        b.pg.psql("checkpoint");
+        b.generate_secs = t0.elapsed().as_secs_f64();
+        b.relation_bytes =
+            b.pg.psql(
+                "select sum(pg_total_relation_size(oid))::bigint from pg_class \
+                 where relkind in ('r', 'm') and relnamespace = 'public'::regnamespace",
+            )
+            .parse()
+            .unwrap_or(0);
+
+        // Backups need WAL and archiving.
+        b.pg.stop();
+        b.pg.append_conf("wal_level = replica\nmax_wal_senders = 10\narchive_mode = on");
+        b.pg.start();
+        b.configure_tools();
+        b.set_archive_order(None);
+        b.check_archiving();
+        b.pg.psql("checkpoint");
+        let data_dir = b.pg.data_dir().to_path_buf();
+        (b.data_bytes, b.data_files) = tree_usage(&data_dir, &["pg_wal"], &all_files);
+        b.base_usage = tree_usage(&data_dir.join("base"), &[], &backed_up_file);
+        b
+    }
+
+    fn pgbench(&self, args: &[&str]) -> String {
+        let mut cmd = pg_command(pg_bin("pgbench"));
+        cmd.arg("-h")
+            .arg(self.pg.socket_dir())
+            .arg("-p")
+            .arg(self.pg.port().to_string())
+            .args(["-U", "postgres"])
+            .args(args)
+            .arg("postgres");
+        run(&mut cmd, &format!("pgbench {}", args.join(" ")))
+    }
+
+    fn load_pgbench(&mut self) {
+        let scale = self.opts.scale.to_string();
+        self.pgbench(&["-i", "-q", "-s", &scale]);
+        self.generate_note = format!("pgbench -i -s {scale}");
+    }
+
+    /// The random row: base64 of 40 random bytes (incompressible for lz4),
+    /// random numeric/float/int columns and a few repetitive words.
+    fn random_select(from: u64, to: u64) -> String {
+        format!(
+            "select g, round((random() * 1e9)::numeric, 2), random(), (random() * 2e9)::int, \
+             encode(gen_random_bytes(40), 'base64') || ' customer ' || (random() * 1000)::int \
+             || ' ordered item ' || (random() * 100000)::int || ' status ' \
+             || (array['shipped', 'pending', 'delivered', 'returned', 'cancelled'])[1 + (random() * 4)::int] \
+             || ' note ' || repeat('x', (random() * 30)::int) \
+             from generate_series({from}, {to}) g"
+        )
+    }
+
+    /// Tables of random rows (one per loading session, each created and
+    /// filled in one transaction) with a primary key, about `target` bytes
+    /// with their indexes.
+    fn load_random(&mut self, target: u64) {
+        const COLUMNS: &str = "(id bigint, amount numeric, ratio float8, qty int, note text)";
+        self.pg.psql("create extension if not exists pgcrypto");
+        // Calibration: heap bytes per row; a bigint btree adds ~22 bytes.
+        let calib_rows = 50_000u64;
+        self.pg.psql(&format!(
+            "create table bench_calib {COLUMNS}; insert into bench_calib {}",
+            Self::random_select(1, calib_rows)
+        ));
+        let heap: f64 = self
+            .pg
+            .psql("select pg_relation_size('bench_calib')")
+            .parse()
+            .expect("relation size");
+        self.pg.psql("drop table bench_calib");
+        let per_row = heap / calib_rows as f64 + 22.0;
+        let rows = (target as f64 / per_row).round().max(1000.0) as u64;
+        let jobs = self.opts.gen_jobs as u64;
+        let per_job = rows.div_ceil(jobs);
+        let pg = &self.pg;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..jobs)
+                .map(|j| {
+                    let from = j * per_job + 1;
+                    let to = ((j + 1) * per_job).min(rows);
+                    s.spawn(move || {
+                        pg.psql(&format!(
+                            "begin; create table bench_random_{j} {COLUMNS}; \
+                             insert into bench_random_{j} {}; commit; \
+                             alter table bench_random_{j} add primary key (id);",
+                            Self::random_select(from, to)
+                        ))
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("loading session");
+            }
+        });
+        self.generate_note = format!(
+            "{rows} random rows (~{per_row:.0} bytes each with the index) in {jobs} table(s) with a primary key, \
+             target {:.0} MB",
+            target as f64 / MB
+        );
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The cbdr configs (fs and Garage) and pgBackRest's, and the stanza.
+    fn configure_tools(&mut self) {
+        let key_file = self.path("key");
+        fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
+        let codec = format!(
+            "\n[compression]\nmethod = \"lz4\"\n\n[encryption]\nkey_file = \"{}\"\n\n\
+             [archive]\npush_concurrency = 1\n",
+            key_file.display()
+        );
+        self.fs_repo = self.path("cbdr-repo");
+        self.fs_config = self.path("cbdr-fs.toml");
+        fs::write(
+            &self.fs_config,
+            format!(
+                "[storage]\ntype = \"fs\"\npath = \"{}\"\n{codec}",
+                self.fs_repo.display()
+            ),
+        )
+        .unwrap();
+        if common::garage::garage_bin().is_some() {
+            let target = common::garage::bucket(&format!("brbench-{}", self.kind.name()));
+            let config = self.path("cbdr-garage.toml");
+            fs::write(&config, format!("{}{codec}", target.config_toml(""))).unwrap();
+            self.garage_config = Some(config);
+        }
+        self.pgbr_repo = self.path("pgbackrest-repo");
+        if Command::new("pgbackrest").arg("version").output().is_ok() {
+            let conf = self.path("pgbackrest.conf");
+            let run = self.dir.path();
+            let text = format!(
+                "[global]\n\
+                 repo1-path={repo}\n\
+                 repo1-retention-full=100\n\
+                 lock-path={run}/pgbackrest-lock\n\
+                 log-path={run}/pgbackrest-log\n\
+                 spool-path={run}/pgbackrest-spool\n\
+                 compress-type=lz4\n\
+                 process-max=2\n\
+                 start-fast=y\n\
+                 log-level-console=warn\n\
+                 \n[{STANZA}]\n\
+                 pg1-path={data}\n\
+                 pg1-port={port}\n\
+                 pg1-socket-path={socket}\n",
+                repo = self.pgbr_repo.display(),
+                run = run.display(),
+                data = self.pg.data_dir().display(),
+                port = self.pg.port(),
+                socket = self.pg.socket_dir().display(),
+            );
+            fs::write(&conf, text).unwrap();
+            for d in ["pgbackrest-lock", "pgbackrest-log", "pgbackrest-spool"] {
+                fs::create_dir_all(self.path(d)).unwrap();
+            }
+            fs::create_dir_all(&self.pgbr_repo).unwrap();
+            self.pgbr_config = Some(conf);
+        }
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+        chown_to_pg(self.dir.path());
+        if let Some(conf) = &self.pgbr_config {
+            run(
+                pg_command("pgbackrest")
+                    .arg(format!("--config={}", conf.display()))
+                    .arg(format!("--stanza={STANZA}"))
+                    .arg("stanza-create"),
+                "pgbackrest stanza-create",
+            );
+        }
+    }
+
+    fn cbdr_push(&self, config: &Path) -> String {
+        format!(
+            "{} --config {} wal-push %p",
+            self.cbdr.display(),
+            config.display()
+        )
+    }
+
+    /// archive_command = every repository's push, `first`'s first.
+    fn set_archive_order(&self, first: Option<Op>) {
+        let mut pushes: Vec<(Option<Op>, String)> = vec![(
+            Some(Op::CbdrBackup(Repo::Fs)),
+            self.cbdr_push(&self.fs_config),
+        )];
+        if let Some(c) = &self.garage_config {
+            pushes.push((Some(Op::CbdrBackup(Repo::Garage)), self.cbdr_push(c)));
+        }
+        if let Some(c) = &self.pgbr_config {
+            pushes.push((
+                Some(Op::PgbrBackup),
+                format!(
+                    "pgbackrest --config={} --stanza={STANZA} archive-push %p",
+                    c.display()
+                ),
+            ));
+        }
+        pushes.sort_by_key(|(op, _)| *op != first);
+        let command = pushes
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect::<Vec<_>>()
+            .join(" && ");
+        self.pg.psql(&format!(
+            "alter system set archive_command = {}",
+            sql_literal(&command)
+        ));
+        self.pg.psql("select pg_reload_conf()");
+        // The archiver rereads its configuration on its next loop.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Switches WAL and waits until the archiver stored the segment.
+    fn check_archiving(&self) {
+        self.pg.psql(
+            "create table if not exists bench_archive_check (x int); \
+             insert into bench_archive_check values (1);",
+        );
+        let seg = self.pg.psql("select pg_walfile_name(pg_switch_wal())");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let row = self.pg.psql(
+                "select coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') \
+                 from pg_stat_archiver",
+            );
+            let fields: Vec<&str> = row.split('|').collect();
+            if fields[0] >= seg.as_str() {
+                return;
+            }
+            assert!(
+                fields[1] == "0" && Instant::now() < deadline,
+                "archiving does not work (pg_stat_archiver: {row}); server log:\n{}",
+                self.pg.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn skip_reason(&self, op: Op) -> Option<String> {
+        match op {
+            Op::PgbrBackup | Op::PgbrRestore if self.pgbr_config.is_none() => {
+                Some("skipped: pgbackrest not installed".into())
+            }
+            Op::CbdrBackup(Repo::Garage) | Op::CbdrRestore(Repo::Garage)
+                if self.garage_config.is_none() =>
+            {
+                Some("skipped: garage not found (see .ci/run)".into())
+            }
+            Op::PgbrRestore | Op::CbdrRestore(_) => {
+                let backup = match op {
+                    Op::PgbrRestore => Op::PgbrBackup,
+                    Op::CbdrRestore(r) => Op::CbdrBackup(r),
+                    _ => unreachable!(),
+                };
+                (!self.last_backup.contains_key(&backup))
+                    .then(|| "skipped: no backup to restore".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn cbdr_config(&self, repo: Repo) -> &Path {
+        match repo {
+            Repo::Fs => &self.fs_config,
+            Repo::Garage => self.garage_config.as_deref().expect("garage configured"),
+        }
+    }
+
+    fn pgbr_command(&self) -> Command {
+        let mut cmd = pg_command("pgbackrest");
+        cmd.arg(format!(
+            "--config={}",
+            self.pgbr_config.as_ref().expect("pgbackrest").display()
+        ))
+        .arg(format!("--stanza={STANZA}"));
+        cmd
+    }
+
+    fn pgbr_labels(&self) -> HashSet<String> {
+        fs::read_dir(self.pgbr_repo.join("backup").join(STANZA))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().to_str().map(String::from))
+                    .filter(|n| n.ends_with('F') || n.ends_with('I') || n.ends_with('D'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn measure(&mut self, op: Op, round: usize) -> Outcome {
+        let mut o = Outcome::new(self.kind, op, round);
+        if let Some(reason) = self.skip_reason(op) {
+            o.notes.push(reason);
+            return o;
+        }
+        self.runs += 1;
+        let tag = format!("run{}-{}", self.runs, op.id());
+        let out_dir = self.path(&tag);
+        let pgbr_before = self.pgbr_labels();
+        match op {
+            Op::PgbrBackup | Op::CbdrBackup(_) => self.set_archive_order(Some(op)),
+            Op::PgbbPlain | Op::PgbbLz4 => {}
+            Op::PgbrRestore | Op::CbdrRestore(_) => {
+                fs::create_dir(&out_dir).unwrap();
+                fs::set_permissions(&out_dir, fs::Permissions::from_mode(0o700)).unwrap();
+                chown_to_pg(&out_dir);
+            }
+        }
+        let cmd = match op {
+            Op::PgbbPlain | Op::PgbbLz4 => {
+                let mut c = pg_command(pg_bin("pg_basebackup"));
+                c.args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+                    .arg(self.pg.port().to_string())
+                    .arg("-D")
+                    .arg(&out_dir)
+                    .args(["-Ft", "--checkpoint=fast"]);
+                if op == Op::PgbbLz4 {
+                    c.arg("--compress=server-lz4");
+                }
+                c
+            }
+            Op::PgbrBackup => {
+                let mut c = self.pgbr_command();
+                c.args(["--type=full", "backup"]);
+                c
+            }
+            Op::CbdrBackup(repo) => {
+                let mut c = pg_command(&self.cbdr);
+                c.arg("--config")
+                    .arg(self.cbdr_config(repo))
+                    .arg("backup-push")
+                    .env("PGHOST", "127.0.0.1")
+                    .env("PGPORT", self.pg.port().to_string())
+                    .env("PGUSER", "postgres");
+                c
+            }
+            Op::PgbrRestore => {
+                let mut c = self.pgbr_command();
+                c.arg(format!("--pg1-path={}", out_dir.display()))
+                    .arg(format!("--set={}", self.last_backup[&Op::PgbrBackup]))
+                    .arg("restore");
+                c
+            }
+            Op::CbdrRestore(repo) => {
+                let mut c = pg_command(&self.cbdr);
+                c.arg("--config")
+                    .arg(self.cbdr_config(repo))
+                    .arg("restore")
+                    .arg("--target-dir")
+                    .arg(&out_dir)
+                    .arg("--backup")
+                    .arg(&self.last_backup[&Op::CbdrBackup(repo)])
+                    .arg("--parallel")
+                    .arg(self.opts.restore_parallel.to_string());
+                c
+            }
+        };
+        self.pg.psql("checkpoint");
+        // SAFETY: sync(2) has no preconditions.
+        unsafe { libc::sync() };
+        o.load_before = loadavg();
+        let t = timed(cmd, self.dir.path(), &tag);
+        o.load_after = loadavg();
+        if !t.success {
+            let tail: Vec<&str> = t.output.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            o.notes.push(format!(
+                "FAILED ({}):\n    {}",
+                t.status,
+                tail.join("\n    ")
+            ));
+            let _ = fs::remove_dir_all(&out_dir);
+            return o;
+        }
+        o.seconds = Some(t.seconds);
+        o.max_rss = Some(t.max_rss);
+        o.tree_rss = Some(t.tree_rss);
+
+        match op {
+            Op::PgbbPlain | Op::PgbbLz4 => {
+                o.stored_bytes = Some(tree_usage(&out_dir, &[], &all_files).0);
+                let _ = fs::remove_dir_all(&out_dir);
+            }
+            Op::PgbrBackup => {
+                let new: Vec<String> = self
+                    .pgbr_labels()
+                    .difference(&pgbr_before)
+                    .cloned()
+                    .collect();
+                match new.as_slice() {
+                    [label] => {
+                        let dir = self.pgbr_repo.join("backup").join(STANZA).join(label);
+                        o.stored_bytes = Some(tree_usage(&dir, &[], &all_files).0);
+                        self.last_backup.insert(op, label.clone());
+                    }
+                    _ => o
+                        .notes
+                        .push(format!("cannot tell the new backup's label: {new:?}")),
+                }
+            }
+            Op::CbdrBackup(repo) => {
+                // "backup NAME complete: A to B, P MB, stored S MB"
+                let line = t.output.lines().find(|l| l.contains(" complete: "));
+                let name = line.and_then(|l| l.split_whitespace().nth(1));
+                match name {
+                    Some(name) => {
+                        if repo == Repo::Fs {
+                            let dir = self.fs_repo.join("seg-1").join("basebackups").join(name);
+                            o.stored_bytes = Some(tree_usage(&dir, &[], &all_files).0);
+                        } else {
+                            o.stored_bytes = line
+                                .and_then(|l| l.rsplit_once("stored "))
+                                .and_then(|(_, s)| s.split_whitespace().next())
+                                .and_then(|mb| mb.parse::<u64>().ok())
+                                .map(|mb| mb * 1_000_000);
+                        }
+                        self.last_backup.insert(op, name.to_string());
+                    }
+                    None => o.notes.push(format!(
+                        "no backup name in cbdr's output: {}",
+                        t.output.trim()
+                    )),
+                }
+            }
+            Op::PgbrRestore | Op::CbdrRestore(_) => {
+                o.stored_bytes = Some(tree_usage(&out_dir, &[], &all_files).0);
+                o.notes.extend(self.verify_restore(&out_dir, op.is_cbdr()));
+                let _ = fs::remove_dir_all(&out_dir);
+            }
+        }
+        o
+    }
+
+    /// Cheap checks of a restored directory; returns problems (or the
+    /// verification done, prefixed "ok:").
+    fn verify_restore(&self, dir: &Path, with_manifest: bool) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut problems = Vec::new();
+        let version = fs::read_to_string(dir.join("PG_VERSION")).unwrap_or_default();
+        let want = fs::read_to_string(self.pg.data_dir().join("PG_VERSION")).unwrap_or_default();
+        if version.trim().is_empty() || version != want {
+            problems.push(format!(
+                "PG_VERSION {:?}, expected {:?}",
+                version.trim(),
+                want.trim()
+            ));
+        }
+        if !dir.join("global/pg_control").is_file() {
+            problems.push("no global/pg_control".into());
+        }
+        let base = tree_usage(&dir.join("base"), &[], &backed_up_file);
+        if base != self.base_usage {
+            problems.push(format!(
+                "base/ holds {} files, {} bytes; the server {} files, {} bytes",
+                base.1, base.0, self.base_usage.1, self.base_usage.0
+            ));
+        }
+        let mut checks = vec![format!(
+            "PG_VERSION, pg_control, base/ ({} files, {:.0} MB) as on the server",
+            base.1,
+            base.0 as f64 / MB
+        )];
+        if with_manifest {
+            let t0 = Instant::now();
+            let out = pg_command(pg_bin("pg_verifybackup"))
+                .args(["-n", "-q"])
+                .arg(dir)
+                .output()
+                .expect("run pg_verifybackup");
+            if out.status.success() {
+                checks.push(format!(
+                    "pg_verifybackup -n ({:.1} s)",
+                    t0.elapsed().as_secs_f64()
+                ));
+            } else {
+                problems.push(format!(
+                    "pg_verifybackup -n failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            notes.push(format!("restore verified: {}", checks.join(", ")));
+        } else {
+            notes.push(format!("RESTORE CHECK FAILED: {}", problems.join("; ")));
+        }
+        notes
+    }
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    v.map(|v| format!("{v:.prec$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// One table row: a contender on a data set over its rounds.
+struct Row<'a> {
+    kind: Kind,
+    op: Op,
+    runs: Vec<&'a Outcome>,
+}
+
+impl Row<'_> {
+    /// The best run (shortest time); none if any run failed.
+    fn best(&self) -> Option<&Outcome> {
+        if self.runs.iter().any(|o| o.seconds.is_none()) {
+            return None;
+        }
+        self.runs
+            .iter()
+            .copied()
+            .min_by(|a, b| a.seconds.unwrap().total_cmp(&b.seconds.unwrap()))
+    }
+
+    fn seconds(&self) -> Option<f64> {
+        self.best().and_then(|o| o.seconds)
+    }
+
+    fn max_rss(&self) -> Option<u64> {
+        self.runs.iter().filter_map(|o| o.max_rss).max()
+    }
+
+    fn tree_rss(&self) -> Option<u64> {
+        self.runs.iter().filter_map(|o| o.tree_rss).max()
+    }
+
+    fn stored(&self) -> Option<u64> {
+        self.best().and_then(|o| o.stored_bytes)
+    }
+}
+
+struct KindSummary {
+    kind: Kind,
+    data_bytes: u64,
+    data_files: u64,
+    relation_bytes: u64,
+    generate_secs: f64,
+    generate_note: String,
+}
+
+fn main() {
+    // `cargo bench` passes `--bench` (and maybe a filter): ignored.
+    let opts = opts();
+    let started = Instant::now();
+    println!(
+        "backup/restore bench: pgbench scale {}, data sets {:?}, {} round(s), cbdr restore --parallel {}",
+        opts.scale,
+        opts.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        opts.repeat,
+        opts.restore_parallel
+    );
+    println!("cbdr binary: {}", opts.cbdr_source.display());
+    println!(
+        "load average at start: {} ({} CPUs)",
+        loadavg(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let pgbackrest_version = Command::new("pgbackrest")
+        .arg("version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "not installed".into());
+    println!("pgBackRest: {pgbackrest_version}");
+
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut summaries: Vec<KindSummary> = Vec::new();
+    let mut pgbench_bytes: Option<u64> = None;
+    for &kind in &opts.kinds {
+        let target = pgbench_bytes.unwrap_or((opts.scale as f64 * PGBENCH_BYTES_PER_SCALE) as u64);
+        println!("\n[{}] loading ...", kind.name());
+        let mut bench = Bench::start(&opts, kind, target);
+        if kind == Kind::Pgbench {
+            pgbench_bytes = Some(bench.relation_bytes);
+        }
+        println!(
+            "[{}] data directory {:.0} MB in {} files without pg_wal (tables and indexes {:.0} MB), loaded in {:.0} s: {}",
+            kind.name(),
+            bench.data_bytes as f64 / MB,
+            bench.data_files,
+            bench.relation_bytes as f64 / MB,
+            bench.generate_secs,
+            bench.generate_note
+        );
+        for round in 1..=opts.repeat {
+            for op in BACKUPS.into_iter().chain(RESTORES) {
+                let o = bench.measure(op, round);
+                println!(
+                    "[{}] {:<44} {:>7} s  max RSS {:>6} MB  tree {:>6} MB  stored {:>7} MB  load {} -> {}",
+                    kind.name(),
+                    op.label(opts.restore_parallel),
+                    fmt_opt(o.seconds, 2),
+                    fmt_opt(o.max_rss.map(|b| b as f64 / MB), 1),
+                    fmt_opt(o.tree_rss.map(|b| b as f64 / MB), 1),
+                    fmt_opt(o.stored_bytes.map(|b| b as f64 / MB), 0),
+                    o.load_before,
+                    o.load_after
+                );
+                for n in &o.notes {
+                    println!("      {n}");
+                }
+                outcomes.push(o);
+            }
+        }
+        summaries.push(KindSummary {
+            kind,
+            data_bytes: bench.data_bytes,
+            data_files: bench.data_files,
+            relation_bytes: bench.relation_bytes,
+            generate_secs: bench.generate_secs,
+            generate_note: bench.generate_note.clone(),
+        });
+        // Dropping the bench stops the server and removes its files.
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    for &kind in &opts.kinds {
+        for op in BACKUPS.into_iter().chain(RESTORES) {
+            let runs: Vec<&Outcome> = outcomes
+                .iter()
+                .filter(|o| o.kind == kind && o.op == op)
+                .collect();
+            if !runs.is_empty() {
+                rows.push(Row { kind, op, runs });
+            }
+        }
+    }
+    let row = |kind: Kind, op: Op| rows.iter().find(|r| r.kind == kind && r.op == op);
+
+    let mut report = String::new();
+    writeln!(report, "\n=== base backups and restores ===").unwrap();
+    writeln!(
+        report,
+        "MB = 10^6 bytes; MB/s = the data directory (without pg_wal) ÷ wall time; {}",
+        if opts.repeat > 1 {
+            format!(
+                "wall s = the best of {} rounds (all rounds listed)",
+                opts.repeat
+            )
+        } else {
+            "one round, contenders in the order listed, warm page cache".into()
+        }
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "max RSS = ru_maxrss (largest single process); tree RSS = peak sum over the process tree, sampled every 50 ms"
+    )
+    .unwrap();
+    let mut ratios_json = Vec::new();
+    for s in &summaries {
+        let kind = s.kind;
+        writeln!(
+            report,
+            "\n[{}] {}: data directory {:.0} MB ({} files) without pg_wal",
+            kind.name(),
+            s.generate_note,
+            s.data_bytes as f64 / MB,
+            s.data_files
+        )
+        .unwrap();
+        writeln!(
+            report,
+            "{:<44} {:>7} {:>7} {:>10} {:>6} {:>11} {:>12}  runs (s)",
+            "", "wall s", "MB/s", "stored MB", "ratio", "max RSS MB", "tree RSS MB"
+        )
+        .unwrap();
+        for (i, r) in rows.iter().filter(|r| r.kind == kind).enumerate() {
+            if i == 0 || r.op == Op::PgbrRestore {
+                let heading = if r.op == Op::PgbrRestore {
+                    "restore"
+                } else {
+                    "backup"
+                };
+                writeln!(report, "{heading}").unwrap();
+            }
+            let is_backup = BACKUPS.contains(&r.op);
+            let stored = r.stored();
+            let runs: Vec<String> = r.runs.iter().map(|o| fmt_opt(o.seconds, 2)).collect();
+            writeln!(
+                report,
+                "  {:<42} {:>7} {:>7} {:>10} {:>6} {:>11} {:>12}  {}",
+                r.op.label(opts.restore_parallel),
+                fmt_opt(r.seconds(), 2),
+                fmt_opt(r.seconds().map(|t| s.data_bytes as f64 / MB / t), 0),
+                if is_backup {
+                    fmt_opt(stored.map(|b| b as f64 / MB), 0)
+                } else {
+                    "-".into()
+                },
+                if is_backup {
+                    fmt_opt(stored.map(|b| s.data_bytes as f64 / b.max(1) as f64), 2)
+                } else {
+                    "-".into()
+                },
+                fmt_opt(r.max_rss().map(|b| b as f64 / MB), 1),
+                fmt_opt(r.tree_rss().map(|b| b as f64 / MB), 1),
+                runs.join(" ")
+            )
+            .unwrap();
+            for o in &r.runs {
+                for n in o
+                    .notes
+                    .iter()
+                    .filter(|n| !n.starts_with("restore verified"))
+                {
+                    writeln!(report, "      round {}: {n}", o.round).unwrap();
+                }
+            }
+        }
+
+        writeln!(report, "goals ({}):", kind.name()).unwrap();
+        let mut goal = |what: String, value: Option<f64>, limit: f64, unit: &str, lt: bool| {
+            let verdict = match value {
+                Some(v) if (lt && v < limit) || (!lt && v <= limit) => "PASS",
+                Some(_) => "MISS",
+                None => "n/a",
+            };
+            let cmp = if lt { "<" } else { "≤" };
+            writeln!(
+                report,
+                "  {what:<58} {:>8}{unit}  goal {cmp} {limit:.2}{unit}  {verdict}",
+                fmt_opt(value, 2)
+            )
+            .unwrap();
+            ratios_json.push(json!({
+                "kind": kind.name(),
+                "what": what,
+                "value": value,
+                "goal": limit,
+                "verdict": verdict,
+            }));
+        };
+        let secs = |op: Op| row(kind, op).and_then(Row::seconds);
+        let ratio = |a: Op, b: Op| match (secs(a), secs(b)) {
+            (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+            _ => None,
+        };
+        for repo in [Repo::Fs, Repo::Garage] {
+            let name = if repo == Repo::Fs { "fs" } else { "Garage" };
+            goal(
+                format!("backup-push ({name}) ÷ pgBackRest backup"),
+                ratio(Op::CbdrBackup(repo), Op::PgbrBackup),
+                GOAL_BACKUP_VS_PGBR,
+                "×",
+                false,
+            );
+            goal(
+                format!("backup-push ({name}) ÷ pg_basebackup --compress=server-lz4"),
+                ratio(Op::CbdrBackup(repo), Op::PgbbLz4),
+                GOAL_BACKUP_VS_PGBB_LZ4,
+                "×",
+                false,
+            );
+            goal(
+                format!("restore ({name}) ÷ pgBackRest restore"),
+                ratio(Op::CbdrRestore(repo), Op::PgbrRestore),
+                GOAL_RESTORE_VS_PGBR,
+                "×",
+                false,
+            );
+        }
+        let cbdr_rss = rows
+            .iter()
+            .filter(|r| r.kind == kind && r.op.is_cbdr())
+            .filter_map(Row::max_rss)
+            .max();
+        goal(
+            "cbdr peak RSS (largest over its backups and restores), MB".into(),
+            cbdr_rss.map(|b| b as f64 / MB),
+            GOAL_RSS_MB,
+            "",
+            true,
+        );
+    }
+    writeln!(
+        report,
+        "\nthe issue's reference (2 cores, pgbench scale 100): pgBackRest lz4 backup ~4.5 s, restore ~2.6 s; \
+         pg_basebackup server-lz4 ~2.3 s, plain 3-6 s"
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "load average at end: {} (2 cores: above ~2 other work competed with the contenders); total bench time {:.0} s",
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    )
+    .unwrap();
+    print!("{report}");
+
+    let target_dir = Path::new(env!("CARGO_BIN_EXE_cbdr"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("the cbdr binary is in target/<profile>/")
+        .to_path_buf();
+    let json_path = target_dir.join("bench-backup-restore.json");
+    let doc = json!({
+        "scale": opts.scale,
+        "repeat": opts.repeat,
+        "restore_parallel": opts.restore_parallel,
+        "pgbackrest_version": pgbackrest_version,
+        "cbdr_binary": opts.cbdr_source.display().to_string(),
+        "data_sets": summaries.iter().map(|s| json!({
+            "kind": s.kind.name(),
+            "data_dir_bytes": s.data_bytes,
+            "data_dir_files": s.data_files,
+            "relation_bytes": s.relation_bytes,
+            "load_seconds": s.generate_secs,
+            "loaded_by": s.generate_note,
+        })).collect::<Vec<_>>(),
+        "summary": rows.iter().map(|r| {
+            let data = summaries.iter().find(|s| s.kind == r.kind).map(|s| s.data_bytes).unwrap_or(0);
+            json!({
+                "kind": r.kind.name(),
+                "contender": r.op.id(),
+                "label": r.op.label(opts.restore_parallel),
+                "seconds": r.seconds(),
+                "mb_per_second": r.seconds().map(|t| data as f64 / MB / t),
+                "stored_bytes": if BACKUPS.contains(&r.op) { r.stored() } else { None },
+                "max_rss_bytes": r.max_rss(),
+                "tree_rss_bytes": r.tree_rss(),
+            })
+        }).collect::<Vec<_>>(),
+        "goals": ratios_json,
+        "runs": outcomes.iter().map(|o| o.json(opts.restore_parallel)).collect::<Vec<_>>(),
+        "total_seconds": started.elapsed().as_secs_f64(),
+        "loadavg_end": loadavg(),
+    });
+    fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&doc).expect("JSON") + "\n",
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", json_path.display()));
+    println!("report written to {}", json_path.display());
+}
