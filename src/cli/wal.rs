@@ -30,6 +30,9 @@ pub struct WalFetchArgs {
 }
 
 pub async fn push(config: &Config, args: WalPushArgs) -> Result<(), Error> {
+    if wal::uploaded_ahead(&args.path) {
+        return Ok(());
+    }
     let repo = Repo::open(config).await?;
     let opts = PushOptions {
         content_id: args.content_id,

@@ -590,7 +590,7 @@ pub(crate) async fn wait_for_wal(
                 if content_id == -1 { String::new() } else { format!(" --content-id {content_id}") }
             )));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

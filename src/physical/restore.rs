@@ -235,8 +235,9 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             let manifest = manifest.clone();
             let seen = seen.clone();
             tasks.spawn(async move {
-                let sink = UntarSink::new(dir, prefix, manifest, seen, key.clone());
-                repo.get_into(&key, sink).await?.0.finish()
+                let part = key.clone();
+                repo.read_with(&key, move |r| unpack(r, &dir, &prefix, &manifest, &seen, &part))
+                    .await
             });
         }
         match tasks.join_next().await {
@@ -430,90 +431,8 @@ fn sync_tree(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Receives one part's decoded tar stream and unpacks it, checking each
-/// file against the manifest. Runs on a blocking thread (it is a `Write`).
-struct UntarSink {
-    /// Bytes not yet consumed by the tar reader.
-    pipe: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    worker: Option<std::thread::JoinHandle<Result<()>>>,
-}
-
-impl UntarSink {
-    fn new(
-        dir: PathBuf,
-        manifest_prefix: String,
-        manifest: Arc<Manifest>,
-        seen: Arc<Mutex<HashSet<String>>>,
-        part: String,
-    ) -> UntarSink {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
-        let worker = std::thread::spawn(move || {
-            let reader = PipeReader {
-                rx,
-                current: Vec::new(),
-                pos: 0,
-            };
-            unpack(reader, &dir, &manifest_prefix, &manifest, &seen, &part)
-        });
-        UntarSink {
-            pipe: Some(tx),
-            worker: Some(worker),
-        }
-    }
-
-    fn finish(mut self) -> Result<()> {
-        drop(self.pipe.take());
-        self.worker
-            .take()
-            .expect("finished once")
-            .join()
-            .map_err(|_| Error::Internal("unpacking thread panicked".into()))?
-    }
-}
-
-impl Write for UntarSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let tx = self.pipe.as_ref().expect("open");
-        if tx.send(buf.to_vec()).is_err() {
-            // The unpacker stopped: its error comes out of finish().
-            let err = self.worker.take().map(|w| w.join());
-            let msg = match err {
-                Some(Ok(Err(e))) => e.to_string(),
-                _ => "unpacking stopped".into(),
-            };
-            return Err(io::Error::other(msg));
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-struct PipeReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for PipeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.current.len() {
-            match self.rx.recv() {
-                Ok(v) => {
-                    self.current = v;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
+/// Unpacks one part's decoded tar stream, checking each file against the
+/// manifest. Runs on a blocking thread.
 fn unpack(
     reader: impl Read,
     dir: &Path,
@@ -523,12 +442,22 @@ fn unpack(
     part: &str,
 ) -> Result<()> {
     let bad = |what: String| Error::Integrity(format!("{part}: {what}"));
+    let codec_error = |e: &io::Error| {
+        e.get_ref()
+            .is_some_and(|i| i.is::<crate::codec::CodecError>())
+    };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
         .map_err(|e| bad(format!("not a tar stream: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("damaged tar stream: {e}")))?;
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) if codec_error(&e) => {
+                return Err(Error::Codec(crate::codec::CodecError::from_io(e, part)))
+            }
+            Err(e) => return Err(bad(format!("damaged tar stream: {e}"))),
+        };
         let rel = entry
             .path()
             .map_err(|e| bad(format!("bad file name: {e}")))?
@@ -587,9 +516,13 @@ fn unpack(
         let mut size = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = entry
-                .read(&mut buf)
-                .map_err(|e| bad(format!("reading {rel_str}: {e}")))?;
+            let n = match entry.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if codec_error(&e) => {
+                    return Err(Error::Codec(crate::codec::CodecError::from_io(e, part)))
+                }
+                Err(e) => return Err(bad(format!("reading {rel_str}: {e}"))),
+            };
             if n == 0 {
                 break;
             }

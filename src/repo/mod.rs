@@ -9,7 +9,6 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::TryStreamExt;
 use tokio::sync::mpsc;
 
 use crate::codec::{Codec, Key};
@@ -74,8 +73,8 @@ impl Repo {
         let codec = self.codec.clone();
         let name = key.to_string();
         let encode = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let mut input = input;
             let mut w = codec.writer(ChannelWriter::new(tx), &name)?;
+            let mut input = io::BufReader::with_capacity(1 << 20, input);
             io::copy(&mut input, &mut w).map_err(|e| match e.get_ref() {
                 Some(i) if i.is::<crate::codec::CodecError>() => {
                     Error::Codec(crate::codec::CodecError::from_io(e, &name))
@@ -109,17 +108,30 @@ impl Repo {
     /// `out` has received only verified bytes when this returns, but may
     /// have received some before an error: write to a temp file.
     pub async fn get_into<W: Write + Send + 'static>(&self, key: &str, out: W) -> Result<(W, u64)> {
+        let name = key.to_string();
+        self.read_with(key, move |r| {
+            let mut out = out;
+            let n = copy_decoded(r, &mut out, &name)?;
+            Ok((out, n))
+        })
+        .await
+    }
+
+    /// Runs `f` on a blocking thread with the object's decoded bytes as a
+    /// `Read` (every chunk verified as it is read; read errors carry a
+    /// [`crate::codec::CodecError`]).
+    pub async fn read_with<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut crate::codec::ObjectReader) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let stream = self.storage.get(key).await?;
-        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
-            stream.map_err(|e| e),
-        ));
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
         let codec = self.codec.clone();
         let name = key.to_string();
-        tokio::task::spawn_blocking(move || -> Result<(W, u64)> {
+        tokio::task::spawn_blocking(move || -> Result<T> {
             let mut r = codec.reader(reader, &name)?;
-            let mut out = out;
-            let n = copy_decoded(&mut r, &mut out, &name)?;
-            Ok((out, n))
+            f(&mut r)
         })
         .await
         .map_err(|e| Error::Internal(format!("decoder task: {e}")))?

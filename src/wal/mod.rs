@@ -12,6 +12,16 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::pg::WalFile;
 
+/// True when an earlier `wal-push` uploaded this file ahead and it has not
+/// changed since (the memo is consumed): nothing else to do, not even open
+/// the repository.
+pub fn uploaded_ahead(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    push::Memo::new(crate::fsutil::parent_dir(path)).take_if_matches(name, path)
+}
+
 /// The WAL file a path names.
 fn wal_file_of(path: &Path) -> Result<(String, WalFile)> {
     let name = path

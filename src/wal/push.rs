@@ -10,13 +10,14 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+
 use std::path::{Path, PathBuf};
 
 use futures_util::future::join_all;
 
 use super::wal_file_of;
 use crate::error::{Error, Result};
-use crate::fsutil::{parent_dir, AtomicFile};
+use crate::fsutil::parent_dir;
 use crate::pg::WalFile;
 use crate::repo::{layout, Repo, TransferStats};
 
@@ -44,7 +45,7 @@ pub async fn wal_push(repo: &Repo, path: &Path, opts: &PushOptions) -> Result<Pu
     let (name, file) = wal_file_of(path)?;
     let wal_dir = parent_dir(path).to_path_buf();
     let memo = Memo::new(&wal_dir);
-    if memo.take_if_matches(&name, path)? {
+    if memo.take_if_matches(&name, path) {
         tracing::debug!("{name}: uploaded ahead by an earlier call");
         return Ok(PushOutcome::UploadedAhead);
     }
@@ -56,7 +57,7 @@ pub async fn wal_push(repo: &Repo, path: &Path, opts: &PushOptions) -> Result<Pu
     }
     repo.prepare_write().await?;
 
-    let ahead = ready_files(&wal_dir, &name, opts.concurrency.saturating_sub(1));
+    let ahead = ready_files(&wal_dir, &name, opts.concurrency.saturating_sub(1), &memo);
     let main = push_one(repo, opts.content_id, &file, path);
     let others = ahead.iter().map(|(ahead_name, ahead_file)| {
         let p = wal_dir.join(ahead_name);
@@ -157,7 +158,7 @@ impl<R: Read> Write for Comparer<R> {
 
 /// Files waiting to be archived (`archive_status/*.ready`), other than
 /// `current`: history files first, then oldest first, at most `limit`.
-fn ready_files(wal_dir: &Path, current: &str, limit: usize) -> Vec<(String, WalFile)> {
+fn ready_files(wal_dir: &Path, current: &str, limit: usize, memo: &Memo) -> Vec<(String, WalFile)> {
     if limit == 0 {
         return Vec::new();
     }
@@ -169,7 +170,8 @@ fn ready_files(wal_dir: &Path, current: &str, limit: usize) -> Vec<(String, WalF
         .filter_map(|e| {
             let n = e.file_name().to_str()?.strip_suffix(".ready")?.to_string();
             let f = WalFile::parse(&n)?;
-            (n != current).then_some((n, f))
+            // Already uploaded ahead: PostgreSQL's own call will find the memo.
+            (n != current && !memo.has(&n)).then_some((n, f))
         })
         .collect();
     ready.sort_by_key(|(n, f)| (!matches!(f, WalFile::History(_)), n.clone()));
@@ -178,32 +180,39 @@ fn ready_files(wal_dir: &Path, current: &str, limit: usize) -> Vec<(String, WalF
 }
 
 /// Remembers files uploaded ahead: `pg_wal/cbdr_archived/<name>` holds the
-/// file's size and CRC32 when it was uploaded.
-struct Memo {
+/// file's size, modification time and inode when it was uploaded. A file
+/// PostgreSQL has marked `.ready` is complete and is not rewritten until it
+/// is archived, so these identify it without reading it again. Memos are
+/// not fsynced: a lost memo only costs a check of the archive.
+pub(super) struct Memo {
     dir: PathBuf,
 }
 
 impl Memo {
-    fn new(wal_dir: &Path) -> Memo {
+    pub(super) fn new(wal_dir: &Path) -> Memo {
         Memo {
             dir: wal_dir.join(MEMO_DIR),
         }
     }
 
+    fn has(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
+    }
+
     fn record(&self, name: &str, path: &Path) -> io::Result<()> {
         let fingerprint = fingerprint(path)?;
         fs::create_dir_all(&self.dir)?;
-        let mut f = AtomicFile::create(&self.dir.join(name))?;
-        f.write_all(fingerprint.as_bytes())?;
-        f.commit()
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, fingerprint.as_bytes())?;
+        fs::rename(&tmp, self.dir.join(name))
     }
 
     /// True (and the memo removed) when `name` was uploaded ahead with the
     /// content `path` has now.
-    fn take_if_matches(&self, name: &str, path: &Path) -> Result<bool> {
+    pub(super) fn take_if_matches(&self, name: &str, path: &Path) -> bool {
         let memo_path = self.dir.join(name);
         let Ok(recorded) = fs::read_to_string(&memo_path) else {
-            return Ok(false);
+            return false;
         };
         let matches = fingerprint(path).is_ok_and(|now| now == recorded);
         let _ = fs::remove_file(&memo_path);
@@ -212,23 +221,18 @@ impl Memo {
                 "{name}: uploaded ahead, but the file changed since: checking the archive again"
             );
         }
-        Ok(matches)
+        matches
     }
 }
 
 fn fingerprint(path: &Path) -> io::Result<String> {
-    let mut f = fs::File::open(path)?;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        match f.read(&mut buf)? {
-            0 => break,
-            n => {
-                h.update(&buf[..n]);
-                size += n as u64;
-            }
-        }
-    }
-    Ok(format!("{size} {:08x}\n", h.finalize()))
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path)?;
+    Ok(format!(
+        "{} {} {} {}\n",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
 }
