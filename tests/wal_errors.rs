@@ -391,3 +391,34 @@ async fn damaged_objects_on_s3_are_refused() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(fs::read(dest).unwrap(), data);
 }
+
+#[test]
+fn incompressible_wal_is_stored_uncompressed_and_reads_back() {
+    let env = Env::new(None);
+    // Pseudo-random bytes: lz4 gains nothing.
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let random: Vec<u8> = (0..1_048_576)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(env.wal(SEG1), &random).unwrap();
+    let compressible = env.make_wal(SEG2, 3);
+    let zeros = vec![0u8; 1_048_576];
+    fs::write(env.wal(SEG3), &zeros).unwrap();
+    for name in [SEG1, SEG2, SEG3] {
+        assert_eq!(env.push(name).0, 0);
+    }
+    // Header byte 5 is the compression method (0 = none, 1 = lz4).
+    assert_eq!(fs::read(env.repo_file(SEG1)).unwrap()[5], 0);
+    assert_eq!(fs::read(env.repo_file(SEG3)).unwrap()[5], 1);
+    assert!(fs::metadata(env.repo_file(SEG3)).unwrap().len() < 100_000);
+    for (name, want) in [(SEG1, &random), (SEG2, &compressible), (SEG3, &zeros)] {
+        let (code, err, dest) = env.fetch_with(Some(KEY), name);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(&fs::read(dest).unwrap(), want);
+    }
+}

@@ -99,15 +99,44 @@ async fn push_one(
             })
         };
     }
-    let input =
+    let mut input =
         fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let stats = repo.put_reader(&key, input).await?;
+    let stats = if worth_compressing(repo, &mut input)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+    {
+        repo.put_reader(&key, input).await?
+    } else {
+        // Incompressible WAL (e.g. compressed or encrypted data in the
+        // database) is stored as it is: the header says so.
+        let mut plain = repo.clone();
+        plain.codec.compression = crate::codec::Compression::None;
+        plain.put_reader(&key, input).await?
+    };
     tracing::info!(
         "{file}: archived ({} bytes, stored {} bytes)",
         stats.plain,
         stats.stored
     );
     Ok(PushOutcome::Uploaded(stats))
+}
+
+/// Whether the configured compression gains anything on this file: lz4 on
+/// its first 256 KiB must save at least 10%. The file is rewound.
+fn worth_compressing(repo: &Repo, file: &mut fs::File) -> io::Result<bool> {
+    use std::io::Seek;
+    if repo.codec.compression == crate::codec::Compression::None {
+        return Ok(true);
+    }
+    let mut sample = Vec::with_capacity(256 * 1024);
+    Read::by_ref(file)
+        .take(256 * 1024)
+        .read_to_end(&mut sample)?;
+    file.rewind()?;
+    if sample.len() < 4096 {
+        return Ok(true);
+    }
+    let compressed = lz4_flex::block::compress(&sample);
+    Ok(compressed.len() * 10 < sample.len() * 9)
 }
 
 /// Compares the archived object with the local file, streaming.
