@@ -22,11 +22,11 @@
 //! minimal` so that loading writes almost no WAL, then `VACUUM (FREEZE,
 //! ANALYZE)`, `CHECKPOINT`, and a restart with `wal_level = replica`,
 //! `archive_mode = on`):
-//! * `pgbench`: `pgbench -i -s SCALE` (scale 100: about 1.5 GB; very
-//!   compressible, lz4 ~5×);
-//! * `random`: tables of random text and numbers of about the same size
-//!   (base64 of random bytes, random numerics, floats and integers, and
-//!   some repetitive words: lz4 ~1.7×), with a primary key, loaded by
+//! * `pgbench`: `pgbench -i -s SCALE` (scale 100: a 1.6 GB data directory;
+//!   very compressible, lz4 ~9×);
+//! * `random`: tables of random text and numbers of the same size (base64
+//!   of random bytes, random numerics, floats and integers, and some
+//!   repetitive words: lz4 ~1.8×), with a primary key, loaded by
 //!   `CBDR_BENCH_GEN_JOBS` sessions at once.
 //!
 //! One archive_command archives every WAL file to all three repositories
@@ -48,7 +48,10 @@
 //! single process among it and the children it waited for: pgBackRest's
 //! local workers count, the PostgreSQL walsender serving pg_basebackup or
 //! cbdr does not), and the peak sum of RSS over the command's process tree
-//! sampled every 50 ms.
+//! sampled every 50 ms. CPU: user + system time from the same wait4(2),
+//! and the CPU time of the server processes that served the command (the
+//! postmaster's reaped children: walsender, backends), as the machine may be
+//! shared and a ratio of wall times then depends on the other load.
 //!
 //! Each restore is checked cheaply: `PG_VERSION` and `global/pg_control`
 //! present, the files and bytes under `base/` equal to the server's
@@ -337,6 +340,8 @@ struct Timed {
     max_rss: u64,
     /// Peak sampled sum of RSS over its process tree, bytes.
     tree_rss: u64,
+    /// User + system CPU time of the command and its waited-for children.
+    cpu_seconds: f64,
     output: String,
 }
 
@@ -396,8 +401,28 @@ fn timed(mut cmd: Command, log_dir: &Path, tag: &str) -> Timed {
         status,
         max_rss: usage.ru_maxrss.max(0) as u64 * 1024,
         tree_rss,
+        cpu_seconds: timeval_secs(usage.ru_utime) + timeval_secs(usage.ru_stime),
         output: fs::read_to_string(&out_path).unwrap_or_default(),
     }
+}
+
+fn timeval_secs(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+}
+
+/// CPU seconds of the exited (reaped) children of `pid`: for the
+/// postmaster, the walsenders and backends that served a finished command.
+fn reaped_children_cpu(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields after the name start with field 3 (state); cutime and cstime
+    // are fields 16 and 17.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let cutime: f64 = fields.get(13)?.parse().ok()?;
+    let cstime: f64 = fields.get(14)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((cutime + cstime) / ticks)
 }
 
 /// One run of one contender.
@@ -408,6 +433,8 @@ struct Outcome {
     seconds: Option<f64>,
     max_rss: Option<u64>,
     tree_rss: Option<u64>,
+    cpu_seconds: Option<f64>,
+    server_cpu_seconds: Option<f64>,
     stored_bytes: Option<u64>,
     load_before: String,
     load_after: String,
@@ -423,6 +450,8 @@ impl Outcome {
             seconds: None,
             max_rss: None,
             tree_rss: None,
+            cpu_seconds: None,
+            server_cpu_seconds: None,
             stored_bytes: None,
             load_before: String::new(),
             load_after: String::new(),
@@ -439,6 +468,8 @@ impl Outcome {
             "seconds": self.seconds,
             "max_rss_bytes": self.max_rss,
             "tree_rss_bytes": self.tree_rss,
+            "cpu_seconds": self.cpu_seconds,
+            "server_cpu_seconds": self.server_cpu_seconds,
             "stored_bytes": self.stored_bytes,
             "loadavg_before": self.load_before,
             "loadavg_after": self.load_after,
@@ -888,9 +919,18 @@ impl<'a> Bench<'a> {
         self.pg.psql("checkpoint");
         // SAFETY: sync(2) has no preconditions.
         unsafe { libc::sync() };
+        // Server processes that served a command are counted once the
+        // postmaster reaped them.
+        let postmaster = self.pg.postmaster_pid().expect("the server runs");
+        std::thread::sleep(Duration::from_millis(300));
+        let server_cpu_before = reaped_children_cpu(postmaster);
         o.load_before = loadavg();
         let t = timed(cmd, self.dir.path(), &tag);
         o.load_after = loadavg();
+        std::thread::sleep(Duration::from_millis(300));
+        if let (Some(a), Some(b)) = (server_cpu_before, reaped_children_cpu(postmaster)) {
+            o.server_cpu_seconds = Some(b - a);
+        }
         if !t.success {
             let tail: Vec<&str> = t.output.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -905,6 +945,7 @@ impl<'a> Bench<'a> {
         o.seconds = Some(t.seconds);
         o.max_rss = Some(t.max_rss);
         o.tree_rss = Some(t.tree_rss);
+        o.cpu_seconds = Some(t.cpu_seconds);
 
         match op {
             Op::PgbbPlain | Op::PgbbLz4 => {
@@ -1058,6 +1099,14 @@ impl Row<'_> {
     fn stored(&self) -> Option<u64> {
         self.best().and_then(|o| o.stored_bytes)
     }
+
+    fn cpu(&self) -> Option<f64> {
+        self.best().and_then(|o| o.cpu_seconds)
+    }
+
+    fn server_cpu(&self) -> Option<f64> {
+        self.best().and_then(|o| o.server_cpu_seconds)
+    }
 }
 
 struct KindSummary {
@@ -1118,10 +1167,12 @@ fn main() {
             for op in BACKUPS.into_iter().chain(RESTORES) {
                 let o = bench.measure(op, round);
                 println!(
-                    "[{}] {:<44} {:>7} s  max RSS {:>6} MB  tree {:>6} MB  stored {:>7} MB  load {} -> {}",
+                    "[{}] {:<44} {:>7} s  CPU {:>5} s + server {:>5} s  max RSS {:>6} MB  tree {:>6} MB  stored {:>7} MB  load {} -> {}",
                     kind.name(),
                     op.label(opts.restore_parallel),
                     fmt_opt(o.seconds, 2),
+                    fmt_opt(o.cpu_seconds, 2),
+                    fmt_opt(o.server_cpu_seconds, 2),
                     fmt_opt(o.max_rss.map(|b| b as f64 / MB), 1),
                     fmt_opt(o.tree_rss.map(|b| b as f64 / MB), 1),
                     fmt_opt(o.stored_bytes.map(|b| b as f64 / MB), 0),
@@ -1176,7 +1227,9 @@ fn main() {
     .unwrap();
     writeln!(
         report,
-        "max RSS = ru_maxrss (largest single process); tree RSS = peak sum over the process tree, sampled every 50 ms"
+        "CPU s = user+system time of the command (with its children); srv CPU s = of the server processes that \
+         served it (walsender, backends; reaped by the postmaster); max RSS = ru_maxrss (largest single process); \
+         tree RSS = peak sum over the process tree, sampled every 50 ms"
     )
     .unwrap();
     let mut ratios_json = Vec::new();
@@ -1193,8 +1246,16 @@ fn main() {
         .unwrap();
         writeln!(
             report,
-            "{:<44} {:>7} {:>7} {:>10} {:>6} {:>11} {:>12}  runs (s)",
-            "", "wall s", "MB/s", "stored MB", "ratio", "max RSS MB", "tree RSS MB"
+            "{:<44} {:>7} {:>7} {:>10} {:>6} {:>6} {:>10} {:>11} {:>12}  runs (s)",
+            "",
+            "wall s",
+            "MB/s",
+            "stored MB",
+            "ratio",
+            "CPU s",
+            "srv CPU s",
+            "max RSS MB",
+            "tree RSS MB"
         )
         .unwrap();
         for (i, r) in rows.iter().filter(|r| r.kind == kind).enumerate() {
@@ -1211,7 +1272,7 @@ fn main() {
             let runs: Vec<String> = r.runs.iter().map(|o| fmt_opt(o.seconds, 2)).collect();
             writeln!(
                 report,
-                "  {:<42} {:>7} {:>7} {:>10} {:>6} {:>11} {:>12}  {}",
+                "  {:<42} {:>7} {:>7} {:>10} {:>6} {:>6} {:>10} {:>11} {:>12}  {}",
                 r.op.label(opts.restore_parallel),
                 fmt_opt(r.seconds(), 2),
                 fmt_opt(r.seconds().map(|t| s.data_bytes as f64 / MB / t), 0),
@@ -1225,6 +1286,8 @@ fn main() {
                 } else {
                     "-".into()
                 },
+                fmt_opt(r.cpu(), 2),
+                fmt_opt(r.server_cpu(), 2),
                 fmt_opt(r.max_rss().map(|b| b as f64 / MB), 1),
                 fmt_opt(r.tree_rss().map(|b| b as f64 / MB), 1),
                 runs.join(" ")
@@ -1349,6 +1412,8 @@ fn main() {
                 "seconds": r.seconds(),
                 "mb_per_second": r.seconds().map(|t| data as f64 / MB / t),
                 "stored_bytes": if BACKUPS.contains(&r.op) { r.stored() } else { None },
+                "cpu_seconds": r.cpu(),
+                "server_cpu_seconds": r.server_cpu(),
                 "max_rss_bytes": r.max_rss(),
                 "tree_rss_bytes": r.tree_rss(),
             })
