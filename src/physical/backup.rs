@@ -26,7 +26,11 @@ use crate::repo::catalog::{ArchiveRecord, BackupRecord};
 use crate::repo::{layout, Repo, TransferStats};
 
 /// Plain bytes per part before it is cut at the next file boundary.
-pub const PART_TARGET: u64 = 32 * 1024 * 1024;
+pub const PART_TARGET: u64 = 16 * 1024 * 1024;
+/// Messages (PostgreSQL sends ~32 KiB each) a part may hold queued for its
+/// encoder: about a whole part, so the receiver moves on to the next part
+/// while this one is still encoded, and the parts in flight use every core.
+const PART_QUEUE: usize = 640;
 /// Parts encoded and uploaded at once.
 pub const PARTS_IN_FLIGHT: usize = 3;
 
@@ -479,7 +483,7 @@ impl PartSink {
         key: String,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> PartSink {
-        let (tx, rx) = mpsc::channel::<Option<Bytes>>(32);
+        let (tx, rx) = mpsc::channel::<Option<Bytes>>(PART_QUEUE);
         let repo = repo.clone();
         let task = tokio::spawn(async move {
             let r = repo.put_reader(&key, ChannelReader::new(rx)).await;
