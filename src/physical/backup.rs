@@ -230,7 +230,6 @@ impl BackupStream {
         // Legacy protocol: (oid, location) of each tablespace, in the order
         // their COPY streams come; the data directory has no oid.
         let mut tablespaces: Vec<(String, Option<String>)> = Vec::new();
-        let mut result_sets = 0;
         let mut copies = 0;
         let mut columns: Vec<String> = Vec::new();
         let mut last_log = Instant::now();
@@ -277,7 +276,7 @@ impl BackupStream {
                         }
                     }
                 }
-                BackendMessage::CommandComplete(_) => result_sets += 1,
+                BackendMessage::CommandComplete(_) => {}
                 // Legacy protocol: one COPY per tablespace (data directory
                 // last), then one for the manifest.
                 BackendMessage::CopyOutResponse | BackendMessage::CopyBothResponse
@@ -355,7 +354,6 @@ impl BackupStream {
             Some(m) => m.finish().await?.plain,
             None => return Err(Error::Postgres("the server sent no backup manifest".into())),
         };
-        let _ = result_sets;
         let start =
             start.ok_or_else(|| Error::Postgres("the server sent no start position".into()))?;
         let stop =
