@@ -323,15 +323,10 @@ fn check_dir(dir: &Path, force: bool) -> Result<()> {
 
 /// Creates the directory (mode 0700), or empties it when `force`.
 fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+    check_dir(dir, force)?;
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                if !force {
-                    return Err(Error::Usage(format!(
-                        "{} is not empty: restore into a new or empty directory, or add --force to replace its contents",
-                        dir.display()
-                    )));
-                }
                 for e in fs::read_dir(dir)
                     .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
                 {
