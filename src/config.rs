@@ -44,6 +44,10 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     #[serde(default)]
     pub archive: ArchiveConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
     /// Where the config came from, for messages (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -224,6 +228,100 @@ fn default_fetch_concurrency() -> usize {
 }
 fn default_wal_segment_size() -> u64 {
     crate::pg::DEFAULT_WAL_SEGMENT_SIZE
+}
+
+/// `[cluster]`: the instances of an MPP cluster (or of a group of plain
+/// PostgreSQL servers backed up together). With no segments listed, a
+/// Greenplum/Cloudberry coordinator's `gp_segment_configuration` is used.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Advisory lock key of the generic-cluster commit barrier: writers that
+    /// commit across servers hold `pg_advisory_xact_lock_shared(K)` on the
+    /// coordinator around `COMMIT PREPARED`; restore points take it exclusive.
+    #[serde(default = "default_barrier_lock_key")]
+    pub barrier_lock_key: i64,
+    /// Seconds without a message from an agent before the coordinator gives
+    /// up on it (agents send a heartbeat every few seconds while working).
+    #[serde(default = "default_agent_timeout")]
+    pub agent_timeout: u64,
+    /// Database the coordinator and agents connect to for SQL.
+    #[serde(default = "default_cluster_database")]
+    pub database: String,
+    /// Role used to connect to the instances (absent: $PGUSER, else the OS user).
+    pub user: Option<String>,
+    #[serde(default)]
+    pub segments: Vec<SegmentConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            barrier_lock_key: default_barrier_lock_key(),
+            agent_timeout: default_agent_timeout(),
+            database: default_cluster_database(),
+            user: None,
+            segments: Vec::new(),
+        }
+    }
+}
+
+fn default_barrier_lock_key() -> i64 {
+    7300
+}
+fn default_agent_timeout() -> u64 {
+    60
+}
+fn default_cluster_database() -> String {
+    "postgres".into()
+}
+
+/// `[[cluster.segments]]`: one instance; content id -1 is the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    pub content_id: i32,
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// The agent serving this instance, `host:port`.
+    pub agent: Option<String>,
+}
+
+/// `[agent]`: how agents listen and how callers authenticate to them.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address `cbdr agent` listens on (default 0.0.0.0:7070).
+    pub listen: Option<String>,
+    /// File holding the shared token (else `token`, else $CBDR_AGENT_TOKEN).
+    pub token_file: Option<PathBuf>,
+    pub token: Option<String>,
+    /// TLS: the agent's certificate chain and key (PEM). With them, the
+    /// control connection is TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) the coordinator checks agent certificates against.
+    pub tls_ca: Option<PathBuf>,
+    /// CA (PEM) the agent checks client certificates against: set it for
+    /// mutual TLS (callers must then present a certificate signed by it).
+    pub tls_client_ca: Option<PathBuf>,
+    /// The coordinator's client certificate and key for mutual TLS.
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("listen", &self.listen)
+            .field("token_file", &self.token_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client_ca", &self.tls_client_ca)
+            .finish()
+    }
 }
 
 impl Config {

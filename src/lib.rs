@@ -2,10 +2,12 @@
 //! and PostgreSQL-based MPP clusters (Apache Cloudberry, Greenplum).
 
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod fsutil;
+pub mod logical;
 pub mod pg;
 pub mod physical;
 pub mod repo;

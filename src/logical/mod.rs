@@ -1,0 +1,4 @@
+//! Logical backups in the manner of gpbackup/gprestore: per-object DDL from
+//! the catalogs, per-table COPY data, filters, redirects and incrementals.
+
+pub mod toc;
