@@ -62,6 +62,7 @@ pub async fn backup(config: &Config, args: BackupPushArgs) -> Result<()> {
         conn: args.conn.params()?,
         wal_wait: Duration::from_secs(args.wal_wait),
         part_target: PART_TARGET,
+        progress: None,
     };
     let b = backup_push(&repo, &opts).await?;
     println!(
@@ -222,6 +223,7 @@ pub async fn restore_cmd(config: &Config, args: RestoreArgs) -> Result<()> {
         restore_command,
         parallel: args.parallel,
         archive_off: args.archive_mode == "off",
+        progress: None,
     };
     let b = restore(&repo, &opts).await?;
     if args.start {

@@ -18,6 +18,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::progress::{report, Progress};
 use super::tar_split::TarBoundaries;
 use crate::error::{Error, Result};
 use crate::pg::conn::{BackendMessage, ConnParams, PgConn, Replication};
@@ -41,10 +42,13 @@ pub struct BackupOptions {
     /// How long to wait for the backup's WAL to reach the archive.
     pub wal_wait: Duration,
     pub part_target: u64,
+    /// Bytes received and the phase, for callers that report progress.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// Takes a base backup; returns its record once it is complete.
 pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupRecord> {
+    report(&opts.progress, |p| p.set_phase("connecting"));
     repo.prepare_write().await?;
     let mut conn = PgConn::connect(&opts.conn, Replication::Physical)
         .await
@@ -85,6 +89,8 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         name.clone(),
         opts.part_target,
     );
+    stream.progress = opts.progress.clone();
+    report(&opts.progress, |p| p.set_phase("streaming"));
     let result = stream.run(&mut conn, version >= 150000).await;
     let (start, stop, archives, manifest_bytes) = match result {
         Ok(r) => r,
@@ -96,6 +102,7 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     conn.close().await;
     let stop_time = Utc::now();
 
+    report(&opts.progress, |p| p.set_phase("waiting for WAL"));
     wait_for_wal(
         repo,
         opts.content_id,
@@ -203,6 +210,7 @@ struct BackupStream {
     current: Option<ArchiveWriter>,
     done: Vec<ArchiveRecord>,
     manifest: Option<PartSink>,
+    progress: Option<Arc<Progress>>,
 }
 
 impl BackupStream {
@@ -216,6 +224,7 @@ impl BackupStream {
             current: None,
             done: Vec::new(),
             manifest: None,
+            progress: None,
         }
     }
 
@@ -263,6 +272,7 @@ impl BackupStream {
                         if let Some(b) = &bar {
                             b.set_length(total);
                         }
+                        report(&self.progress, |p| p.set_total(total));
                         tablespaces.push((text(0).unwrap_or_default(), text(1)));
                     } else if columns.first().map(String::as_str) == Some("recptr") {
                         let pos = (
@@ -334,6 +344,7 @@ impl BackupStream {
                 BackendMessage::ReadyForQuery => break,
                 _ => {}
             }
+            report(&self.progress, |p| p.set_done(progress));
             if let Some(b) = &bar {
                 b.set_position(progress);
             } else if last_log.elapsed() > Duration::from_secs(10) {

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod manifest;
+pub mod progress;
 pub mod restore;
 pub mod restore_point;
 pub mod start;

@@ -13,6 +13,7 @@ use chrono::{DateTime, FixedOffset};
 use tokio::task::JoinSet;
 
 use super::manifest::{Manifest, ManifestFile};
+use super::progress::{report, Progress};
 use crate::error::{Error, Result};
 use crate::pg::{Lsn, WalFile, WalSegmentName};
 use crate::repo::catalog::BackupRecord;
@@ -67,6 +68,8 @@ pub struct RestoreOptions {
     /// Turn archiving off in the restored server (else its setting is kept,
     /// and a promoted copy archives a new timeline into the repository).
     pub archive_off: bool,
+    /// Bytes written and the phase, for callers that report progress.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// Chooses the backup for a target: the newest complete backup that ends
@@ -178,6 +181,10 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         opts.target_dir.display()
     );
 
+    report(&opts.progress, |p| {
+        p.set_total(backup.plain_bytes());
+        p.set_phase("downloading");
+    });
     let manifest_bytes = repo
         .get_bytes(&layout::backup_manifest_key(opts.content_id, &backup.name))
         .await?;
@@ -234,10 +241,19 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             let repo = repo.clone();
             let manifest = manifest.clone();
             let seen = seen.clone();
+            let progress = opts.progress.clone();
             tasks.spawn(async move {
                 let part = key.clone();
                 repo.read_with(&key, move |r| {
-                    unpack(r, &dir, &prefix, &manifest, &seen, &part)
+                    unpack(
+                        r,
+                        &dir,
+                        &prefix,
+                        &manifest,
+                        &seen,
+                        &part,
+                        progress.as_deref(),
+                    )
                 })
                 .await
             });
@@ -287,6 +303,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     }
     fs::write(opts.target_dir.join("backup_manifest"), &manifest_bytes)
         .map_err(|e| Error::io("writing backup_manifest", e))?;
+    report(&opts.progress, |p| p.set_phase("syncing"));
     write_recovery_settings(&opts.target_dir, opts)?;
     // pg_control last: until it is there, the directory cannot start.
     let control = opts.target_dir.join("global/pg_control");
@@ -437,6 +454,7 @@ fn unpack(
     manifest: &Manifest,
     seen: &Mutex<HashSet<String>>,
     part: &str,
+    progress: Option<&Progress>,
 ) -> Result<()> {
     let bad = |what: String| Error::Integrity(format!("{part}: {what}"));
     let codec_error = |e: &io::Error| {
@@ -525,6 +543,9 @@ fn unpack(
             }
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             size += n as u64;
+            if let Some(p) = progress {
+                p.add_done(n as u64);
+            }
             out.write_all(&buf[..n])
                 .map_err(|e| Error::io(format!("writing {}", out_path.display()), e))?;
         }
