@@ -54,6 +54,13 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error on one instance of a cluster (e.g. "segment 2 (sdw2:6001)").
+    #[error("{instance}: {source}")]
+    Instance {
+        instance: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -79,6 +86,7 @@ impl Error {
             Error::Integrity(_) => ExitCode::Integrity,
             Error::Io { .. } => ExitCode::Storage,
             Error::Internal(_) => ExitCode::Internal,
+            Error::Instance { source, .. } => source.exit_code(),
         }
     }
 }

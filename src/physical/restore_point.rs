@@ -1,5 +1,7 @@
 //! `create-restore-point` on one server: `pg_create_restore_point`, a WAL
 //! switch so the point reaches the archive, and a record in the repository.
+//! The cluster's restore points reuse the steps ([`create_point`],
+//! [`record_point`]) on every segment.
 
 use std::time::Duration;
 
@@ -18,6 +20,19 @@ pub async fn create_restore_point(
     conn: &ConnParams,
     wal_wait: Duration,
 ) -> Result<RestorePointRecord> {
+    check_new_name(repo, content_id, name).await?;
+    repo.prepare_write().await?;
+    let mut conn = PgConn::connect(conn, Replication::Off)
+        .await
+        .map_err(|e| Error::Postgres(e.to_string()))?;
+    let point = create_point(&mut conn, name).await?;
+    switch_wal(&mut conn).await?;
+    conn.close().await;
+    record_point(repo, content_id, name, point, wal_wait).await
+}
+
+/// Refuses an invalid name, or one already used on this content id.
+pub async fn check_new_name(repo: &Repo, content_id: i32, name: &str) -> Result<()> {
     validate_restore_point_name(name)?;
     let key = layout::restore_point_key(content_id, name);
     if repo.exists(&key).await? {
@@ -25,10 +40,20 @@ pub async fn create_restore_point(
             "a restore point named {name:?} already exists: choose another name (restore point names are unique, so a restore can name exactly one point)"
         )));
     }
-    repo.prepare_write().await?;
-    let mut conn = PgConn::connect(conn, Replication::Off)
-        .await
-        .map_err(|e| Error::Postgres(e.to_string()))?;
+    Ok(())
+}
+
+/// Where a restore point landed on one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointPosition {
+    pub lsn: Lsn,
+    pub timeline: TimelineId,
+    pub wal_segment_size: u64,
+}
+
+/// `pg_create_restore_point(name)` on one server (the name must be valid).
+pub async fn create_point(conn: &mut PgConn, name: &str) -> Result<PointPosition> {
+    validate_restore_point_name(name)?;
     let row = conn
         .query_one(&format!(
             "select lsn::text, ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::int::text, current_setting('wal_segment_size') from (select pg_create_restore_point('{name}') as lsn) s"
@@ -46,27 +71,47 @@ pub async fn create_restore_point(
             .parse()
             .map_err(|_| Error::Postgres("bad timeline".into()))?,
     );
-    let segment_size = super::backup::parse_size_setting(row.get(2).unwrap_or_default())?;
+    let wal_segment_size = super::backup::parse_size_setting(row.get(2).unwrap_or_default())?;
+    Ok(PointPosition {
+        lsn,
+        timeline,
+        wal_segment_size,
+    })
+}
+
+/// `pg_switch_wal()`, so the segment holding a point is archived.
+pub async fn switch_wal(conn: &mut PgConn) -> Result<()> {
     conn.simple_query("select pg_switch_wal()")
         .await
         .map_err(|e| Error::Postgres(e.to_string()))?;
-    conn.close().await;
+    Ok(())
+}
+
+/// Waits until the point's WAL is archived, then records the point.
+pub async fn record_point(
+    repo: &Repo,
+    content_id: i32,
+    name: &str,
+    point: PointPosition,
+    wal_wait: Duration,
+) -> Result<RestorePointRecord> {
     let record = RestorePointRecord {
         name: name.to_string(),
         content_id,
-        lsn,
-        timeline,
+        lsn: point.lsn,
+        timeline: point.timeline,
         time: Utc::now(),
     };
     super::backup::wait_for_wal(
         repo,
         content_id,
-        (lsn, timeline),
-        (Lsn(lsn.0 + 1), timeline),
-        segment_size,
+        (point.lsn, point.timeline),
+        (Lsn(point.lsn.0 + 1), point.timeline),
+        point.wal_segment_size,
         wal_wait,
     )
     .await?;
-    repo.put_json(&key, &record).await?;
+    repo.put_json(&layout::restore_point_key(content_id, name), &record)
+        .await?;
     Ok(record)
 }

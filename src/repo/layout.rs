@@ -11,6 +11,10 @@
 //! seg{ID}/basebackups/{NAME}/backup.json  the backup's record, written last:
 //!                                         a backup without it is incomplete
 //! seg{ID}/restore_points/{NAME}.json      a named restore point
+//! cluster/restore_points/{NAME}.json      a cluster-wide restore point (each
+//!                                         segment's point recorded first)
+//! cluster/backups/{NAME}.json             a cluster backup, written after every
+//!                                         segment's backup and its restore point
 //! ```
 //! `ID` is the content id: `seg-1` is the coordinator (or a single server),
 //! `seg0`..`segN-1` the segments. Object names do not depend on the
@@ -70,6 +74,17 @@ pub fn restore_points_prefix(content_id: i32) -> String {
 
 pub fn restore_point_key(content_id: i32, name: &str) -> String {
     format!("{}{name}.json", restore_points_prefix(content_id))
+}
+
+pub const CLUSTER_BACKUPS_PREFIX: &str = "cluster/backups/";
+pub const CLUSTER_RESTORE_POINTS_PREFIX: &str = "cluster/restore_points/";
+
+pub fn cluster_backup_key(name: &str) -> String {
+    format!("{CLUSTER_BACKUPS_PREFIX}{name}.json")
+}
+
+pub fn cluster_restore_point_key(name: &str) -> String {
+    format!("{CLUSTER_RESTORE_POINTS_PREFIX}{name}.json")
 }
 
 #[cfg(test)]

@@ -1,0 +1,106 @@
+//! The cluster's records in the repository: cluster restore points and
+//! cluster backups (each refers to per-segment records).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::pg::{Lsn, TimelineId};
+use crate::repo::{layout, Repo};
+
+/// How a cluster restore point was made consistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Barrier {
+    /// `gp_create_restore_point`, under Greenplum's two-phase commit lock.
+    Greenplum,
+    /// The coordinator's exclusive advisory lock (key recorded).
+    AdvisoryLock { key: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentPoint {
+    pub content_id: i32,
+    pub lsn: Lsn,
+    pub timeline: TimelineId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRestorePoint {
+    pub name: String,
+    pub time: DateTime<Utc>,
+    pub barrier: Barrier,
+    /// How long writers were held at the barrier, in milliseconds.
+    pub barrier_millis: u64,
+    pub segments: Vec<SegmentPoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentBackup {
+    pub content_id: i32,
+    /// The segment's base backup (`seg{ID}/basebackups/{NAME}`).
+    pub backup: String,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub plain_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterBackup {
+    pub name: String,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    /// The cluster restore point taken once every segment had finished: a
+    /// restore of this backup recovers to it.
+    pub restore_point: String,
+    pub segments: Vec<SegmentBackup>,
+}
+
+impl ClusterBackup {
+    pub fn plain_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.plain_bytes).sum()
+    }
+    pub fn stored_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.stored_bytes).sum()
+    }
+}
+
+impl Repo {
+    /// Every cluster restore point, oldest first.
+    pub async fn cluster_restore_points(&self) -> Result<Vec<ClusterRestorePoint>> {
+        let mut out: Vec<ClusterRestorePoint> = self
+            .json_records(layout::CLUSTER_RESTORE_POINTS_PREFIX)
+            .await?;
+        out.sort_by_key(|p| p.time);
+        Ok(out)
+    }
+
+    pub async fn cluster_restore_point(&self, name: &str) -> Result<ClusterRestorePoint> {
+        self.get_json(&layout::cluster_restore_point_key(name))
+            .await
+            .map_err(|e| match e {
+                Error::Storage(s) if s.is_not_found() => Error::NotFound(format!(
+                    "cluster restore point {name:?} is not in the repository: `cbdr list` shows the cluster restore points"
+                )),
+                other => other,
+            })
+    }
+
+    /// Every complete cluster backup, oldest first.
+    pub async fn cluster_backups(&self) -> Result<Vec<ClusterBackup>> {
+        let mut out: Vec<ClusterBackup> = self.json_records(layout::CLUSTER_BACKUPS_PREFIX).await?;
+        out.sort_by_key(|b| b.stop_time);
+        Ok(out)
+    }
+
+    async fn json_records<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for obj in self.storage.list(prefix).await? {
+            if obj.key.ends_with(".json") {
+                out.push(self.get_json::<T>(&obj.key).await?);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,247 @@
+//! Cluster-wide consistent restore points.
+//!
+//! No distributed transaction may be committed on some segments and not on
+//! others at the point:
+//! * Greenplum/Cloudberry: `gp_create_restore_point(name)` holds the
+//!   two-phase commit lock while every segment writes the point.
+//! * A group of plain PostgreSQL servers: the coordinator takes an exclusive
+//!   advisory lock (`[cluster] barrier_lock_key`) while every server writes
+//!   its point; writers hold `pg_advisory_xact_lock_shared(K)` on the
+//!   coordinator around their `COMMIT PREPARED` phase, so at the point each
+//!   distributed transaction is committed everywhere or nowhere.
+//!
+//! Then `pg_switch_wal()` everywhere, each segment's point recorded once its
+//! WAL is archived, and the cluster record written last.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::future::try_join_all;
+
+use super::catalog::{Barrier, ClusterRestorePoint, SegmentPoint};
+use super::topology::{Segment, Topology};
+use crate::config::ClusterConfig;
+use crate::error::{Error, Result};
+use crate::pg::conn::{PgConn, Replication};
+use crate::pg::{Lsn, TimelineId};
+use crate::physical::backup::parse_size_setting;
+use crate::physical::restore_point::{
+    check_new_name, create_point, record_point, switch_wal, PointPosition,
+};
+use crate::repo::catalog::validate_restore_point_name;
+use crate::repo::{layout, Repo};
+
+/// How long the barrier waits for writers in their commit phase.
+pub const BARRIER_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn create_cluster_restore_point(
+    repo: &Repo,
+    topo: &Topology,
+    cfg: &ClusterConfig,
+    name: &str,
+    wal_wait: Duration,
+) -> Result<ClusterRestorePoint> {
+    validate_restore_point_name(name)?;
+    if repo
+        .exists(&layout::cluster_restore_point_key(name))
+        .await?
+    {
+        return Err(Error::Usage(format!(
+            "a cluster restore point named {name:?} already exists: choose another name (restore point names are unique, so a restore can name exactly one point)"
+        )));
+    }
+    for seg in topo.segments() {
+        check_new_name(repo, seg.content_id, name)
+            .await
+            .map_err(|e| in_segment(seg, e))?;
+    }
+    repo.prepare_write().await?;
+
+    let mut coordinator = connect(topo, cfg, topo.coordinator()).await?;
+    let greenplum = coordinator
+        .simple_query("select 1 from pg_proc where proname = 'gp_create_restore_point'")
+        .await
+        .map_err(|e| Error::Postgres(e.to_string()))?
+        .len()
+        == 1;
+    let (points, barrier, held) = if greenplum {
+        greenplum_point(&mut coordinator, name).await?
+    } else {
+        barrier_point(topo, cfg, &mut coordinator, name).await?
+    };
+    coordinator.close().await;
+
+    let mut segments = Vec::new();
+    for seg in topo.segments() {
+        let point = points
+            .iter()
+            .find(|(id, _)| *id == seg.content_id)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                Error::Postgres(format!(
+                    "no restore point was reported for content id {}: the cluster's segments differ from the configured ones",
+                    seg.content_id
+                ))
+            })?;
+        segments.push((seg, point));
+    }
+    let recorded = try_join_all(segments.iter().map(|(seg, point)| async move {
+        record_point(repo, seg.content_id, name, *point, wal_wait)
+            .await
+            .map_err(|e| in_segment(seg, e))
+    }))
+    .await?;
+    let record = ClusterRestorePoint {
+        name: name.to_string(),
+        time: Utc::now(),
+        barrier,
+        barrier_millis: held.as_millis() as u64,
+        segments: recorded
+            .iter()
+            .map(|r| SegmentPoint {
+                content_id: r.content_id,
+                lsn: r.lsn,
+                timeline: r.timeline,
+            })
+            .collect(),
+    };
+    repo.put_json(&layout::cluster_restore_point_key(name), &record)
+        .await?;
+    Ok(record)
+}
+
+type Points = Vec<(i32, PointPosition)>;
+
+/// The generic barrier: exclusive advisory lock on the coordinator, a point
+/// on every server at once, unlock, then WAL switches.
+async fn barrier_point(
+    topo: &Topology,
+    cfg: &ClusterConfig,
+    coordinator: &mut PgConn,
+    name: &str,
+) -> Result<(Points, Barrier, Duration)> {
+    // Connect first, so the barrier is held only for the points themselves.
+    let mut conns = try_join_all(topo.segments().iter().map(|s| connect(topo, cfg, s))).await?;
+    let key = cfg.barrier_lock_key;
+    coordinator
+        .simple_query(&format!(
+            "set lock_timeout = '{}s'",
+            BARRIER_LOCK_TIMEOUT.as_secs()
+        ))
+        .await
+        .map_err(|e| Error::Postgres(e.to_string()))?;
+    let asked = Instant::now();
+    coordinator
+        .simple_query(&format!("select pg_advisory_lock({key})"))
+        .await
+        .map_err(|e| {
+            Error::Postgres(format!(
+                "taking the commit barrier (advisory lock {key}) on the coordinator: {e}. A writer held pg_advisory_xact_lock_shared({key}) for over {}s: look for long COMMIT PREPARED phases in pg_locks",
+                BARRIER_LOCK_TIMEOUT.as_secs()
+            ))
+        })?;
+    let locked = Instant::now();
+    tracing::debug!(
+        "commit barrier taken after {} ms",
+        asked.elapsed().as_millis()
+    );
+    let created = try_join_all(
+        topo.segments()
+            .iter()
+            .zip(conns.iter_mut())
+            .map(|(seg, conn)| async move {
+                create_point(conn, name)
+                    .await
+                    .map(|p| (seg.content_id, p))
+                    .map_err(|e| in_segment(seg, e))
+            }),
+    )
+    .await;
+    let unlocked = coordinator
+        .simple_query(&format!("select pg_advisory_unlock({key})"))
+        .await
+        .map_err(|e| Error::Postgres(e.to_string()));
+    let held = locked.elapsed();
+    let points = created?;
+    unlocked?;
+    try_join_all(
+        topo.segments()
+            .iter()
+            .zip(conns.iter_mut())
+            .map(|(seg, conn)| async move { switch_wal(conn).await.map_err(|e| in_segment(seg, e)) }),
+    )
+    .await?;
+    for c in conns {
+        c.close().await;
+    }
+    Ok((points, Barrier::AdvisoryLock { key }, held))
+}
+
+/// Greenplum/Cloudberry: the server does the barrier.
+async fn greenplum_point(coordinator: &mut PgConn, name: &str) -> Result<(Points, Barrier, Duration)> {
+    let started = Instant::now();
+    let rows = coordinator
+        .simple_query(&format!(
+            "select segment_id::text, restore_lsn::text from gp_create_restore_point('{name}')"
+        ))
+        .await
+        .map_err(|e| Error::Postgres(format!("gp_create_restore_point: {e}")))?;
+    let held = started.elapsed();
+    let switched = coordinator
+        .simple_query(
+            "select gp_segment_id::text, pg_walfile_name, current_setting('wal_segment_size') from gp_switch_wal()",
+        )
+        .await
+        .map_err(|e| Error::Postgres(format!("gp_switch_wal: {e}")))?;
+    let mut points = Vec::new();
+    for r in &rows {
+        let id: i32 = r
+            .get(0)
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| Error::Postgres("gp_create_restore_point: bad segment_id".into()))?;
+        let lsn: Lsn = r
+            .get(1)
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| Error::Postgres(format!("gp_create_restore_point: {e}")))?;
+        let sw = switched
+            .iter()
+            .find(|s| s.get(0) == Some(id.to_string().as_str()))
+            .ok_or_else(|| {
+                Error::Postgres(format!("gp_switch_wal returned no row for segment {id}"))
+            })?;
+        let walfile = sw.get(1).unwrap_or_default();
+        let tli = u32::from_str_radix(walfile.get(..8).unwrap_or_default(), 16)
+            .map_err(|_| Error::Postgres("gp_switch_wal: bad WAL file name".into()))?;
+        points.push((
+            id,
+            PointPosition {
+                lsn,
+                timeline: TimelineId(tli),
+                wal_segment_size: parse_size_setting(sw.get(2).unwrap_or_default())?,
+            },
+        ));
+    }
+    Ok((points, Barrier::Greenplum, held))
+}
+
+pub(super) async fn connect(topo: &Topology, cfg: &ClusterConfig, seg: &Segment) -> Result<PgConn> {
+    let params = topo.conn_params(seg, cfg)?;
+    PgConn::connect(&params, Replication::Off)
+        .await
+        .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))
+}
+
+/// Names the instance in an error.
+pub(super) fn in_segment(seg: &Segment, e: Error) -> Error {
+    let instance = if seg.content_id == -1 {
+        format!("coordinator ({}:{})", seg.host, seg.port)
+    } else {
+        format!("segment {} ({}:{})", seg.content_id, seg.host, seg.port)
+    };
+    Error::Instance {
+        instance,
+        source: Box::new(e),
+    }
+}
