@@ -175,7 +175,7 @@ mod tests {
         Segment {
             content_id: id,
             host: "h".into(),
-            port: 5432 + (id + 1) as u16,
+            port: (6000 + id) as u16,
             data_dir: PathBuf::from(format!("/d/{id}")),
             agent: "h:7070".into(),
         }
