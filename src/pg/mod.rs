@@ -2,6 +2,7 @@
 
 pub mod conn;
 mod lsn;
+pub mod replication;
 mod wal_name;
 
 pub use lsn::Lsn;
