@@ -250,6 +250,13 @@ pub struct ClusterConfig {
     pub database: String,
     /// Role used to connect to the instances (absent: $PGUSER, else the OS user).
     pub user: Option<String>,
+    /// With no segments listed: read them from the Greenplum/Cloudberry
+    /// coordinator's gp_segment_configuration (libpq's PGHOST/PGPORT reach it).
+    #[serde(default)]
+    pub discover: bool,
+    /// Port of the agents of discovered segments.
+    #[serde(default = "default_agent_port")]
+    pub agent_port: u16,
     #[serde(default)]
     pub segments: Vec<SegmentConfig>,
 }
@@ -261,6 +268,8 @@ impl Default for ClusterConfig {
             agent_timeout: default_agent_timeout(),
             database: default_cluster_database(),
             user: None,
+            discover: false,
+            agent_port: default_agent_port(),
             segments: Vec::new(),
         }
     }
@@ -271,6 +280,9 @@ fn default_barrier_lock_key() -> i64 {
 }
 fn default_agent_timeout() -> u64 {
     60
+}
+fn default_agent_port() -> u16 {
+    7070
 }
 fn default_cluster_database() -> String {
     "postgres".into()

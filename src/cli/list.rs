@@ -3,6 +3,7 @@
 use clap::Args;
 use serde::Serialize;
 
+use crate::cluster::catalog::{ClusterBackup, ClusterRestorePoint};
 use crate::config::Config;
 use crate::error::Result;
 use crate::repo::catalog::{BackupRecord, RestorePointRecord};
@@ -25,6 +26,21 @@ struct SegmentListing {
     backups: Vec<BackupRecord>,
     restore_points: Vec<RestorePointRecord>,
     wal: Vec<TimelineCoverage>,
+}
+
+/// The whole listing (`--json` prints it as is).
+#[derive(Debug, Serialize)]
+struct Listing {
+    /// Cluster backups and cluster restore points.
+    cluster: ClusterListing,
+    /// Per content id: base backups, restore points, WAL coverage.
+    segments: Vec<SegmentListing>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterListing {
+    backups: Vec<ClusterBackup>,
+    restore_points: Vec<ClusterRestorePoint>,
 }
 
 pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
@@ -68,17 +84,25 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
             wal,
         });
     }
+    let listing = Listing {
+        cluster: ClusterListing {
+            backups: repo.cluster_backups().await?,
+            restore_points: repo.cluster_restore_points().await?,
+        },
+        segments: out,
+    };
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&out).expect("serializable")
+            serde_json::to_string_pretty(&listing).expect("serializable")
         );
         return Ok(());
     }
-    if out.is_empty() {
+    if listing.segments.is_empty() {
         println!("The repository at {} is empty.", repo.storage.location());
     }
-    for s in &out {
+    print_cluster(&listing.cluster);
+    for s in &listing.segments {
         println!("== content id {} ==", s.content_id);
         println!("Backups:");
         if s.backups.is_empty() {
@@ -137,6 +161,51 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_cluster(c: &ClusterListing) {
+    if c.backups.is_empty() && c.restore_points.is_empty() {
+        return;
+    }
+    println!("== cluster ==");
+    println!("Cluster backups:");
+    if c.backups.is_empty() {
+        println!("  (none)");
+    } else {
+        println!(
+            "  {:<24} {:<20} {:>8} {:>10} {:>10}  RESTORE POINT",
+            "NAME", "FINISHED (UTC)", "SEGMENTS", "SIZE", "STORED"
+        );
+    }
+    for b in &c.backups {
+        println!(
+            "  {:<24} {:<20} {:>8} {:>10} {:>10}  {}",
+            b.name,
+            b.stop_time.format("%Y-%m-%d %H:%M:%S"),
+            b.segments.len(),
+            human(b.plain_bytes()),
+            human(b.stored_bytes()),
+            b.restore_point
+        );
+    }
+    println!("Cluster restore points:");
+    if c.restore_points.is_empty() {
+        println!("  (none)");
+    }
+    for r in &c.restore_points {
+        let lsns = r
+            .segments
+            .iter()
+            .map(|s| format!("{}:{}", s.content_id, s.lsn))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "  {:<24} {:<20} held {} ms  {lsns}",
+            r.name,
+            r.time.format("%Y-%m-%d %H:%M:%S"),
+            r.barrier_millis
+        );
+    }
 }
 
 fn human(bytes: u64) -> String {

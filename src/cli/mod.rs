@@ -1,6 +1,7 @@
 //! The command line: parses arguments, runs a command, prints errors well
 //! and maps them to documented exit codes.
 
+mod cluster;
 mod list;
 mod physical;
 mod wal;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::cluster::topology::{Topology, COORDINATOR};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pg::conn::ConnParams;
@@ -80,8 +81,10 @@ pub async fn backup(config: &Config, args: BackupPushArgs) -> Result<()> {
 pub struct RestorePointArgs {
     /// The restore point's name (letters, digits, '_', '-', '.').
     pub name: String,
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    pub content_id: i32,
+    /// One server's content id. Left out with a [cluster] configured: a
+    /// cluster-wide consistent point on every instance; else -1.
+    #[arg(long, allow_negative_numbers = true)]
+    pub content_id: Option<i32>,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Seconds to wait for the point's WAL to reach the archive.
@@ -90,10 +93,15 @@ pub struct RestorePointArgs {
 }
 
 pub async fn restore_point(config: &Config, args: RestorePointArgs) -> Result<()> {
+    if args.content_id.is_none() {
+        if let Some(topo) = Topology::resolve(&config.cluster).await? {
+            return super::cluster::restore_point(config, &topo, &args).await;
+        }
+    }
     let repo = Repo::open(config).await?;
     let rp = create_restore_point(
         &repo,
-        args.content_id,
+        args.content_id.unwrap_or(COORDINATOR),
         &args.name,
         &args.conn.params()?,
         Duration::from_secs(args.wal_wait),

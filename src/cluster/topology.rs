@@ -61,6 +61,23 @@ impl Topology {
         Topology::new(segments, false).map(Some)
     }
 
+    /// The cluster of the config: its listed segments, else (with
+    /// `discover = true`) the coordinator's; `None` for a single server.
+    pub async fn resolve(cfg: &ClusterConfig) -> Result<Option<Topology>> {
+        if let Some(t) = Topology::from_config(cfg)? {
+            return Ok(Some(t));
+        }
+        if !cfg.discover {
+            return Ok(None);
+        }
+        let mut p = ConnParams::try_from_env().map_err(Error::Usage)?;
+        if let Some(u) = &cfg.user {
+            p.user = u.clone();
+        }
+        p.dbname = cfg.database.clone();
+        Topology::discover(&p, cfg.agent_port).await.map(Some)
+    }
+
     /// Checks the instances: unique content ids, a coordinator (-1), and
     /// segments numbered from 0.
     pub fn new(mut segments: Vec<Segment>, greenplum: bool) -> Result<Topology> {

@@ -8,6 +8,8 @@
 //! subset of it, hence the `dead_code` allowances.
 #![allow(dead_code)]
 
+pub mod bank;
+pub mod cluster;
 pub mod garage;
 pub mod pg;
 

@@ -1,0 +1,235 @@
+//! A throw-away cluster on loopback: a coordinator and N segment PostgreSQL
+//! 15 servers (each archiving with `cbdr wal-push --content-id N`), a
+//! config with their `[[cluster.segments]]`, and one `cbdr agent` process
+//! per instance (started on demand), all as the PostgreSQL OS user.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+use super::pg::{chown_to_pg, pg_command, pg_user_dir, PgServer};
+use tempfile::TempDir;
+
+pub const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+pub const KEY_HEX: &str = "4f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddee01";
+pub const AGENT_TOKEN: &str = "test-token-0123456789abcdef-cluster";
+pub const BARRIER_KEY: i64 = 7300;
+
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    /// Index 0 is the coordinator (content -1), then segments 0..N-1.
+    pub servers: Vec<PgServer>,
+    pub agent_ports: Vec<u16>,
+    pub agents: Vec<Option<Child>>,
+}
+
+/// `content id → index` in [`TestCluster::servers`].
+pub fn index(content_id: i32) -> usize {
+    (content_id + 1) as usize
+}
+
+impl TestCluster {
+    /// Starts a coordinator and `segments` segments. `storage_toml` is a
+    /// `[storage]` section (default: a filesystem repository in the dir).
+    pub fn start(name: &str, segments: usize, storage_toml: Option<&str>) -> TestCluster {
+        let dir = pg_user_dir(name);
+        let config = dir.path().join("cbdr.toml");
+        let mut servers: Vec<PgServer> = (0..=segments)
+            .map(|i| {
+                PgServer::builder()
+                    .initdb_arg("--wal-segsize=1")
+                    .conf("archive_mode = on")
+                    .conf(format!(
+                        "archive_command = '{CBDR} --config {} wal-push %p --content-id {}'",
+                        config.display(),
+                        i as i32 - 1
+                    ))
+                    .conf("max_prepared_transactions = 20")
+                    .conf("max_wal_size = '256MB'")
+                    .init()
+            })
+            .collect();
+        let agent_ports: Vec<u16> = (0..=segments).map(|_| free_port()).collect();
+        let key = dir.path().join("key");
+        fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
+        let token = dir.path().join("agent.token");
+        fs::write(&token, format!("{AGENT_TOKEN}\n")).unwrap();
+        let storage = storage_toml.map(String::from).unwrap_or_else(|| {
+            format!(
+                "[storage]\npath = \"{}\"",
+                dir.path().join("repo").display()
+            )
+        });
+        let mut text = format!(
+            "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n\n[cluster]\nuser = \"postgres\"\nbarrier_lock_key = {BARRIER_KEY}\nagent_timeout = 15\n",
+            key.display()
+        );
+        for (i, s) in servers.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[cluster.segments]]\ncontent_id = {}\nhost = \"127.0.0.1\"\nport = {}\ndata_dir = \"{}\"\nagent = \"127.0.0.1:{}\"\n",
+                i as i32 - 1,
+                s.port(),
+                s.data_dir().display(),
+                agent_ports[i]
+            ));
+        }
+        text.push_str(&format!(
+            "\n[agent]\ntoken_file = \"{}\"\n",
+            token.display()
+        ));
+        fs::write(&config, text).unwrap();
+        chown_to_pg(dir.path());
+        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        for s in &mut servers {
+            s.start();
+        }
+        let agents = (0..=segments).map(|_| None).collect();
+        TestCluster {
+            dir,
+            config,
+            servers,
+            agent_ports,
+            agents,
+        }
+    }
+
+    pub fn coordinator(&self) -> &PgServer {
+        &self.servers[0]
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.servers.len() - 1
+    }
+
+    /// Runs `cbdr --config … ARGS` as the PostgreSQL OS user.
+    pub fn cbdr(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = pg_command(CBDR);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("PGUSER", "postgres")
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.coordinator().port().to_string());
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cbdr(args);
+        assert_eq!(code, 0, "cbdr {args:?} exited {code}: {err}");
+        out
+    }
+
+    /// Starts the agent of instance `i` (index in `servers`), as the
+    /// PostgreSQL OS user, and waits until it accepts connections.
+    pub fn start_agent(&mut self, i: usize) {
+        let addr = format!("127.0.0.1:{}", self.agent_ports[i]);
+        let log = fs::File::create(self.agent_log(i)).unwrap();
+        let child = pg_command(CBDR)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["-v", "agent", "--listen", &addr])
+            .env("PGUSER", "postgres")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cbdr agent");
+        self.agents[i] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "agent {addr} did not start:\n{}",
+                self.agent_log_text(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn start_agents(&mut self) {
+        for i in 0..self.servers.len() {
+            self.start_agent(i);
+        }
+    }
+
+    /// Kills the agent of instance `i` (SIGKILL: no goodbye).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.agents[i].take() {
+            // runuser forwards signals poorly: kill the whole process tree.
+            kill_tree(c.id());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn agent_log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("agent{i}.log"))
+    }
+
+    pub fn agent_log_text(&self, i: usize) -> String {
+        fs::read_to_string(self.agent_log(i)).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a restore config placing every instance in `dir/<name>/segN`
+    /// on new free ports; returns its path and the ports (by index).
+    pub fn restore_config(&self, name: &str) -> (PathBuf, Vec<u16>) {
+        let base = self.path(name);
+        fs::create_dir_all(&base).unwrap();
+        chown_to_pg(&base);
+        let mut text = String::new();
+        let mut ports = Vec::new();
+        for i in 0..self.servers.len() {
+            let port = free_port();
+            ports.push(port);
+            text.push_str(&format!(
+                "[[segments]]\ncontent_id = {}\nhost = \"127.0.0.1\"\nport = {port}\ndata_dir = \"{}\"\n\n",
+                i as i32 - 1,
+                base.join(format!("seg{}", i as i32 - 1)).display()
+            ));
+        }
+        let path = base.join("restore.toml");
+        fs::write(&path, text).unwrap();
+        chown_to_pg(&path);
+        (path, ports)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.agents.len() {
+            self.kill_agent(i);
+        }
+    }
+}
+
+fn kill_tree(pid: u32) {
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+        kill_tree(c);
+    }
+    // SAFETY: sending a signal has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+/// Stops a restored server left running in `data_dir` (by the agent's
+/// `--start`), fast; ignores errors.
+pub fn stop_data_dir(data_dir: &Path) {
+    let _ = pg_command(super::pg::pg_bin("pg_ctl"))
+        .args(["stop", "-m", "immediate", "-D"])
+        .arg(data_dir)
+        .output();
+}
