@@ -23,6 +23,9 @@ pub enum ExitCode {
     Conflict = 5,
     /// PostgreSQL refused or failed a request.
     Postgres = 6,
+    /// An agent was unreachable, refused the caller, fell silent or broke
+    /// the protocol.
+    Agent = 7,
     /// A bug in cbdr.
     Internal = 70,
 }
@@ -54,6 +57,17 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// Talking to an agent failed (unreachable, refused, silent, protocol).
+    #[error("agent {addr}: {message}")]
+    Agent { addr: String, message: String },
+    /// A job failed on an agent; `exit_code` is the one the agent's error
+    /// has.
+    #[error("agent {addr}: {message}")]
+    AgentJob {
+        addr: String,
+        message: String,
+        exit_code: ExitCode,
+    },
     /// An error on one instance of a cluster (e.g. "segment 2 (sdw2:6001)").
     #[error("{instance}: {source}")]
     Instance {
@@ -86,6 +100,8 @@ impl Error {
             Error::Integrity(_) => ExitCode::Integrity,
             Error::Io { .. } => ExitCode::Storage,
             Error::Internal(_) => ExitCode::Internal,
+            Error::Agent { .. } => ExitCode::Agent,
+            Error::AgentJob { exit_code, .. } => *exit_code,
             Error::Instance { source, .. } => source.exit_code(),
         }
     }

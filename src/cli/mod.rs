@@ -2,6 +2,7 @@
 //! and maps them to documented exit codes.
 
 mod cluster;
+mod agent;
 mod list;
 mod physical;
 mod wal;
@@ -49,12 +50,17 @@ pub enum Command {
     Restore(physical::RestoreArgs),
     /// Show backups, restore points and WAL coverage.
     List(list::ListArgs),
+    /// Run the cluster agent of this host (backs up and restores its
+    /// instances on the coordinator's authenticated requests).
+    Agent(agent::AgentArgs),
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn run() -> ProcessExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    // The agent is a daemon: its INFO lines (jobs, refusals) are its log.
+    let daemon = matches!(cli.command, Command::Agent(_));
+    init_logging(cli.verbose, cli.quiet, daemon);
     let quiet_not_found = matches!(cli.command, Command::WalFetch(_));
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,6 +92,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::CreateRestorePoint(args) => physical::restore_point(&config, args).await,
         Command::Restore(args) => physical::restore_cmd(&config, args).await,
         Command::List(args) => list::list(&config, args).await,
+        Command::Agent(args) => agent::run(&config, args).await,
     }
 }
 
@@ -104,10 +111,11 @@ fn render(e: &Error) -> String {
     out
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (false, 0) if daemon => "info",
         (false, 0) => "warn",
         (false, 1) => "info,cbdr=debug",
         (false, _) => "debug,cbdr=trace",

@@ -1,6 +1,10 @@
 //! The cluster: topology, per-segment agents and their control protocol,
 //! the coordinator's cluster-wide backups, restore points and restores.
 
+pub mod agent;
+pub mod auth;
 pub mod catalog;
+pub mod client;
+pub mod proto;
 pub mod restore_point;
 pub mod topology;

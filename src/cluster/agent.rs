@@ -1,0 +1,819 @@
+//! `cbdr agent`: the per-host daemon of the cluster mode. It backs up and
+//! restores the instances of its host on the coordinator's request, with
+//! its own repository settings (storage and key live on the agent host).
+//!
+//! Every connection authenticates first ([`super::auth`]); anything else
+//! is refused and logged with the peer's address. One job per connection:
+//! progress heartbeats go out every second, and when the connection drops
+//! the job is aborted (an unfinished backup never writes its record, so it
+//! never exists for `list` or `restore`).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use super::auth::{self, Token};
+use super::proto::{
+    read_frame, read_frame_bytes, write_frame, AgentInfo, AgentMessage, AsyncStream, AuthMethod,
+    BackupRequest, ClientMessage, FrameError, Pong, Progress, RestoreDone, RestoreRequest,
+    PROTOCOL_VERSION,
+};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pg::conn::ConnParams;
+use crate::physical::backup::{backup_push, BackupOptions, PART_TARGET};
+use crate::physical::progress::Progress as JobProgress;
+use crate::physical::restore::{restore, RestoreOptions};
+use crate::repo::catalog::BackupRecord;
+use crate::repo::Repo;
+
+/// Where the agent listens without `--listen` or `[agent] listen`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7070";
+/// Interval of the progress heartbeats of a running job.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Time a caller has to complete TLS and authentication.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Parts a restore downloads at once.
+const RESTORE_PARALLEL: usize = 4;
+
+/// The agent: its settings, credentials and running jobs.
+pub struct Agent {
+    config: Arc<Config>,
+    token: Option<Token>,
+    tls: Option<TlsAcceptor>,
+    auth: AuthMethod,
+    started: Instant,
+    hostname: String,
+    jobs: Arc<AtomicU32>,
+    /// Content ids with a job running: one job per instance at a time.
+    busy: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Agent {
+    /// Checks the authentication settings and loads the credentials.
+    /// Refuses to run without a token unless mutual TLS authenticates
+    /// callers.
+    pub fn new(config: Config) -> Result<Agent> {
+        let token = auth::load_token(&config.agent)?;
+        let tls = auth::server_tls(&config.agent)?;
+        let mtls = tls.is_some() && config.agent.tls_client_ca.is_some();
+        let auth = match (&token, mtls) {
+            (Some(_), _) => AuthMethod::Token,
+            (None, true) => AuthMethod::Mtls,
+            (None, false) => {
+                return Err(Error::Usage(format!(
+                    "the agent has no way to authenticate callers, so it refuses to start: set a shared token ({}), or mutual TLS (tls_cert, tls_key and tls_client_ca in [agent])",
+                    auth::TOKEN_HOWTO
+                )))
+            }
+        };
+        Ok(Agent {
+            config: Arc::new(config),
+            token,
+            tls: tls.map(TlsAcceptor::from),
+            auth,
+            started: Instant::now(),
+            hostname: hostname(),
+            jobs: Arc::new(AtomicU32::new(0)),
+            busy: Arc::default(),
+        })
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth
+    }
+
+    /// "tls: on, auth: token", for the start-up line.
+    pub fn describe(&self) -> String {
+        format!(
+            "tls: {}, auth: {}{}",
+            if self.tls_enabled() { "on" } else { "off" },
+            match self.auth {
+                AuthMethod::Token => "token",
+                AuthMethod::Mtls => "mtls",
+            },
+            if self.auth == AuthMethod::Token && self.config.agent.tls_client_ca.is_some() {
+                "+mtls"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn info(&self) -> AgentInfo {
+        AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: self.hostname.clone(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Serves connections until `shutdown` completes; then stops accepting
+    /// and aborts the running jobs.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let mut connections: JoinSet<()> = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let agent = self.clone();
+                        connections.spawn(async move { agent.connection(tcp, peer).await });
+                    }
+                    Err(e) => {
+                        // E.g. too many open files: keep serving the others.
+                        tracing::warn!("accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                // Reap finished connections.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(listener);
+        let running = self.jobs.load(Ordering::SeqCst);
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        tracing::info!(
+            "agent stopped{}",
+            if running > 0 {
+                format!(": {running} running job(s) aborted")
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        // Notices a coordinator host that vanished during a long job.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let stream: Box<dyn AsyncStream> = match &self.tls {
+            None => Box::new(tcp),
+            Some(acceptor) => {
+                match tokio::time::timeout(AUTH_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::warn!("refused {peer}: TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "refused {peer}: no TLS handshake within {} s",
+                            AUTH_TIMEOUT.as_secs()
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        match tokio::time::timeout(AUTH_TIMEOUT, self.handshake(&mut rd, &mut wr, peer)).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                tracing::warn!(
+                    "refused {peer}: it did not authenticate within {} s",
+                    AUTH_TIMEOUT.as_secs()
+                );
+                let _ = write_frame(
+                    &mut wr,
+                    &AgentMessage::Refused {
+                        reason: "authentication timed out".into(),
+                    },
+                )
+                .await;
+                return;
+            }
+        }
+        tracing::debug!("{peer} authenticated");
+        loop {
+            let msg: ClientMessage = match read_frame(&mut rd).await {
+                Ok(m) => m,
+                Err(e) if e.is_disconnect() => return,
+                Err(e) => {
+                    refuse(&mut wr, peer, &format!("{e}")).await;
+                    return;
+                }
+            };
+            match msg {
+                ClientMessage::Ping => {
+                    let pong = AgentMessage::Pong(Pong {
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        hostname: self.hostname.clone(),
+                        pid: std::process::id(),
+                        uptime_secs: self.started.elapsed().as_secs(),
+                        jobs_running: self.jobs.load(Ordering::SeqCst),
+                    });
+                    if write_frame(&mut wr, &pong).await.is_err() {
+                        return;
+                    }
+                }
+                ClientMessage::Auth { .. } => {
+                    refuse(&mut wr, peer, "already authenticated").await;
+                    return;
+                }
+                ClientMessage::Backup(req) => {
+                    self.run_job(Job::Backup(req), &mut rd, &mut wr, peer).await;
+                    return;
+                }
+                ClientMessage::Restore(req) => {
+                    self.run_job(Job::Restore(req), &mut rd, &mut wr, peer)
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The challenge-response; true when the caller is authenticated.
+    /// Every refusal is answered with `Refused` and logged (never with the
+    /// token or a MAC).
+    async fn handshake<R, W>(&self, rd: &mut R, wr: &mut W, peer: SocketAddr) -> bool
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let nonce = auth::new_nonce();
+        let challenge = AgentMessage::Challenge {
+            protocol_version: PROTOCOL_VERSION,
+            nonce: hex::encode(nonce),
+            auth: self.auth,
+        };
+        if write_frame(wr, &challenge).await.is_err() {
+            return false;
+        }
+        let msg: ClientMessage = match read_frame(rd).await {
+            Ok(m) => m,
+            Err(FrameError::Closed) => {
+                tracing::debug!("{peer} closed the connection before authenticating");
+                return false;
+            }
+            Err(e) => {
+                refuse(wr, peer, &format!("before authentication: {e}")).await;
+                return false;
+            }
+        };
+        let ClientMessage::Auth {
+            protocol_version,
+            client_nonce,
+            mac,
+        } = msg
+        else {
+            refuse(
+                wr,
+                peer,
+                &format!(
+                    "a {} request before authentication: authenticate first",
+                    msg.kind()
+                ),
+            )
+            .await;
+            return false;
+        };
+        if protocol_version != PROTOCOL_VERSION {
+            refuse(
+                wr,
+                peer,
+                &format!(
+                    "protocol version {protocol_version} is not supported (this agent speaks {PROTOCOL_VERSION}): run the same cbdr version on the coordinator and the agents"
+                ),
+            )
+            .await;
+            return false;
+        }
+        let Some(client_nonce) = auth::parse_nonce(&client_nonce) else {
+            refuse(wr, peer, "a malformed client nonce").await;
+            return false;
+        };
+        let agent_mac = match &self.token {
+            Some(token) => {
+                let mac = hex::decode(&mac).unwrap_or_default();
+                if !token.verify_client_mac(&nonce, &client_nonce, &mac) {
+                    refuse(wr, peer, "authentication failed: wrong token").await;
+                    return false;
+                }
+                hex::encode(token.agent_mac(&client_nonce, &nonce))
+            }
+            // The TLS layer has checked the client certificate.
+            None => String::new(),
+        };
+        write_frame(
+            wr,
+            &AgentMessage::AuthOk {
+                mac: agent_mac,
+                agent: self.info(),
+            },
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Runs a job while sending heartbeats; aborts it when the connection
+    /// drops or the caller sends anything.
+    async fn run_job<R, W>(&self, job: Job, rd: &mut R, wr: &mut W, peer: SocketAddr)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let what = job.describe();
+        let Some(_slot) = JobSlot::take(self, job.content_id()) else {
+            let _ = write_frame(
+                wr,
+                &AgentMessage::Failed {
+                    message: format!(
+                        "a job for content id {} is already running on this agent: wait for it to end",
+                        job.content_id()
+                    ),
+                    exit_code: crate::error::ExitCode::Usage as u8,
+                },
+            )
+            .await;
+            tracing::warn!("{what} for {peer}: refused, another job for this instance is running");
+            return;
+        };
+        tracing::info!("{what} for {peer}: started");
+        let started = Instant::now();
+        let progress = Arc::new(JobProgress::new());
+        let mut task = AbortOnDrop(tokio::spawn(job.run(self.config.clone(), progress.clone())));
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let caller = read_frame_bytes(rd);
+        tokio::pin!(caller);
+        loop {
+            tokio::select! {
+                joined = &mut task.0 => {
+                    let secs = started.elapsed().as_secs_f64();
+                    let reply = match joined {
+                        Ok(Ok(done)) => {
+                            tracing::info!("{what} for {peer}: done in {secs:.1} s: {}", done.describe());
+                            done.into_message()
+                        }
+                        Ok(Err(e)) => {
+                            let message = render(&e);
+                            tracing::info!("{what} for {peer}: failed after {secs:.1} s: {message}");
+                            AgentMessage::Failed { message, exit_code: e.exit_code() as u8 }
+                        }
+                        Err(e) => {
+                            tracing::error!("{what} for {peer}: the job's task failed: {e}");
+                            AgentMessage::Failed {
+                                message: format!("internal error: the job's task failed: {e}"),
+                                exit_code: crate::error::ExitCode::Internal as u8,
+                            }
+                        }
+                    };
+                    if let Err(e) = write_frame(wr, &reply).await {
+                        tracing::warn!("{what} for {peer}: the result could not be sent: {e}");
+                    }
+                    return;
+                }
+                _ = tick.tick() => {
+                    let beat = AgentMessage::Progress(Progress {
+                        done_bytes: progress.done(),
+                        total_bytes: progress.total(),
+                        phase: progress.phase().to_string(),
+                    });
+                    if let Err(e) = write_frame(wr, &beat).await {
+                        tracing::warn!(
+                            "{what} for {peer}: aborted after {:.1} s: the connection was lost ({e})",
+                            started.elapsed().as_secs_f64()
+                        );
+                        return;
+                    }
+                }
+                r = &mut caller => {
+                    let why = match r {
+                        Err(e) if e.is_disconnect() => "the caller closed the connection".to_string(),
+                        Err(e) => format!("the connection failed ({e})"),
+                        Ok(_) => "the caller sent a message during the job".to_string(),
+                    };
+                    tracing::warn!(
+                        "{what} for {peer}: aborted after {:.1} s: {why}",
+                        started.elapsed().as_secs_f64()
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Answers `Refused` and logs the refusal with the peer's address.
+async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, peer: SocketAddr, reason: &str) {
+    tracing::warn!("refused {peer}: {reason}");
+    let _ = write_frame(
+        wr,
+        &AgentMessage::Refused {
+            reason: reason.to_string(),
+        },
+    )
+    .await;
+}
+
+/// The error and its causes, each once.
+fn render(e: &Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Aborts the task when dropped (the connection ended or the agent stops).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A running job's place: counted in `jobs`, its content id in `busy`.
+struct JobSlot {
+    jobs: Arc<AtomicU32>,
+    busy: Arc<Mutex<HashSet<i32>>>,
+    content_id: i32,
+}
+
+impl JobSlot {
+    fn take(agent: &Agent, content_id: i32) -> Option<JobSlot> {
+        if !agent
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(content_id)
+        {
+            return None;
+        }
+        agent.jobs.fetch_add(1, Ordering::SeqCst);
+        Some(JobSlot {
+            jobs: agent.jobs.clone(),
+            busy: agent.busy.clone(),
+            content_id,
+        })
+    }
+}
+
+impl Drop for JobSlot {
+    fn drop(&mut self) {
+        self.jobs.fetch_sub(1, Ordering::SeqCst);
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.content_id);
+    }
+}
+
+enum Job {
+    Backup(BackupRequest),
+    Restore(RestoreRequest),
+}
+
+enum JobDone {
+    Backup(BackupRecord),
+    Restore(RestoreDone),
+}
+
+impl JobDone {
+    fn describe(&self) -> String {
+        let b = match self {
+            JobDone::Backup(b) => b,
+            JobDone::Restore(r) => &r.backup,
+        };
+        format!(
+            "backup {}, {} MB, stored {} MB",
+            b.name,
+            b.plain_bytes() / 1_000_000,
+            b.stored_bytes() / 1_000_000
+        )
+    }
+
+    fn into_message(self) -> AgentMessage {
+        match self {
+            JobDone::Backup(record) => AgentMessage::BackupDone { record },
+            JobDone::Restore(r) => AgentMessage::RestoreDone(r),
+        }
+    }
+}
+
+impl Job {
+    fn content_id(&self) -> i32 {
+        match self {
+            Job::Backup(r) => r.content_id,
+            Job::Restore(r) => r.content_id,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Job::Backup(r) => format!("backup of content {} ({}:{})", r.content_id, r.host, r.port),
+            Job::Restore(r) => format!("restore of content {} into {}", r.content_id, r.target_dir),
+        }
+    }
+
+    async fn run(self, config: Arc<Config>, progress: Arc<JobProgress>) -> Result<JobDone> {
+        match self {
+            Job::Backup(req) => backup_job(&config, req, progress)
+                .await
+                .map(JobDone::Backup),
+            Job::Restore(req) => restore_job(&config, req, progress)
+                .await
+                .map(JobDone::Restore),
+        }
+    }
+}
+
+fn check_content_id(id: i32) -> Result<()> {
+    if id < -1 {
+        return Err(Error::Usage(format!(
+            "content id {id} is not valid: -1 is the coordinator, 0 and up the segments"
+        )));
+    }
+    Ok(())
+}
+
+async fn backup_job(
+    config: &Config,
+    req: BackupRequest,
+    progress: Arc<JobProgress>,
+) -> Result<BackupRecord> {
+    check_content_id(req.content_id)?;
+    let repo = Repo::open(config).await?;
+    // The password comes from the agent's environment or ~/.pgpass.
+    let mut conn = ConnParams::from_env();
+    conn.host = req.host;
+    conn.port = req.port;
+    if let Some(user) = req.user {
+        conn.user = user;
+    }
+    if let Some(db) = req.database {
+        conn.dbname = db;
+    }
+    let opts = BackupOptions {
+        content_id: req.content_id,
+        conn,
+        wal_wait: Duration::from_secs(req.wal_wait_secs),
+        part_target: PART_TARGET,
+        progress: Some(progress),
+    };
+    backup_push(&repo, &opts).await
+}
+
+/// `<this cbdr> --config <its config> wal-fetch %f %p --content-id N`.
+fn default_restore_command(config: &Config, content_id: i32) -> Result<String> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the cbdr executable", e))?;
+    let mut cmd = exe.display().to_string();
+    if let Some(src) = &config.source {
+        let abs = std::fs::canonicalize(src).unwrap_or(src.clone());
+        cmd.push_str(&format!(" --config {}", abs.display()));
+    }
+    cmd.push_str(&format!(" wal-fetch %f %p --content-id {content_id}"));
+    Ok(cmd)
+}
+
+async fn restore_job(
+    config: &Config,
+    req: RestoreRequest,
+    progress: Arc<JobProgress>,
+) -> Result<RestoreDone> {
+    check_content_id(req.content_id)?;
+    let target_dir = PathBuf::from(&req.target_dir);
+    if !target_dir.is_absolute() {
+        return Err(Error::Usage(format!(
+            "target directory {:?} is not an absolute path",
+            req.target_dir
+        )));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if req.start && unsafe { libc::geteuid() } == 0 {
+        return Err(Error::Usage(
+            "the agent runs as root, and PostgreSQL refuses to start as root: run `cbdr agent` as the database's OS user (e.g. postgres or gpadmin), who then also owns the restored files".into(),
+        ));
+    }
+    let restore_command = match req.restore_command {
+        Some(c) => c,
+        None => default_restore_command(config, req.content_id)?,
+    };
+    let action = req.action.into();
+    let opts = RestoreOptions {
+        content_id: req.content_id,
+        target_dir: target_dir.clone(),
+        backup: req.backup,
+        target: req.target.to_target()?,
+        action,
+        tablespace_map: req.tablespace_map,
+        force: req.force,
+        restore_command,
+        parallel: RESTORE_PARALLEL,
+        archive_off: req.archive_off,
+        progress: Some(progress.clone()),
+    };
+    let repo = Repo::open(config).await?;
+    let backup = restore(&repo, &opts).await?;
+    if let Some(port) = req.port {
+        set_port(&target_dir, port)?;
+    }
+    let start_report = if req.start {
+        progress.set_phase("starting server");
+        let timeout = Duration::from_secs(req.start_timeout_secs);
+        let port = req.port;
+        let dir = target_dir.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            crate::physical::start::start_and_wait(&dir, None, port, action, timeout)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("start task: {e}")))??;
+        Some(report)
+    } else {
+        None
+    };
+    Ok(RestoreDone {
+        backup,
+        start_report,
+    })
+}
+
+/// Appends `port = N` to the restored server's postgresql.auto.conf, so it
+/// starts on the port the restore configuration gives it.
+fn set_port(data_dir: &std::path::Path, port: u16) -> Result<()> {
+    use std::io::Write;
+    let path = data_dir.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    f.write_all(format!("port = {port}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::proto::MAX_FRAME;
+
+    fn token_config() -> Config {
+        Config::parse("[agent]\ntoken = \"unit-test-token-0123456789\"\n").unwrap()
+    }
+
+    async fn start(config: Config) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let agent = Arc::new(Agent::new(config).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(agent.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    }
+
+    #[tokio::test]
+    async fn the_handshake_authenticates_both_sides() {
+        let (addr, _stop) = start(token_config()).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let AgentMessage::Challenge {
+            protocol_version,
+            nonce,
+            auth,
+        } = read_frame(&mut tcp).await.unwrap()
+        else {
+            panic!("no challenge")
+        };
+        assert_eq!(protocol_version, PROTOCOL_VERSION);
+        assert_eq!(auth, AuthMethod::Token);
+        let nonce = hex::decode(nonce).unwrap();
+        let token = Token::from_text("unit-test-token-0123456789", "test").unwrap();
+        let client_nonce = auth::new_nonce();
+        let mac = token.client_mac(&nonce, &client_nonce);
+        write_frame(
+            &mut tcp,
+            &ClientMessage::Auth {
+                protocol_version: PROTOCOL_VERSION,
+                client_nonce: hex::encode(client_nonce),
+                mac: hex::encode(mac),
+            },
+        )
+        .await
+        .unwrap();
+        let AgentMessage::AuthOk { mac, agent } = read_frame(&mut tcp).await.unwrap() else {
+            panic!("not authenticated")
+        };
+        assert!(token.verify_agent_mac(&client_nonce, &nonce, &hex::decode(mac).unwrap()));
+        assert_eq!(agent.pid, std::process::id());
+        write_frame(&mut tcp, &ClientMessage::Ping).await.unwrap();
+        let AgentMessage::Pong(p) = read_frame(&mut tcp).await.unwrap() else {
+            panic!("no pong")
+        };
+        assert_eq!(p.jobs_running, 0);
+    }
+
+    async fn refusal(addr: SocketAddr, send: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let AgentMessage::Challenge { nonce, .. } = read_frame(&mut tcp).await.unwrap() else {
+            panic!("no challenge")
+        };
+        let bytes = send(&hex::decode(nonce).unwrap());
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, &bytes)
+            .await
+            .unwrap();
+        match read_frame(&mut tcp).await.unwrap() {
+            AgentMessage::Refused { reason } => {
+                // And the connection is closed.
+                assert!(read_frame::<_, AgentMessage>(&mut tcp).await.is_err());
+                reason
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn frame(msg: &ClientMessage) -> Vec<u8> {
+        let body = serde_json::to_vec(msg).unwrap();
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn bad_callers_are_refused() {
+        let (addr, _stop) = start(token_config()).await;
+        let wrong = Token::from_text("another-token-0123456789", "test").unwrap();
+        let r = refusal(addr, |nonce| {
+            let cn = auth::new_nonce();
+            frame(&ClientMessage::Auth {
+                protocol_version: PROTOCOL_VERSION,
+                client_nonce: hex::encode(cn),
+                mac: hex::encode(wrong.client_mac(nonce, &cn)),
+            })
+        })
+        .await;
+        assert!(r.contains("wrong token"), "{r}");
+        let r = refusal(addr, |_| frame(&ClientMessage::Ping)).await;
+        assert!(r.contains("authenticate first"), "{r}");
+        let r = refusal(addr, |_| ((MAX_FRAME as u32) + 1).to_be_bytes().to_vec()).await;
+        assert!(r.contains("exceeds the limit"), "{r}");
+        // A replayed MAC for another nonce.
+        let token = Token::from_text("unit-test-token-0123456789", "test").unwrap();
+        let r = refusal(addr, |_| {
+            let cn = auth::new_nonce();
+            frame(&ClientMessage::Auth {
+                protocol_version: PROTOCOL_VERSION,
+                client_nonce: hex::encode(cn),
+                mac: hex::encode(token.client_mac(&[0u8; 32], &cn)),
+            })
+        })
+        .await;
+        assert!(r.contains("wrong token"), "{r}");
+    }
+
+    #[test]
+    fn no_token_no_start() {
+        let e = Agent::new(Config::parse("").unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("refuses to start") && e.contains("openssl rand -hex 32"),
+            "{e}"
+        );
+    }
+}

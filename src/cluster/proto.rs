@@ -1,0 +1,493 @@
+//! The agent's control protocol: messages and their framing.
+//!
+//! A frame is a u32 big-endian length followed by that many bytes of JSON.
+//! Frames larger than [`MAX_FRAME`] are refused before anything is
+//! allocated for them.
+//!
+//! A session: the agent sends [`AgentMessage::Challenge`]; the client
+//! answers [`ClientMessage::Auth`]; the agent answers
+//! [`AgentMessage::AuthOk`] or [`AgentMessage::Refused`] (and closes). Then
+//! the client sends requests: `Ping` (answered by `Pong`, any number of
+//! times), or one job (`Backup` / `Restore`), answered by `Progress`
+//! heartbeats and one `BackupDone` / `RestoreDone` / `Failed`. A job lives
+//! on its connection: when the connection closes, the agent aborts it.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+use crate::pg::Lsn;
+use crate::physical::restore::{RecoveryTarget, TargetAction};
+use crate::repo::catalog::BackupRecord;
+
+/// Version of this protocol; the agent refuses clients of another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 1024 * 1024;
+
+/// Messages from the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    Challenge {
+        protocol_version: u32,
+        /// 32 random bytes, hex.
+        nonce: String,
+        /// How the agent authenticates callers.
+        auth: AuthMethod,
+    },
+    AuthOk {
+        /// HMAC-SHA256(token, "cbdr-agent-v1 agent" || client_nonce ||
+        /// nonce), hex; empty with [`AuthMethod::Mtls`].
+        mac: String,
+        agent: AgentInfo,
+    },
+    Refused {
+        reason: String,
+    },
+    Pong(Pong),
+    Progress(Progress),
+    BackupDone {
+        record: BackupRecord,
+    },
+    RestoreDone(RestoreDone),
+    Failed {
+        /// The error with its causes.
+        message: String,
+        /// The exit code the same error has in the command line.
+        exit_code: u8,
+    },
+}
+
+/// How an agent authenticates callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// HMAC challenge-response with the shared token (over TLS or not).
+    Token,
+    /// Only the client certificate of mutual TLS (no token configured).
+    Mtls,
+}
+
+/// Messages from the client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Auth {
+        protocol_version: u32,
+        /// 32 random bytes, hex.
+        client_nonce: String,
+        /// HMAC-SHA256(token, "cbdr-agent-v1 client" || nonce ||
+        /// client_nonce), hex; empty with [`AuthMethod::Mtls`].
+        mac: String,
+    },
+    Ping,
+    Backup(BackupRequest),
+    Restore(RestoreRequest),
+}
+
+impl ClientMessage {
+    /// The message's kind, for logs and refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Auth { .. } => "auth",
+            ClientMessage::Ping => "ping",
+            ClientMessage::Backup(_) => "backup",
+            ClientMessage::Restore(_) => "restore",
+        }
+    }
+}
+
+/// Who answered, sent with `AuthOk`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    pub hostname: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    pub version: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub jobs_running: u32,
+}
+
+/// A job's heartbeat, sent at least every [`HEARTBEAT`](crate::cluster::agent::HEARTBEAT).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Plain bytes received (backup) or written (restore).
+    pub done_bytes: u64,
+    pub total_bytes: Option<u64>,
+    /// E.g. "streaming", "waiting for WAL", "downloading", "starting server".
+    pub phase: String,
+}
+
+/// Back up one instance with the agent's own repository settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRequest {
+    pub content_id: i32,
+    /// The instance as the agent reaches it (host name, IP address or a
+    /// Unix-socket directory).
+    pub host: String,
+    pub port: u16,
+    /// Role (absent: the agent's $PGUSER, else its OS user). The password
+    /// comes from the agent's environment or ~/.pgpass, never the wire.
+    pub user: Option<String>,
+    pub database: Option<String>,
+    /// Seconds to wait for the backup's WAL to reach the archive.
+    pub wal_wait_secs: u64,
+}
+
+/// Where recovery stops (the wire form of [`RecoveryTarget`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryTargetSpec {
+    Latest,
+    Immediate,
+    RestorePoint(String),
+    /// RFC 3339, e.g. "2026-11-25T10:00:00+00:00".
+    Time(String),
+    /// E.g. "0/5000028".
+    Lsn(String),
+    Xid(String),
+}
+
+impl RecoveryTargetSpec {
+    pub fn to_target(&self) -> Result<RecoveryTarget> {
+        Ok(match self {
+            RecoveryTargetSpec::Latest => RecoveryTarget::Latest,
+            RecoveryTargetSpec::Immediate => RecoveryTarget::Immediate,
+            RecoveryTargetSpec::RestorePoint(n) => RecoveryTarget::RestorePoint(n.clone()),
+            RecoveryTargetSpec::Time(t) => RecoveryTarget::Time(
+                chrono::DateTime::parse_from_rfc3339(t.trim()).map_err(|e| {
+                    Error::Usage(format!(
+                        "target time {t:?} is not an RFC 3339 time with its zone (e.g. 2026-11-25T10:00:00+00:00): {e}"
+                    ))
+                })?,
+            ),
+            RecoveryTargetSpec::Lsn(l) => RecoveryTarget::Lsn(
+                l.parse::<Lsn>()
+                    .map_err(|e| Error::Usage(format!("target LSN {l:?}: {e}")))?,
+            ),
+            RecoveryTargetSpec::Xid(x) => RecoveryTarget::Xid(x.clone()),
+        })
+    }
+}
+
+impl From<&RecoveryTarget> for RecoveryTargetSpec {
+    fn from(t: &RecoveryTarget) -> Self {
+        match t {
+            RecoveryTarget::Latest => RecoveryTargetSpec::Latest,
+            RecoveryTarget::Immediate => RecoveryTargetSpec::Immediate,
+            RecoveryTarget::RestorePoint(n) => RecoveryTargetSpec::RestorePoint(n.clone()),
+            RecoveryTarget::Time(t) => RecoveryTargetSpec::Time(t.to_rfc3339()),
+            RecoveryTarget::Lsn(l) => RecoveryTargetSpec::Lsn(l.to_string()),
+            RecoveryTarget::Xid(x) => RecoveryTargetSpec::Xid(x.clone()),
+        }
+    }
+}
+
+/// What the restored server does at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryAction {
+    #[default]
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl From<RecoveryAction> for TargetAction {
+    fn from(a: RecoveryAction) -> Self {
+        match a {
+            RecoveryAction::Promote => TargetAction::Promote,
+            RecoveryAction::Pause => TargetAction::Pause,
+            RecoveryAction::Shutdown => TargetAction::Shutdown,
+        }
+    }
+}
+
+impl From<TargetAction> for RecoveryAction {
+    fn from(a: TargetAction) -> Self {
+        match a {
+            TargetAction::Promote => RecoveryAction::Promote,
+            TargetAction::Pause => RecoveryAction::Pause,
+            TargetAction::Shutdown => RecoveryAction::Shutdown,
+        }
+    }
+}
+
+/// Restore one instance on the agent's host from the agent's repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub content_id: i32,
+    /// The new data directory (absolute; empty or absent unless `force`).
+    pub target_dir: String,
+    /// A backup name; absent or "LATEST" = the newest that ends before the
+    /// target.
+    pub backup: Option<String>,
+    pub target: RecoveryTargetSpec,
+    pub action: RecoveryAction,
+    /// Tablespace locations: old → new.
+    #[serde(default)]
+    pub tablespace_map: Vec<(String, String)>,
+    /// Replace the contents of a non-empty target directory.
+    #[serde(default)]
+    pub force: bool,
+    /// Written to the restored server's postgresql.auto.conf as `port = N`.
+    pub port: Option<u16>,
+    /// Absent: `<agent's cbdr> --config <agent's config> wal-fetch %f %p
+    /// --content-id N`.
+    pub restore_command: Option<String>,
+    /// Turn archiving off in the restored server.
+    #[serde(default)]
+    pub archive_off: bool,
+    /// Start the restored server and wait until recovery reaches the target.
+    #[serde(default)]
+    pub start: bool,
+    /// With `start`: how long recovery may take.
+    pub start_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreDone {
+    /// The backup restored.
+    pub backup: BackupRecord,
+    /// With `start`: where recovery ended ("recovered to the target and
+    /// promoted: ...").
+    pub start_report: Option<String>,
+}
+
+/// A connection: plain TCP or TLS.
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+/// A framing failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("the connection closed")]
+    Closed,
+    #[error("a frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
+    TooLarge(usize),
+    #[error("a malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FrameError {
+    /// The peer went away (EOF or a reset).
+    pub fn is_disconnect(&self) -> bool {
+        match self {
+            FrameError::Closed => true,
+            FrameError::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Writes one message as a frame and flushes it.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> std::result::Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+    T: Serialize,
+{
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame's bytes; the length is checked before allocating.
+/// `Closed` on EOF before the first byte of the frame.
+pub async fn read_frame_bytes<R>(r: &mut R) -> std::result::Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            return Err(if got == 0 {
+                FrameError::Closed
+            } else {
+                FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+            });
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Reads one message.
+pub async fn read_frame<R, T>(r: &mut R) -> std::result::Result<T, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    T: DeserializeOwned,
+{
+    let body = read_frame_bytes(r).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        rt().block_on(async {
+            let (mut a, mut b) = tokio::io::duplex(64);
+            let msgs = vec![
+                ClientMessage::Ping,
+                ClientMessage::Auth {
+                    protocol_version: PROTOCOL_VERSION,
+                    client_nonce: "ab".repeat(32),
+                    mac: "cd".repeat(32),
+                },
+                ClientMessage::Restore(RestoreRequest {
+                    content_id: 3,
+                    target_dir: "/data/seg3".into(),
+                    backup: None,
+                    target: RecoveryTargetSpec::RestorePoint("rp1".into()),
+                    action: RecoveryAction::Pause,
+                    tablespace_map: vec![("/a".into(), "/b".into())],
+                    force: false,
+                    port: Some(6001),
+                    restore_command: None,
+                    archive_off: true,
+                    start: true,
+                    start_timeout_secs: 60,
+                }),
+            ];
+            let sent = msgs.clone();
+            let writer = tokio::spawn(async move {
+                for m in &sent {
+                    write_frame(&mut a, m).await.unwrap();
+                }
+            });
+            for m in &msgs {
+                let got: ClientMessage = read_frame(&mut b).await.unwrap();
+                assert_eq!(format!("{got:?}"), format!("{m:?}"));
+            }
+            writer.await.unwrap();
+            // Writer dropped: a clean close at a frame boundary.
+            assert!(matches!(
+                read_frame::<_, ClientMessage>(&mut b).await,
+                Err(FrameError::Closed)
+            ));
+        });
+    }
+
+    #[test]
+    fn oversize_frames_are_refused_before_reading_them() {
+        rt().block_on(async {
+            // Only the header is there: a reader that allocated and read
+            // the announced body would wait forever (or fail with EOF).
+            let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+            let mut r: &[u8] = &header;
+            match read_frame_bytes(&mut r).await {
+                Err(FrameError::TooLarge(n)) => assert_eq!(n, MAX_FRAME + 1),
+                other => panic!("{other:?}"),
+            }
+            let huge = u32::MAX.to_be_bytes();
+            let mut r: &[u8] = &huge;
+            assert!(matches!(
+                read_frame_bytes(&mut r).await,
+                Err(FrameError::TooLarge(_))
+            ));
+            // The writer refuses too.
+            let big = "x".repeat(MAX_FRAME);
+            let mut sink = Vec::new();
+            assert!(matches!(
+                write_frame(&mut sink, &big).await,
+                Err(FrameError::TooLarge(_))
+            ));
+            assert!(sink.is_empty());
+        });
+    }
+
+    #[test]
+    fn truncated_and_malformed_frames_fail() {
+        rt().block_on(async {
+            let mut r: &[u8] = &[0, 0];
+            let e = read_frame_bytes(&mut r).await.unwrap_err();
+            assert!(!matches!(e, FrameError::Closed), "{e:?}");
+            assert!(e.is_disconnect());
+            let mut r: &[u8] = &[0, 0, 0, 10, b'{'];
+            assert!(read_frame_bytes(&mut r).await.is_err());
+            let mut data = 5u32.to_be_bytes().to_vec();
+            data.extend_from_slice(b"hello");
+            let mut r: &[u8] = &data;
+            assert!(matches!(
+                read_frame::<_, ClientMessage>(&mut r).await,
+                Err(FrameError::Json(_))
+            ));
+            let mut data = 0u32.to_be_bytes().to_vec();
+            let body = br#"{"type":"launch_missiles"}"#;
+            data[..4].copy_from_slice(&(body.len() as u32).to_be_bytes());
+            data.extend_from_slice(body);
+            let mut r: &[u8] = &data;
+            assert!(matches!(
+                read_frame::<_, ClientMessage>(&mut r).await,
+                Err(FrameError::Json(_))
+            ));
+        });
+    }
+
+    #[test]
+    fn recovery_targets_convert() {
+        for (spec, ok) in [
+            (RecoveryTargetSpec::Latest, true),
+            (RecoveryTargetSpec::Lsn("0/5000028".into()), true),
+            (RecoveryTargetSpec::Lsn("nope".into()), false),
+            (
+                RecoveryTargetSpec::Time("2026-11-25T10:00:00+00:00".into()),
+                true,
+            ),
+            (RecoveryTargetSpec::Time("yesterday".into()), false),
+            (RecoveryTargetSpec::RestorePoint("rp".into()), true),
+        ] {
+            let r = spec.to_target();
+            assert_eq!(r.is_ok(), ok, "{spec:?}: {r:?}");
+            if let Ok(t) = r {
+                assert_eq!(RecoveryTargetSpec::from(&t).to_target().unwrap(), t);
+            }
+        }
+        let json = serde_json::to_string(&RecoveryTargetSpec::RestorePoint("x".into())).unwrap();
+        assert_eq!(json, r#"{"restore_point":"x"}"#);
+        assert_eq!(
+            serde_json::to_string(&RecoveryTargetSpec::Latest).unwrap(),
+            r#""latest""#
+        );
+    }
+}
