@@ -6,6 +6,7 @@ mod agent;
 mod list;
 mod physical;
 mod wal;
+mod wal_receive;
 
 use std::path::PathBuf;
 use std::process::ExitCode as ProcessExitCode;
@@ -42,6 +43,9 @@ pub enum Command {
     WalPush(wal::WalPushArgs),
     /// Restore a WAL file: use as restore_command = 'cbdr wal-fetch %f %p'.
     WalFetch(wal::WalFetchArgs),
+    /// Stream WAL into the repository through a replication slot (instead
+    /// of, or alongside, archive_command); runs until SIGINT/SIGTERM.
+    WalReceive(wal_receive::WalReceiveArgs),
     /// Take a base backup over the replication protocol.
     BackupPush(physical::BackupPushArgs),
     /// Create a named restore point (and record it in the repository).
@@ -88,6 +92,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::WalPush(args) => wal::push(&config, args).await,
         Command::WalFetch(args) => wal::fetch(&config, args).await,
+        Command::WalReceive(args) => wal_receive::receive(&config, args).await,
         Command::BackupPush(args) => physical::backup(&config, args).await,
         Command::CreateRestorePoint(args) => physical::restore_point(&config, args).await,
         Command::Restore(args) => physical::restore_cmd(&config, args).await,

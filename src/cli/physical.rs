@@ -29,7 +29,7 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    fn params(&self) -> Result<ConnParams> {
+    pub(super) fn params(&self) -> Result<ConnParams> {
         let mut p = ConnParams::try_from_env().map_err(Error::Usage)?;
         if let Some(h) = &self.host {
             p.host = h.clone();

@@ -806,6 +806,33 @@ mod tests {
     }
 
     #[test]
+    fn the_template_documents_every_agent_key() {
+        // The [agent] part of the template, its example lines uncommented.
+        let template = include_str!("../../config-templates/cluster.toml");
+        let start = template.find("# [agent]\n").expect("an [agent] section");
+        let mut text = String::new();
+        for line in template[start..].lines() {
+            let Some(rest) = line.strip_prefix("# ") else {
+                continue;
+            };
+            let is_key = rest.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            });
+            if rest == "[agent]" || is_key {
+                text.push_str(rest);
+                text.push('\n');
+            }
+        }
+        let c = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let a = &c.agent;
+        assert!(a.listen.is_some() && a.token_file.is_some() && a.token.is_some());
+        assert!(a.tls_cert.is_some() && a.tls_key.is_some() && a.tls_ca.is_some());
+        assert!(
+            a.tls_client_ca.is_some() && a.tls_client_cert.is_some() && a.tls_client_key.is_some()
+        );
+    }
+
+    #[test]
     fn no_token_no_start() {
         let e = Agent::new(Config::parse("").unwrap())
             .err()
