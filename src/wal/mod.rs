@@ -3,6 +3,7 @@
 
 mod fetch;
 mod push;
+pub mod receive;
 
 pub use fetch::{wal_fetch, FetchOptions, FetchOutcome, PREFETCH_DIR};
 pub use push::{wal_push, PushOptions, PushOutcome, MEMO_DIR};

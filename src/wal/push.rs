@@ -87,9 +87,51 @@ async fn push_one(
     file: &WalFile,
     path: &Path,
 ) -> Result<PushOutcome> {
+    store_wal_file(repo, content_id, file, WalSource::File(path)).await
+}
+
+/// Where the bytes of a WAL file come from: a file in pg_wal (`wal-push`)
+/// or a segment received over streaming replication (`wal-receive`).
+pub(crate) enum WalSource<'a> {
+    File(&'a Path),
+    Bytes(bytes::Bytes),
+}
+
+trait ReadSeek: Read + io::Seek + Send {}
+impl<T: Read + io::Seek + Send> ReadSeek for T {}
+
+impl WalSource<'_> {
+    fn open(&self) -> Result<Box<dyn ReadSeek>> {
+        match self {
+            WalSource::File(path) => fs::File::open(path)
+                .map(|f| Box::new(f) as Box<dyn ReadSeek>)
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e)),
+            WalSource::Bytes(b) => Ok(Box::new(io::Cursor::new(b.clone()))),
+        }
+    }
+
+    fn describe(&self, file: &WalFile) -> String {
+        match self {
+            WalSource::File(path) => path.display().to_string(),
+            WalSource::Bytes(_) => format!("received {file}"),
+        }
+    }
+}
+
+/// Stores one WAL file under the name `wal-push` uses, unless the archive
+/// has it: the same content already archived is success
+/// ([`PushOutcome::AlreadyArchived`]), different content
+/// [`Error::WalConflict`] and nothing is overwritten. `wal-push` and
+/// `wal-receive` both store through here, so they can run side by side.
+pub(crate) async fn store_wal_file(
+    repo: &Repo,
+    content_id: i32,
+    file: &WalFile,
+    source: WalSource<'_>,
+) -> Result<PushOutcome> {
     let key = layout::wal_key(content_id, file);
     if repo.exists(&key).await? {
-        return if same_content(repo, &key, path).await? {
+        return if same_content(repo, &key, &source, file).await? {
             tracing::info!("{file}: already archived with the same content");
             Ok(PushOutcome::AlreadyArchived)
         } else {
@@ -99,10 +141,9 @@ async fn push_one(
             })
         };
     }
-    let mut input =
-        fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut input = source.open()?;
     let stats = if worth_compressing(repo, &mut input)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        .map_err(|e| Error::io(format!("reading {}", source.describe(file)), e))?
     {
         repo.put_reader(&key, input).await?
     } else {
@@ -121,17 +162,14 @@ async fn push_one(
 }
 
 /// Whether the configured compression gains anything on this file: lz4 on
-/// its first 256 KiB must save at least 10%. The file is rewound.
-fn worth_compressing(repo: &Repo, file: &mut fs::File) -> io::Result<bool> {
-    use std::io::Seek;
+/// its first 256 KiB must save at least 10%. The input is rewound.
+fn worth_compressing(repo: &Repo, input: &mut dyn ReadSeek) -> io::Result<bool> {
     if repo.codec.compression == crate::codec::Compression::None {
         return Ok(true);
     }
     let mut sample = Vec::with_capacity(256 * 1024);
-    Read::by_ref(file)
-        .take(256 * 1024)
-        .read_to_end(&mut sample)?;
-    file.rewind()?;
+    Read::take(&mut *input, 256 * 1024).read_to_end(&mut sample)?;
+    input.rewind()?;
     if sample.len() < 4096 {
         return Ok(true);
     }
@@ -139,10 +177,14 @@ fn worth_compressing(repo: &Repo, file: &mut fs::File) -> io::Result<bool> {
     Ok(compressed.len() * 10 < sample.len() * 9)
 }
 
-/// Compares the archived object with the local file, streaming.
-async fn same_content(repo: &Repo, key: &str, path: &Path) -> Result<bool> {
-    let local =
-        fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+/// Compares the archived object with the local bytes, streaming.
+async fn same_content(
+    repo: &Repo,
+    key: &str,
+    source: &WalSource<'_>,
+    file: &WalFile,
+) -> Result<bool> {
+    let local = source.open()?;
     let cmp = Comparer {
         local: io::BufReader::with_capacity(256 * 1024, local),
         same: true,
@@ -154,7 +196,7 @@ async fn same_content(repo: &Repo, key: &str, path: &Path) -> Result<bool> {
     let longer = cmp
         .local
         .read(&mut probe)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        .map_err(|e| Error::io(format!("reading {}", source.describe(file)), e))?
         > 0;
     Ok(cmp.same && !longer)
 }
