@@ -20,7 +20,10 @@ fn restore_points_hold_the_commit_barrier() {
     let bank = Bank::start(c.coordinator().port(), &ports, BARRIER_KEY, 3);
     bank.wait_for(20);
     let out = c.ok(&["create-restore-point", "rp1"]);
-    assert!(out.contains("cluster restore point rp1 on 4 instances"), "{out}");
+    assert!(
+        out.contains("cluster restore point rp1 on 4 instances"),
+        "{out}"
+    );
     bank.wait_for(20);
 
     // The name is taken now: refused, and nothing changes.
@@ -36,8 +39,208 @@ fn restore_points_hold_the_commit_barrier() {
     // Each instance recorded its point, and the cluster record lists all.
     let out = c.ok(&["list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let points = v["cluster"]["restore_points"].as_array().expect("cluster restore points");
+    let points = v["cluster"]["restore_points"]
+        .as_array()
+        .expect("cluster restore points");
     assert_eq!(points.len(), 1, "{out}");
     assert_eq!(points[0]["name"], "rp1");
     assert_eq!(points[0]["segments"].as_array().unwrap().len(), 4);
+}
+
+fn restore_cluster(
+    c: &TestCluster,
+    name: &str,
+    extra: &[&str],
+) -> (Vec<u16>, Vec<std::path::PathBuf>, String) {
+    let (rc, ports) = c.restore_config(name);
+    let mut args = vec![
+        "restore",
+        "--restore-config",
+        rc.to_str().unwrap(),
+        "--start",
+        "--archive-mode",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    let out = c.ok(&args);
+    let dirs = (0..c.servers.len())
+        .map(|i| c.path(name).join(format!("seg{}", i as i32 - 1)))
+        .collect();
+    (ports, dirs, out)
+}
+
+#[test]
+fn cluster_backup_and_consistent_restores() {
+    let mut c = TestCluster::start("cbdr-cluster-br", 3, None);
+    let ports = segment_ports(&c);
+    bank::setup(&ports);
+    c.start_agents();
+    let bank = Bank::start(c.coordinator().port(), &ports, BARRIER_KEY, 3);
+    bank.wait_for(10);
+
+    // A cluster backup while money moves.
+    let out = c.ok(&["backup-push"]);
+    assert!(out.contains("cluster backup cluster_"), "{out}");
+    assert!(out.contains("4 instances"), "{out}");
+    let backup = out
+        .split_whitespace()
+        .nth(2)
+        .expect("backup name")
+        .to_string();
+    bank.wait_for(30);
+    c.ok(&["create-restore-point", "rp_a"]);
+    bank.wait_for(30);
+    c.ok(&["create-restore-point", "rp_b"]);
+    bank.wait_for(10);
+    bank.stop();
+
+    let listing: serde_json::Value = serde_json::from_str(&c.ok(&["list", "--json"])).unwrap();
+    let backups = listing["cluster"]["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{listing}");
+    assert_eq!(backups[0]["name"], backup.as_str());
+    assert_eq!(backups[0]["segments"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        listing["cluster"]["restore_points"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "the backup's point, rp_a and rp_b"
+    );
+    let text = c.ok(&["list"]);
+    assert!(
+        text.contains("Cluster backups:") && text.contains("rp_b"),
+        "{text}"
+    );
+
+    // Restore to rp_a, rolling back what was in doubt: consistent, usable.
+    let (rports, dirs, out) = restore_cluster(
+        &c,
+        "to_rp_a",
+        &["--restore-point", "rp_a", "--rollback-prepared"],
+    );
+    assert!(
+        out.contains("cluster restored to restore point rp_a (4 instances)"),
+        "{out}"
+    );
+    let a = bank::BankState::read(&rports[1..]);
+    for d in &dirs {
+        common::cluster::stop_data_dir(d);
+    }
+    a.assert_consistent(3, "restored to rp_a");
+    assert_eq!(a.prepared, 0, "in-doubt transactions were rolled back");
+    assert!(!a.transfers.is_empty());
+
+    // Restore to rp_b, only reporting in-doubt transactions.
+    let (rports, dirs, out) = restore_cluster(&c, "to_rp_b", &["--restore-point", "rp_b"]);
+    let b = bank::BankState::read(&rports[1..]);
+    for d in &dirs {
+        common::cluster::stop_data_dir(d);
+    }
+    b.assert_consistent(3, "restored to rp_b");
+    assert!(
+        b.transfers.len() > a.transfers.len(),
+        "rp_b is later than rp_a: {} vs {} transfers",
+        b.transfers.len(),
+        a.transfers.len()
+    );
+    if b.prepared > 0 {
+        assert!(out.contains("ROLLBACK PREPARED 'bank_"), "{out}");
+    }
+
+    // Restore the cluster backup itself (to its own restore point).
+    let (rports, dirs, out) = restore_cluster(
+        &c,
+        "to_backup",
+        &["--backup", &backup, "--rollback-prepared"],
+    );
+    let s = bank::BankState::read(&rports[1..]);
+    for d in &dirs {
+        common::cluster::stop_data_dir(d);
+    }
+    assert!(out.contains(&format!("restore point {backup}")), "{out}");
+    s.assert_consistent(3, "restored to the backup's point");
+    assert!(s.transfers.len() < a.transfers.len());
+}
+
+#[test]
+fn cluster_backup_aborts_when_an_agent_fails() {
+    let mut c = TestCluster::start("cbdr-cluster-fail", 3, None);
+    let ports = segment_ports(&c);
+    bank::setup(&ports);
+    // Enough data on segment 1 that its backup takes a moment.
+    c.servers[2].psql(
+        "create table filler as select g, md5(g::text) || repeat(md5((g * 7)::text), 8) as t from generate_series(1, 400000) g",
+    );
+    c.start_agents();
+
+    // A request with a wrong token is refused, and nothing is recorded.
+    let bad = c.path("bad.toml");
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    let bad_token = c.path("bad.token");
+    std::fs::write(&bad_token, "a-wrong-token-of-sufficient-length\n").unwrap();
+    std::fs::write(
+        &bad,
+        text.replace(
+            &c.path("agent.token").display().to_string(),
+            &bad_token.display().to_string(),
+        ),
+    )
+    .unwrap();
+    common::pg::chown_to_pg(&bad);
+    common::pg::chown_to_pg(&bad_token);
+    let (code, _, err) = c.cbdr_with(&bad, &["backup-push"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("refused") || err.contains("token"), "{err}");
+    assert!(!err.contains("a-wrong-token"), "the token leaked: {err}");
+    assert!(
+        c.agent_log_text(1).contains("refused") || c.agent_log_text(0).contains("refused"),
+        "agents log the refusal"
+    );
+
+    // The agent of segment 1 dies in the middle of its backup.
+    let mut child = common::pg::pg_command(common::cluster::CBDR)
+        .arg("--config")
+        .arg(&c.config)
+        .arg("backup-push")
+        .env("PGUSER", "postgres")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !c.agent_log_text(2).contains("backup") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            c.agent_log_text(2)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    c.kill_agent(2);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("segment 1"),
+        "the failing segment is named: {err}"
+    );
+    let listing: serde_json::Value = serde_json::from_str(&c.ok(&["list", "--json"])).unwrap();
+    assert!(
+        listing["cluster"]["backups"].as_array().unwrap().is_empty(),
+        "an aborted cluster backup is not listed: {listing}"
+    );
+
+    // With the agent still down: refused up front, naming it.
+    let (code, _, err) = c.cbdr(&["backup-push"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("segment 1"), "{err}");
+
+    // Back up again once the agent is back: complete.
+    c.start_agent(2);
+    let out = c.ok(&["backup-push"]);
+    assert!(out.contains("4 instances"), "{out}");
+    let listing: serde_json::Value = serde_json::from_str(&c.ok(&["list", "--json"])).unwrap();
+    assert_eq!(listing["cluster"]["backups"].as_array().unwrap().len(), 1);
 }

@@ -2,16 +2,27 @@
 //! and `restore-config`: used when a [cluster] is configured and no
 //! `--content-id` names a single instance.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::physical::RestorePointArgs;
+use super::physical::{BackupPushArgs, RestoreArgs, RestorePointArgs};
+use crate::cluster::backup::{cluster_backup_push, ClusterBackupOptions, ProgressBoard};
+use crate::cluster::restore::{
+    cluster_restore, ClusterRestoreOptions, ClusterTarget, InDoubt, RestoreConfig,
+};
 use crate::cluster::restore_point::create_cluster_restore_point;
 use crate::cluster::topology::Topology;
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::repo::Repo;
 
-pub async fn restore_point(config: &Config, topo: &Topology, args: &RestorePointArgs) -> Result<()> {
+pub async fn restore_point(
+    config: &Config,
+    topo: &Topology,
+    args: &RestorePointArgs,
+) -> Result<()> {
     let repo = Repo::open(config).await?;
     let rp = create_cluster_restore_point(
         &repo,
@@ -35,3 +46,220 @@ pub async fn restore_point(config: &Config, topo: &Topology, args: &RestorePoint
     }
     Ok(())
 }
+
+/// Shows the agents' progress while a cluster job runs: one line every few
+/// seconds (a live line on a terminal).
+struct Ticker {
+    board: ProgressBoard,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ticker {
+    fn start(what: &'static str, instances: usize) -> Ticker {
+        let board: ProgressBoard = Arc::new(Mutex::new(BTreeMap::new()));
+        let b = board.clone();
+        let tty = std::io::stderr().is_terminal();
+        let started = Instant::now();
+        let task = tokio::spawn(async move {
+            let every = if tty {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(10)
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                let (done, total, phases) = {
+                    let m = b.lock().unwrap();
+                    let done: u64 = m.values().map(|p| p.done_bytes).sum();
+                    let total: u64 = m.values().filter_map(|p| p.total_bytes).sum();
+                    let mut phases: Vec<String> = m
+                        .iter()
+                        .map(|(id, p)| format!("{id}:{}", p.phase))
+                        .collect();
+                    phases.dedup();
+                    (done, total, phases)
+                };
+                let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001) / 1e6;
+                let line = format!(
+                    "{what}: {} instances, {} / {} MB, {rate:.0} MB/s [{}]",
+                    instances,
+                    done / 1_000_000,
+                    total / 1_000_000,
+                    phases.join(" ")
+                );
+                if tty {
+                    eprint!("\r\x1b[2K{line}");
+                } else {
+                    tracing::info!("{line}");
+                }
+            }
+        });
+        Ticker { board, task }
+    }
+
+    fn finish(self) {
+        self.task.abort();
+        if std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+pub async fn backup(config: &Config, topo: &Topology, args: &BackupPushArgs) -> Result<()> {
+    let repo = Repo::open(config).await?;
+    let opts = ClusterBackupOptions {
+        wal_wait: Duration::from_secs(args.wal_wait),
+        agent_timeout: Duration::from_secs(config.cluster.agent_timeout),
+        connect_timeout: CONNECT_TIMEOUT,
+    };
+    let ticker = Ticker::start("backup", topo.segments().len());
+    let started = Instant::now();
+    let result = cluster_backup_push(&repo, topo, config, &opts, ticker.board.clone()).await;
+    ticker.finish();
+    let b = result.map_err(|e| {
+        tracing::error!("the cluster backup was aborted; no cluster backup was recorded");
+        e
+    })?;
+    println!(
+        "cluster backup {} complete in {:.1} s: {} instances, {} MB, stored {} MB, restore point {}",
+        b.name,
+        started.elapsed().as_secs_f64(),
+        b.segments.len(),
+        b.plain_bytes() / 1_000_000,
+        b.stored_bytes() / 1_000_000,
+        b.restore_point
+    );
+    for s in &b.segments {
+        println!(
+            "  content {:>3}: {} ({} to {})",
+            s.content_id, s.backup, s.start_lsn, s.stop_lsn
+        );
+    }
+    Ok(())
+}
+
+pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Result<()> {
+    if args.target_dir.is_some() {
+        return Err(Error::Usage(
+            "--target-dir restores one instance: for the cluster, give --restore-config FILE (`cbdr restore-config` prints one), or --content-id N to restore a single instance".into(),
+        ));
+    }
+    if args.target_lsn.is_some() || args.target_xid.is_some() || args.immediate {
+        return Err(Error::Usage(
+            "a cluster is restored to a cluster restore point (--restore-point NAME, --target-time T for the latest point at or before T, or --backup NAME for a cluster backup's point): an LSN, an XID or 'immediate' differ on every instance; use --content-id N to restore one instance to them".into(),
+        ));
+    }
+    if !args.tablespace_map.is_empty() {
+        return Err(Error::Usage(
+            "--tablespace-map is for one instance (--content-id N)".into(),
+        ));
+    }
+    let target = if let Some(n) = &args.restore_point {
+        ClusterTarget::RestorePoint(n.clone())
+    } else if let Some(t) = &args.target_time {
+        ClusterTarget::Time(super::physical::parse_time(t)?)
+    } else if let Some(b) = args
+        .backup
+        .as_ref()
+        .filter(|b| !b.eq_ignore_ascii_case("LATEST"))
+    {
+        ClusterTarget::Backup(b.clone())
+    } else {
+        ClusterTarget::Latest
+    };
+    let restore_config = match &args.restore_config {
+        Some(p) => RestoreConfig::load(p)?,
+        None => RestoreConfig::from_topology(topo),
+    };
+    let repo = Repo::open(config).await?;
+    let opts = ClusterRestoreOptions {
+        target,
+        force: args.force,
+        archive_off: args.archive_mode == "off",
+        start: args.start,
+        start_timeout: Duration::from_secs(args.start_timeout),
+        agent_timeout: Duration::from_secs(config.cluster.agent_timeout),
+        connect_timeout: CONNECT_TIMEOUT,
+        in_doubt: if args.rollback_prepared {
+            InDoubt::Rollback
+        } else {
+            InDoubt::Report
+        },
+    };
+    let ticker = Ticker::start("restore", topo.segments().len());
+    let result = cluster_restore(
+        &repo,
+        topo,
+        config,
+        &restore_config,
+        &opts,
+        ticker.board.clone(),
+    )
+    .await;
+    ticker.finish();
+    let out = result?;
+    println!(
+        "cluster restored to restore point {} ({} instances){}",
+        out.point.name,
+        out.restored.len(),
+        if args.start {
+            ", started and recovered"
+        } else {
+            ": start every instance to recover"
+        }
+    );
+    for (id, done) in &out.restored {
+        let t = restore_config
+            .segments
+            .iter()
+            .find(|t| t.content_id == *id)
+            .expect("restored instances come from the restore config");
+        println!(
+            "  content {id:>3}: backup {} into {}:{} {}{}",
+            done.backup.name,
+            t.host,
+            t.port,
+            t.data_dir.display(),
+            done.start_report
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+    if !out.in_doubt.is_empty() {
+        if out.rolled_back {
+            println!(
+                "rolled back {} prepared transactions left in doubt at the point (committed on no instance)",
+                out.in_doubt.len()
+            );
+        } else {
+            println!(
+                "{} prepared transactions were in doubt at the point: by the commit barrier they are committed on no instance, and they hold locks. Roll them back (or re-run the restore with --rollback-prepared):",
+                out.in_doubt.len()
+            );
+            for (id, gid) in &out.in_doubt {
+                println!(
+                    "  content {id:>3}: ROLLBACK PREPARED {};",
+                    crate::cluster::restore::sql_literal(gid)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreConfigArgs {}
+
+/// `restore-config`: the restore config of the configured cluster, to edit.
+pub async fn restore_config(config: &Config, _args: RestoreConfigArgs) -> Result<()> {
+    let topo = Topology::resolve(&config.cluster).await?.ok_or_else(|| {
+        Error::Usage(
+            "no cluster is configured: list the instances in [[cluster.segments]] (see config-templates/cluster.toml), or set [cluster] discover = true on a Greenplum/Cloudberry coordinator".into(),
+        )
+    })?;
+    print!("{}", RestoreConfig::from_topology(&topo).to_toml());
+    Ok(())
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -54,6 +54,9 @@ pub enum Command {
     Restore(physical::RestoreArgs),
     /// Show backups, restore points and WAL coverage.
     List(list::ListArgs),
+    /// Print a restore config for the configured cluster, to edit for
+    /// `restore --restore-config`.
+    RestoreConfig(cluster::RestoreConfigArgs),
     /// Run the cluster agent of this host (backs up and restores its
     /// instances on the coordinator's authenticated requests).
     Agent(agent::AgentArgs),
@@ -97,6 +100,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::CreateRestorePoint(args) => physical::restore_point(&config, args).await,
         Command::Restore(args) => physical::restore_cmd(&config, args).await,
         Command::List(args) => list::list(&config, args).await,
+        Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
         Command::Agent(args) => agent::run(&config, args).await,
     }
 }

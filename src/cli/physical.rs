@@ -46,9 +46,10 @@ impl ConnArgs {
 
 #[derive(Debug, Args)]
 pub struct BackupPushArgs {
-    /// Content id of the segment (-1: the coordinator or a single server).
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    pub content_id: i32,
+    /// Back up this one instance (-1: the coordinator or a single server).
+    /// Left out with a [cluster] configured: every instance, through the agents.
+    #[arg(long, allow_negative_numbers = true)]
+    pub content_id: Option<i32>,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Seconds to wait for the backup's WAL to reach the archive.
@@ -57,9 +58,14 @@ pub struct BackupPushArgs {
 }
 
 pub async fn backup(config: &Config, args: BackupPushArgs) -> Result<()> {
+    if args.content_id.is_none() {
+        if let Some(topo) = Topology::resolve(&config.cluster).await? {
+            return super::cluster::backup(config, &topo, &args).await;
+        }
+    }
     let repo = Repo::open(config).await?;
     let opts = BackupOptions {
-        content_id: args.content_id,
+        content_id: args.content_id.unwrap_or(COORDINATOR),
         conn: args.conn.params()?,
         wal_wait: Duration::from_secs(args.wal_wait),
         part_target: PART_TARGET,
@@ -118,12 +124,24 @@ pub async fn restore_point(config: &Config, args: RestorePointArgs) -> Result<()
 #[command(group(clap::ArgGroup::new("target").args(["restore_point", "target_time", "target_lsn", "target_xid", "immediate"])))]
 pub struct RestoreArgs {
     /// The new data directory (must be empty or absent, unless --force).
+    /// Required for one server; a cluster takes its directories from
+    /// --restore-config.
     #[arg(long)]
-    pub target_dir: PathBuf,
+    pub target_dir: Option<PathBuf>,
     /// The backup to restore: a name from `cbdr list`, or LATEST (the
-    /// newest that ends before the target; the default).
+    /// newest that ends before the target; the default). For a cluster: a
+    /// cluster backup, restored to its own restore point.
     #[arg(long)]
     pub backup: Option<String>,
+    /// Cluster: where each instance goes (`cbdr restore-config` prints one
+    /// to edit). Default: the configured instances' own directories.
+    #[arg(long, value_name = "FILE")]
+    pub restore_config: Option<PathBuf>,
+    /// Cluster, with --start: roll back the prepared transactions left in
+    /// doubt at the point (by the commit barrier they were committed
+    /// nowhere). Without it they are listed, with the SQL to roll them back.
+    #[arg(long, requires = "start")]
+    pub rollback_prepared: bool,
     /// Recover to this restore point.
     #[arg(long)]
     pub restore_point: Option<String>,
@@ -148,8 +166,10 @@ pub struct RestoreArgs {
     /// Replace the contents of a non-empty target directory.
     #[arg(long)]
     pub force: bool,
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    pub content_id: i32,
+    /// Restore this one instance (-1: the coordinator or a single server).
+    /// Left out with a [cluster] configured: every instance, through the agents.
+    #[arg(long, allow_negative_numbers = true)]
+    pub content_id: Option<i32>,
     /// Parts downloaded at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -185,6 +205,22 @@ pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
 }
 
 pub async fn restore_cmd(config: &Config, args: RestoreArgs) -> Result<()> {
+    if args.content_id.is_none() {
+        if let Some(topo) = Topology::resolve(&config.cluster).await? {
+            return super::cluster::restore(config, &topo, args).await;
+        }
+    }
+    let content_id = args.content_id.unwrap_or(COORDINATOR);
+    let Some(target_dir) = args.target_dir.clone() else {
+        return Err(Error::Usage(
+            "--target-dir is required: the directory to restore into (empty or absent)".into(),
+        ));
+    };
+    if args.restore_config.is_some() || args.rollback_prepared {
+        return Err(Error::Usage(
+            "--restore-config and --rollback-prepared are for clusters: configure [[cluster.segments]] and leave out --content-id".into(),
+        ));
+    }
     let target = if let Some(n) = args.restore_point {
         RecoveryTarget::RestorePoint(n)
     } else if let Some(t) = args.target_time {
@@ -214,14 +250,11 @@ pub async fn restore_cmd(config: &Config, args: RestoreArgs) -> Result<()> {
         let abs = std::fs::canonicalize(src).unwrap_or(src.clone());
         restore_command.push_str(&format!(" --config {}", abs.display()));
     }
-    restore_command.push_str(&format!(
-        " wal-fetch %f %p --content-id {}",
-        args.content_id
-    ));
+    restore_command.push_str(&format!(" wal-fetch %f %p --content-id {content_id}"));
     let repo = Repo::open(config).await?;
-    let target_dir = std::path::absolute(&args.target_dir).unwrap_or(args.target_dir.clone());
+    let target_dir = std::path::absolute(&target_dir).unwrap_or(target_dir);
     let opts = RestoreOptions {
-        content_id: args.content_id,
+        content_id,
         target_dir: target_dir.clone(),
         backup: args.backup,
         target,

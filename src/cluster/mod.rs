@@ -3,8 +3,10 @@
 
 pub mod agent;
 pub mod auth;
+pub mod backup;
 pub mod catalog;
 pub mod client;
 pub mod proto;
+pub mod restore;
 pub mod restore_point;
 pub mod topology;

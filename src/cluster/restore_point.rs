@@ -145,17 +145,14 @@ async fn barrier_point(
         "commit barrier taken after {} ms",
         asked.elapsed().as_millis()
     );
-    let created = try_join_all(
-        topo.segments()
-            .iter()
-            .zip(conns.iter_mut())
-            .map(|(seg, conn)| async move {
-                create_point(conn, name)
-                    .await
-                    .map(|p| (seg.content_id, p))
-                    .map_err(|e| in_segment(seg, e))
-            }),
-    )
+    let created = try_join_all(topo.segments().iter().zip(conns.iter_mut()).map(
+        |(seg, conn)| async move {
+            create_point(conn, name)
+                .await
+                .map(|p| (seg.content_id, p))
+                .map_err(|e| in_segment(seg, e))
+        },
+    ))
     .await;
     let unlocked = coordinator
         .simple_query(&format!("select pg_advisory_unlock({key})"))
@@ -168,7 +165,9 @@ async fn barrier_point(
         topo.segments()
             .iter()
             .zip(conns.iter_mut())
-            .map(|(seg, conn)| async move { switch_wal(conn).await.map_err(|e| in_segment(seg, e)) }),
+            .map(
+                |(seg, conn)| async move { switch_wal(conn).await.map_err(|e| in_segment(seg, e)) },
+            ),
     )
     .await?;
     for c in conns {
@@ -178,7 +177,10 @@ async fn barrier_point(
 }
 
 /// Greenplum/Cloudberry: the server does the barrier.
-async fn greenplum_point(coordinator: &mut PgConn, name: &str) -> Result<(Points, Barrier, Duration)> {
+async fn greenplum_point(
+    coordinator: &mut PgConn,
+    name: &str,
+) -> Result<(Points, Barrier, Duration)> {
     let started = Instant::now();
     let rows = coordinator
         .simple_query(&format!(

@@ -175,6 +175,19 @@ async fn check_wal(repo: &Repo, backup: &BackupRecord, upto: Option<Lsn>) -> Res
 pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord> {
     let (backup, target_lsn) = choose_backup(repo, opts).await?;
     check_wal(repo, &backup, target_lsn).await?;
+    // A restore point is on a known timeline: follow that one, not the
+    // latest (a copy restored and promoted earlier may have archived a
+    // newer timeline that branched off before the point).
+    let target_timeline = match &opts.target {
+        RecoveryTarget::RestorePoint(name) => Some(
+            repo.get_json::<crate::repo::catalog::RestorePointRecord>(
+                &layout::restore_point_key(opts.content_id, name),
+            )
+            .await?
+            .timeline,
+        ),
+        _ => None,
+    };
     tracing::info!(
         "restoring backup {} into {}",
         backup.name,
@@ -304,7 +317,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     fs::write(opts.target_dir.join("backup_manifest"), &manifest_bytes)
         .map_err(|e| Error::io("writing backup_manifest", e))?;
     report(&opts.progress, |p| p.set_phase("syncing"));
-    write_recovery_settings(&opts.target_dir, opts)?;
+    write_recovery_settings(&opts.target_dir, opts, target_timeline)?;
     // pg_control last: until it is there, the directory cannot start.
     let control = opts.target_dir.join("global/pg_control");
     fs::rename(control.with_extension(PARTIAL_EXT), &control)
@@ -387,7 +400,11 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn write_recovery_settings(dir: &Path, opts: &RestoreOptions) -> Result<()> {
+fn write_recovery_settings(
+    dir: &Path,
+    opts: &RestoreOptions,
+    timeline: Option<crate::pg::TimelineId>,
+) -> Result<()> {
     let mut conf = String::from("\n# Added by cbdr restore\n");
     conf.push_str(&format!(
         "restore_command = {}\n",
@@ -415,7 +432,10 @@ fn write_recovery_settings(dir: &Path, opts: &RestoreOptions) -> Result<()> {
             quote(opts.action.as_str())
         ));
     }
-    conf.push_str("recovery_target_timeline = 'latest'\n");
+    match timeline {
+        Some(t) => conf.push_str(&format!("recovery_target_timeline = '{}'\n", t.0)),
+        None => conf.push_str("recovery_target_timeline = 'latest'\n"),
+    }
     if opts.archive_off {
         conf.push_str("archive_mode = 'off'\n");
     }

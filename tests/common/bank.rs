@@ -78,7 +78,12 @@ pub struct Bank {
 
 impl Bank {
     /// Starts `workers` threads moving money between the segments.
-    pub fn start(coordinator_port: u16, segment_ports: &[u16], barrier_key: i64, workers: usize) -> Bank {
+    pub fn start(
+        coordinator_port: u16,
+        segment_ports: &[u16],
+        barrier_key: i64,
+        workers: usize,
+    ) -> Bank {
         assert!(segment_ports.len() >= 2, "the bank needs two segments");
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));

@@ -107,9 +107,14 @@ impl TestCluster {
 
     /// Runs `cbdr --config … ARGS` as the PostgreSQL OS user.
     pub fn cbdr(&self, args: &[&str]) -> (i32, String, String) {
+        self.cbdr_with(&self.config, args)
+    }
+
+    /// Runs `cbdr --config CONFIG ARGS` as the PostgreSQL OS user.
+    pub fn cbdr_with(&self, config: &Path, args: &[&str]) -> (i32, String, String) {
         let mut cmd = pg_command(CBDR);
         cmd.arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .args(args)
             .env("PGUSER", "postgres")
             .env("PGHOST", "127.0.0.1")
@@ -215,8 +220,12 @@ impl Drop for TestCluster {
 }
 
 fn kill_tree(pid: u32) {
-    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for c in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+    {
         kill_tree(c);
     }
     // SAFETY: sending a signal has no memory-safety preconditions.

@@ -1,0 +1,424 @@
+//! Cluster `restore`: every instance restored by its agent, in parallel,
+//! into the directories of a restore config, each recovering to the same
+//! cluster restore point; then, with `--start`, the prepared transactions
+//! left in doubt at the point (committed nowhere, by the barrier) are
+//! reported and can be rolled back on every instance.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use futures_util::future::try_join_all;
+use serde::{Deserialize, Serialize};
+
+use super::catalog::ClusterRestorePoint;
+use super::client::AgentClient;
+use super::proto::{Progress, RecoveryAction, RecoveryTargetSpec, RestoreDone, RestoreRequest};
+use super::restore_point::in_segment;
+use super::topology::{Segment, Topology};
+use crate::config::{ClusterConfig, Config};
+use crate::error::{Error, Result};
+use crate::pg::conn::{ConnParams, PgConn, Replication};
+use crate::repo::Repo;
+
+/// Where each instance of the restored cluster goes (`cbdr restore-config`
+/// prints one for the current topology).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    pub segments: Vec<RestoreTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreTarget {
+    pub content_id: i32,
+    pub host: String,
+    /// The port the restored instance starts on.
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// The agent that restores it (absent: the topology's agent of this
+    /// content id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+impl RestoreConfig {
+    pub fn from_topology(topo: &Topology) -> RestoreConfig {
+        RestoreConfig {
+            segments: topo
+                .segments()
+                .iter()
+                .map(|s| RestoreTarget {
+                    content_id: s.content_id,
+                    host: s.host.clone(),
+                    port: s.port,
+                    data_dir: s.data_dir.clone(),
+                    agent: Some(s.agent.clone()),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<RestoreConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading restore config {}", path.display()), e))?;
+        let rc: RestoreConfig = toml::from_str(&text).map_err(|e| {
+            Error::Usage(format!(
+                "restore config {}: {} (`cbdr restore-config` prints a valid one to edit)",
+                path.display(),
+                e.to_string().trim_end()
+            ))
+        })?;
+        Ok(rc)
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(
+            "# Where `cbdr restore --restore-config FILE` puts each instance of the\n# restored cluster: edit hosts, ports and data directories. Each data\n# directory must be empty or absent (or use --force). `agent` is the\n# `cbdr agent` on that host that restores it.\n",
+        );
+        for s in &self.segments {
+            out.push_str(&format!(
+                "\n[[segments]]\ncontent_id = {}\nhost = {}\nport = {}\ndata_dir = {}\n",
+                s.content_id,
+                toml_str(&s.host),
+                s.port,
+                toml_str(&s.data_dir.display().to_string())
+            ));
+            if let Some(a) = &s.agent {
+                out.push_str(&format!("agent = {}\n", toml_str(a)));
+            }
+        }
+        out
+    }
+
+    /// The target of every instance of the topology, with its agent.
+    fn targets(&self, topo: &Topology) -> Result<Vec<(Segment, RestoreTarget)>> {
+        let mut out = Vec::new();
+        for seg in topo.segments() {
+            let t = self
+                .segments
+                .iter()
+                .find(|t| t.content_id == seg.content_id)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "the restore config has no [[segments]] entry for content id {}: every instance of the cluster must be restored (`cbdr restore-config` lists them all)",
+                        seg.content_id
+                    ))
+                })?;
+            let mut agent_seg = seg.clone();
+            if let Some(a) = &t.agent {
+                agent_seg.agent = a.clone();
+            }
+            agent_seg.host = t.host.clone();
+            agent_seg.port = t.port;
+            out.push((agent_seg, t.clone()));
+        }
+        if let Some(extra) = self
+            .segments
+            .iter()
+            .find(|t| topo.segment(t.content_id).is_none())
+        {
+            return Err(Error::Usage(format!(
+                "the restore config names content id {}, which the cluster does not have",
+                extra.content_id
+            )));
+        }
+        Ok(out)
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Which cluster restore point to recover to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterTarget {
+    /// The newest cluster restore point.
+    Latest,
+    RestorePoint(String),
+    /// The newest cluster restore point at or before this time.
+    Time(DateTime<FixedOffset>),
+    /// The restore point of a cluster backup.
+    Backup(String),
+}
+
+/// What to do with prepared transactions in doubt at the point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InDoubt {
+    /// Roll them back on every instance.
+    Rollback,
+    /// Leave them, and report how to roll them back.
+    Report,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterRestoreOptions {
+    pub target: ClusterTarget,
+    pub force: bool,
+    pub archive_off: bool,
+    pub start: bool,
+    pub start_timeout: Duration,
+    pub agent_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub in_doubt: InDoubt,
+}
+
+#[derive(Debug)]
+pub struct ClusterRestoreOutcome {
+    pub point: ClusterRestorePoint,
+    /// Per content id: the backup restored and the start report.
+    pub restored: Vec<(i32, RestoreDone)>,
+    /// Prepared transactions found in doubt: (content id, gid).
+    pub in_doubt: Vec<(i32, String)>,
+    pub rolled_back: bool,
+}
+
+/// Chooses the cluster restore point for a target.
+pub async fn choose_point(repo: &Repo, target: &ClusterTarget) -> Result<ClusterRestorePoint> {
+    let points = repo.cluster_restore_points().await?;
+    let none = || {
+        Error::NotFound(
+            "the repository holds no cluster restore point: run `cbdr backup-push` (which makes one) or `cbdr create-restore-point NAME` on the coordinator".to_string(),
+        )
+    };
+    match target {
+        ClusterTarget::RestorePoint(name) => repo.cluster_restore_point(name).await,
+        ClusterTarget::Latest => points.last().cloned().ok_or_else(none),
+        ClusterTarget::Time(t) => {
+            if points.is_empty() {
+                return Err(none());
+            }
+            points
+                .iter()
+                .rev()
+                .find(|p| p.time <= *t)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no cluster restore point is at or before {t}: the oldest, {}, is from {}. A cluster can only be restored consistently to a restore point",
+                        points[0].name, points[0].time
+                    ))
+                })
+        }
+        ClusterTarget::Backup(name) => {
+            let b = repo
+                .cluster_backups()
+                .await?
+                .into_iter()
+                .find(|b| &b.name == name)
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "cluster backup {name} is not in the repository (or not complete): `cbdr list` shows the cluster backups"
+                    ))
+                })?;
+            repo.cluster_restore_point(&b.restore_point).await
+        }
+    }
+}
+
+pub async fn cluster_restore(
+    repo: &Repo,
+    topo: &Topology,
+    config: &Config,
+    restore_config: &RestoreConfig,
+    opts: &ClusterRestoreOptions,
+    board: Arc<Mutex<BTreeMap<i32, Progress>>>,
+) -> Result<ClusterRestoreOutcome> {
+    let point = choose_point(repo, &opts.target).await?;
+    let targets = restore_config.targets(topo)?;
+    for (seg, _) in &targets {
+        if !point
+            .segments
+            .iter()
+            .any(|p| p.content_id == seg.content_id)
+        {
+            return Err(Error::Usage(format!(
+                "cluster restore point {} has no point on content id {}: it was made on another topology",
+                point.name, seg.content_id
+            )));
+        }
+    }
+    tracing::info!(
+        "restoring {} instances to cluster restore point {}",
+        targets.len(),
+        point.name
+    );
+    let restored = try_join_all(targets.iter().map(|(seg, t)| {
+        let board = board.clone();
+        let name = point.name.clone();
+        async move {
+            let client = AgentClient::connect(&seg.agent, &config.agent, opts.connect_timeout)
+                .await
+                .map_err(|e| in_segment(seg, e))?;
+            let req = RestoreRequest {
+                content_id: seg.content_id,
+                target_dir: t.data_dir.display().to_string(),
+                backup: None,
+                target: RecoveryTargetSpec::RestorePoint(name),
+                action: RecoveryAction::Promote,
+                tablespace_map: Vec::new(),
+                force: opts.force,
+                port: Some(t.port),
+                restore_command: None,
+                archive_off: opts.archive_off,
+                start: opts.start,
+                start_timeout_secs: opts.start_timeout.as_secs(),
+            };
+            let id = seg.content_id;
+            // Recovery replays WAL without progress messages for a while.
+            let silence = opts.agent_timeout.max(if opts.start {
+                opts.start_timeout
+            } else {
+                Duration::ZERO
+            });
+            let done = client
+                .restore(req, silence, move |p| {
+                    board.lock().unwrap().insert(id, p.clone());
+                })
+                .await
+                .map_err(|e| in_segment(seg, e))?;
+            Ok::<_, Error>((id, done))
+        }
+    }))
+    .await?;
+    let mut outcome = ClusterRestoreOutcome {
+        point,
+        restored,
+        in_doubt: Vec::new(),
+        rolled_back: false,
+    };
+    if opts.start {
+        outcome.in_doubt = in_doubt(&targets, &config.cluster).await?;
+        if !outcome.in_doubt.is_empty() && opts.in_doubt == InDoubt::Rollback {
+            rollback(&targets, &config.cluster, &outcome.in_doubt).await?;
+            outcome.rolled_back = true;
+        }
+    }
+    Ok(outcome)
+}
+
+fn params(t: &RestoreTarget, cfg: &ClusterConfig) -> Result<ConnParams> {
+    let mut p = ConnParams::try_from_env().map_err(Error::Usage)?;
+    p.host = t.host.clone();
+    p.port = t.port;
+    if let Some(u) = &cfg.user {
+        p.user = u.clone();
+    }
+    p.dbname = cfg.database.clone();
+    Ok(p)
+}
+
+async fn in_doubt(
+    targets: &[(Segment, RestoreTarget)],
+    cfg: &ClusterConfig,
+) -> Result<Vec<(i32, String)>> {
+    let mut out = Vec::new();
+    for (seg, t) in targets {
+        let mut c = PgConn::connect(&params(t, cfg)?, Replication::Off)
+            .await
+            .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
+        let rows = c
+            .simple_query("select gid from pg_prepared_xacts order by prepared")
+            .await
+            .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
+        c.close().await;
+        out.extend(
+            rows.iter()
+                .map(|r| (seg.content_id, r.get(0).unwrap_or_default().to_string())),
+        );
+    }
+    Ok(out)
+}
+
+async fn rollback(
+    targets: &[(Segment, RestoreTarget)],
+    cfg: &ClusterConfig,
+    gids: &[(i32, String)],
+) -> Result<()> {
+    for (seg, t) in targets {
+        let mine: Vec<&String> = gids
+            .iter()
+            .filter(|(id, _)| *id == seg.content_id)
+            .map(|(_, g)| g)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut c = PgConn::connect(&params(t, cfg)?, Replication::Off)
+            .await
+            .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
+        for gid in mine {
+            c.simple_query(&format!("rollback prepared {}", sql_literal(gid)))
+                .await
+                .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
+        }
+        c.close().await;
+    }
+    Ok(())
+}
+
+pub fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo() -> Topology {
+        let seg = |id: i32| Segment {
+            content_id: id,
+            host: "h".into(),
+            port: (6000 + id) as u16,
+            data_dir: PathBuf::from(format!("/d/{id}")),
+            agent: format!("h:{}", 7000 + id),
+        };
+        Topology::new(vec![seg(-1), seg(0), seg(1)], false).unwrap()
+    }
+
+    #[test]
+    fn restore_config_round_trips_and_must_cover_every_instance() {
+        let rc = RestoreConfig::from_topology(&topo());
+        let text = rc.to_toml();
+        let back: RestoreConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, rc);
+        assert_eq!(rc.targets(&topo()).unwrap().len(), 3);
+
+        let mut missing = rc.clone();
+        missing.segments.retain(|s| s.content_id != 1);
+        let e = missing.targets(&topo()).unwrap_err();
+        assert!(e.to_string().contains("content id 1"), "{e}");
+
+        let mut extra = rc.clone();
+        extra.segments.push(RestoreTarget {
+            content_id: 9,
+            host: "x".into(),
+            port: 1,
+            data_dir: "/x".into(),
+            agent: None,
+        });
+        let e = extra.targets(&topo()).unwrap_err();
+        assert!(e.to_string().contains("content id 9"), "{e}");
+    }
+
+    #[test]
+    fn targets_take_the_restore_hosts_and_default_agents() {
+        let mut rc = RestoreConfig::from_topology(&topo());
+        for s in &mut rc.segments {
+            s.agent = None;
+            s.port += 100;
+        }
+        let t = rc.targets(&topo()).unwrap();
+        assert_eq!(t[1].0.agent, "h:7000");
+        assert_eq!(t[1].0.port, 6100);
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(sql_literal("a'b"), "'a''b'");
+    }
+}
