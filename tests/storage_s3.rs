@@ -172,6 +172,38 @@ async fn small_objects_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_reads() {
+    use futures_util::TryStreamExt;
+    let t = common::garage::bucket("s3_ranged_reads");
+    let s = storage(&t, "r").await;
+    let body = data(3 * MIB + 17, 5);
+    s.put("obj", chunked(body.clone(), MIB)).await.unwrap();
+    for (off, len) in [
+        (0u64, 1u64),
+        (0, 3 * MIB as u64 + 17),
+        (MIB as u64 - 3, MIB as u64 + 5),
+        (3 * MIB as u64 + 10, 7),
+        (3 * MIB as u64 + 10, 100),
+        (5, 0),
+    ] {
+        let got: Vec<u8> = s
+            .get_range("obj", off, len)
+            .await
+            .unwrap()
+            .try_fold(Vec::new(), |mut v, c| async move {
+                v.extend_from_slice(&c);
+                Ok(v)
+            })
+            .await
+            .unwrap();
+        let end = ((off + len) as usize).min(body.len());
+        assert_eq!(got, body[off as usize..end], "{off}+{len}");
+    }
+    let e = s.get_range("missing", 0, 10).await.err().expect("missing");
+    assert!(e.is_not_found(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_objects_round_trip() {
     let t = common::garage::bucket("s3_multipart_round_trip");
     let s = storage(&t, "mp").await;

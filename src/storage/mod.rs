@@ -75,6 +75,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Streams the object's bytes.
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError>;
 
+    /// Streams `length` bytes of the object from `offset` (a ranged read).
+    /// A range beyond the object's end yields fewer bytes. The default reads
+    /// from the start and skips; backends override it with a real ranged
+    /// read.
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError> {
+        let stream = self.get(key).await?;
+        Ok(slice_stream(stream, offset, length))
+    }
+
     /// The object's size, or `None` when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<u64>, StorageError>;
 
@@ -94,6 +108,38 @@ pub type DynStorage = Arc<dyn Storage>;
 pub fn body_from_bytes(data: impl Into<Bytes>) -> ByteStream {
     let data = data.into();
     Box::pin(futures_util::stream::once(async move { Ok(data) }))
+}
+
+/// The bytes `offset..offset + length` of a stream.
+pub fn slice_stream(stream: ByteStream, offset: u64, length: u64) -> ByteStream {
+    use futures_util::StreamExt;
+    let mut skip = offset;
+    let mut left = length;
+    Box::pin(stream.filter_map(move |item| {
+        let out = match item {
+            Err(e) => Some(Err(e)),
+            Ok(mut chunk) => {
+                let n = chunk.len() as u64;
+                if skip >= n {
+                    skip -= n;
+                    None
+                } else {
+                    let _ = chunk.split_to(skip as usize);
+                    skip = 0;
+                    if left == 0 {
+                        None
+                    } else {
+                        if chunk.len() as u64 > left {
+                            chunk.truncate(left as usize);
+                        }
+                        left -= chunk.len() as u64;
+                        Some(Ok(chunk))
+                    }
+                }
+            }
+        };
+        std::future::ready(out)
+    }))
 }
 
 /// Reads a whole object into memory (for small objects: metadata, manifests).

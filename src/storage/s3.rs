@@ -534,6 +534,50 @@ impl Storage for S3Storage {
         Ok(Box::pin(stream))
     }
 
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StorageError> {
+        validate_key(key)?;
+        if length == 0 {
+            return Ok(Box::pin(futures_util::stream::empty()));
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .range(format!("bytes={offset}-{}", offset + length - 1))
+            .send()
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    StorageError::NotFound {
+                        key: key.to_string(),
+                        location: self.location(),
+                    }
+                } else {
+                    self.remote("get", key, &e)
+                }
+            })?;
+        let what = format!(
+            "reading bytes {offset}..{} of {key} from {}",
+            offset + length,
+            self.location()
+        );
+        let stream =
+            futures_util::stream::try_unfold((out.body, what), |(mut body, what)| async move {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => Ok(Some((chunk, (body, what)))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(io::Error::other(format!("{what}: {}", error_chain(&e)))),
+                }
+            });
+        Ok(Box::pin(stream))
+    }
+
     async fn head(&self, key: &str) -> Result<Option<u64>, StorageError> {
         validate_key(key)?;
         match self
