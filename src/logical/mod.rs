@@ -2,3 +2,9 @@
 //! the catalogs, per-table COPY data, filters, redirects and incrementals.
 
 pub mod toc;
+pub mod data;
+pub mod flags;
+pub mod layout;
+pub mod record;
+pub mod incremental;
+pub mod report;
