@@ -234,4 +234,14 @@ data_dir = "/data/c"
             .unwrap()
             .is_none());
     }
+
+    #[test]
+    fn the_cluster_template_parses() {
+        let c = crate::config::Config::parse(include_str!("../../config-templates/cluster.toml"))
+            .unwrap();
+        assert_eq!(c.cluster.barrier_lock_key, 7300);
+        let t = Topology::from_config(&c.cluster).unwrap().unwrap();
+        assert_eq!(t.segments().len(), 3);
+        assert_eq!(t.coordinator().agent, "cdw:7070");
+    }
 }
