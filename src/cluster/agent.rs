@@ -357,6 +357,7 @@ impl Agent {
         tracing::info!("{what} for {peer}: started");
         let started = Instant::now();
         let progress = Arc::new(JobProgress::new());
+        progress.set_phase("starting");
         let mut task = AbortOnDrop(tokio::spawn(job.run(self.config.clone(), progress.clone())));
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
