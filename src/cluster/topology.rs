@@ -244,4 +244,14 @@ data_dir = "/data/c"
         assert_eq!(t.segments().len(), 3);
         assert_eq!(t.coordinator().agent, "cdw:7070");
     }
+
+    #[test]
+    fn the_docker_demo_config_parses() {
+        let c =
+            crate::config::Config::parse(include_str!("../../config-templates/docker/cbdr.toml"))
+                .unwrap();
+        let t = Topology::from_config(&c.cluster).unwrap().unwrap();
+        assert_eq!(t.segments().len(), 3);
+        assert_eq!(t.segment(1).unwrap().agent, "seg1:7070");
+    }
 }
