@@ -100,7 +100,12 @@ impl Env {
 
     /// Names of the complete backups of content -1, from `cbdr list`.
     fn listed_backups(&self) -> Vec<String> {
-        let (code, out, err) = self.cbdr(&["list", "--json", "--content-id", "-1"]);
+        self.listed_backups_of(-1)
+    }
+
+    fn listed_backups_of(&self, content_id: i32) -> Vec<String> {
+        let id = content_id.to_string();
+        let (code, out, err) = self.cbdr(&["list", "--json", "--content-id", &id]);
         assert_eq!(code, 0, "cbdr list: {err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["segments"][0]["backups"]
@@ -743,7 +748,31 @@ fn a_dropped_connection_aborts_the_backup() {
     let mut pinger = connect();
     assert_eq!(rt.block_on(pinger.ping()).unwrap().jobs_running, 1);
 
-    // The coordinator goes away: the agent aborts the job.
+    // Jobs of other instances run at the same time (here a second backup
+    // as content 0, whose WAL never arrives); a second job for the same
+    // instance is refused.
+    let (tx0, mut rx0) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut other = backup_request(&server, 300);
+    other.content_id = 0;
+    let job0 = rt.spawn(connect().backup(other, SILENCE, move |p| {
+        let _ = tx0.send(p.phase.clone());
+    }));
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while rx0.recv().await.expect("heartbeats") != "waiting for WAL" {}
+        })
+        .await
+        .expect("no 'waiting for WAL' heartbeat of the second job within 60 s")
+    });
+    assert_eq!(rt.block_on(pinger.ping()).unwrap().jobs_running, 2);
+    let e = rt
+        .block_on(connect().backup(backup_request(&server, 300), SILENCE, |_| {}))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Usage, "{e}");
+    assert!(e.to_string().contains("already running"), "{e}");
+
+    // The coordinator goes away: the agent aborts the jobs.
+    job0.abort();
     job.abort();
     let log = agent.wait_log("aborted after");
     assert!(log.contains("the caller closed the connection"), "{log}");
@@ -761,6 +790,10 @@ fn a_dropped_connection_aborts_the_backup() {
         env.listed_backups().is_empty(),
         "an aborted backup is listed"
     );
+    assert!(
+        env.listed_backups_of(0).is_empty(),
+        "an aborted backup is listed"
+    );
 
     // The next backup works.
     let record = rt
@@ -776,6 +809,44 @@ fn a_dropped_connection_aborts_the_backup() {
         .unwrap_err();
     assert_eq!(e.exit_code(), ExitCode::Postgres, "{e}");
     assert!(e.to_string().contains(&agent.addr), "{e}");
+
+    // SIGTERM stops the agent: it aborts the running job (the client
+    // learns at once) and exits.
+    server.psql("alter system set archive_command = '/bin/false'");
+    server.psql("select pg_reload_conf()");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let job = rt.spawn(
+        connect().backup(backup_request(&server, 300), SILENCE, move |p| {
+            let _ = tx.send(p.phase.clone());
+        }),
+    );
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while rx.recv().await.expect("heartbeats") != "waiting for WAL" {}
+        })
+        .await
+        .expect("no 'waiting for WAL' heartbeat within 60 s")
+    });
+    let mut agent = agent;
+    // SAFETY: kill(2) on the agent's own process group.
+    unsafe { libc::kill(-(agent.child.id() as i32), libc::SIGTERM) };
+    let e = rt.block_on(job).unwrap().unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Agent, "{e}");
+    assert!(e.to_string().contains("closed the connection"), "{e}");
+    let log = agent.wait_log("agent stopped");
+    assert!(
+        log.contains("SIGTERM: stopping") && log.contains("1 running job(s) aborted"),
+        "{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the agent did not exit:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.psql("alter system reset archive_command");
+    server.psql("select pg_reload_conf()");
+    archive_everything(&server);
+    assert_eq!(env.listed_backups().len(), 1, "an aborted backup is listed");
 }
 
 #[test]
