@@ -417,6 +417,85 @@ mod tests {
         assert_eq!(t[1].0.port, 6100);
     }
 
+    fn point(name: &str, minute: u32) -> ClusterRestorePoint {
+        use chrono::TimeZone;
+        ClusterRestorePoint {
+            name: name.into(),
+            time: chrono::Utc
+                .with_ymd_and_hms(2026, 11, 25, 10, minute, 0)
+                .unwrap(),
+            barrier: super::super::catalog::Barrier::AdvisoryLock { key: 7300 },
+            barrier_millis: 3,
+            segments: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn choosing_a_point_by_name_time_backup_or_latest() {
+        use super::super::catalog::ClusterBackup;
+        use crate::codec::{Codec, Compression};
+        use crate::repo::layout;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::storage::FsStorage::new(dir.path()).unwrap());
+        let repo = Repo::new(storage, Codec::new(Compression::Lz4, None, None));
+        let e = choose_point(&repo, &ClusterTarget::Latest)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no cluster restore point"), "{e}");
+        for (n, m) in [("early", 0), ("mid", 10), ("late", 20)] {
+            repo.put_json(&layout::cluster_restore_point_key(n), &point(n, m))
+                .await
+                .unwrap();
+        }
+        let b = ClusterBackup {
+            name: "cluster_x".into(),
+            start_time: point("x", 9).time,
+            stop_time: point("x", 10).time,
+            restore_point: "mid".into(),
+            segments: vec![],
+        };
+        repo.put_json(&layout::cluster_backup_key("cluster_x"), &b)
+            .await
+            .unwrap();
+        let name = |t: ClusterTarget| {
+            let repo = &repo;
+            async move { choose_point(repo, &t).await.map(|p| p.name) }
+        };
+        assert_eq!(name(ClusterTarget::Latest).await.unwrap(), "late");
+        assert_eq!(
+            name(ClusterTarget::RestorePoint("early".into()))
+                .await
+                .unwrap(),
+            "early"
+        );
+        let at = |m: u32| {
+            chrono::DateTime::parse_from_rfc3339(&format!("2026-11-25T10:{m:02}:30+00:00")).unwrap()
+        };
+        assert_eq!(name(ClusterTarget::Time(at(15))).await.unwrap(), "mid");
+        assert_eq!(name(ClusterTarget::Time(at(10))).await.unwrap(), "mid");
+        let before = chrono::DateTime::parse_from_rfc3339("2026-11-25T09:59:00+00:00").unwrap();
+        let e = name(ClusterTarget::Time(before)).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no cluster restore point is at or before"),
+            "{e}"
+        );
+        assert_eq!(
+            name(ClusterTarget::Backup("cluster_x".into()))
+                .await
+                .unwrap(),
+            "mid"
+        );
+        let e = name(ClusterTarget::Backup("nope".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::ExitCode::NotFound, "{e}");
+        let e = name(ClusterTarget::RestorePoint("nope".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::ExitCode::NotFound, "{e}");
+    }
+
     #[test]
     fn literals_are_quoted() {
         assert_eq!(sql_literal("a'b"), "'a''b'");
