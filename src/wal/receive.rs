@@ -116,7 +116,10 @@ pub async fn receive_wal(
             backoff = FIRST_BACKOFF;
         }
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                tracing::info!("wal-receive: stopped");
+                return Ok(());
+            }
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry(e)) => {
                 if outage.is_none() {
@@ -505,6 +508,8 @@ impl Session<'_> {
             // the previous stream of this run.
             durable: start,
             upload: None,
+            last_message: Instant::now(),
+            status_interval: self.opts.status_interval,
         };
         let mut ticker = tokio::time::interval(self.opts.status_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -530,7 +535,6 @@ async fn read_timeline_end(conn: &mut PgConn) -> Result<Option<(TimelineId, Lsn)
             BackendMessage::DataRow(values) if values.len() == 2 => {
                 next = Some(repl::parse_next_timeline(&values)?);
             }
-            BackendMessage::CopyData(_) => {}
             _ => {}
         }
     }
@@ -566,6 +570,10 @@ struct Receiver {
     /// reported to the server.
     durable: Lsn,
     upload: Option<Upload>,
+    /// When the last message came from the server (or, after a wait for
+    /// an upload during which nothing was read, when the wait ended).
+    last_message: Instant,
+    status_interval: Duration,
 }
 
 impl Receiver {
@@ -590,6 +598,9 @@ impl Receiver {
                 _ = ticker.tick() => Event::Tick,
                 m = conn.next_message() => Event::Message(m),
             };
+            if let Event::Message(Ok(_)) = &event {
+                self.last_message = Instant::now();
+            }
             match event {
                 Event::Shutdown => {
                     self.stop(session, conn, ticker).await?;
@@ -601,10 +612,25 @@ impl Receiver {
                         .await
                         .map_err(pg("sending a status update"))?;
                 }
-                Event::Tick => self
-                    .send_status(conn, false)
-                    .await
-                    .map_err(pg("sending a status update"))?,
+                Event::Tick => {
+                    // An idle server sends nothing while it hears from us:
+                    // ask for an answer after a while, and give up on a
+                    // connection that stays silent (a half-open TCP
+                    // connection would otherwise go unnoticed for many
+                    // minutes).
+                    let silent = self.last_message.elapsed();
+                    if silent > dead_after(self.status_interval) {
+                        return Err(Failure::Retry(Error::Postgres(format!(
+                            "no message from {} for {}s: the connection seems dead",
+                            session.opts.conn.target(),
+                            silent.as_secs()
+                        ))));
+                    }
+                    let ask = silent >= self.status_interval * 2;
+                    self.send_status_asking(conn, ask)
+                        .await
+                        .map_err(pg("sending a status update"))?
+                }
                 Event::Message(Err(e)) => return Err(session.pg_failure("streaming WAL", e)),
                 Event::Message(Ok(BackendMessage::CopyData(b))) => {
                     match repl::parse_wal_message(b).map_err(pg("streaming WAL"))? {
@@ -704,6 +730,7 @@ impl Receiver {
         mut conn: Option<&mut PgConn>,
         ticker: &mut Interval,
     ) -> Step<()> {
+        let waited = self.upload.is_some();
         while let Some(up) = self.upload.as_mut() {
             tokio::select! {
                 r = &mut up.handle => {
@@ -722,6 +749,10 @@ impl Receiver {
                     }
                 }
             }
+        }
+        if waited {
+            // Nothing was read meanwhile: the silence was not the server's.
+            self.last_message = Instant::now();
         }
         Ok(())
     }
@@ -767,6 +798,20 @@ impl Receiver {
     /// invalid), and the partial segment is never stored. An invalid flush
     /// position does not move the slot.
     async fn send_status(&self, conn: &mut PgConn, ping: bool) -> Result<(), PgError> {
+        self.send_status_full(conn, ping, false).await
+    }
+
+    /// A status update that asks the server to answer when `ask`.
+    async fn send_status_asking(&self, conn: &mut PgConn, ask: bool) -> Result<(), PgError> {
+        self.send_status_full(conn, false, ask).await
+    }
+
+    async fn send_status_full(
+        &self,
+        conn: &mut PgConn,
+        ping: bool,
+        ask: bool,
+    ) -> Result<(), PgError> {
         let received = self.received();
         let flush = if ping && received >= self.server_end && self.durable < received {
             Lsn::INVALID
@@ -777,7 +822,7 @@ impl Receiver {
             write: received,
             flush,
             apply: flush,
-            reply_requested: false,
+            reply_requested: ask,
         };
         tracing::trace!("wal-receive: status {status:?}");
         conn.send_copy_data(&status.encode(SystemTime::now())).await
@@ -854,6 +899,12 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// How long a streaming connection may stay silent, while asked to answer,
+/// before it is given up as dead.
+fn dead_after(status_interval: Duration) -> Duration {
+    (status_interval * 6).max(Duration::from_secs(10))
 }
 
 /// The start of the segment holding `lsn`.
