@@ -217,20 +217,16 @@ impl Session<'_> {
                 )));
             }
         }
-        let retry = match &e {
-            PgError::Connect { .. } | PgError::Closed | PgError::Io(_) => true,
-            PgError::Server(s) => {
-                // Operator intervention (shutdown, starting up), too many
-                // connections, connection exceptions, the slot still held
-                // by an old connection, a standby behind the slot.
-                s.code.starts_with("57")
-                    || s.code.starts_with("53")
-                    || s.code.starts_with("08")
-                    || s.code == "55006"
-                    || s.message.contains("ahead of the WAL flush position")
+        if let PgError::Server(s) = &e {
+            if s.message.contains("max_wal_senders (currently 0)") {
+                return Failure::Fatal(Error::Postgres(format!(
+                    "{} does not allow replication connections (max_wal_senders = 0): set \
+                     max_wal_senders (and wal_level = replica) and restart it",
+                    self.opts.conn.target()
+                )));
             }
-            _ => false,
-        };
+        }
+        let retry = retryable(&e);
         let err = Error::Postgres(format!("{what} on {}: {e}", self.opts.conn.target()));
         if retry {
             Failure::Retry(err)
@@ -812,18 +808,7 @@ impl Receiver {
         ping: bool,
         ask: bool,
     ) -> Result<(), PgError> {
-        let received = self.received();
-        let flush = if ping && received >= self.server_end && self.durable < received {
-            Lsn::INVALID
-        } else {
-            self.durable
-        };
-        let status = StandbyStatus {
-            write: received,
-            flush,
-            apply: flush,
-            reply_requested: ask,
-        };
+        let status = status_update(self.received(), self.server_end, self.durable, ping, ask);
         tracing::trace!("wal-receive: status {status:?}");
         conn.send_copy_data(&status.encode(SystemTime::now())).await
     }
@@ -901,6 +886,49 @@ impl Receiver {
     }
 }
 
+/// The status update for WAL received up to `received`, stored up to
+/// `durable`, with the server at `server_end`; `ping`: answering the
+/// server's request; `ask`: asking it to answer.
+fn status_update(
+    received: Lsn,
+    server_end: Lsn,
+    durable: Lsn,
+    ping: bool,
+    ask: bool,
+) -> StandbyStatus {
+    // See Receiver::send_status_full: a caught-up answer to a ping lets a
+    // server shut down without moving the slot.
+    let flush = if ping && received >= server_end && durable < received {
+        Lsn::INVALID
+    } else {
+        durable
+    };
+    StandbyStatus {
+        write: received,
+        flush,
+        apply: flush,
+        reply_requested: ask,
+    }
+}
+
+/// Whether trying again later may help: connection losses, operator
+/// intervention (shutdown, starting up), too many connections, the slot
+/// still held by an old connection, a standby that has not yet received the
+/// slot's position.
+fn retryable(e: &PgError) -> bool {
+    match e {
+        PgError::Connect { .. } | PgError::Closed | PgError::Io(_) => true,
+        PgError::Server(s) => {
+            s.code.starts_with("57")
+                || s.code.starts_with("53")
+                || s.code.starts_with("08")
+                || s.code == "55006"
+                || s.message.contains("ahead of the WAL flush position")
+        }
+        _ => false,
+    }
+}
+
 /// How long a streaming connection may stay silent, while asked to answer,
 /// before it is given up as dead.
 fn dead_after(status_interval: Duration) -> Duration {
@@ -910,4 +938,92 @@ fn dead_after(status_interval: Duration) -> Duration {
 /// The start of the segment holding `lsn`.
 fn segment_floor(lsn: Lsn, seg_size: u64) -> Lsn {
     Lsn(lsn.0 - lsn.0 % seg_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::conn::ServerError;
+
+    fn server(code: &str, message: &str) -> PgError {
+        PgError::Server(ServerError {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn what_is_retried() {
+        assert!(retryable(&PgError::Closed));
+        assert!(retryable(&PgError::Io(std::io::Error::other("reset"))));
+        assert!(retryable(&server(
+            "57P01",
+            "terminating connection due to administrator command"
+        )));
+        assert!(retryable(&server(
+            "57P03",
+            "the database system is starting up"
+        )));
+        assert!(retryable(&server(
+            "53300",
+            "sorry, too many clients already"
+        )));
+        assert!(retryable(&server(
+            "55006",
+            "replication slot \"x\" is active for PID 12"
+        )));
+        assert!(retryable(&server(
+            "XX000",
+            "requested starting point 0/5000000 is ahead of the WAL flush position of this server 0/4000000"
+        )));
+        assert!(!retryable(&server(
+            "28000",
+            "no pg_hba.conf entry for replication connection"
+        )));
+        assert!(!retryable(&server(
+            "42704",
+            "replication slot \"x\" does not exist"
+        )));
+        assert!(!retryable(&server(
+            "58P01",
+            "requested WAL segment 000000010000000000000003 has already been removed"
+        )));
+        assert!(!retryable(&PgError::Protocol("garbage".into())));
+    }
+
+    #[test]
+    fn the_flush_position_is_only_what_is_stored() {
+        let (seg, mid, end) = (Lsn(0x0300_0000), Lsn(0x0300_4000), Lsn(0x0300_8000));
+        // Regular updates: written = received, flushed = stored.
+        let s = status_update(mid, end, seg, false, false);
+        assert_eq!((s.write, s.flush, s.apply), (mid, seg, seg));
+        assert!(!s.reply_requested);
+        assert!(status_update(mid, end, seg, false, true).reply_requested);
+        // Answering a ping while behind the server: still what is stored.
+        assert_eq!(status_update(mid, end, seg, true, false).flush, seg);
+        // Caught up with part of a segment unstored: no flush position, so
+        // a server shutting down does not wait for it; the slot stays.
+        let s = status_update(end, end, seg, true, false);
+        assert_eq!(
+            (s.write, s.flush, s.apply),
+            (end, Lsn::INVALID, Lsn::INVALID)
+        );
+        // Caught up with everything stored: that.
+        assert_eq!(status_update(seg, seg, seg, true, false).flush, seg);
+    }
+
+    #[test]
+    fn positions() {
+        let mb = 1 << 20;
+        assert_eq!(segment_floor(Lsn(0x0300_0028), mb), Lsn(0x0300_0000));
+        assert_eq!(segment_floor(Lsn(0x0300_0000), mb), Lsn(0x0300_0000));
+        assert_eq!(
+            segment_floor(Lsn(0x1_0FFF_FFFF), 16 * mb),
+            Lsn(0x1_0F00_0000)
+        );
+        assert_eq!(dead_after(Duration::from_secs(10)), Duration::from_secs(60));
+        assert_eq!(dead_after(Duration::from_secs(1)), Duration::from_secs(10));
+    }
 }
