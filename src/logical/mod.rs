@@ -1,6 +1,7 @@
 //! Logical backups in the manner of gpbackup/gprestore: per-object DDL from
 //! the catalogs, per-table COPY data, filters, redirects and incrementals.
 
+pub mod metadata;
 pub mod toc;
 pub mod data;
 pub mod flags;
