@@ -321,6 +321,12 @@ pub struct AgentConfig {
     /// The coordinator's client certificate and key for mutual TLS.
     pub tls_client_cert: Option<PathBuf>,
     pub tls_client_key: Option<PathBuf>,
+    /// Content ids whose WAL this agent streams into the repository through
+    /// a physical replication slot (instances from [[cluster.segments]]).
+    #[serde(default)]
+    pub stream_wal: Vec<i32>,
+    /// Slot names are `{prefix}_seg{N}` (`{prefix}_coordinator` for -1).
+    pub wal_slot_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -332,6 +338,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("tls_cert", &self.tls_cert)
             .field("tls_ca", &self.tls_ca)
             .field("tls_client_ca", &self.tls_client_ca)
+            .field("stream_wal", &self.stream_wal)
             .finish()
     }
 }

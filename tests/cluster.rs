@@ -244,3 +244,43 @@ fn cluster_backup_aborts_when_an_agent_fails() {
     let listing: serde_json::Value = serde_json::from_str(&c.ok(&["list", "--json"])).unwrap();
     assert_eq!(listing["cluster"]["backups"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn cluster_with_wal_streamed_by_the_agents() {
+    // No archive_command anywhere: each agent streams its instance's WAL
+    // through a replication slot, and backups, points and restores rely on it.
+    let mut c = common::cluster::TestCluster::start_with("cbdr-cluster-stream", 2, None, true);
+    let ports = segment_ports(&c);
+    bank::setup(&ports);
+    c.start_agents();
+    let bank = Bank::start(c.coordinator().port(), &ports, BARRIER_KEY, 2);
+    bank.wait_for(10);
+    let out = c.ok(&["backup-push", "--wal-wait", "60"]);
+    assert!(out.contains("3 instances"), "{out}");
+    bank.wait_for(20);
+    c.ok(&["create-restore-point", "streamed", "--wal-wait", "60"]);
+    bank.stop();
+    for (i, s) in c.servers.iter().enumerate() {
+        let slot = s.psql(&format!(
+            "select count(*) from pg_replication_slots where slot_name = '{}' and active",
+            if i == 0 {
+                "cbdr_coordinator".to_string()
+            } else {
+                format!("cbdr_seg{}", i - 1)
+            }
+        ));
+        assert_eq!(slot.trim(), "1", "instance {i}: the agent's slot is in use");
+    }
+    let (rports, dirs, out) = restore_cluster(
+        &c,
+        "streamed",
+        &["--restore-point", "streamed", "--rollback-prepared"],
+    );
+    let state = bank::BankState::read(&rports[1..]);
+    for d in &dirs {
+        common::cluster::stop_data_dir(d);
+    }
+    assert!(out.contains("restore point streamed"), "{out}");
+    state.assert_consistent(2, "restored from streamed WAL");
+    assert!(!state.transfers.is_empty());
+}

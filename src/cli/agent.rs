@@ -5,6 +5,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use crate::cluster::agent::{Agent, DEFAULT_LISTEN};
+use crate::cluster::streaming::WalStreams;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -16,6 +17,10 @@ pub struct AgentArgs {
     /// Check the agent's settings (token, TLS files) and exit.
     #[arg(long)]
     pub check: bool,
+    /// Stream this instance's WAL into the repository through a replication
+    /// slot (repeatable; else [agent] stream_wal).
+    #[arg(long, value_name = "CONTENT_ID", allow_negative_numbers = true)]
+    pub stream_wal: Vec<i32>,
 }
 
 pub async fn run(config: &Config, args: AgentArgs) -> Result<()> {
@@ -57,5 +62,13 @@ pub async fn run(config: &Config, args: AgentArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         }
     };
-    Arc::new(agent).serve(listener, shutdown).await
+    let stream_ids = if args.stream_wal.is_empty() {
+        config.agent.stream_wal.clone()
+    } else {
+        args.stream_wal.clone()
+    };
+    let streams = WalStreams::start(config, &stream_ids).await?;
+    let served = Arc::new(agent).serve(listener, shutdown).await;
+    streams.stop().await;
+    served
 }

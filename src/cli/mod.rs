@@ -66,7 +66,7 @@ pub enum Command {
 pub fn run() -> ProcessExitCode {
     let cli = Cli::parse();
     // The agent is a daemon: its INFO lines (jobs, refusals) are its log.
-    let daemon = matches!(cli.command, Command::Agent(_));
+    let daemon = matches!(cli.command, Command::Agent(_) | Command::WalReceive(_));
     init_logging(cli.verbose, cli.quiet, daemon);
     let quiet_not_found = matches!(cli.command, Command::WalFetch(_));
     let result = tokio::runtime::Builder::new_multi_thread()

@@ -9,4 +9,5 @@ pub mod client;
 pub mod proto;
 pub mod restore;
 pub mod restore_point;
+pub mod streaming;
 pub mod topology;

@@ -25,6 +25,8 @@ pub struct TestCluster {
     pub servers: Vec<PgServer>,
     pub agent_ports: Vec<u16>,
     pub agents: Vec<Option<Child>>,
+    /// Agents stream their instance's WAL (`--stream-wal`).
+    pub stream_wal: bool,
 }
 
 /// `content id → index` in [`TestCluster::servers`].
@@ -36,18 +38,33 @@ impl TestCluster {
     /// Starts a coordinator and `segments` segments. `storage_toml` is a
     /// `[storage]` section (default: a filesystem repository in the dir).
     pub fn start(name: &str, segments: usize, storage_toml: Option<&str>) -> TestCluster {
+        TestCluster::start_with(name, segments, storage_toml, false)
+    }
+
+    /// Like [`TestCluster::start`]; with `stream_wal`, the instances do not
+    /// archive: their agents stream the WAL through replication slots.
+    pub fn start_with(
+        name: &str,
+        segments: usize,
+        storage_toml: Option<&str>,
+        stream_wal: bool,
+    ) -> TestCluster {
         let dir = pg_user_dir(name);
         let config = dir.path().join("cbdr.toml");
         let mut servers: Vec<PgServer> = (0..=segments)
             .map(|i| {
-                PgServer::builder()
-                    .initdb_arg("--wal-segsize=1")
-                    .conf("archive_mode = on")
-                    .conf(format!(
-                        "archive_command = '{CBDR} --config {} wal-push %p --content-id {}'",
+                let archive = if stream_wal {
+                    "archive_mode = off".to_string()
+                } else {
+                    format!(
+                        "archive_mode = on\narchive_command = '{CBDR} --config {} wal-push %p --content-id {}'",
                         config.display(),
                         i as i32 - 1
-                    ))
+                    )
+                };
+                PgServer::builder()
+                    .initdb_arg("--wal-segsize=1")
+                    .conf(archive)
                     .conf("max_prepared_transactions = 20")
                     .conf("max_wal_size = '256MB'")
                     .init()
@@ -94,6 +111,7 @@ impl TestCluster {
             servers,
             agent_ports,
             agents,
+            stream_wal,
         }
     }
 
@@ -137,11 +155,19 @@ impl TestCluster {
     /// PostgreSQL OS user, and waits until it accepts connections.
     pub fn start_agent(&mut self, i: usize) {
         let addr = format!("127.0.0.1:{}", self.agent_ports[i]);
-        let log = fs::File::create(self.agent_log(i)).unwrap();
-        let child = pg_command(CBDR)
-            .arg("--config")
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log(i))
+            .unwrap();
+        let mut cmd = pg_command(CBDR);
+        cmd.arg("--config")
             .arg(&self.config)
-            .args(["-v", "agent", "--listen", &addr])
+            .args(["-v", "agent", "--listen", &addr]);
+        if self.stream_wal {
+            cmd.arg("--stream-wal").arg((i as i32 - 1).to_string());
+        }
+        let child = cmd
             .env("PGUSER", "postgres")
             .stdout(Stdio::null())
             .stderr(log)
