@@ -18,6 +18,9 @@ pub struct ListArgs {
     /// Only this content id (default: all in the repository).
     #[arg(long, allow_negative_numbers = true)]
     pub content_id: Option<i32>,
+    /// Print the report of logical backup TIMESTAMP and of its restores.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub report: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +38,79 @@ struct Listing {
     cluster: ClusterListing,
     /// Per content id: base backups, restore points, WAL coverage.
     segments: Vec<SegmentListing>,
+    /// Logical backups (gpbackup), oldest first.
+    logical: Vec<LogicalListing>,
+}
+
+/// One logical backup, summed up.
+#[derive(Debug, Serialize)]
+struct LogicalListing {
+    timestamp: String,
+    database: String,
+    finished: chrono::DateTime<chrono::Utc>,
+    /// "all", "metadata-only" or "data-only".
+    sections: &'static str,
+    /// Tables whose rows the backup set holds.
+    tables: usize,
+    /// Of them, copied by this backup (the rest is kept from its base).
+    tables_copied: usize,
+    rows: u64,
+    plain_bytes: u64,
+    stored_bytes: u64,
+    incremental_of: Option<String>,
+    single_data_file: bool,
+    compression: String,
+    encrypted: bool,
+}
+
+impl LogicalListing {
+    fn of(r: &crate::logical::record::LogicalBackupRecord) -> LogicalListing {
+        LogicalListing {
+            timestamp: r.timestamp.clone(),
+            database: r.database.clone(),
+            finished: r.end_time,
+            sections: if r.options.metadata_only {
+                "metadata-only"
+            } else if r.options.data_only {
+                "data-only"
+            } else {
+                "all"
+            },
+            tables: r.tables.len(),
+            tables_copied: r.own_tables().count(),
+            rows: r.rows(),
+            plain_bytes: r.plain_bytes(),
+            stored_bytes: r.stored_bytes(),
+            incremental_of: r.incremental_of.clone(),
+            single_data_file: r.options.single_data_file,
+            compression: r.options.compression.clone(),
+            encrypted: r.encrypted,
+        }
+    }
+}
+
+/// `list --report TS`: the stored reports of a logical backup.
+async fn print_logical_reports(repo: &Repo, ts: &str) -> Result<()> {
+    use crate::logical::layout;
+    let ts = layout::Timestamp::parse(ts)?;
+    let record = repo.logical_backup(&ts).await?;
+    if let Some(r) = &record.report {
+        print!(
+            "{}",
+            String::from_utf8_lossy(&repo.get_bytes(&r.key).await?)
+        );
+    }
+    let prefix = format!("{}restores/", layout::backup_prefix(&ts));
+    for o in repo.storage.list(&prefix).await? {
+        if o.key.ends_with("/report") || o.key.ends_with("/errors") {
+            println!("\n== {} ==", o.key);
+            print!(
+                "{}",
+                String::from_utf8_lossy(&repo.get_bytes(&o.key).await?)
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -45,6 +121,9 @@ struct ClusterListing {
 
 pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
     let repo = Repo::open(config).await?;
+    if let Some(ts) = &args.report {
+        return print_logical_reports(&repo, ts).await;
+    }
     let mut ids: Vec<i32> = match args.content_id {
         Some(id) => vec![id],
         None => {
@@ -90,6 +169,15 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
             restore_points: repo.cluster_restore_points().await?,
         },
         segments: out,
+        logical: if args.content_id.is_none_or(|id| id == -1) {
+            repo.logical_backups()
+                .await?
+                .iter()
+                .map(LogicalListing::of)
+                .collect()
+        } else {
+            Vec::new()
+        },
     };
     if args.json {
         println!(
@@ -98,10 +186,11 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
         );
         return Ok(());
     }
-    if listing.segments.is_empty() {
+    if listing.segments.is_empty() && listing.logical.is_empty() {
         println!("The repository at {} is empty.", repo.storage.location());
     }
     print_cluster(&listing.cluster);
+    print_logical(&listing.logical);
     for s in &listing.segments {
         println!("== content id {} ==", s.content_id);
         println!("Backups:");
@@ -161,6 +250,34 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_logical(l: &[LogicalListing]) {
+    if l.is_empty() {
+        return;
+    }
+    println!("== logical backups (gpbackup) ==");
+    println!(
+        "  {:<15} {:<16} {:<13} {:>7} {:>12} {:>10} {:>10}  INCREMENTAL OF",
+        "TIMESTAMP", "DATABASE", "SECTIONS", "TABLES", "ROWS", "SIZE", "STORED"
+    );
+    for b in l {
+        println!(
+            "  {:<15} {:<16} {:<13} {:>7} {:>12} {:>10} {:>10}  {}",
+            b.timestamp,
+            b.database,
+            b.sections,
+            if b.tables_copied == b.tables {
+                b.tables.to_string()
+            } else {
+                format!("{}/{}", b.tables_copied, b.tables)
+            },
+            b.rows,
+            human(b.plain_bytes),
+            human(b.stored_bytes),
+            b.incremental_of.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 fn print_cluster(c: &ClusterListing) {

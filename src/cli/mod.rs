@@ -4,6 +4,7 @@
 mod cluster;
 mod agent;
 mod list;
+mod logical;
 mod physical;
 mod wal;
 mod wal_receive;
@@ -60,6 +61,10 @@ pub enum Command {
     /// Run the cluster agent of this host (backs up and restores its
     /// instances on the coordinator's authenticated requests).
     Agent(agent::AgentArgs),
+    /// Logical backup of one database, with gpbackup's flags.
+    Gpbackup(logical::GpbackupArgs),
+    /// Restore a logical backup, with gprestore's flags.
+    Gprestore(logical::GprestoreArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -67,7 +72,13 @@ pub fn run() -> ProcessExitCode {
     let cli = Cli::parse();
     // The agent is a daemon: its INFO lines (jobs, refusals) are its log.
     let daemon = matches!(cli.command, Command::Agent(_) | Command::WalReceive(_));
-    init_logging(cli.verbose, cli.quiet, daemon);
+    // gpbackup's and gprestore's --debug.
+    let debug = match &cli.command {
+        Command::Gpbackup(a) => a.debug(),
+        Command::Gprestore(a) => a.debug(),
+        _ => false,
+    };
+    init_logging(if debug { 2 } else { cli.verbose }, cli.quiet, daemon);
     let quiet_not_found = matches!(cli.command, Command::WalFetch(_));
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -102,6 +113,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::List(args) => list::list(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
         Command::Agent(args) => agent::run(&config, args).await,
+        Command::Gpbackup(args) => logical::backup(&config, args, cli.verbose, cli.quiet).await,
+        Command::Gprestore(args) => logical::restore(&config, args, cli.verbose, cli.quiet).await,
     }
 }
 

@@ -9,3 +9,5 @@ pub mod layout;
 pub mod record;
 pub mod incremental;
 pub mod report;
+pub mod backup;
+pub mod restore;

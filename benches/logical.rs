@@ -1,0 +1,302 @@
+//! Logical backup and restore: `cbdr gpbackup --jobs 2` / `cbdr gprestore
+//! --jobs 2` (lz4 + encryption, filesystem repository) against `pg_dump -Fd
+//! -j 2` / `pg_restore -j 2` (pg_dump's default gzip), on one PostgreSQL 15
+//! database of `pgbench -i -s SCALE` plus a table of random text and
+//! numbers (less compressible), as ratios from one run.
+//!
+//! ```text
+//! cargo bench --bench logical                       # scale 70 + 400 MB of random rows (> 1 GB)
+//! CBDR_BENCH_SCALE=5 CBDR_BENCH_RANDOM_MB=50 cargo bench --bench logical   # a quick run
+//! ```
+//!
+//! Environment: `CBDR_BENCH_SCALE` (default 70), `CBDR_BENCH_RANDOM_MB`
+//! (default 400), `CBDR_BENCH_WAL_LEVEL` (default `replica`; `minimal`
+//! lets both tools skip WAL where PostgreSQL allows it: cbdr loads each
+//! table in the transaction that truncates it, pg_restore -j does not),
+//! `CBDR_BENCH_CBDR` (the cbdr binary; default the one cargo built).
+//!
+//! Before each timed command: CHECKPOINT and sync(2). The restored
+//! databases are checked by row counts. Output: a table on stdout and
+//! `target/bench-logical.json`. Skipped (with a message) when PostgreSQL
+//! 15 is not installed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
+use serde_json::json;
+
+const KEY_HEX: &str = "6a3f0c9e2b7d41f8a5c3e1d9b7f02468ace13579bdf02468ace13579bdf02468";
+const MB: f64 = 1_000_000.0;
+const GOAL: f64 = 1.5;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                total += du(&e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+struct Bench {
+    server: PgServer,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    cbdr: PathBuf,
+}
+
+impl Bench {
+    fn settle(&self) {
+        self.server.psql("CHECKPOINT");
+        unsafe { libc::sync() };
+    }
+
+    fn pg(&self, program: &str) -> Command {
+        let mut c = pg_command(pg_bin(program));
+        c.args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.server.port().to_string());
+        c
+    }
+
+    fn cbdr(&self, args: &[&str]) -> Command {
+        let mut c = pg_command(&self.cbdr);
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.server.port().to_string())
+            .env("PGUSER", "postgres");
+        c
+    }
+
+    fn timed(&self, what: &str, mut cmd: Command) -> (f64, String) {
+        self.settle();
+        let t = Instant::now();
+        let out = run(&mut cmd, what);
+        let secs = t.elapsed().as_secs_f64();
+        println!("  {what:<44} {secs:>8.2} s");
+        (secs, out)
+    }
+
+    fn counts(&self, db: &str) -> String {
+        self.server.psql_db(
+            db,
+            "SELECT (SELECT count(*) FROM pgbench_accounts) || '/' || \
+                    (SELECT count(*) FROM pgbench_branches) || '/' || \
+                    (SELECT count(*) FROM rnd) || '/' || \
+                    (SELECT count(*) FROM pg_indexes WHERE schemaname = 'public')",
+        )
+    }
+}
+
+fn main() {
+    if !pg_bin("initdb").exists() {
+        println!(
+            "logical bench skipped: PostgreSQL 15 is not installed ({} not found; set $PG_BIN)",
+            pg_bin("initdb").display()
+        );
+        return;
+    }
+    let scale: u32 = env_or("CBDR_BENCH_SCALE", "70")
+        .parse()
+        .expect("CBDR_BENCH_SCALE");
+    let random_mb: u64 = env_or("CBDR_BENCH_RANDOM_MB", "400")
+        .parse()
+        .expect("CBDR_BENCH_RANDOM_MB");
+    let wal_level = env_or("CBDR_BENCH_WAL_LEVEL", "replica");
+    let source = PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr")));
+    let dir = pg_user_dir("bench-logical");
+    // A copy: a rebuild during the run cannot change the binary measured.
+    let cbdr = dir.path().join("cbdr");
+    fs::copy(&source, &cbdr).expect("copy cbdr");
+    let key = dir.path().join("key");
+    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
+    let config = dir.path().join("cbdr.toml");
+    fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{}\"\n[encryption]\nkey_file = \"{}\"\n",
+            dir.path().join("repo").display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    chown_to_pg(dir.path());
+
+    let mut builder = PgServer::builder()
+        .conf("shared_buffers = 512MB")
+        .conf("max_wal_size = 8GB")
+        .conf("checkpoint_timeout = 30min")
+        .conf("maintenance_work_mem = 64MB")
+        .conf(format!("wal_level = {wal_level}"));
+    if wal_level == "minimal" {
+        builder = builder
+            .conf("max_wal_senders = 0")
+            .conf("archive_mode = off");
+    }
+    let server = builder.start();
+    let b = Bench {
+        server,
+        dir,
+        config,
+        cbdr,
+    };
+    println!(
+        "logical bench: pgbench scale {scale} + {random_mb} MB random rows, wal_level = {wal_level}, load average {}",
+        fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    let t = Instant::now();
+    b.server.psql("CREATE DATABASE bench");
+    run(
+        b.pg("pgbench")
+            .args(["-i", "-q", "-s", &scale.to_string(), "bench"]),
+        "pgbench -i",
+    );
+    // Random text and numbers: base64 of 128 random-looking bytes (md5s),
+    // which lz4 barely compresses, and random numerics.
+    let rows = random_mb * MB as u64 / 230;
+    let bytes = (0..8)
+        .map(|_| "md5(random()::text)")
+        .collect::<Vec<_>>()
+        .join(" || ");
+    b.server.psql_db(
+        "bench",
+        &format!(
+            "CREATE TABLE rnd (id bigint PRIMARY KEY, t text, n numeric, f float8, i int);
+             INSERT INTO rnd SELECT g, encode(decode({bytes}, 'hex'), 'base64'),
+                    (random() * 1e9)::numeric(18, 4), random(), (random() * 2e9)::int
+               FROM generate_series(1, {rows}) g;"
+        ),
+    );
+    b.server.psql_db("bench", "VACUUM ANALYZE");
+    let db_bytes: u64 = b
+        .server
+        .psql_db("bench", "SELECT pg_database_size('bench')")
+        .parse()
+        .unwrap();
+    println!(
+        "  database {:.0} MB, loaded in {:.0} s",
+        db_bytes as f64 / MB,
+        t.elapsed().as_secs_f64()
+    );
+    let want = b.counts("bench");
+
+    // Backups.
+    let (cbdr_backup, out) = b.timed(
+        "cbdr gpbackup --jobs 2",
+        b.cbdr(&["gpbackup", "--dbname", "bench", "--jobs", "2"]),
+    );
+    let ts = out
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("Backup Timestamp = "))
+        .expect("timestamp")
+        .trim()
+        .to_string();
+    let dump_dir = b.dir.path().join("dump");
+    let mut dump = b.pg("pg_dump");
+    dump.args(["-Fd", "-j", "2", "-f"])
+        .arg(&dump_dir)
+        .arg("bench");
+    let (pg_dump_secs, _) = b.timed("pg_dump -Fd -j 2", dump);
+    let cbdr_stored = du(&b.dir.path().join("repo"));
+    let dump_stored = du(&dump_dir);
+
+    // Restores.
+    let (cbdr_restore, _) = b.timed(
+        "cbdr gprestore --jobs 2 (--create-db)",
+        b.cbdr(&[
+            "gprestore",
+            "--timestamp",
+            &ts,
+            "--create-db",
+            "--redirect-db",
+            "r_cbdr",
+            "--jobs",
+            "2",
+        ]),
+    );
+    b.server.psql("CREATE DATABASE r_pg");
+    let mut restore = b.pg("pg_restore");
+    restore.args(["-j", "2", "-d", "r_pg"]).arg(&dump_dir);
+    let (pg_restore_secs, _) = b.timed("pg_restore -j 2", restore);
+    assert_eq!(b.counts("r_cbdr"), want, "cbdr's restore");
+    assert_eq!(b.counts("r_pg"), want, "pg_restore's restore");
+
+    let backup_ratio = pg_dump_secs / cbdr_backup;
+    let restore_ratio = pg_restore_secs / cbdr_restore;
+    println!();
+    println!(
+        "| {:<10} | {:>12} | {:>12} | {:>20} | {:>6} |",
+        "", "cbdr", "pg_dump/rest", "speed-up (pg/cbdr)", "goal"
+    );
+    println!(
+        "| {:<10} | {:>10.2} s | {:>10.2} s | {:>19.2}x | {:>5.1}x |",
+        "backup", cbdr_backup, pg_dump_secs, backup_ratio, GOAL
+    );
+    println!(
+        "| {:<10} | {:>10.2} s | {:>10.2} s | {:>19.2}x | {:>5.1}x |",
+        "restore", cbdr_restore, pg_restore_secs, restore_ratio, GOAL
+    );
+    println!(
+        "  stored: cbdr {:.0} MB (lz4 + encryption), pg_dump {:.0} MB (gzip); database {:.0} MB",
+        cbdr_stored as f64 / MB,
+        dump_stored as f64 / MB,
+        db_bytes as f64 / MB
+    );
+    for (what, r) in [("backup", backup_ratio), ("restore", restore_ratio)] {
+        if r < GOAL {
+            println!("  goal missed: {what} is {r:.2}x faster, the goal is {GOAL}x");
+        }
+    }
+    let report = json!({
+        "scale": scale,
+        "random_mb": random_mb,
+        "wal_level": wal_level,
+        "database_bytes": db_bytes,
+        "backup": {"cbdr_secs": cbdr_backup, "pg_dump_secs": pg_dump_secs, "speedup": backup_ratio},
+        "restore": {"cbdr_secs": cbdr_restore, "pg_restore_secs": pg_restore_secs, "speedup": restore_ratio},
+        "stored_bytes": {"cbdr": cbdr_stored, "pg_dump": dump_stored},
+        "goal_speedup": GOAL,
+        "load_average_end": fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+    });
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-logical.json");
+    fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("  written: {}", out.display());
+}

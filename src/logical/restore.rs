@@ -1,0 +1,1023 @@
+//! `cbdr gprestore`: replays a logical backup into a database.
+//!
+//! Globals (with `--with-globals`) and pre-data run in order on one
+//! connection (as pg_restore does: they are quick and touch shared
+//! catalog rows); the data loads on `--jobs` connections in parallel, each
+//! table in one transaction (`synchronous_commit = off`; with `wal_level =
+//! minimal` the table is truncated in the same transaction, which lets
+//! PostgreSQL skip its WAL); post-data (indexes, constraints, triggers)
+//! runs by dependency tiers on `--jobs` connections. The last step commits
+//! with `synchronous_commit = on`, so the restore is durable when cbdr
+//! says it is done.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use chrono::{Local, Utc};
+
+use super::data::{self, CopyInError};
+use super::flags::{display_name, quote_ident, quote_literal, quote_qualified};
+use super::layout::{self, Timestamp};
+use super::metadata::{self, ObjectFilter};
+use super::record::{rebuild_entries, LogicalBackupRecord, StoredStats, StoredToc, TableData};
+use super::report::{self, RestoreFailure, RestoreOutcome};
+use super::toc::{QualifiedName, Section, TocEntry};
+use crate::error::{Error, Result};
+use crate::pg::conn::{ConnParams, PgConn, PgError, Replication};
+use crate::repo::Repo;
+
+/// What to restore and how (gprestore's flags, validated).
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub conn: ConnParams,
+    pub timestamp: Timestamp,
+    pub filter: ObjectFilter,
+    pub create_db: bool,
+    pub data_only: bool,
+    pub metadata_only: bool,
+    pub incremental: bool,
+    pub on_error_continue: bool,
+    pub run_analyze: bool,
+    pub with_globals: bool,
+    pub with_stats: bool,
+    pub truncate_table: bool,
+    pub resize_cluster: bool,
+    pub redirect_db: Option<String>,
+    pub redirect_schema: Option<String>,
+    /// `--jobs` as given (None: not given).
+    pub jobs: Option<u32>,
+    /// `--copy-queue-size` as given.
+    pub copy_queue_size: Option<u32>,
+    /// Pieces (1 MiB) buffered between the decoder and COPY.
+    pub queue: usize,
+    pub command_line: String,
+    pub progress: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreSummary {
+    pub restore_timestamp: Timestamp,
+    pub database: String,
+    pub tables: usize,
+    pub rows: u64,
+    pub failures: usize,
+    pub report_key: String,
+    pub errors_key: Option<String>,
+}
+
+fn pg(what: impl Into<String>) -> impl FnOnce(PgError) -> Error {
+    let what = what.into();
+    move |e| Error::Postgres(format!("{what}: {e}"))
+}
+
+async fn run(conn: &mut PgConn, what: &str, sql: &str) -> Result<Vec<crate::pg::conn::Row>> {
+    conn.simple_query(sql).await.map_err(pg(what))
+}
+
+/// gprestore's checks of its flags against the backup (ValidateBackupFlagCombinations).
+pub fn validate_against_backup(req: &RestoreRequest, b: &LogicalBackupRecord) -> Result<()> {
+    if b.options.single_data_file && req.jobs.is_some_and(|j| j != 1) {
+        return Err(Error::Usage(
+            "Cannot use jobs flag when restoring backups with a single data file per segment."
+                .into(),
+        ));
+    }
+    if (b.options.table_filtered() || b.options.data_only) && req.with_globals {
+        return Err(Error::Usage(
+            "Global metadata is not backed up in table-filtered or data-only backups.".into(),
+        ));
+    }
+    if b.options.metadata_only && req.data_only {
+        return Err(Error::Usage(
+            "Cannot use data-only flag when restoring metadata-only backup".into(),
+        ));
+    }
+    if b.options.data_only && req.metadata_only {
+        return Err(Error::Usage(
+            "Cannot use metadata-only flag when restoring data-only backup".into(),
+        ));
+    }
+    if !b.options.single_data_file && req.copy_queue_size.is_some() {
+        return Err(Error::Usage("The --copy-queue-size flag can only be used if the backup was taken with --single-data-file".into()));
+    }
+    if req.with_stats && b.statistics.is_none() {
+        return Err(Error::Usage(format!(
+            "backup {} was taken without --with-stats, so it holds no statistics: restore without --with-stats (--run-analyze computes them)",
+            b.timestamp
+        )));
+    }
+    Ok(())
+}
+
+/// A table whose rows this restore loads.
+#[derive(Debug, Clone)]
+struct Load {
+    data: TableData,
+    target: QualifiedName,
+}
+
+/// Restores a logical backup.
+pub async fn gprestore(repo: &Repo, req: &RestoreRequest) -> Result<RestoreSummary> {
+    let start = Utc::now();
+    let record = repo.logical_backup(&req.timestamp).await?;
+    let restore_ts = restore_timestamp(repo, &record.ts()).await?;
+    validate_against_backup(req, &record)?;
+    if req.resize_cluster {
+        eprintln!(
+            "cbdr: --resize-cluster: the backup comes from a single PostgreSQL server and is restored into one; \
+             there are no segments to redistribute, so this is a normal restore"
+        );
+    }
+    let target_db = req
+        .redirect_db
+        .clone()
+        .unwrap_or_else(|| record.database.clone());
+    if req.progress {
+        println!("Restore Key = {}", record.timestamp);
+        println!("Restoring to database {}", quote_ident(&target_db));
+    }
+    prepare_database(req, &record, &target_db).await?;
+
+    let mut state = State::default();
+    let mut server_version = String::new();
+    let result = restore_into(
+        repo,
+        req,
+        &record,
+        &target_db,
+        &mut state,
+        &mut server_version,
+    )
+    .await;
+    let fatal = result.as_ref().err().map(|e| e.to_string());
+    let end = Utc::now();
+
+    let errors_key =
+        (!state.failures.is_empty()).then(|| layout::restore_errors_key(&record.ts(), &restore_ts));
+    if let Some(k) = &errors_key {
+        if let Err(e) = repo
+            .put_bytes(k, report::failures_text(&state.failures).into_bytes())
+            .await
+        {
+            tracing::warn!("could not store the error list: {e}");
+        }
+    }
+    let text = report::restore_report(&RestoreOutcome {
+        backup: &record,
+        restore_timestamp: restore_ts.to_string(),
+        target_database: target_db.clone(),
+        command_line: req.command_line.clone(),
+        server_version,
+        start,
+        end,
+        fatal: fatal.clone(),
+        failures: &state.failures,
+        tables_restored: state.tables,
+        rows_restored: state.rows,
+        statements_run: state.statements,
+        errors_key: errors_key.clone(),
+    });
+    let report_key = layout::restore_report_key(&record.ts(), &restore_ts);
+    match repo.put_bytes(&report_key, text.into_bytes()).await {
+        Err(e) => tracing::warn!("could not store the restore report: {e}"),
+        Ok(_) if result.is_err() => eprintln!(
+            "cbdr: the restore report is {report_key} in {}{}",
+            repo.storage.location(),
+            errors_key
+                .as_deref()
+                .map(|k| format!(", what failed is listed in {k}"))
+                .unwrap_or_default()
+        ),
+        Ok(_) => {}
+    }
+    result?;
+    if !state.failures.is_empty() {
+        return Err(Error::Postgres(format!(
+            "the restore went on past {} errors (--on-error-continue): the database is incomplete; \
+             {} lists what failed",
+            state.failures.len(),
+            errors_key.as_deref().unwrap_or("the report")
+        )));
+    }
+    Ok(RestoreSummary {
+        restore_timestamp: restore_ts,
+        database: target_db,
+        tables: state.tables,
+        rows: state.rows,
+        failures: state.failures.len(),
+        report_key,
+        errors_key,
+    })
+}
+
+/// A timestamp for this restore's reports that no other restore of the
+/// backup used.
+async fn restore_timestamp(repo: &Repo, backup: &Timestamp) -> Result<Timestamp> {
+    loop {
+        let ts = Timestamp::from_time(Local::now());
+        let prefix = format!("{}restores/{ts}/", layout::backup_prefix(backup));
+        if repo.storage.list(&prefix).await?.is_empty() {
+            return Ok(ts);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    failures: Vec<RestoreFailure>,
+    tables: usize,
+    rows: u64,
+    statements: usize,
+}
+
+fn with_db(params: &ConnParams, db: &str) -> ConnParams {
+    let mut p = params.clone();
+    p.dbname = db.to_string();
+    p
+}
+
+/// Checks the target database exists (or creates it with `--create-db`),
+/// as gprestore's ValidateDatabaseExistence.
+async fn prepare_database(req: &RestoreRequest, b: &LogicalBackupRecord, db: &str) -> Result<()> {
+    let mut admin = None;
+    let mut last_err = None;
+    for maint in ["postgres", "template1"] {
+        match PgConn::connect(&with_db(&req.conn, maint), Replication::Off).await {
+            Ok(c) => {
+                admin = Some(c);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let mut admin = admin.ok_or_else(|| {
+        pg("connecting to the server (database postgres or template1)")(
+            last_err.expect("one attempt failed"),
+        )
+    })?;
+    let exists = !run(
+        &mut admin,
+        "checking the target database",
+        &format!(
+            "SELECT 1 FROM pg_database WHERE datname = {}",
+            quote_literal(db)
+        ),
+    )
+    .await?
+    .is_empty();
+    let filtered = b.options.table_filtered() || b.options.data_only;
+    if !exists {
+        if filtered {
+            return Err(Error::Usage(format!("Database \"{db}\" must be created manually to restore table-filtered or data-only backups.")));
+        }
+        if !req.create_db {
+            return Err(Error::Usage(format!("Database \"{db}\" does not exist. Use the --create-db flag to create \"{db}\" as part of the restore process.")));
+        }
+        let sql = format!(
+            "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_ident(db),
+            quote_literal(&b.database_encoding),
+            quote_literal(&b.database_collate),
+            quote_literal(&b.database_ctype)
+        );
+        run(&mut admin, &format!("creating database {db}"), &sql).await?;
+    } else if req.create_db {
+        return Err(Error::Usage(format!(
+            "Database \"{db}\" already exists. Run gprestore again without --create-db flag."
+        )));
+    }
+    admin.close().await;
+    Ok(())
+}
+
+/// Session settings of every restore connection.
+fn session_setup() -> String {
+    format!(
+        "{} SET synchronous_commit = off; SET application_name = 'cbdr gprestore'; \
+         SELECT set_config('maintenance_work_mem', '256MB', false) \
+          WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024;",
+        metadata::RESTORE_SESSION_SETUP
+    )
+}
+
+async fn connect(req: &RestoreRequest, db: &str) -> Result<PgConn> {
+    let mut c = PgConn::connect(&with_db(&req.conn, db), Replication::Off)
+        .await
+        .map_err(pg(format!("connecting to database {db}")))?;
+    run(&mut c, "setting up the restore session", &session_setup()).await?;
+    Ok(c)
+}
+
+async fn restore_into(
+    repo: &Repo,
+    req: &RestoreRequest,
+    b: &LogicalBackupRecord,
+    db: &str,
+    state: &mut State,
+    server_version: &mut String,
+) -> Result<()> {
+    let mut main = connect(req, db).await?;
+    *server_version = main
+        .parameter("server_version")
+        .unwrap_or_default()
+        .to_string();
+
+    // What to replay.
+    let restore_metadata = !req.data_only && !req.incremental && b.metadata.is_some();
+    let restore_data = !req.metadata_only && !b.options.metadata_only;
+    let mut entries = if restore_metadata || (!req.filter.is_empty() && b.metadata.is_some()) {
+        load_entries(repo, b).await?
+    } else {
+        Vec::new()
+    };
+    validate_filter_in_backup(&req.filter, b, &entries)?;
+    if !req.filter.is_empty() && !entries.is_empty() {
+        entries = metadata::select(&entries, &req.filter);
+    }
+    let mut loads = choose_loads(req, b, &entries);
+    if let Some(to) = &req.redirect_schema {
+        validate_redirect_schema(&mut main, to).await?;
+        entries = redirect_entries(&entries, to);
+        for l in &mut loads {
+            l.target.schema = to.clone();
+        }
+    }
+    if !restore_data {
+        loads.clear();
+    }
+    check_relations(&mut main, req, restore_metadata, &entries, &loads).await?;
+
+    // Globals and pre-data, in order, on one connection.
+    if restore_metadata {
+        let serial: Vec<&TocEntry> = entries
+            .iter()
+            .filter(|e| {
+                (e.section == Section::Globals && req.with_globals) || e.section == Section::PreData
+            })
+            .collect();
+        if req.progress {
+            println!("Restoring pre-data metadata ({} statements)", serial.len());
+        }
+        for e in serial {
+            replay(&mut main, req, e, state).await?;
+        }
+    }
+
+    // Data, in parallel.
+    let jobs = if b.options.single_data_file {
+        req.copy_queue_size.unwrap_or(1).max(1) as usize
+    } else {
+        req.jobs.unwrap_or(1).max(1) as usize
+    };
+    let mut pool = vec![main];
+    let want = jobs.min(loads.len().max(1));
+    while pool.len() < want {
+        pool.push(connect(req, db).await?);
+    }
+    if !loads.is_empty() {
+        if req.progress {
+            println!("Restoring data of {} tables", loads.len());
+        }
+        let wal_minimal = run(&mut pool[0], "reading wal_level", "SHOW wal_level")
+            .await?
+            .first()
+            .and_then(|r| r.get(0).map(|s| s == "minimal"))
+            .unwrap_or(false);
+        // Truncate in the load's transaction: asked for, or (on a table
+        // this restore created) to let PostgreSQL skip the WAL.
+        let truncate = req.truncate_table || req.incremental || (wal_minimal && restore_metadata);
+        load_data(repo, req, &mut pool, loads.clone(), truncate, state).await?;
+    }
+
+    // Post-data by tiers, in parallel.
+    if restore_metadata {
+        let post: Vec<TocEntry> = entries
+            .iter()
+            .filter(|e| e.section == Section::PostData)
+            .cloned()
+            .collect();
+        if !post.is_empty() {
+            if req.progress {
+                println!("Restoring post-data metadata ({} statements)", post.len());
+            }
+            replay_tiers(&mut pool, req, &post, state).await?;
+        }
+    }
+
+    if req.with_stats {
+        apply_stats(repo, req, b, &mut pool[0], &loads, &entries, state).await?;
+    }
+    if req.run_analyze && !loads.is_empty() {
+        analyze(&mut pool, req, &loads, state).await?;
+    }
+
+    // Durable before success: one commit with synchronous_commit on flushes
+    // the WAL of every earlier commit.
+    let main = &mut pool[0];
+    run(
+        main,
+        "flushing the restore to disk",
+        "SET synchronous_commit = on; BEGIN; SELECT txid_current(); COMMIT;",
+    )
+    .await?;
+    for c in pool {
+        c.close().await;
+    }
+    Ok(())
+}
+
+async fn load_entries(repo: &Repo, b: &LogicalBackupRecord) -> Result<Vec<TocEntry>> {
+    let (Some(m), Some(t)) = (&b.metadata, &b.toc) else {
+        return Ok(Vec::new());
+    };
+    let sql = repo.get_bytes(&m.key).await?;
+    let toc: StoredToc = repo.get_json(&t.key).await?;
+    rebuild_entries(&sql, &toc, &m.key)
+}
+
+/// gprestore's checks that the include lists name what the backup holds.
+fn validate_filter_in_backup(
+    f: &ObjectFilter,
+    b: &LogicalBackupRecord,
+    entries: &[TocEntry],
+) -> Result<()> {
+    let mut schemas: HashSet<&str> = entries.iter().map(|e| e.schema.as_str()).collect();
+    schemas.extend(b.tables.iter().map(|t| t.table.schema.as_str()));
+    let missing: Vec<&str> = f
+        .include_schemas
+        .iter()
+        .filter(|s| !schemas.contains(s.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Usage(format!(
+            "Could not find the following schema(s) in the backup set: {}",
+            missing.join(", ")
+        )));
+    }
+    let excluded: Vec<&str> = f
+        .exclude_schemas
+        .iter()
+        .filter(|s| !schemas.contains(s.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !excluded.is_empty() {
+        tracing::warn!(
+            "Could not find the following excluded schema(s) in the backup set: {}",
+            excluded.join(", ")
+        );
+    }
+    let mut relations: HashSet<QualifiedName> = entries
+        .iter()
+        .filter(|e| {
+            e.owner_table.is_none()
+                && matches!(
+                    e.kind.as_str(),
+                    "TABLE" | "SEQUENCE" | "VIEW" | "MATERIALIZED VIEW"
+                )
+        })
+        .map(|e| QualifiedName {
+            schema: e.schema.clone(),
+            name: e.name.clone(),
+        })
+        .collect();
+    relations.extend(b.tables.iter().map(|t| t.table.clone()));
+    let missing: Vec<String> = f
+        .include_tables
+        .iter()
+        .filter(|t| !relations.contains(t))
+        .map(display_name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Usage(format!(
+            "Could not find the following relation(s) in the backup set: {}",
+            missing.join(", ")
+        )));
+    }
+    let excluded: Vec<String> = f
+        .exclude_tables
+        .iter()
+        .filter(|t| !relations.contains(t))
+        .map(display_name)
+        .collect();
+    if !excluded.is_empty() {
+        tracing::warn!(
+            "Could not find the following excluded relation(s) in the backup set: {}",
+            excluded.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The tables whose rows to load: those the filter takes (a leaf
+/// partition with its root), only this backup's own with --incremental.
+fn choose_loads(req: &RestoreRequest, b: &LogicalBackupRecord, entries: &[TocEntry]) -> Vec<Load> {
+    let selected: Option<HashSet<QualifiedName>> = (!req.filter.is_empty() && !entries.is_empty())
+        .then(|| {
+            metadata::selected_tables(entries, &req.filter)
+                .into_iter()
+                .collect()
+        });
+    b.tables
+        .iter()
+        .filter(|t| !req.incremental || t.backup == b.timestamp)
+        .filter(|t| {
+            if req.filter.is_empty() {
+                return true;
+            }
+            let by_filter = req.filter.matches_table(&t.table)
+                || t.root.as_ref().is_some_and(|r| {
+                    req.filter.matches_table(r) && !req.filter.excludes_table(&t.table)
+                });
+            match &selected {
+                Some(sel) => {
+                    sel.contains(&t.table)
+                        || (by_filter && t.root.as_ref().is_some_and(|r| sel.contains(r)))
+                }
+                None => by_filter,
+            }
+        })
+        .map(|t| Load {
+            data: t.clone(),
+            target: t.table.clone(),
+        })
+        .collect()
+}
+
+async fn validate_redirect_schema(conn: &mut PgConn, schema: &str) -> Result<()> {
+    let rows = run(
+        conn,
+        "checking the schema to redirect into",
+        &format!(
+            "SELECT 1 FROM pg_namespace WHERE nspname = {}",
+            quote_literal(schema)
+        ),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(Error::Usage(format!(
+            "Schema {schema} to redirect into does not exist"
+        )));
+    }
+    Ok(())
+}
+
+/// Moves every restored object into schema `to`; the schemas themselves
+/// (and their owners, comments and grants) are not replayed: `to` exists.
+fn redirect_entries(entries: &[TocEntry], to: &str) -> Vec<TocEntry> {
+    let from: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e.section != Section::Globals && !e.schema.is_empty())
+        .map(|e| e.schema.clone())
+        .chain(
+            entries
+                .iter()
+                .filter(|e| e.kind == "SCHEMA")
+                .map(|e| e.name.clone()),
+        )
+        .filter(|s| s != to)
+        .collect();
+    entries
+        .iter()
+        .filter(|e| e.kind != "SCHEMA")
+        .filter(|e| !(e.owner_table.is_none() && e.name.starts_with("SCHEMA ")))
+        .map(|e| {
+            if e.section == Section::Globals {
+                return e.clone();
+            }
+            from.iter()
+                .fold(e.clone(), |acc, f| metadata::redirect_schema(&acc, f, to))
+        })
+        .collect()
+}
+
+/// gprestore's ValidateRelationsInRestoreDatabase: relations a restore
+/// creates must not exist; tables a data-only restore fills must.
+async fn check_relations(
+    conn: &mut PgConn,
+    req: &RestoreRequest,
+    restore_metadata: bool,
+    entries: &[TocEntry],
+    loads: &[Load],
+) -> Result<()> {
+    let names: Vec<QualifiedName> = if restore_metadata {
+        entries
+            .iter()
+            .filter(|e| {
+                e.section == Section::PreData
+                    && e.owner_table.is_none()
+                    && matches!(
+                        e.kind.as_str(),
+                        "TABLE" | "SEQUENCE" | "VIEW" | "MATERIALIZED VIEW"
+                    )
+            })
+            .map(|e| QualifiedName {
+                schema: e.schema.clone(),
+                name: e.name.clone(),
+            })
+            .collect()
+    } else {
+        loads.iter().map(|l| l.target.clone()).collect()
+    };
+    if names.is_empty() {
+        return Ok(());
+    }
+    let list = names
+        .iter()
+        .map(|n| format!("({}, {})", quote_literal(&n.schema), quote_literal(&n.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = run(
+        conn,
+        "checking the relations in the target database",
+        &format!(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE (n.nspname, c.relname) IN ({list})"
+        ),
+    )
+    .await?;
+    let present: HashSet<QualifiedName> = rows
+        .iter()
+        .map(|r| QualifiedName {
+            schema: r.get(0).unwrap_or_default().to_string(),
+            name: r.get(1).unwrap_or_default().to_string(),
+        })
+        .collect();
+    if restore_metadata {
+        if let Some(n) = names.iter().find(|n| present.contains(n)) {
+            return Err(Error::Usage(format!(
+                "Relation {} already exists (restore into another database with --redirect-db, or load data only with --data-only [--truncate-table])",
+                display_name(n)
+            )));
+        }
+    } else if let Some(n) = names.iter().find(|n| !present.contains(n)) {
+        let _ = req;
+        return Err(Error::Usage(format!(
+            "Relation {} must exist for data-only restore",
+            display_name(n)
+        )));
+    }
+    Ok(())
+}
+
+fn describe(e: &TocEntry) -> String {
+    if e.schema.is_empty() {
+        format!("{} {}", e.kind, e.name)
+    } else if e.name.contains(' ') {
+        // Attached entries are named after their object: "TABLE t".
+        format!("{} {} (schema {})", e.kind, e.name, quote_ident(&e.schema))
+    } else {
+        format!("{} {}.{}", e.kind, quote_ident(&e.schema), e.name)
+    }
+}
+
+/// Whether an error is worth running the statement again (two parallel
+/// statements deadlocked, or raced on one catalog row).
+fn transient(e: &PgError) -> bool {
+    e.code() == Some("40P01")
+        || e.code() == Some("40001")
+        || e.to_string().contains("tuple concurrently updated")
+}
+
+/// Runs one entry; a failure is fatal unless --on-error-continue.
+async fn replay(
+    conn: &mut PgConn,
+    req: &RestoreRequest,
+    e: &TocEntry,
+    state: &mut State,
+) -> Result<()> {
+    match run_entry(conn, e).await {
+        Ok(()) => {
+            state.statements += 1;
+            Ok(())
+        }
+        Err(err) => fail(req, state, "metadata", describe(e), err.to_string()),
+    }
+}
+
+async fn run_entry(conn: &mut PgConn, e: &TocEntry) -> std::result::Result<(), PgError> {
+    if e.statement.trim().is_empty() {
+        return Ok(());
+    }
+    let mut attempt = 0;
+    loop {
+        match conn.simple_query(&e.statement).await {
+            Ok(_) => return Ok(()),
+            Err(err) if transient(&err) && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn fail(
+    req: &RestoreRequest,
+    state: &mut State,
+    phase: &'static str,
+    object: String,
+    error: String,
+) -> Result<()> {
+    if req.on_error_continue {
+        tracing::warn!("{object}: {error}");
+        state.failures.push(RestoreFailure {
+            phase,
+            object,
+            error,
+        });
+        Ok(())
+    } else {
+        Err(Error::Postgres(format!("restoring {object}: {error}")))
+    }
+}
+
+/// Post-data by tiers: entries of one tier run in parallel, those of one
+/// table (but its indexes) on one connection in order.
+async fn replay_tiers(
+    pool: &mut [PgConn],
+    req: &RestoreRequest,
+    entries: &[TocEntry],
+    state: &mut State,
+) -> Result<()> {
+    let by_id: HashMap<u32, &TocEntry> = entries.iter().map(|e| (e.id, e)).collect();
+    for tier in metadata::tiers(entries) {
+        let mut groups: Vec<Vec<&TocEntry>> = Vec::new();
+        let mut group_of: HashMap<String, usize> = HashMap::new();
+        for id in tier {
+            let Some(e) = by_id.get(&id).copied() else {
+                continue;
+            };
+            let key = match (&e.owner_table, e.kind.as_str()) {
+                (_, "INDEX") => format!("#{}", e.id),
+                (Some(t), _) => format!("{}.{}", t.schema, t.name),
+                (None, _) => format!("#{}", e.id),
+            };
+            let g = *group_of.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(e);
+        }
+        let queue = Mutex::new(groups.into_iter().collect::<VecDeque<_>>());
+        let results = Mutex::new(Vec::<(String, std::result::Result<(), PgError>)>::new());
+        let runs = pool.iter_mut().map(|conn| {
+            let queue = &queue;
+            let results = &results;
+            async move {
+                loop {
+                    let next = queue.lock().expect("queue").pop_front();
+                    let Some(group) = next else { break };
+                    for e in group {
+                        let r = run_entry(conn, e).await;
+                        let failed = r.is_err();
+                        results.lock().expect("results").push((describe(e), r));
+                        if failed && !req.on_error_continue {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(runs).await;
+        for (what, r) in results.into_inner().expect("results") {
+            match r {
+                Ok(()) => state.statements += 1,
+                Err(err) => fail(req, state, "metadata", what, err.to_string())?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the tables on the pool's connections.
+async fn load_data(
+    repo: &Repo,
+    req: &RestoreRequest,
+    pool: &mut [PgConn],
+    mut loads: Vec<Load>,
+    truncate: bool,
+    state: &mut State,
+) -> Result<()> {
+    loads.sort_by_key(|l| std::cmp::Reverse(l.data.plain_bytes));
+    let total = loads.len();
+    let queue = Mutex::new(loads.into_iter().collect::<VecDeque<_>>());
+    let results = Mutex::new(Vec::<(Load, std::result::Result<u64, Error>)>::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let runs = pool.iter_mut().map(|conn| {
+        let (queue, results, stop) = (&queue, &results, &stop);
+        async move {
+            loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let next = queue.lock().expect("queue").pop_front();
+                let Some(load) = next else { return };
+                let r = load_one(repo, conn, &load, truncate, req.queue).await;
+                let failed = r.is_err();
+                let fatal = match &r {
+                    Err(e) => {
+                        !req.on_error_continue || e.exit_code() != crate::error::ExitCode::Postgres
+                    }
+                    Ok(_) => false,
+                };
+                if failed {
+                    // The load's transaction is aborted or half-done.
+                    let _ = conn.simple_query("ROLLBACK").await;
+                }
+                results.lock().expect("results").push((load, r));
+                if fatal {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    let mut done = 0;
+    for (load, r) in results.into_inner().expect("results") {
+        match r {
+            Ok(rows) => {
+                state.tables += 1;
+                state.rows += rows;
+                done += 1;
+                tracing::info!(
+                    "restored data to table {} ({rows} rows) ({done} of {total})",
+                    display_name(&load.target)
+                );
+            }
+            Err(e) if e.exit_code() == crate::error::ExitCode::Postgres => fail(
+                req,
+                state,
+                "data",
+                format!("TABLE {}", display_name(&load.target)),
+                e.to_string(),
+            )?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One table: its own transaction, optionally truncated first, COPY, row
+/// count checked against the backup's.
+async fn load_one(
+    repo: &Repo,
+    conn: &mut PgConn,
+    load: &Load,
+    truncate: bool,
+    queue: usize,
+) -> Result<u64> {
+    let name = quote_qualified(&load.target);
+    let mut begin = String::from("BEGIN;");
+    if truncate {
+        begin.push_str(&format!(" TRUNCATE {name};"));
+    }
+    run(
+        conn,
+        &format!("preparing to load {}", display_name(&load.target)),
+        &begin,
+    )
+    .await?;
+    let sql = format!("COPY {name} ({}) FROM STDIN", load.data.columns.join(", "));
+    let (rows, _bytes) = match data::copy_in(repo, conn, &sql, &load.data.location, queue).await {
+        Ok(v) => v,
+        Err(CopyInError::Pg(e)) => {
+            return Err(pg(format!("loading table {}", display_name(&load.target)))(
+                e,
+            ))
+        }
+        Err(CopyInError::Source(e)) => return Err(e),
+    };
+    if rows != load.data.rows {
+        return Err(Error::Integrity(format!(
+            "table {}: the backup holds {} rows, COPY loaded {rows}: the stored data does not match its record",
+            display_name(&load.target),
+            load.data.rows
+        )));
+    }
+    run(
+        conn,
+        &format!("committing table {}", display_name(&load.target)),
+        "COMMIT",
+    )
+    .await?;
+    Ok(rows)
+}
+
+/// `--run-analyze`: ANALYZE each restored table (and the roots of
+/// restored partitions), in parallel.
+async fn analyze(
+    pool: &mut [PgConn],
+    req: &RestoreRequest,
+    loads: &[Load],
+    state: &mut State,
+) -> Result<()> {
+    let mut names: Vec<QualifiedName> = loads.iter().map(|l| l.target.clone()).collect();
+    for l in loads {
+        if let Some(r) = &l.data.root {
+            let mut r = r.clone();
+            if let Some(to) = &req.redirect_schema {
+                r.schema = to.clone();
+            }
+            names.push(r);
+        }
+    }
+    names.sort();
+    names.dedup();
+    let queue = Mutex::new(names.into_iter().collect::<VecDeque<_>>());
+    let results = Mutex::new(Vec::new());
+    let runs = pool.iter_mut().map(|conn| {
+        let (queue, results) = (&queue, &results);
+        async move {
+            loop {
+                let next = queue.lock().expect("queue").pop_front();
+                let Some(n) = next else { return };
+                let r = conn
+                    .simple_query(&format!("ANALYZE {}", quote_qualified(&n)))
+                    .await;
+                results.lock().expect("results").push((n, r));
+            }
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    for (n, r) in results.into_inner().expect("results") {
+        if let Err(e) = r {
+            fail(
+                req,
+                state,
+                "data",
+                format!("ANALYZE {}", display_name(&n)),
+                e.to_string(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `--with-stats`: pg_class's row and page counts as backed up (needs a
+/// superuser: pg_class is written directly). After the post-data, whose
+/// index builds set them too.
+async fn apply_stats(
+    repo: &Repo,
+    req: &RestoreRequest,
+    b: &LogicalBackupRecord,
+    conn: &mut PgConn,
+    loads: &[Load],
+    entries: &[TocEntry],
+    state: &mut State,
+) -> Result<()> {
+    let Some(s) = &b.statistics else {
+        return Ok(());
+    };
+    let stats: StoredStats = repo.get_json(&s.key).await?;
+    let mut restored: HashSet<QualifiedName> = loads.iter().map(|l| l.data.table.clone()).collect();
+    restored.extend(
+        entries
+            .iter()
+            .filter(|e| e.kind == "TABLE" && e.owner_table.is_none())
+            .map(|e| QualifiedName {
+                schema: e.schema.clone(),
+                name: e.name.clone(),
+            }),
+    );
+    let mut sql = String::new();
+    for t in &stats.tables {
+        let mut target = t.table.clone();
+        if let Some(to) = &req.redirect_schema {
+            target.schema = to.clone();
+        }
+        if !restored.contains(&t.table) && !restored.contains(&target) {
+            continue;
+        }
+        sql.push_str(&format!(
+            "UPDATE pg_catalog.pg_class SET reltuples = {}, relpages = {}, relallvisible = {} \
+              WHERE oid = to_regclass({});\n",
+            t.reltuples,
+            t.relpages,
+            t.relallvisible,
+            quote_literal(&quote_qualified(&target))
+        ));
+    }
+    if sql.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = conn.simple_query(&format!("BEGIN;\n{sql}COMMIT;")).await {
+        let _ = conn.simple_query("ROLLBACK").await;
+        let hint = if e.code() == Some("42501") {
+            " (writing pg_class needs a superuser: restore as one, or use --run-analyze)"
+        } else {
+            ""
+        };
+        fail(
+            req,
+            state,
+            "metadata",
+            "STATISTICS".into(),
+            format!("{e}{hint}"),
+        )?;
+    }
+    Ok(())
+}
