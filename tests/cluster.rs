@@ -199,7 +199,7 @@ fn cluster_backup_aborts_when_an_agent_fails() {
     );
 
     // The agent of segment 1 dies in the middle of its backup.
-    let mut child = common::pg::pg_command(common::cluster::CBDR)
+    let child = common::pg::pg_command(common::cluster::CBDR)
         .arg("--config")
         .arg(&c.config)
         .arg("backup-push")

@@ -116,9 +116,8 @@ pub async fn backup(config: &Config, topo: &Topology, args: &BackupPushArgs) -> 
     let started = Instant::now();
     let result = cluster_backup_push(&repo, topo, config, &opts, ticker.board.clone()).await;
     ticker.finish();
-    let b = result.map_err(|e| {
+    let b = result.inspect_err(|_| {
         tracing::error!("the cluster backup was aborted; no cluster backup was recorded");
-        e
     })?;
     println!(
         "cluster backup {} complete in {:.1} s: {} instances, {} MB, stored {} MB, restore point {}",
