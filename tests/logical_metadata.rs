@@ -138,6 +138,33 @@ fn assert_same_dump(what: &str, expected: &str, actual: &str) {
     panic!("{what}: pg_dump output differs\n{diff}");
 }
 
+/// A dump as its sorted list of objects (each `-- Name:` block with its
+/// statements): pg_dump orders objects it has no other reason to order by
+/// OID, and a partial or redirected restore creates them in another order.
+fn dump_objects(dump: &str) -> String {
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in dump.lines() {
+        if line.starts_with("-- Name: ") {
+            blocks.push(std::mem::take(&mut current));
+        }
+        // Session settings float between objects.
+        let setting = line.starts_with("SET ") || line.starts_with("SELECT pg_catalog.set_config(");
+        if !line.is_empty() && line != "--" && !setting {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    blocks.push(current);
+    blocks.sort();
+    blocks.join("\n")
+}
+
+/// [`assert_same_dump`] of the sorted objects of two dumps.
+fn assert_same_objects(what: &str, expected: &str, actual: &str) {
+    assert_same_dump(what, &dump_objects(expected), &dump_objects(actual));
+}
+
 fn q(schema: &str, name: &str) -> QualifiedName {
     QualifiedName {
         schema: schema.into(),
@@ -498,33 +525,22 @@ fn exclude_filters_leave_out_objects_and_their_dependents() {
         server.psql_db(db, "SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'zoo.feeding_log'::regclass"),
         "feeding_animal_fk,feeding_log_pk,food_not_empty"
     );
-    // Everything else of zoo is as in the source.
-    assert_same_dump(
+    // Everything else of zoo is as in the source (pg_dump -T leaves the
+    // excluded table's sequence in; an excluded table's sequence is out).
+    let args = [
+        "-n",
+        "zoo",
+        "-T",
+        "zoo.\"Keepers\"",
+        "-T",
+        "zoo.\"Keepers_keeper_id_seq\"",
+        "-T",
+        "zoo.feeding_log",
+    ];
+    assert_same_objects(
         "zoo without Keepers and feeding_log",
-        &pg_dump(
-            &server,
-            "src",
-            &[
-                "-n",
-                "zoo",
-                "-T",
-                "zoo.\"Keepers\"",
-                "-T",
-                "zoo.feeding_log",
-            ],
-        ),
-        &pg_dump(
-            &server,
-            db,
-            &[
-                "-n",
-                "zoo",
-                "-T",
-                "zoo.\"Keepers\"",
-                "-T",
-                "zoo.feeding_log",
-            ],
-        ),
+        &pg_dump(&server, "src", &args),
+        &pg_dump(&server, db, &args),
     );
 }
 
@@ -549,7 +565,7 @@ fn redirect_schema_recreates_the_schema_under_another_name() {
     let original = pg_dump(&server, "src", &["-n", "zoo"]);
     let copy = pg_dump(&server, "src", &["-n", "zoo_copy"]);
     assert!(!original.contains("zoo_copy"));
-    assert_same_dump(
+    assert_same_objects(
         "zoo_copy as zoo",
         &original,
         &copy.replace("zoo_copy", "zoo"),

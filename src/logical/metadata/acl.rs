@@ -125,7 +125,7 @@ pub(crate) fn add_acl(
 /// A role name as quote_ident printed it, back to the catalog name.
 pub(crate) fn unquote_role(quoted: &str) -> String {
     match super::quote::parse_ident(quoted) {
-        Some((name, rest)) if rest.is_empty() => name,
+        Some((name, "")) => name,
         _ => quoted.to_string(),
     }
 }

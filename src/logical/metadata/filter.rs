@@ -75,14 +75,13 @@ impl ObjectFilter {
 
     /// `table` passes the include lists (ignoring the exclude lists).
     pub fn includes_table(&self, table: &QualifiedName) -> bool {
-        (self.include_schemas.is_empty() || self.include_schemas.iter().any(|s| *s == table.schema))
+        (self.include_schemas.is_empty() || self.include_schemas.contains(&table.schema))
             && (self.include_tables.is_empty() || self.include_tables.contains(table))
     }
 
     /// `table` is named by an exclude list.
     pub fn excludes_table(&self, table: &QualifiedName) -> bool {
-        self.exclude_schemas.iter().any(|s| *s == table.schema)
-            || self.exclude_tables.contains(table)
+        self.exclude_schemas.contains(&table.schema) || self.exclude_tables.contains(table)
     }
 }
 
@@ -308,10 +307,9 @@ fn compute(entries: &[TocEntry], filter: &ObjectFilter) -> Selection {
             && !blocked[i]
             && is_attached_kind(&entries[i].kind)
             && entries[i].owner_table.is_none()
+            && deps(i).all(|d| chosen[d])
         {
-            if deps(i).all(|d| chosen[d]) {
-                chosen[i] = true;
-            }
+            chosen[i] = true;
         }
     }
     // Say what an exclusion took away besides the excluded objects.

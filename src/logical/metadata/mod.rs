@@ -292,6 +292,7 @@ async fn warn_unsupported(conn: &mut PgConn) -> Result<()> {
              JOIN pg_catalog.pg_namespace s ON s.oid = t.typnamespace \
              WHERE t.typtype = 'b' AND t.typelem = 0 AND {o_user} AND {ty_ext} \
            UNION ALL SELECT 'publications', count(*) FROM pg_catalog.pg_publication \
+           UNION ALL SELECT 'large objects', count(*) FROM pg_catalog.pg_largeobject_metadata \
            UNION ALL SELECT 'event triggers', count(*) FROM pg_catalog.pg_event_trigger e WHERE {e_ext} \
            UNION ALL SELECT 'procedural languages', count(*) FROM pg_catalog.pg_language l \
              WHERE l.oid >= 16384 AND {l_ext} \

@@ -30,6 +30,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
     let sql = format!(
         "SELECT c.oid, n.nspname, c.relname, pg_catalog.format('%I.%I', n.nspname, c.relname) AS qname, \
                 n.oid AS nspoid, pg_catalog.format_type(s.seqtypid, NULL) AS seqtype, \
+                c.relpersistence::text AS persistence, \
                 s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle, \
                 pg_catalog.pg_get_userbyid(c.relowner) AS owner, {acl} AS acl, \
                 pg_catalog.obj_description(c.oid, 'pg_class') AS comment, \
@@ -88,9 +89,11 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
             continue;
         }
         let owned = table.filter(|_| deptype == "a");
-        let statement = format!(
-            "CREATE SEQUENCE {qname}\n    AS {}\n    START WITH {}\n    INCREMENT BY {}\n    \
+        let statement =
+            format!(
+            "CREATE {}SEQUENCE {qname}\n    AS {}\n    START WITH {}\n    INCREMENT BY {}\n    \
              MINVALUE {}\n    MAXVALUE {}\n    CACHE {}{};",
+            if r.text("persistence")? == "u" { "UNLOGGED " } else { "" },
             r.text("seqtype")?,
             r.text("seqstart")?,
             r.text("seqincrement")?,
