@@ -250,6 +250,18 @@ fn zoo_round_trip_gives_the_same_pg_dump() {
         assert!(kinds.contains(k), "no {k} entry; kinds: {kinds:?}");
     }
     assert!(!kinds.contains("ROLE"), "globals only when asked");
+    // The default calling a function that reads its table is set after
+    // both: no cycle.
+    let pos = |kind: &str, name: &str| {
+        entries
+            .iter()
+            .position(|e| e.kind == kind && e.schema == "zoo" && e.name == name)
+            .unwrap_or_else(|| panic!("no {kind} zoo.{name}"))
+    };
+    assert!(pos("TABLE", "tickets") < pos("FUNCTION", "next_ticket()"));
+    assert!(pos("FUNCTION", "next_ticket()") < pos("DEFAULT", "tickets"));
+    // A column of a table's row type needs that table.
+    assert!(pos("TABLE", "animals") < pos("TABLE", "animal_snapshots"));
     // Extension members are the extension's, not separate objects.
     assert!(!entries
         .iter()

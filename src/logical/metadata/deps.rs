@@ -314,6 +314,7 @@ pub(crate) fn kind_rank(kind: &str) -> u8 {
         "TABLE" => 18,
         "TABLE ATTACH" => 19,
         "SEQUENCE OWNED BY" => 20,
+        "DEFAULT" => 20,
         "SEQUENCE SET" => 21,
         "VIEW" => 22,
         "MATERIALIZED VIEW" => 23,

@@ -55,6 +55,10 @@ pub(crate) struct Column {
     pub islocal: bool,
     pub default_oid: Option<u32>,
     pub default: Option<String>,
+    /// The default calls a function of the database (which may itself
+    /// read the table): set by a separate entry, after the function.
+    #[serde(default)]
+    pub default_calls_function: bool,
     pub collation: Option<String>,
     pub storage: Option<String>,
     pub stattarget: i32,
@@ -77,6 +81,9 @@ pub(crate) async fn read_columns(
                 'identity', a.attidentity::text, 'generated', a.attgenerated::text, \
                 'islocal', a.attislocal, 'default_oid', d.oid::int8, \
                 'default', pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
+                'default_calls_function', EXISTS (SELECT 1 FROM pg_catalog.pg_depend dd \
+                    WHERE dd.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND dd.objid = d.oid \
+                      AND dd.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND dd.refobjid >= 16384), \
                 'collation', CASE WHEN a.attcollation <> t.typcollation THEN {coll} END, \
                 'storage', CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage::text END, \
                 'stattarget', a.attstattarget, 'options', pg_catalog.array_to_json(a.attoptions), \
@@ -275,6 +282,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         // ones otherwise; typed tables list only columns with options.
         let mut lines = Vec::new();
         let mut after = Vec::new();
+        let mut separate_defaults: Vec<(&Column, String)> = Vec::new();
         let only = format!("ALTER TABLE ONLY {qn}");
         for col in cols {
             let printed = if oftype.is_some() {
@@ -296,6 +304,9 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 match (&col.default, col.generated.as_str()) {
                     (Some(expr), "s") => {
                         line.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"))
+                    }
+                    (Some(expr), _) if col.default_calls_function => {
+                        separate_defaults.push((col, expr.clone()));
                     }
                     (Some(expr), _) => line.push_str(&format!(" DEFAULT {expr}")),
                     _ => {}
@@ -320,6 +331,9 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 }
                 if col.generated.is_empty() && col.default != parent_default {
                     match &col.default {
+                        Some(expr) if col.default_calls_function => {
+                            separate_defaults.push((col, expr.clone()))
+                        }
                         Some(expr) => after.push(format!(
                             "{only} ALTER COLUMN {} SET DEFAULT {expr};",
                             col.qname
@@ -457,6 +471,23 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         }
         let node = g.add(node);
         g.bind(ObjRef::new(class::PG_CLASS, oid), node);
+        if !separate_defaults.is_empty() {
+            let stmts: Vec<String> = separate_defaults
+                .iter()
+                .map(|(col, expr)| format!("{only} ALTER COLUMN {} SET DEFAULT {expr};", col.qname))
+                .collect();
+            let dnode = g.add(
+                Node::new(Section::PreData, "DEFAULT", &name.schema, &name.name)
+                    .owner_table(Some(name.clone()))
+                    .statement(stmts.join("\n"))
+                    .dep(Dep::Node(node)),
+            );
+            for (col, _) in &separate_defaults {
+                if let Some(d) = col.default_oid {
+                    g.bind(ObjRef::new(class::PG_ATTRDEF, d), dnode);
+                }
+            }
+        }
         for col in cols {
             if let Some(d) = col.default_oid {
                 g.bind(ObjRef::new(class::PG_ATTRDEF, d), node);
