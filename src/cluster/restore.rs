@@ -316,8 +316,7 @@ async fn in_doubt(
     targets: &[(Segment, RestoreTarget)],
     cfg: &ClusterConfig,
 ) -> Result<Vec<(i32, String)>> {
-    let mut out = Vec::new();
-    for (seg, t) in targets {
+    let per_instance = try_join_all(targets.iter().map(|(seg, t)| async move {
         let mut c = PgConn::connect(&params(t, cfg)?, Replication::Off)
             .await
             .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
@@ -326,12 +325,14 @@ async fn in_doubt(
             .await
             .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
         c.close().await;
-        out.extend(
+        Ok::<_, Error>(
             rows.iter()
-                .map(|r| (seg.content_id, r.get(0).unwrap_or_default().to_string())),
-        );
-    }
-    Ok(out)
+                .map(|r| (seg.content_id, r.get(0).unwrap_or_default().to_string()))
+                .collect::<Vec<_>>(),
+        )
+    }))
+    .await?;
+    Ok(per_instance.into_iter().flatten().collect())
 }
 
 async fn rollback(
@@ -339,14 +340,14 @@ async fn rollback(
     cfg: &ClusterConfig,
     gids: &[(i32, String)],
 ) -> Result<()> {
-    for (seg, t) in targets {
+    try_join_all(targets.iter().map(|(seg, t)| async move {
         let mine: Vec<&String> = gids
             .iter()
             .filter(|(id, _)| *id == seg.content_id)
             .map(|(_, g)| g)
             .collect();
         if mine.is_empty() {
-            continue;
+            return Ok(());
         }
         let mut c = PgConn::connect(&params(t, cfg)?, Replication::Off)
             .await
@@ -357,7 +358,9 @@ async fn rollback(
                 .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
         }
         c.close().await;
-    }
+        Ok::<_, Error>(())
+    }))
+    .await?;
     Ok(())
 }
 

@@ -50,11 +50,12 @@ pub async fn create_cluster_restore_point(
             "a cluster restore point named {name:?} already exists: choose another name (restore point names are unique, so a restore can name exactly one point)"
         )));
     }
-    for seg in topo.segments() {
+    try_join_all(topo.segments().iter().map(|seg| async move {
         check_new_name(repo, seg.content_id, name)
             .await
-            .map_err(|e| in_segment(seg, e))?;
-    }
+            .map_err(|e| in_segment(seg, e))
+    }))
+    .await?;
     repo.prepare_write().await?;
 
     let mut coordinator = connect(topo, cfg, topo.coordinator()).await?;
