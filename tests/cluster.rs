@@ -239,6 +239,53 @@ fn cluster_backup_aborts_when_an_agent_fails() {
 
     // Back up again once the agent is back: complete.
     c.start_agent(2);
+
+    // An agent that falls silent (stopped) past agent_timeout aborts it too.
+    let quick = c.path("quick.toml");
+    std::fs::write(
+        &quick,
+        std::fs::read_to_string(&c.config)
+            .unwrap()
+            .replace("agent_timeout = 15", "agent_timeout = 3"),
+    )
+    .unwrap();
+    common::pg::chown_to_pg(&quick);
+    let child = common::pg::pg_command(common::cluster::CBDR)
+        .arg("--config")
+        .arg(&quick)
+        .arg("backup-push")
+        .env("PGUSER", "postgres")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let jobs_before = c.agent_log_text(3).matches("backup").count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.agent_log_text(3).matches("backup").count() == jobs_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            c.agent_log_text(3)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    c.signal_agent(3, libc::SIGSTOP);
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    c.signal_agent(3, libc::SIGCONT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("segment 2"),
+        "the silent segment is named: {err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "gave up after agent_timeout, not never"
+    );
+    let listing: serde_json::Value = serde_json::from_str(&c.ok(&["list", "--json"])).unwrap();
+    assert!(listing["cluster"]["backups"].as_array().unwrap().is_empty());
+
     let out = c.ok(&["backup-push"]);
     assert!(out.contains("4 instances"), "{out}");
     let listing: serde_json::Value = serde_json::from_str(&c.ok(&["list", "--json"])).unwrap();

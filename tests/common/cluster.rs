@@ -201,6 +201,13 @@ impl TestCluster {
         }
     }
 
+    /// Sends `signal` to the agent of instance `i` (and runuser around it).
+    pub fn signal_agent(&self, i: usize, signal: i32) {
+        if let Some(c) = &self.agents[i] {
+            signal_tree(c.id(), signal);
+        }
+    }
+
     pub fn agent_log(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("agent{i}.log"))
     }
@@ -246,17 +253,21 @@ impl Drop for TestCluster {
 }
 
 fn kill_tree(pid: u32) {
+    signal_tree(pid, libc::SIGKILL);
+}
+
+fn signal_tree(pid: u32, signal: i32) {
     let children =
         fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for c in children
         .split_whitespace()
         .filter_map(|c| c.parse::<u32>().ok())
     {
-        kill_tree(c);
+        signal_tree(c, signal);
     }
     // SAFETY: sending a signal has no memory-safety preconditions.
     unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
+        libc::kill(pid as i32, signal);
     }
 }
 
