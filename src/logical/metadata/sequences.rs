@@ -23,6 +23,16 @@ use crate::error::Result;
 use crate::logical::toc::Section;
 use crate::pg::conn::PgConn;
 
+/// A sequence whose value to read: the SEQUENCE SET entry follows `node`.
+struct SequenceValue {
+    /// Quoted, schema-qualified.
+    qname: String,
+    node: usize,
+    owner_table: Option<crate::logical::toc::QualifiedName>,
+    schema: String,
+    name: String,
+}
+
 /// Sequences read per query for their values.
 const VALUE_BATCH: usize = 200;
 
@@ -51,13 +61,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
     );
     let rows = query(conn, "sequences", &sql).await?;
     // (qualified name, entry the value follows, owner table)
-    let mut values: Vec<(
-        String,
-        usize,
-        Option<crate::logical::toc::QualifiedName>,
-        String,
-        String,
-    )> = Vec::new();
+    let mut values: Vec<SequenceValue> = Vec::new();
     for r in &rows {
         let oid = r.oid("oid")?;
         let schema = r.text("nspname")?;
@@ -85,7 +89,13 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
             };
             add_acl(g, &t, &owner, Some(table.owner_node), acl.as_deref(), &[]);
             add_comment(g, &t, r.opt("comment").as_deref());
-            values.push((qname, table.node, Some(table.name.clone()), schema, name));
+            values.push(SequenceValue {
+                qname,
+                node: table.node,
+                owner_table: Some(table.name.clone()),
+                schema,
+                name,
+            });
             continue;
         }
         let owned = table.filter(|_| deptype == "a");
@@ -145,38 +155,44 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
             None => add_owner_and_acl(g, &t, &owner, acl.as_deref(), &[]),
         }
         add_comment(g, &t, r.opt("comment").as_deref());
-        values.push((qname, node, owned.map(|t| t.name.clone()), schema, name));
+        values.push(SequenceValue {
+            qname,
+            node,
+            owner_table: owned.map(|t| t.name.clone()),
+            schema,
+            name,
+        });
     }
 
     for batch in values.chunks(VALUE_BATCH) {
         let sql = batch
             .iter()
             .enumerate()
-            .map(|(i, (qname, ..))| {
-                format!("SELECT {i} AS i, last_value::text AS v, is_called FROM {qname}")
+            .map(|(i, v)| {
+                format!(
+                    "SELECT {i} AS i, last_value::text AS v, is_called FROM {}",
+                    v.qname
+                )
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
-        let rows = query(conn, "sequence values", &sql).await?;
-        for r in rows {
-            let i = r.int("i")? as usize;
-            let (qname, node, owner_table, schema, name) = &batch[i];
-            let set = g.add(
-                Node::new(Section::PreData, "SEQUENCE SET", schema, name)
-                    .owner_table(owner_table.clone())
+        for r in query(conn, "sequence values", &sql).await? {
+            let v = &batch[r.int("i")? as usize];
+            let is_called = if r.flag("is_called")? {
+                "true"
+            } else {
+                "false"
+            };
+            g.add(
+                Node::new(Section::PreData, "SEQUENCE SET", &v.schema, &v.name)
+                    .owner_table(v.owner_table.clone())
                     .statement(format!(
-                        "SELECT pg_catalog.setval({}::pg_catalog.regclass, {}, {});",
-                        super::quote_literal(qname),
+                        "SELECT pg_catalog.setval({}::pg_catalog.regclass, {}, {is_called});",
+                        super::quote_literal(&v.qname),
                         r.text("v")?,
-                        if r.flag("is_called")? {
-                            "true"
-                        } else {
-                            "false"
-                        }
                     ))
-                    .dep(Dep::Node(*node)),
+                    .dep(Dep::Node(v.node)),
             );
-            let _ = set;
         }
     }
     Ok(())

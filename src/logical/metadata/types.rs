@@ -149,7 +149,7 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         let oid = r.oid("oid")?;
         let mut post_checks: Vec<(u32, String, String, Option<String>)> = Vec::new();
         let mut inline_check_oids = Vec::new();
-        let mut check_comments: Vec<(u32, String, Option<String>)> = Vec::new();
+        let mut check_comments: Vec<(String, Option<String>)> = Vec::new();
         let (kind, statement) = match typtype.as_str() {
             "e" => {
                 let labels: Vec<String> = r.opt_json("labels")?.unwrap_or_default();
@@ -221,7 +221,7 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
                             super::quote_ident(&cname)
                         ));
                         inline_check_oids.push(coid);
-                        check_comments.push((coid, cname, comment));
+                        check_comments.push((cname, comment));
                     } else {
                         post_checks.push((coid, cname, def, comment));
                     }
@@ -262,7 +262,7 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         let acl: Option<Vec<AclRow>> = r.opt_json("acl")?;
         add_owner_and_acl(g, &t, &r.text("owner")?, acl.as_deref(), &[]);
         add_comment(g, &t, r.opt("comment").as_deref());
-        for (coid, cname, comment) in check_comments {
+        for (cname, comment) in check_comments {
             let ct = Target {
                 node,
                 section: Section::PreData,
@@ -273,7 +273,6 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
                 name: cname.clone(),
                 owner_table: None,
             };
-            let _ = coid;
             add_comment(g, &ct, comment.as_deref());
         }
         for (coid, cname, def, comment) in post_checks {
