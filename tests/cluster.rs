@@ -190,7 +190,7 @@ fn cluster_backup_aborts_when_an_agent_fails() {
     common::pg::chown_to_pg(&bad);
     common::pg::chown_to_pg(&bad_token);
     let (code, _, err) = c.cbdr_with(&bad, &["backup-push"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 7, "agent refusals exit 7: {err}");
     assert!(err.contains("refused") || err.contains("token"), "{err}");
     assert!(!err.contains("a-wrong-token"), "the token leaked: {err}");
     assert!(
