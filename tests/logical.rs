@@ -779,6 +779,40 @@ fn incremental_chain_copies_changed_tables_only() {
 }
 
 #[test]
+fn a_big_table_loads_through_every_connection() {
+    let e = env();
+    e.server.psql("CREATE DATABASE big");
+    e.server.psql_db(
+        "big",
+        "CREATE TABLE t (id int PRIMARY KEY, v text, w text);
+         INSERT INTO t SELECT g, md5(g::text) || E'\\n' || md5((-g)::text), repeat(chr(65 + g % 26), 50)
+           FROM generate_series(1, 320000) g;
+         CREATE TABLE small (id int);
+         INSERT INTO small SELECT generate_series(1, 10);",
+    );
+    let ts = e.backup(&["--dbname", "big", "--jobs", "2"]);
+    assert!(
+        e.record(&ts)
+            .tables
+            .iter()
+            .any(|t| t.plain_bytes > 32_000_000),
+        "the table must be big enough to be split"
+    );
+    e.restore(
+        &ts,
+        &["--create-db", "--redirect-db", "big2", "--jobs", "2"],
+    );
+    assert_same_database(&e.server, "big", "big2");
+    let reports = e.ok(&["list", "--report", &ts]);
+    assert!(
+        reports
+            .lines()
+            .any(|l| l.starts_with("tables loaded in parallel:") && l.ends_with(" 1")),
+        "{reports}"
+    );
+}
+
+#[test]
 fn on_error_continue_lists_what_failed() {
     let e = env();
     e.server.psql("CREATE DATABASE src");

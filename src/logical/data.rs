@@ -569,9 +569,205 @@ pub async fn copy_in(
     Ok((rows, sent))
 }
 
+/// Cuts a COPY text stream into pieces of about [`PIECE`] bytes that end
+/// at a row boundary (COPY text format escapes newlines inside values, so
+/// every raw `\n` ends a row).
+pub fn cut_rows(buf: &mut BytesMut, at_end: bool) -> Option<Bytes> {
+    if at_end {
+        return (!buf.is_empty()).then(|| buf.split().freeze());
+    }
+    if buf.len() < PIECE {
+        return None;
+    }
+    let cut = buf.iter().rposition(|&b| b == b'\n')?;
+    Some(buf.split_to(cut + 1).freeze())
+}
+
+/// Loads the rows stored at `loc` through every connection of `conns` at
+/// once (each in COPY FROM STDIN with `copy_sql`, taking the next piece of
+/// whole rows when it is free): for a table much bigger than the others,
+/// which would otherwise keep one connection busy while the rest idle.
+/// The caller holds each connection in a transaction and commits them all
+/// only if this succeeds. Returns the rows the server reported (summed)
+/// and the plain bytes sent.
+pub async fn copy_in_split(
+    repo: &Repo,
+    conns: &mut [PgConn],
+    copy_sql: &str,
+    loc: &DataLocation,
+    queue: usize,
+) -> std::result::Result<(u64, u64), CopyInError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // Every connection enters COPY first.
+    let mut first_error = None;
+    let mut entered = vec![false; conns.len()];
+    for (i, conn) in conns.iter_mut().enumerate() {
+        if let Err(e) = conn.send_query(copy_sql).await {
+            first_error = Some(e);
+            break;
+        }
+        loop {
+            match conn.next_message().await {
+                Ok(BackendMessage::CopyInResponse) => {
+                    entered[i] = true;
+                    break;
+                }
+                Ok(BackendMessage::ReadyForQuery) => {
+                    first_error = Some(PgError::Protocol(format!(
+                        "`{copy_sql}` did not start a COPY"
+                    )));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e @ PgError::Server(_)) => {
+                    let _ = finish_reply(conn).await;
+                    first_error = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    first_error = Some(e);
+                    break;
+                }
+            }
+        }
+        if first_error.is_some() {
+            break;
+        }
+    }
+    if let Some(e) = first_error {
+        for (i, conn) in conns.iter_mut().enumerate() {
+            if entered[i] && conn.send_copy_done().await.is_ok() {
+                let _ = finish_reply(conn).await;
+            }
+        }
+        return Err(CopyInError::Pg(e));
+    }
+
+    let complete = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Piece>(queue.max(1) * conns.len());
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let done_flag = complete.clone();
+    let reader = read_location(repo, loc, move |r| {
+        let mut buf = BytesMut::with_capacity(PIECE * 2);
+        let mut chunk = vec![0u8; PIECE];
+        loop {
+            let n = match r.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let e = Error::Codec(CodecError::from_io(e, "table data"));
+                    let _ = tx.blocking_send(Piece::Fail(e.to_string()));
+                    return Err(e);
+                }
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(piece) = cut_rows(&mut buf, n == 0) {
+                if tx.blocking_send(Piece::Data(piece)).is_err() {
+                    return Ok(());
+                }
+            }
+            if n == 0 {
+                done_flag.store(true, Ordering::SeqCst);
+                let _ = tx.blocking_send(Piece::End);
+                return Ok(());
+            }
+        }
+    });
+    let failed = AtomicBool::new(false);
+    let sends = conns.iter_mut().map(|conn| {
+        let rx = rx.clone();
+        let (complete, failed) = (&complete, &failed);
+        async move {
+            let mut sent = 0u64;
+            loop {
+                let p = rx.lock().await.recv().await;
+                match p {
+                    Some(Piece::Data(b)) => {
+                        if let Err(e) = conn.send_copy_data(&b).await {
+                            failed.store(true, Ordering::SeqCst);
+                            return (sent, Err(e));
+                        }
+                        sent += b.len() as u64;
+                    }
+                    Some(Piece::End) => break,
+                    Some(Piece::Fail(_)) => {
+                        failed.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    None => {
+                        if !complete.load(Ordering::SeqCst) {
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                        break;
+                    }
+                }
+            }
+            // The others stop at the closed channel.
+            rx.lock().await.close();
+            let done = match conn.send_copy_done().await {
+                Ok(()) => finish_reply(conn).await,
+                Err(e) => Err(e),
+            };
+            (sent, done)
+        }
+    });
+    let (read, results) = tokio::join!(reader, futures_util::future::join_all(sends));
+    if let Err(e) = read {
+        return Err(CopyInError::Source(e));
+    }
+    if failed.load(Ordering::SeqCst) {
+        // A send failed (its error below) or the source stopped short.
+        for (_, r) in &results {
+            if let Err(e) = r {
+                return Err(CopyInError::Pg(PgError::Protocol(e.to_string())));
+            }
+        }
+        return Err(CopyInError::Source(Error::Internal(
+            "the table's data stopped before its end".into(),
+        )));
+    }
+    let mut rows = 0;
+    let mut bytes = 0;
+    for (sent, r) in results {
+        let tag = r.map_err(CopyInError::Pg)?;
+        rows += tag.as_deref().and_then(copy_tag_rows).ok_or_else(|| {
+            CopyInError::Pg(PgError::Protocol(format!(
+                "`{copy_sql}` ended without a COPY command tag"
+            )))
+        })?;
+        bytes += sent;
+    }
+    Ok((rows, bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_end_at_row_boundaries() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"1\ta\n2\tb\n");
+        assert_eq!(cut_rows(&mut buf, false), None, "short: wait for more");
+        let row = vec![b'x'; PIECE / 3];
+        for _ in 0..4 {
+            buf.extend_from_slice(&row);
+            buf.extend_from_slice(b"\n");
+        }
+        buf.extend_from_slice(b"partial");
+        let piece = cut_rows(&mut buf, false).unwrap();
+        assert!(piece.ends_with(b"\n"));
+        assert_eq!(&buf[..], b"partial");
+        // A row longer than a piece stays whole.
+        let mut big = BytesMut::new();
+        big.extend_from_slice(&vec![b'y'; PIECE * 2]);
+        assert_eq!(cut_rows(&mut big, false), None);
+        big.extend_from_slice(b"\nz");
+        assert_eq!(cut_rows(&mut big, false).unwrap().len(), PIECE * 2 + 1);
+        assert_eq!(cut_rows(&mut big, true).unwrap(), Bytes::from_static(b"z"));
+        assert_eq!(cut_rows(&mut big, true), None);
+    }
 
     #[test]
     fn tags() {

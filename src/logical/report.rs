@@ -172,6 +172,8 @@ pub struct RestoreOutcome<'a> {
     pub fatal: Option<String>,
     pub failures: &'a [RestoreFailure],
     pub tables_restored: usize,
+    /// Tables loaded through several connections at once.
+    pub tables_split: usize,
     pub rows_restored: u64,
     pub statements_run: usize,
     pub errors_key: Option<String>,
@@ -208,6 +210,7 @@ pub fn restore_report(o: &RestoreOutcome) -> String {
     out.push('\n');
     line(&mut out, "statements run", o.statements_run);
     line(&mut out, "tables with data restored", o.tables_restored);
+    line(&mut out, "tables loaded in parallel", o.tables_split);
     line(&mut out, "rows restored", o.rows_restored);
     let meta = o.failures.iter().filter(|f| f.phase == "metadata").count();
     let data = o.failures.iter().filter(|f| f.phase == "data").count();

@@ -174,6 +174,7 @@ pub async fn gprestore(repo: &Repo, req: &RestoreRequest) -> Result<RestoreSumma
         fatal: fatal.clone(),
         failures: &state.failures,
         tables_restored: state.tables,
+        tables_split: state.split_tables,
         rows_restored: state.rows,
         statements_run: state.statements,
         errors_key: errors_key.clone(),
@@ -228,6 +229,7 @@ async fn restore_timestamp(repo: &Repo, backup: &Timestamp) -> Result<Timestamp>
 struct State {
     failures: Vec<RestoreFailure>,
     tables: usize,
+    split_tables: usize,
     rows: u64,
     statements: usize,
 }
@@ -360,9 +362,11 @@ async fn restore_into(
         if req.progress {
             println!("Restoring pre-data metadata ({} statements)", serial.len());
         }
+        let t = std::time::Instant::now();
         for e in serial {
             replay(&mut main, req, e, state).await?;
         }
+        tracing::info!("pre-data done in {:.2} s", t.elapsed().as_secs_f64());
     }
 
     // Data, in parallel.
@@ -387,8 +391,20 @@ async fn restore_into(
             .unwrap_or(false);
         // Truncate in the load's transaction: asked for, or (on a table
         // this restore created) to let PostgreSQL skip the WAL.
-        let truncate = req.truncate_table || req.incremental || (wal_minimal && restore_metadata);
-        load_data(repo, req, &mut pool, loads.clone(), truncate, state).await?;
+        let wal_skip = wal_minimal && restore_metadata;
+        let truncate = req.truncate_table || req.incremental;
+        let t = std::time::Instant::now();
+        load_data(
+            repo,
+            req,
+            &mut pool,
+            loads.clone(),
+            truncate,
+            wal_skip,
+            state,
+        )
+        .await?;
+        tracing::info!("data done in {:.2} s", t.elapsed().as_secs_f64());
     }
 
     // Post-data by tiers, in parallel.
@@ -402,7 +418,9 @@ async fn restore_into(
             if req.progress {
                 println!("Restoring post-data metadata ({} statements)", post.len());
             }
+            let t = std::time::Instant::now();
             replay_tiers(&mut pool, req, &post, state).await?;
+            tracing::info!("post-data done in {:.2} s", t.elapsed().as_secs_f64());
         }
     }
 
@@ -793,16 +811,53 @@ async fn replay_tiers(
 }
 
 /// Loads the tables on the pool's connections.
+/// Tables at least this big (plain bytes) are loaded through every
+/// connection at once, unless WAL skipping needs one transaction.
+pub const SPLIT_MIN: u64 = 32_000_000;
+
+#[allow(clippy::too_many_arguments)]
 async fn load_data(
     repo: &Repo,
     req: &RestoreRequest,
     pool: &mut [PgConn],
     mut loads: Vec<Load>,
     truncate: bool,
+    wal_skip: bool,
     state: &mut State,
 ) -> Result<()> {
     loads.sort_by_key(|l| std::cmp::Reverse(l.data.plain_bytes));
     let total = loads.len();
+    // The big tables first, each through all connections: one table much
+    // bigger than the rest would otherwise leave the others idle.
+    if pool.len() > 1 && !wal_skip {
+        while loads
+            .first()
+            .is_some_and(|l| l.data.plain_bytes >= SPLIT_MIN)
+        {
+            let load = loads.remove(0);
+            match load_split(repo, pool, &load, truncate, req.queue).await {
+                Ok(rows) => {
+                    state.tables += 1;
+                    state.rows += rows;
+                    state.split_tables += 1;
+                    tracing::info!(
+                        "restored data to table {} ({rows} rows, through {} connections)",
+                        display_name(&load.target),
+                        pool.len()
+                    );
+                }
+                Err(e) if e.exit_code() == crate::error::ExitCode::Postgres => fail(
+                    req,
+                    state,
+                    "data",
+                    format!("TABLE {}", display_name(&load.target)),
+                    e.to_string(),
+                )?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let truncate = truncate || wal_skip;
     let queue = Mutex::new(loads.into_iter().collect::<VecDeque<_>>());
     let results = Mutex::new(Vec::<(Load, std::result::Result<u64, Error>)>::new());
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -861,6 +916,49 @@ async fn load_data(
     Ok(())
 }
 
+/// One big table through every connection of the pool, each in its own
+/// transaction; all commit only when every COPY succeeded and the rows add
+/// up to the backup's count.
+async fn load_split(
+    repo: &Repo,
+    pool: &mut [PgConn],
+    load: &Load,
+    truncate: bool,
+    queue: usize,
+) -> Result<u64> {
+    let name = quote_qualified(&load.target);
+    let what = display_name(&load.target);
+    if truncate {
+        run(
+            &mut pool[0],
+            &format!("truncating {what}"),
+            &format!("TRUNCATE {name}"),
+        )
+        .await?;
+    }
+    for c in pool.iter_mut() {
+        run(c, &format!("preparing to load {what}"), "BEGIN").await?;
+    }
+    let sql = format!("COPY {name} ({}) FROM STDIN", load.data.columns.join(", "));
+    let result = match data::copy_in_split(repo, pool, &sql, &load.data.location, queue).await {
+        Ok((rows, _)) if rows != load.data.rows => Err(Error::Integrity(format!(
+            "table {what}: the backup holds {} rows, COPY loaded {rows}: the stored data does not match its record",
+            load.data.rows
+        ))),
+        Ok((rows, _)) => Ok(rows),
+        Err(CopyInError::Pg(e)) => Err(pg(format!("loading table {what}"))(e)),
+        Err(CopyInError::Source(e)) => Err(e),
+    };
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    for c in pool.iter_mut() {
+        let r = run(c, &format!("committing table {what}"), end).await;
+        if result.is_ok() {
+            r?;
+        }
+    }
+    result
+}
+
 /// One table: its own transaction, optionally truncated first, COPY, row
 /// count checked against the backup's.
 async fn load_one(
@@ -881,7 +979,17 @@ async fn load_one(
         &begin,
     )
     .await?;
-    let sql = format!("COPY {name} ({}) FROM STDIN", load.data.columns.join(", "));
+    // Truncated in this transaction: the rows can be written frozen (no
+    // hint-bit writes or freezing later; not for partitioned tables).
+    let freeze = if truncate && load.data.relkind != "p" {
+        " WITH (FREEZE)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "COPY {name} ({}) FROM STDIN{freeze}",
+        load.data.columns.join(", ")
+    );
     let (rows, _bytes) = match data::copy_in(repo, conn, &sql, &load.data.location, queue).await {
         Ok(v) => v,
         Err(CopyInError::Pg(e)) => {
