@@ -82,7 +82,10 @@ impl Setup {
     fn backups(&self) -> Vec<serde_json::Value> {
         let out = self.ok(None, &["list", "--json", "--content-id", "-1"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["segments"][0]["backups"].as_array().cloned().unwrap_or_default()
+        v["segments"][0]["backups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn restore(&self, name: &str, args: &[&str]) -> (i32, String, PathBuf) {

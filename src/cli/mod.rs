@@ -1,8 +1,8 @@
 //! The command line: parses arguments, runs a command, prints errors well
 //! and maps them to documented exit codes.
 
-mod cluster;
 mod agent;
+mod cluster;
 mod list;
 mod logical;
 mod physical;
