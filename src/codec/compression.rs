@@ -86,8 +86,11 @@ impl Compression {
         Ok(match self {
             Compression::None => Box::new(Plain(out)),
             Compression::Lz4 => {
+                // 1 MiB blocks: the encoder and every decoder of the object
+                // hold two blocks; 4 MiB blocks compress 0.4% better on
+                // pgbench data and cost 4x the memory per object in flight.
                 let info = lz4_flex::frame::FrameInfo::new()
-                    .block_size(lz4_flex::frame::BlockSize::Max4MB)
+                    .block_size(lz4_flex::frame::BlockSize::Max1MB)
                     .content_checksum(false);
                 Box::new(Lz4(lz4_flex::frame::FrameEncoder::with_frame_info(
                     info, out,
