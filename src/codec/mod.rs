@@ -13,6 +13,7 @@ mod compression;
 mod header;
 mod key;
 mod object;
+mod stream;
 
 use std::io;
 use std::sync::Arc;

@@ -3,19 +3,14 @@
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
-use aead_stream::{DecryptorBE32, EncryptorBE32};
-use chacha20poly1305::XChaCha20Poly1305;
-
 use super::header::{Encryption, Header};
 use super::key::{self, Key};
+use super::stream::Stream;
 use super::{Codec, CodecError, FinishWrite};
 
 const LAST: u32 = 1 << 31;
 const TAG_LEN: usize = 16;
 const CRC_LEN: usize = 4;
-
-type Encryptor = EncryptorBE32<XChaCha20Poly1305>;
-type Decryptor = DecryptorBE32<XChaCha20Poly1305>;
 
 /// Writes one object: `Write` the plain bytes, then [`ObjectWriter::finish`].
 /// Dropping it without `finish` leaves an object without its last chunk,
@@ -47,7 +42,7 @@ impl<W: Write + Send + 'static> ObjectWriter<W> {
                     key_check: key::key_check(&master),
                 };
                 let object_key = key::object_key(&master, &enc.object_salt, name);
-                let cipher = Encryptor::new(&(*object_key).into(), &enc.nonce_prefix.into());
+                let cipher = Stream::new(&object_key, &enc.nonce_prefix);
                 (
                     Header {
                         compression: codec.compression,
@@ -114,7 +109,7 @@ pub(super) struct Sealer<W: Write> {
     out: W,
     buf: Vec<u8>,
     chunk: usize,
-    cipher: Option<Encryptor>,
+    cipher: Option<Stream>,
     aad: Vec<u8>,
     index: u64,
     name: String,
@@ -123,19 +118,10 @@ pub(super) struct Sealer<W: Write> {
 impl<W: Write> Sealer<W> {
     fn seal(&mut self, last: bool) -> Result<(), CodecError> {
         let failed = |name: &str| CodecError::io(name, io::Error::other("encryption failed"));
-        if self.cipher.is_some() {
-            if last {
-                let cipher = self.cipher.take().expect("checked above");
-                cipher
-                    .encrypt_last_in_place(&self.aad, &mut self.buf)
-                    .map_err(|_| failed(&self.name))?;
-            } else {
-                self.cipher
-                    .as_mut()
-                    .expect("checked above")
-                    .encrypt_next_in_place(&self.aad, &mut self.buf)
-                    .map_err(|_| failed(&self.name))?;
-            }
+        if let Some(cipher) = self.cipher.as_mut() {
+            cipher
+                .seal(&self.aad, &mut self.buf, last)
+                .map_err(|_| failed(&self.name))?;
         } else {
             let crc = chunk_crc(self.index, last, &self.buf);
             self.buf.extend_from_slice(&crc.to_le_bytes());
@@ -223,10 +209,7 @@ impl ObjectReader {
                     return Err(CodecError::WrongKey { name: name.into() });
                 }
                 let object_key = key::object_key(&master, &enc.object_salt, name);
-                Some(Decryptor::new(
-                    &(*object_key).into(),
-                    &enc.nonce_prefix.into(),
-                ))
+                Some(Stream::new(&object_key, &enc.nonce_prefix))
             }
         };
         let chunk = header.chunk_size();
@@ -298,7 +281,7 @@ struct Opener {
     pos: usize,
     done: bool,
     max_payload: usize,
-    cipher: Option<Decryptor>,
+    cipher: Option<Stream>,
     aad: Vec<u8>,
     index: u64,
     bytes: u64,
@@ -359,16 +342,10 @@ impl Opener {
             return Err(truncated(self));
         }
         match self.cipher.as_mut() {
-            Some(_) if last => {
-                let cipher = self.cipher.take().expect("checked above");
-                cipher
-                    .decrypt_last_in_place(&self.aad, &mut self.buf)
-                    .map_err(|_| corrupt(self, "fails authentication".into()))?;
-            }
             Some(cipher) => {
-                cipher
-                    .decrypt_next_in_place(&self.aad, &mut self.buf)
-                    .map_err(|_| corrupt(self, "fails authentication".into()))?;
+                if cipher.open(&self.aad, &mut self.buf, last).is_err() {
+                    return Err(corrupt(self, "fails authentication".into()));
+                }
             }
             None => {
                 if self.buf.len() < CRC_LEN {
