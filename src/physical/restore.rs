@@ -180,9 +180,10 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     // newer timeline that branched off before the point).
     let target_timeline = match &opts.target {
         RecoveryTarget::RestorePoint(name) => Some(
-            repo.get_json::<crate::repo::catalog::RestorePointRecord>(
-                &layout::restore_point_key(opts.content_id, name),
-            )
+            repo.get_json::<crate::repo::catalog::RestorePointRecord>(&layout::restore_point_key(
+                opts.content_id,
+                name,
+            ))
             .await?
             .timeline,
         ),
@@ -231,20 +232,25 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         prepare_dir(dir, opts.force)?;
     }
 
+    let started = std::time::Instant::now();
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
-    let mut queue: Vec<(String, PathBuf, String)> = Vec::new();
-    for a in &backup.archives {
+    // Part keys are made as they are needed: nothing grows with the
+    // number of parts.
+    let mut queue = backup.archives.iter().flat_map(|a| {
         let (dir, manifest_prefix) = dirs[&a.name].clone();
-        for part in 0..a.parts {
-            queue.push((
-                layout::backup_part_key(opts.content_id, &backup.name, &a.name, part),
+        let (content_id, name) = (opts.content_id, backup.name.clone());
+        (0..a.parts).map(move |part| {
+            (
+                layout::backup_part_key(content_id, &name, &a.name, part),
                 dir.clone(),
                 manifest_prefix.clone(),
-            ));
-        }
-    }
-    let mut queue = queue.into_iter();
+            )
+        })
+    });
+    // The disk persists what is written while the rest is decoded, rather
+    // than all of it in the final sync.
+    let early_sync = EarlySync::start(dirs.values().map(|(d, _)| d.clone()).collect());
     let mut failure: Option<Error> = None;
     loop {
         while failure.is_none() && tasks.len() < opts.parallel.max(1) {
@@ -258,15 +264,11 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             tasks.spawn(async move {
                 let part = key.clone();
                 repo.read_with(&key, move |r| {
-                    unpack(
-                        r,
-                        &dir,
-                        &prefix,
-                        &manifest,
-                        &seen,
-                        &part,
-                        progress.as_deref(),
-                    )
+                    let done = Done {
+                        manifest: &manifest,
+                        seen: &seen,
+                    };
+                    unpack(r, &dir, &prefix, &done, &part, progress.as_deref())
                 })
                 .await
             });
@@ -287,10 +289,16 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             }
         }
     }
+    early_sync.stop();
     if let Some(e) = failure {
         return Err(incomplete(&opts.target_dir, e));
     }
 
+    tracing::debug!(
+        "restore of {}: every part unpacked after {:.2}s",
+        backup.name,
+        started.elapsed().as_secs_f64()
+    );
     // Every file of the manifest arrived, with its checksum.
     let seen = seen.lock().unwrap();
     let mut missing: Vec<&String> = manifest
@@ -318,14 +326,21 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         .map_err(|e| Error::io("writing backup_manifest", e))?;
     report(&opts.progress, |p| p.set_phase("syncing"));
     write_recovery_settings(&opts.target_dir, opts, target_timeline)?;
-    // pg_control last: until it is there, the directory cannot start.
-    let control = opts.target_dir.join("global/pg_control");
-    fs::rename(control.with_extension(PARTIAL_EXT), &control)
-        .map_err(|e| Error::io("putting global/pg_control in place", e))?;
+    // Everything on disk, then pg_control: until it is there, the directory
+    // cannot start.
     sync_tree(&opts.target_dir)?;
     for (dir, _) in dirs.values() {
         sync_tree(dir)?;
     }
+    let control = opts.target_dir.join("global/pg_control");
+    fs::rename(control.with_extension(PARTIAL_EXT), &control)
+        .map_err(|e| Error::io("putting global/pg_control in place", e))?;
+    sync_dir(&opts.target_dir.join("global"))?;
+    tracing::debug!(
+        "restore of {}: on disk after {:.2}s",
+        backup.name,
+        started.elapsed().as_secs_f64()
+    );
     Ok(backup)
 }
 
@@ -465,14 +480,178 @@ fn sync_tree(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Syncs the restore's file systems over and over while files are written
+/// (a thread), so that the disk persists them as they come: the final sync,
+/// which alone guarantees durability, then finds little left to do. A
+/// failure here is left for the final sync to report.
+struct EarlySync {
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Pause between two early syncs: short, as the disk persists data best
+/// when always asked to (a 1.6 GB restore measured: 3.0-3.3 s with 0-20 ms
+/// pauses, 3.4 s with 100 ms, 3.7-4.1 s with 1 s).
+const EARLY_SYNC_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl EarlySync {
+    fn start(mut dirs: Vec<PathBuf>) -> EarlySync {
+        // One directory per file system is enough for syncfs.
+        let mut devices = HashSet::new();
+        dirs.retain(|d| {
+            fs::metadata(d).is_ok_and(|m| devices.insert(std::os::unix::fs::MetadataExt::dev(&m)))
+        });
+        let stop: Arc<(Mutex<bool>, std::sync::Condvar)> = Arc::default();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cbdr-early-sync".into())
+            .spawn(move || loop {
+                let (lock, wake) = &*flag;
+                let stopped = wake
+                    .wait_timeout_while(lock.lock().unwrap(), EARLY_SYNC_PAUSE, |s| !*s)
+                    .unwrap()
+                    .0;
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                for d in &dirs {
+                    let _ = sync_tree(d);
+                }
+            })
+            .ok();
+        EarlySync { stop, thread }
+    }
+
+    /// Stops (and waits for) the syncing thread.
+    fn stop(self) {}
+}
+
+impl Drop for EarlySync {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap() = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// fsync of a directory (a rename in it made durable).
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+}
+
+/// Where restored files are checked off.
+struct Done<'a> {
+    manifest: &'a Manifest,
+    /// Manifest paths restored whole and checked.
+    seen: &'a Mutex<HashSet<String>>,
+}
+
+impl Done<'_> {
+    /// Checks a whole file against the manifest and checks it off.
+    fn file(&self, path: String, size: u64, crc: u32) -> std::result::Result<(), String> {
+        if let Some(ManifestFile { size: want, crc32c }) = self.manifest.files.get(&path) {
+            if *want != size || crc32c.is_some_and(|c| c != crc) {
+                return Err(format!(
+                    "{path} does not match the backup manifest (size {size}, expected {want})"
+                ));
+            }
+            self.seen.lock().unwrap().insert(path);
+        }
+        Ok(())
+    }
+}
+
+/// Bytes written to a file before its writeback is started: the disk then
+/// works from the start of the restore, not only at the final sync.
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+/// Bytes per write.
+const WRITE_SIZE: usize = 1024 * 1024;
+
+/// A file being restored, or a piece of one, written from `start` through
+/// the page cache, its writeback started every [`WRITEBACK_STEP`] bytes.
+/// (Direct I/O was measured slower here: its synchronous 1 MiB writes wait
+/// on the disk one by one, where the writeback sends large requests.)
+struct OutFile {
+    file: fs::File,
+    start: u64,
+    written: u64,
+    /// Bytes whose writeback was started.
+    flushed: u64,
+}
+
+impl OutFile {
+    fn open(path: &Path, start: u64, truncate: bool) -> io::Result<OutFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(truncate)
+            .mode(0o600)
+            .open(path)?;
+        Ok(OutFile {
+            file,
+            start,
+            written: 0,
+            flushed: 0,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, self.start + self.written)?;
+        self.written += data.len() as u64;
+        if self.written - self.flushed >= WRITEBACK_STEP {
+            self.writeback();
+        }
+        Ok(())
+    }
+
+    fn writeback(&mut self) {
+        if self.written > self.flushed {
+            start_writeback(
+                &self.file,
+                self.start + self.flushed,
+                self.written - self.flushed,
+            );
+            self.flushed = self.written;
+        }
+    }
+
+    /// Starts the writeback of the rest, so the final sync has little left
+    /// to do.
+    fn finish(mut self) {
+        self.writeback();
+    }
+}
+
+/// Starts writing back `len` bytes of `file` from `offset` (no wait).
+fn start_writeback(file: &fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on an open file descriptor; a failure only
+    // means the final sync does all the work.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Unpacks one part's decoded tar stream, checking each file against the
 /// manifest. Runs on a blocking thread.
 fn unpack(
     reader: impl Read,
     dir: &Path,
     manifest_prefix: &str,
-    manifest: &Manifest,
-    seen: &Mutex<HashSet<String>>,
+    done: &Done<'_>,
     part: &str,
     progress: Option<&Progress>,
 ) -> Result<()> {
@@ -485,6 +664,7 @@ fn unpack(
     let entries = archive
         .entries()
         .map_err(|e| bad(format!("not a tar stream: {e}")))?;
+    let mut buf = vec![0u8; WRITE_SIZE];
     for entry in entries {
         let mut entry = match entry {
             Ok(e) => e,
@@ -540,16 +720,11 @@ fn unpack(
         } else {
             dest.clone()
         };
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode_0600()
-            .open(&out_path)
+        let write_err = |e| Error::io(format!("writing {}", out_path.display()), e);
+        let mut out = OutFile::open(&out_path, 0, true)
             .map_err(|e| Error::io(format!("creating {}", out_path.display()), e))?;
         let mut crc = 0u32;
         let mut size = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = match entry.read(&mut buf) {
                 Ok(n) => n,
@@ -566,37 +741,71 @@ fn unpack(
             if let Some(p) = progress {
                 p.add_done(n as u64);
             }
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::io(format!("writing {}", out_path.display()), e))?;
+            out.write(&buf[..n]).map_err(write_err)?;
         }
-        // Start writing the file back now, so the final sync has little
-        // left to do and the disk works while the next files are decoded.
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: sync_file_range on an open file descriptor; a failure
-            // only means the final sync does all the work.
-            unsafe {
-                libc::sync_file_range(out.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-            }
-        }
-        if let Some(ManifestFile { size: want, crc32c }) = manifest.files.get(&manifest_path) {
-            if *want != size || crc32c.is_some_and(|c| c != crc) {
-                return Err(bad(format!(
-                    "{manifest_path} does not match the backup manifest (size {size}, expected {want})"
-                )));
-            }
-            seen.lock().unwrap().insert(manifest_path);
-        }
+        out.finish();
+        done.file(manifest_path, size, crc).map_err(bad)?;
     }
     Ok(())
 }
 
-trait OpenMode {
-    fn mode_0600(&mut self) -> &mut Self;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl OpenMode for fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    #[test]
+    fn out_files_write_pieces_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3 * WRITE_SIZE + 1234)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        // Two pieces, the second first.
+        let cut = 2 * WRITE_SIZE;
+        for (start, end) in [(cut, data.len()), (0, cut)] {
+            let mut out = OutFile::open(&path, start as u64, false).unwrap();
+            for chunk in data[start..end].chunks(100_000) {
+                out.write(chunk).unwrap();
+            }
+            out.finish();
+        }
+        assert_eq!(fs::read(&path).unwrap(), data);
+        // A whole file replaces what is there.
+        let mut out = OutFile::open(&path, 0, true).unwrap();
+        out.write(b"hello").unwrap();
+        out.finish();
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_file_is_checked_against_the_manifest() {
+        let mut manifest = Manifest::default();
+        manifest.files.insert(
+            "base/5/1".into(),
+            ManifestFile {
+                size: 3,
+                crc32c: Some(crc32c::crc32c(b"abc")),
+            },
+        );
+        let seen = Mutex::default();
+        let done = Done {
+            manifest: &manifest,
+            seen: &seen,
+        };
+        assert!(done
+            .file("base/5/1".into(), 3, crc32c::crc32c(b"abd"))
+            .is_err());
+        assert!(done
+            .file("base/5/1".into(), 4, crc32c::crc32c(b"abc"))
+            .is_err());
+        assert!(seen.lock().unwrap().is_empty());
+        done.file("base/5/1".into(), 3, crc32c::crc32c(b"abc"))
+            .unwrap();
+        // Files the manifest does not list are not checked.
+        done.file("other".into(), 1, 0).unwrap();
+        assert_eq!(
+            seen.lock().unwrap().iter().collect::<Vec<_>>(),
+            [&"base/5/1".to_string()]
+        );
     }
 }
