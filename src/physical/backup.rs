@@ -9,13 +9,13 @@
 //! after the WAL from start to stop LSN is in the archive: without it the
 //! backup does not exist for `list` or `restore`.
 
-use std::io::{self, Read};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::progress::{report, Progress};
@@ -28,12 +28,19 @@ use crate::repo::{layout, Repo, TransferStats};
 
 /// Plain bytes per part before it is cut at the next file boundary.
 pub const PART_TARGET: u64 = 16 * 1024 * 1024;
-/// Messages (PostgreSQL sends ~32 KiB each) a part may hold queued for its
-/// encoder: about a whole part, so the receiver moves on to the next part
-/// while this one is still encoded, and the parts in flight use every core.
-const PART_QUEUE: usize = 640;
-/// Parts encoded and uploaded at once.
+/// Bytes handed to a part's encoder at once: PostgreSQL sends ~32 KiB
+/// messages, and waking the encoder for each costs more than encoding it.
+const BATCH: usize = 1024 * 1024;
+/// Batches a part may hold queued for its encoder: about a whole part, so
+/// the receiver moves on to the next part while this one is still encoded,
+/// and the parts in flight use every core.
+const PART_QUEUE: usize = 20;
+/// Parts received and encoded at once.
 pub const PARTS_IN_FLIGHT: usize = 3;
+/// Parts not yet stored at once: encoded parts whose storage is still
+/// writing or syncing them no longer hold an encoding slot, so a slow
+/// fsync does not stall the stream.
+const PARTS_STORING: usize = 2 * PARTS_IN_FLIGHT;
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -91,7 +98,16 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     );
     stream.progress = opts.progress.clone();
     report(&opts.progress, |p| p.set_phase("streaming"));
-    let result = stream.run(&mut conn, version >= 150000).await;
+    // The receiver runs as a task of its own: on a runtime worker, where
+    // the socket's readiness is seen, rather than on the caller's thread,
+    // which every message would have to wake.
+    let mut receiver = AbortOnDrop(tokio::spawn(async move {
+        let result = stream.run(&mut conn, version >= 150000).await;
+        (stream, conn, result)
+    }));
+    let (mut stream, conn, result) = (&mut receiver.0)
+        .await
+        .map_err(|e| Error::Internal(format!("backup receiver task: {e}")))?;
     let (start, stop, archives, manifest_bytes) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -101,6 +117,11 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     };
     conn.close().await;
     let stop_time = Utc::now();
+    tracing::debug!(
+        "backup {name}: every part stored after {:.2}s; waiting for the WAL up to {}",
+        (stop_time - start_time).as_seconds_f64(),
+        stop.0
+    );
 
     report(&opts.progress, |p| p.set_phase("waiting for WAL"));
     wait_for_wal(
@@ -133,6 +154,10 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     };
     repo.put_json(&layout::backup_record_key(opts.content_id, &name), &record)
         .await?;
+    tracing::debug!(
+        "backup {name}: WAL archived and record written after {:.2}s",
+        (Utc::now() - start_time).as_seconds_f64()
+    );
     tracing::info!(
         "backup {name}: complete, {} bytes stored as {} ({}..{})",
         record.plain_bytes(),
@@ -141,6 +166,15 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         record.stop_lsn
     );
     Ok(record)
+}
+
+/// Aborts a task when dropped (its caller was cancelled).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn pg_err(e: crate::pg::conn::PgError) -> Error {
@@ -207,10 +241,21 @@ struct BackupStream {
     name: String,
     part_target: u64,
     slots: Arc<Semaphore>,
+    storing: Arc<Semaphore>,
     current: Option<ArchiveWriter>,
     done: Vec<ArchiveRecord>,
     manifest: Option<PartSink>,
     progress: Option<Arc<Progress>>,
+    /// Where the receiver waited: for the server, for a free part slot,
+    /// for room in a part's queue (debug log: which stage limits).
+    waited: Waits,
+}
+
+#[derive(Debug, Default)]
+struct Waits {
+    server: Duration,
+    slot: Duration,
+    queue: Duration,
 }
 
 impl BackupStream {
@@ -221,10 +266,12 @@ impl BackupStream {
             name,
             part_target,
             slots: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
+            storing: Arc::new(Semaphore::new(PARTS_STORING)),
             current: None,
             done: Vec::new(),
             manifest: None,
             progress: None,
+            waited: Waits::default(),
         }
     }
 
@@ -257,7 +304,10 @@ impl BackupStream {
             bar
         });
         loop {
-            match conn.next_message().await.map_err(pg_err)? {
+            let t = Instant::now();
+            let message = conn.next_message().await.map_err(pg_err)?;
+            self.waited.server += t.elapsed();
+            match message {
                 BackendMessage::RowDescription(cols) => columns = cols.to_vec(),
                 BackendMessage::DataRow(values) => {
                     let text = |i: usize| {
@@ -360,7 +410,16 @@ impl BackupStream {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
+        let t = Instant::now();
         self.finish_archive().await?;
+        tracing::debug!(
+            "backup {}: the receiver waited {:.2}s for the server, {:.2}s for a free part slot, {:.2}s on full part queues, {:.2}s for the last parts",
+            self.name,
+            self.waited.server.as_secs_f64(),
+            self.waited.slot.as_secs_f64(),
+            self.waited.queue.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
         let manifest_bytes = match self.manifest.take() {
             Some(m) => m.finish().await?.plain,
             None => return Err(Error::Postgres("the server sent no backup manifest".into())),
@@ -384,7 +443,7 @@ impl BackupStream {
             },
             boundaries: TarBoundaries::new(),
             part: None,
-            uploads: Vec::new(),
+            uploads: VecDeque::new(),
         });
     }
 
@@ -403,13 +462,26 @@ impl BackupStream {
             ));
         };
         while !data.is_empty() {
+            let n = a
+                .boundaries
+                .advance(&data)
+                .map_err(|e| Error::Postgres(format!("the server's tar stream: {e}")))?;
+            let piece = data.split_to(n);
             if a.part.is_none() {
-                let permit = self
+                let t = Instant::now();
+                let store = self
+                    .storing
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let encode = self
                     .slots
                     .clone()
                     .acquire_owned()
                     .await
                     .expect("never closed");
+                self.waited.slot += t.elapsed();
                 let key = layout::backup_part_key(
                     self.content_id,
                     &self.name,
@@ -417,18 +489,21 @@ impl BackupStream {
                     a.record.parts,
                 );
                 a.record.parts += 1;
-                a.part = Some(PartSink::start(&self.repo, key, Some(permit)));
+                a.part = Some(PartSink::start(&self.repo, key, Some((encode, store))));
             }
-            let n = a
-                .boundaries
-                .advance(&data)
-                .map_err(|e| Error::Postgres(format!("the server's tar stream: {e}")))?;
-            let piece = data.split_to(n);
             let part = a.part.as_mut().expect("started above");
+            let t = Instant::now();
             part.send(piece).await?;
+            self.waited.queue += t.elapsed();
             if a.boundaries.at_boundary() && part.plain >= self.part_target {
                 a.uploads
-                    .push(a.part.take().expect("present").close().await);
+                    .push_back(a.part.take().expect("present").close().await);
+                // Parts stored so far are counted (and their errors seen)
+                // now: the list stays short however large the backup.
+                while a.uploads.front().is_some_and(|u| u.is_finished()) {
+                    let upload = a.uploads.pop_front().expect("checked");
+                    a.add(join_part(upload).await?);
+                }
             }
         }
         Ok(())
@@ -444,12 +519,10 @@ impl BackupStream {
             a.part = Some(PartSink::start(&self.repo, key, None));
         }
         if let Some(p) = a.part.take() {
-            a.uploads.push(p.close().await);
+            a.uploads.push_back(p.close().await);
         }
-        for upload in a.uploads {
-            let stats = join_part(upload).await?;
-            a.record.plain_bytes += stats.plain;
-            a.record.stored_bytes += stats.stored;
+        while let Some(upload) = a.uploads.pop_front() {
+            a.add(join_part(upload).await?);
         }
         self.done.push(a.record);
         Ok(())
@@ -476,35 +549,92 @@ struct ArchiveWriter {
     record: ArchiveRecord,
     boundaries: TarBoundaries,
     part: Option<PartSink>,
-    uploads: Vec<JoinHandle<Result<TransferStats>>>,
+    uploads: VecDeque<JoinHandle<Result<TransferStats>>>,
+}
+
+impl ArchiveWriter {
+    fn add(&mut self, stats: TransferStats) {
+        self.record.plain_bytes += stats.plain;
+        self.record.stored_bytes += stats.stored;
+    }
 }
 
 /// One object being encoded and uploaded from data sent to it.
 struct PartSink {
-    tx: mpsc::Sender<Option<Bytes>>,
+    tx: mpsc::Sender<Option<Vec<Bytes>>>,
+    batch: Vec<Bytes>,
+    batched: usize,
     plain: u64,
     task: JoinHandle<Result<TransferStats>>,
 }
 
 impl PartSink {
+    /// `permits`: the encoding slot, released once the part is encoded,
+    /// and the storing slot, released once it is stored.
     fn start(
         repo: &Repo,
         key: String,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
     ) -> PartSink {
-        let (tx, rx) = mpsc::channel::<Option<Bytes>>(PART_QUEUE);
+        let (tx, rx) = mpsc::channel::<Option<Vec<Bytes>>>(PART_QUEUE);
         let repo = repo.clone();
+        let (encode, store) = permits.unzip();
         let task = tokio::spawn(async move {
-            let r = repo.put_reader(&key, ChannelReader::new(rx)).await;
-            drop(permit);
+            let name = key.clone();
+            let r = repo
+                .put_with(&key, move |w| {
+                    let mut rx = rx;
+                    let _encode = encode;
+                    // Each message goes straight into the encoder.
+                    while let Some(item) = rx.blocking_recv() {
+                        let Some(batch) = item else {
+                            return Ok(());
+                        };
+                        for data in batch {
+                            w.write_all(&data).map_err(|e| match e.get_ref() {
+                                Some(i) if i.is::<crate::codec::CodecError>() => {
+                                    Error::Codec(crate::codec::CodecError::from_io(e, &name))
+                                }
+                                _ => Error::io(format!("encoding {name}"), e),
+                            })?;
+                        }
+                    }
+                    // The sender went away without the end marker.
+                    Err(Error::io(
+                        format!("reading the data for {name}"),
+                        std::io::Error::other("the backup was interrupted"),
+                    ))
+                })
+                .await;
+            drop(store);
             r
         });
-        PartSink { tx, plain: 0, task }
+        PartSink {
+            tx,
+            batch: Vec::new(),
+            batched: 0,
+            plain: 0,
+            task,
+        }
     }
 
     async fn send(&mut self, data: Bytes) -> Result<()> {
         self.plain += data.len() as u64;
-        if self.tx.send(Some(data)).await.is_err() {
+        self.batched += data.len();
+        self.batch.push(data);
+        if self.batched >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batched = 0;
+        if self.tx.send(Some(batch)).await.is_err() {
             // The upload ended early: its error says why.
             let task = std::mem::replace(
                 &mut self.task,
@@ -519,12 +649,17 @@ impl PartSink {
     }
 
     /// Ends the data; the upload completes in the background.
-    async fn close(self) -> JoinHandle<Result<TransferStats>> {
-        // The end marker: without it the reader reports an error, so a
+    async fn close(mut self) -> JoinHandle<Result<TransferStats>> {
+        // The end marker: without it the encoder reports an error, so a
         // part cut short by an abort is never stored as complete. (If the
         // upload already failed, the handle returns its error.)
-        let _ = self.tx.send(None).await;
-        self.task
+        match self.flush().await {
+            Ok(()) => {
+                let _ = self.tx.send(None).await;
+                self.task
+            }
+            Err(e) => tokio::spawn(async move { Err(e) }),
+        }
     }
 
     async fn finish(self) -> Result<TransferStats> {
@@ -535,41 +670,6 @@ impl PartSink {
 async fn join_part(task: JoinHandle<Result<TransferStats>>) -> Result<TransferStats> {
     task.await
         .map_err(|e| Error::Internal(format!("part upload task: {e}")))?
-}
-
-/// Reads what a [`PartSink`] sends; EOF only after the end marker.
-struct ChannelReader {
-    rx: mpsc::Receiver<Option<Bytes>>,
-    current: Bytes,
-    ended: bool,
-}
-
-impl ChannelReader {
-    fn new(rx: mpsc::Receiver<Option<Bytes>>) -> ChannelReader {
-        ChannelReader {
-            rx,
-            current: Bytes::new(),
-            ended: false,
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            if self.ended {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Some(data)) => self.current = data,
-                Some(None) => self.ended = true,
-                None => return Err(io::Error::other("the backup was interrupted")),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
 }
 
 /// Waits until every WAL segment from `start` to `stop` is in the archive.

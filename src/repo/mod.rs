@@ -69,18 +69,37 @@ impl Repo {
         key: &str,
         input: R,
     ) -> Result<TransferStats> {
-        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-        let codec = self.codec.clone();
         let name = key.to_string();
-        let encode = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let mut w = codec.writer(ChannelWriter::new(tx), &name)?;
+        self.put_with(key, move |w| {
             let mut input = io::BufReader::with_capacity(1 << 20, input);
-            io::copy(&mut input, &mut w).map_err(|e| match e.get_ref() {
+            io::copy(&mut input, w).map_err(|e| match e.get_ref() {
                 Some(i) if i.is::<crate::codec::CodecError>() => {
                     Error::Codec(crate::codec::CodecError::from_io(e, &name))
                 }
                 _ => Error::io(format!("reading the data for {name}"), e),
             })?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Encodes what `fill` writes into the object `key`, streaming; `fill`
+    /// runs on a blocking thread (it may block, e.g. on a channel). The
+    /// object exists only once the upload completed, and never if `fill`
+    /// fails.
+    pub async fn put_with(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&mut dyn Write) -> Result<()> + Send + 'static,
+    ) -> Result<TransferStats> {
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let codec = self.codec.clone();
+        let name = key.to_string();
+        let encode = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut w = codec.writer(ChannelWriter::new(tx), &name)?;
+            // On an error the writer is dropped unfinished: the upload is
+            // aborted.
+            fill(&mut w)?;
             let plain = w.plain_bytes();
             w.finish()?.close();
             Ok(plain)
