@@ -2,9 +2,11 @@
 //! through the codec into the repository.
 //!
 //! The server's tar streams (the data directory and each tablespace) are cut
-//! at file boundaries into parts of about `PART_TARGET` plain bytes, each a
+//! between entries into parts of about `PART_TARGET` plain bytes, each a
 //! valid tar, encoded and uploaded while the next part is received (up to
-//! `PARTS_IN_FLIGHT` at once). The server's backup manifest is kept. The
+//! `PARTS_IN_FLIGHT` at once). Files larger than `PART_TARGET` are cut into
+//! pieces of that size (see [`super::tar_split`]), so that a 1 GB relation
+//! segment is encoded on every core, and restored on every core. The server's backup manifest is kept. The
 //! backup's record (`backup.json`) is written last, after every part and
 //! after the WAL from start to stop LSN is in the archive: without it the
 //! backup does not exist for `list` or `restore`.
@@ -19,12 +21,16 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::progress::{report, Progress};
-use super::tar_split::TarBoundaries;
+use super::tar_split::{Step, TarSplitter};
 use crate::error::{Error, Result};
 use crate::pg::conn::{BackendMessage, ConnParams, PgConn, Replication};
 use crate::pg::{Lsn, TimelineId, WalFile, WalSegmentName};
 use crate::repo::catalog::{ArchiveRecord, BackupRecord};
 use crate::repo::{layout, Repo, TransferStats};
+
+/// The format of the backups written: 2 = files larger than a part may be
+/// cut into pieces (see [`super::tar_split`]); 1 = every file whole.
+pub const BACKUP_FORMAT: u32 = 2;
 
 /// Plain bytes per part before it is cut at the next file boundary.
 pub const PART_TARGET: u64 = 16 * 1024 * 1024;
@@ -135,7 +141,7 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     .await?;
 
     let record = BackupRecord {
-        format: 1,
+        format: BACKUP_FORMAT,
         name: name.clone(),
         content_id: opts.content_id,
         start_lsn: start.0,
@@ -441,7 +447,7 @@ impl BackupStream {
                 plain_bytes: 0,
                 stored_bytes: 0,
             },
-            boundaries: TarBoundaries::new(),
+            splitter: TarSplitter::new(self.part_target),
             part: None,
             uploads: VecDeque::new(),
         });
@@ -462,11 +468,15 @@ impl BackupStream {
             ));
         };
         while !data.is_empty() {
-            let n = a
-                .boundaries
-                .advance(&data)
+            let step = a
+                .splitter
+                .next(&mut data)
                 .map_err(|e| Error::Postgres(format!("the server's tar stream: {e}")))?;
-            let piece = data.split_to(n);
+            let piece = match step {
+                None => continue,
+                Some(Step::Pass(bytes)) => bytes,
+                Some(Step::Header(header)) => Bytes::from(header),
+            };
             if a.part.is_none() {
                 let t = Instant::now();
                 let store = self
@@ -495,7 +505,7 @@ impl BackupStream {
             let t = Instant::now();
             part.send(piece).await?;
             self.waited.queue += t.elapsed();
-            if a.boundaries.at_boundary() && part.plain >= self.part_target {
+            if a.splitter.at_boundary() && part.plain >= self.part_target {
                 a.uploads
                     .push_back(a.part.take().expect("present").close().await);
                 // Parts stored so far are counted (and their errors seen)
@@ -547,7 +557,7 @@ impl BackupStream {
 
 struct ArchiveWriter {
     record: ArchiveRecord,
-    boundaries: TarBoundaries,
+    splitter: TarSplitter,
     part: Option<PartSink>,
     uploads: VecDeque<JoinHandle<Result<TransferStats>>>,
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use super::manifest::{Manifest, ManifestFile};
 use super::progress::{report, Progress};
+use super::tar_split::piece_of;
 use crate::error::{Error, Result};
 use crate::pg::{Lsn, WalFile, WalSegmentName};
 use crate::repo::catalog::BackupRecord;
@@ -174,6 +175,14 @@ async fn check_wal(repo: &Repo, backup: &BackupRecord, upto: Option<Lsn>) -> Res
 /// Restores a backup and prepares recovery. Returns the backup restored.
 pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord> {
     let (backup, target_lsn) = choose_backup(repo, opts).await?;
+    if backup.format > super::backup::BACKUP_FORMAT {
+        return Err(Error::Usage(format!(
+            "backup {} has format {}, newer than this cbdr reads ({}): restore it with a newer cbdr",
+            backup.name,
+            backup.format,
+            super::backup::BACKUP_FORMAT
+        )));
+    }
     check_wal(repo, &backup, target_lsn).await?;
     // A restore point is on a known timeline: follow that one, not the
     // latest (a copy restored and promoted earlier may have archived a
@@ -234,6 +243,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
 
     let started = std::time::Instant::now();
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let pieces: Arc<Mutex<Pieces>> = Arc::default();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     // Part keys are made as they are needed: nothing grows with the
     // number of parts.
@@ -260,6 +270,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             let repo = repo.clone();
             let manifest = manifest.clone();
             let seen = seen.clone();
+            let pieces = pieces.clone();
             let progress = opts.progress.clone();
             tasks.spawn(async move {
                 let part = key.clone();
@@ -267,6 +278,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
                     let done = Done {
                         manifest: &manifest,
                         seen: &seen,
+                        pieces: &pieces,
                     };
                     unpack(r, &dir, &prefix, &done, &part, progress.as_deref())
                 })
@@ -299,6 +311,15 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         backup.name,
         started.elapsed().as_secs_f64()
     );
+    // Every file cut into pieces got all of them.
+    if let Some((path, have)) = pieces.lock().unwrap().incomplete() {
+        return Err(incomplete(
+            &opts.target_dir,
+            Error::Integrity(format!(
+                "pieces of {path} are missing from the backup ({have} bytes of it restored)"
+            )),
+        ));
+    }
     // Every file of the manifest arrived, with its checksum.
     let seen = seen.lock().unwrap();
     let mut missing: Vec<&String> = manifest
@@ -550,6 +571,7 @@ struct Done<'a> {
     manifest: &'a Manifest,
     /// Manifest paths restored whole and checked.
     seen: &'a Mutex<HashSet<String>>,
+    pieces: &'a Mutex<Pieces>,
 }
 
 impl Done<'_> {
@@ -564,6 +586,103 @@ impl Done<'_> {
             self.seen.lock().unwrap().insert(path);
         }
         Ok(())
+    }
+}
+
+/// Files restored in pieces (see [`super::tar_split`]): the runs of each
+/// written so far, merged with their neighbours as they arrive (their
+/// CRC32Cs combined), so that memory stays small; a file is checked against
+/// the manifest once its runs cover it.
+#[derive(Debug, Default)]
+struct Pieces {
+    files: HashMap<String, FileRuns>,
+}
+
+#[derive(Debug)]
+struct FileRuns {
+    size: u64,
+    /// Disjoint, sorted by start.
+    runs: Vec<Run>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    start: u64,
+    len: u64,
+    crc: u32,
+}
+
+impl Run {
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+impl Pieces {
+    /// Adds a piece of the file `path` of `size` bytes; returns the file's
+    /// CRC32C once all its pieces are in.
+    fn add(
+        &mut self,
+        path: &str,
+        size: u64,
+        piece: Run,
+    ) -> std::result::Result<Option<u32>, String> {
+        if piece.end() > size {
+            return Err(format!(
+                "a piece of {path} ends at {}, after the file's end {size}",
+                piece.end()
+            ));
+        }
+        let f = self
+            .files
+            .entry(path.to_string())
+            .or_insert_with(|| FileRuns {
+                size,
+                runs: Vec::new(),
+            });
+        if f.size != size {
+            return Err(format!(
+                "pieces of {path} disagree on its size ({} and {size})",
+                f.size
+            ));
+        }
+        let at = f.runs.partition_point(|r| r.start < piece.start);
+        let overlaps = (at > 0 && f.runs[at - 1].end() > piece.start)
+            || f.runs.get(at).is_some_and(|r| r.start < piece.end());
+        if overlaps {
+            return Err(format!("pieces of {path} overlap at {}", piece.start));
+        }
+        f.runs.insert(at, piece);
+        // Merge with the next run, then with the previous one.
+        if at + 1 < f.runs.len() && f.runs[at].end() == f.runs[at + 1].start {
+            let next = f.runs.remove(at + 1);
+            let r = &mut f.runs[at];
+            r.crc = crc32c::crc32c_combine(r.crc, next.crc, next.len as usize);
+            r.len += next.len;
+        }
+        if at > 0 && f.runs[at - 1].end() == f.runs[at].start {
+            let this = f.runs.remove(at);
+            let r = &mut f.runs[at - 1];
+            r.crc = crc32c::crc32c_combine(r.crc, this.crc, this.len as usize);
+            r.len += this.len;
+        }
+        if let [whole] = f.runs[..] {
+            if whole.start == 0 && whole.len == size {
+                self.files.remove(path);
+                return Ok(Some(whole.crc));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A file some of whose pieces never came: its path and bytes restored.
+    fn incomplete(&self) -> Option<(String, u64)> {
+        let mut paths: Vec<&String> = self.files.keys().collect();
+        paths.sort();
+        paths.first().map(|p| {
+            let have = self.files[*p].runs.iter().map(|r| r.len).sum();
+            ((*p).clone(), have)
+        })
     }
 }
 
@@ -646,7 +765,8 @@ fn start_writeback(file: &fs::File, offset: u64, len: u64) {
 }
 
 /// Unpacks one part's decoded tar stream, checking each file against the
-/// manifest. Runs on a blocking thread.
+/// manifest (a file cut into pieces once all its pieces are in). Runs on a
+/// blocking thread.
 fn unpack(
     reader: impl Read,
     dir: &Path,
@@ -707,6 +827,12 @@ fn unpack(
         if !kind.is_file() {
             continue;
         }
+        let piece = piece_of(
+            entry
+                .pax_extensions()
+                .map_err(|e| bad(format!("{rel_str}: bad pax header: {e}")))?,
+        )
+        .map_err(|e| bad(format!("{rel_str}: {e}")))?;
         if let Some(parent) = dest.parent() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -720,8 +846,11 @@ fn unpack(
         } else {
             dest.clone()
         };
+        // A piece goes into its place in a file other pieces may be writing
+        // at the same time; a whole file replaces what is there.
+        let start = piece.map_or(0, |(offset, _)| offset);
         let write_err = |e| Error::io(format!("writing {}", out_path.display()), e);
-        let mut out = OutFile::open(&out_path, 0, true)
+        let mut out = OutFile::open(&out_path, start, piece.is_none())
             .map_err(|e| Error::io(format!("creating {}", out_path.display()), e))?;
         let mut crc = 0u32;
         let mut size = 0u64;
@@ -744,7 +873,25 @@ fn unpack(
             out.write(&buf[..n]).map_err(write_err)?;
         }
         out.finish();
-        done.file(manifest_path, size, crc).map_err(bad)?;
+        match piece {
+            None => done.file(manifest_path, size, crc).map_err(bad)?,
+            Some((offset, whole)) => {
+                let run = Run {
+                    start: offset,
+                    len: size,
+                    crc,
+                };
+                let complete = done
+                    .pieces
+                    .lock()
+                    .unwrap()
+                    .add(&manifest_path, whole, run)
+                    .map_err(bad)?;
+                if let Some(crc) = complete {
+                    done.file(manifest_path, whole, crc).map_err(bad)?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -752,6 +899,14 @@ fn unpack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn piece(data: &[u8], start: usize, len: usize) -> Run {
+        Run {
+            start: start as u64,
+            len: len as u64,
+            crc: crc32c::crc32c(&data[start..start + len]),
+        }
+    }
 
     #[test]
     fn out_files_write_pieces_in_place() {
@@ -778,6 +933,42 @@ mod tests {
     }
 
     #[test]
+    fn pieces_in_any_order_give_the_whole_file_crc() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let cuts = [(0, 4096), (4096, 4096), (8192, 1808)];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1], [2, 0, 1]] {
+            let mut p = Pieces::default();
+            let mut result = None;
+            for (i, &k) in order.iter().enumerate() {
+                let (start, len) = cuts[k];
+                let r = p.add("base/5/1", 10_000, piece(&data, start, len)).unwrap();
+                if i < 2 {
+                    assert_eq!(r, None, "{order:?}");
+                    assert!(p.incomplete().is_some());
+                } else {
+                    result = r;
+                }
+            }
+            assert_eq!(result, Some(crc32c::crc32c(&data)), "{order:?}");
+            assert_eq!(p.incomplete(), None, "{order:?}");
+        }
+    }
+
+    #[test]
+    fn bad_or_missing_pieces_are_caught() {
+        let data = vec![7u8; 8192];
+        let mut p = Pieces::default();
+        p.add("f", 8192, piece(&data, 0, 4096)).unwrap();
+        // Overlapping, past the end, or disagreeing on the size.
+        assert!(p.add("f", 8192, piece(&data, 2048, 4096)).is_err());
+        assert!(p.add("f", 4096 * 3, piece(&data, 4096, 4096)).is_err());
+        let mut q = Pieces::default();
+        assert!(q.add("g", 4096, piece(&data, 2048, 4096)).is_err());
+        // A missing piece leaves the file incomplete.
+        assert_eq!(p.incomplete(), Some(("f".to_string(), 4096)));
+    }
+
+    #[test]
     fn a_file_is_checked_against_the_manifest() {
         let mut manifest = Manifest::default();
         manifest.files.insert(
@@ -788,9 +979,11 @@ mod tests {
             },
         );
         let seen = Mutex::default();
+        let pieces = Mutex::default();
         let done = Done {
             manifest: &manifest,
             seen: &seen,
+            pieces: &pieces,
         };
         assert!(done
             .file("base/5/1".into(), 3, crc32c::crc32c(b"abd"))
