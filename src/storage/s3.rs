@@ -44,6 +44,9 @@ const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(300);
 /// S3 allows at most this many parts in one upload.
 const MAX_PARTS: u32 = 10_000;
+/// Room past a part's size for the body chunk that crosses it (the codec
+/// hands over chunks of at most a few hundred KiB).
+const BODY_CHUNK_SLACK: usize = 1024 * 1024;
 /// The part size doubles after every this many parts (up to 4 times), so
 /// that an object far larger than expected still fits in `MAX_PARTS` parts.
 const PART_GROWTH_EVERY: u32 = 2_000;
@@ -491,8 +494,10 @@ impl Storage for S3Storage {
         let object_key = self.object_key(key);
         let first = usize::try_from(part_size_for(1, self.part_size)).unwrap_or(usize::MAX);
         // Read one byte more than a part: a body that fits in one part is a
-        // single PutObject.
-        let mut buf = BytesMut::new();
+        // single PutObject. The buffer is reserved once (pages are only
+        // touched as they fill): growing it by doubling copied it and could
+        // hold twice the part at once.
+        let mut buf = BytesMut::with_capacity(first.saturating_add(BODY_CHUNK_SLACK));
         while buf.len() <= first {
             match body.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
