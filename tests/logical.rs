@@ -803,6 +803,19 @@ fn a_big_table_loads_through_every_connection() {
         &["--create-db", "--redirect-db", "big2", "--jobs", "2"],
     );
     assert_same_database(&e.server, "big", "big2");
+    // The table loaded whole, in the transaction that truncated it, was
+    // written frozen (COPY FREEZE), the split one could not be.
+    e.server.psql_db("big2", "CREATE EXTENSION pageinspect");
+    let frozen = |table: &str| {
+        e.server.psql_db(
+            "big2",
+            &format!(
+                "SELECT bool_and((t_infomask & 768) = 768) FROM heap_page_items(get_raw_page('{table}', 0))"
+            ),
+        )
+    };
+    assert_eq!(frozen("small"), "t", "small was not loaded frozen");
+    assert_eq!(frozen("t"), "f", "t was split, its rows cannot be frozen");
     let reports = e.ok(&["list", "--report", &ts]);
     assert!(
         reports

@@ -10,4 +10,5 @@ pub mod metadata;
 pub mod record;
 pub mod report;
 pub mod restore;
+pub mod schedule;
 pub mod toc;
