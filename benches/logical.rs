@@ -10,7 +10,11 @@
 //! ```
 //!
 //! Environment: `CBDR_BENCH_SCALE` (default 70), `CBDR_BENCH_RANDOM_MB`
-//! (default 400), `CBDR_BENCH_WAL_LEVEL` (default `replica`; `minimal`
+//! (default 400), `CBDR_BENCH_ROUNDS` (default 2: the restores alternate,
+//! cbdr then pg_restore, and the best of each counts; the first restore on
+//! the fresh server also creates the WAL files later ones recycle),
+//! `CBDR_BENCH_FSYNC` (default `on`, PostgreSQL's default, which the test
+//! fixture turns off), `CBDR_BENCH_WAL_LEVEL` (default `replica`; `minimal`
 //! lets both tools skip WAL where PostgreSQL allows it: cbdr loads each
 //! table in the transaction that truncates it, pg_restore -j does not),
 //! `CBDR_BENCH_CBDR` (the cbdr binary; default the one cargo built).
@@ -164,6 +168,10 @@ fn main() {
         .conf("max_wal_size = 8GB")
         .conf("checkpoint_timeout = 30min")
         .conf("maintenance_work_mem = 64MB")
+        // PostgreSQL's default, which the test fixture turns off: a restore
+        // runs on a server that syncs its WAL (CBDR_BENCH_FSYNC=off to
+        // compare without).
+        .conf(format!("fsync = {}", env_or("CBDR_BENCH_FSYNC", "on")))
         .conf(format!("wal_level = {wal_level}"));
     if wal_level == "minimal" {
         builder = builder
@@ -238,26 +246,46 @@ fn main() {
     let cbdr_stored = du(&b.dir.path().join("repo"));
     let dump_stored = du(&dump_dir);
 
-    // Restores.
-    let (cbdr_restore, _) = b.timed(
-        "cbdr gprestore --jobs 2 (--create-db)",
-        b.cbdr(&[
-            "gprestore",
-            "--timestamp",
-            &ts,
-            "--create-db",
-            "--redirect-db",
-            "r_cbdr",
-            "--jobs",
-            "2",
-        ]),
-    );
-    b.server.psql("CREATE DATABASE r_pg");
-    let mut restore = b.pg("pg_restore");
-    restore.args(["-j", "2", "-d", "r_pg"]).arg(&dump_dir);
-    let (pg_restore_secs, _) = b.timed("pg_restore -j 2", restore);
-    assert_eq!(b.counts("r_cbdr"), want, "cbdr's restore");
-    assert_eq!(b.counts("r_pg"), want, "pg_restore's restore");
+    // Restores, alternating, `CBDR_BENCH_ROUNDS` rounds (default 2), the
+    // best of each: the first restore on a fresh server also creates the
+    // WAL segment files that later ones recycle, which would otherwise
+    // favour whichever tool runs second.
+    let rounds: usize = env_or("CBDR_BENCH_ROUNDS", "2")
+        .parse::<usize>()
+        .expect("CBDR_BENCH_ROUNDS")
+        .max(1);
+    let mut cbdr_runs = Vec::new();
+    let mut pg_runs = Vec::new();
+    for round in 0..rounds {
+        if round > 0 {
+            b.server.psql("DROP DATABASE r_cbdr");
+            b.server.psql("DROP DATABASE r_pg");
+        }
+        let (secs, _) = b.timed(
+            "cbdr gprestore --jobs 2 (--create-db)",
+            b.cbdr(&[
+                "gprestore",
+                "--timestamp",
+                &ts,
+                "--create-db",
+                "--redirect-db",
+                "r_cbdr",
+                "--jobs",
+                "2",
+            ]),
+        );
+        cbdr_runs.push(secs);
+        b.server.psql("CREATE DATABASE r_pg");
+        let mut restore = b.pg("pg_restore");
+        restore.args(["-j", "2", "-d", "r_pg"]).arg(&dump_dir);
+        let (secs, _) = b.timed("pg_restore -j 2", restore);
+        pg_runs.push(secs);
+        assert_eq!(b.counts("r_cbdr"), want, "cbdr's restore");
+        assert_eq!(b.counts("r_pg"), want, "pg_restore's restore");
+    }
+    let best = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let cbdr_restore = best(&cbdr_runs);
+    let pg_restore_secs = best(&pg_runs);
 
     let backup_ratio = pg_dump_secs / cbdr_backup;
     let restore_ratio = pg_restore_secs / cbdr_restore;
@@ -273,6 +301,17 @@ fn main() {
     println!(
         "| {:<10} | {:>10.2} s | {:>10.2} s | {:>19.2}x | {:>5.1}x |",
         "restore", cbdr_restore, pg_restore_secs, restore_ratio, GOAL
+    );
+    println!(
+        "  restore runs (best counts): cbdr {:?} s, pg_restore {:?} s",
+        cbdr_runs
+            .iter()
+            .map(|s| (s * 100.0).round() / 100.0)
+            .collect::<Vec<_>>(),
+        pg_runs
+            .iter()
+            .map(|s| (s * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
     );
     println!(
         "  stored: cbdr {:.0} MB (lz4 + encryption), pg_dump {:.0} MB (gzip); database {:.0} MB",
@@ -291,7 +330,9 @@ fn main() {
         "wal_level": wal_level,
         "database_bytes": db_bytes,
         "backup": {"cbdr_secs": cbdr_backup, "pg_dump_secs": pg_dump_secs, "speedup": backup_ratio},
-        "restore": {"cbdr_secs": cbdr_restore, "pg_restore_secs": pg_restore_secs, "speedup": restore_ratio},
+        "restore": {"cbdr_secs": cbdr_restore, "pg_restore_secs": pg_restore_secs, "speedup": restore_ratio,
+                    "cbdr_runs": cbdr_runs, "pg_restore_runs": pg_runs},
+        "fsync": env_or("CBDR_BENCH_FSYNC", "on"),
         "stored_bytes": {"cbdr": cbdr_stored, "pg_dump": dump_stored},
         "goal_speedup": GOAL,
         "load_average_end": fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
