@@ -964,6 +964,17 @@ fn count_load(
     }
 }
 
+/// Empties a table before its load: ONLY that table (an inheritance
+/// child is loaded on its own and must not lose its rows), or a
+/// partitioned table copied whole with its partitions.
+fn truncate_sql(name: &str, relkind: &str) -> String {
+    if relkind == "p" {
+        format!("TRUNCATE {name}")
+    } else {
+        format!("TRUNCATE ONLY {name}")
+    }
+}
+
 /// One big table through every connection of the pool, each in its own
 /// transaction; all commit only when every COPY succeeded and the rows add
 /// up to the backup's count.
@@ -980,7 +991,7 @@ async fn load_split(
         run(
             &mut pool[0],
             &format!("truncating {what}"),
-            &format!("TRUNCATE {name}"),
+            &truncate_sql(&name, &load.data.relkind),
         )
         .await?;
     }
@@ -1019,7 +1030,9 @@ async fn load_one(
     let name = quote_qualified(&load.target);
     let mut begin = String::from("BEGIN;");
     if truncate {
-        begin.push_str(&format!(" TRUNCATE {name};"));
+        begin.push(' ');
+        begin.push_str(&truncate_sql(&name, &load.data.relkind));
+        begin.push(';');
     }
     run(
         conn,
@@ -1218,6 +1231,12 @@ mod tests {
         assert_eq!(split_choice(&[684 * MB, 1], 2, mode(true, true)), None);
         // A data-only restore into existing tables has no WAL to skip.
         assert_eq!(split_choice(&[684 * MB, 1], 2, mode(true, false)), Some(0));
+    }
+
+    #[test]
+    fn a_load_truncates_only_its_own_table() {
+        assert_eq!(truncate_sql("s.t", "r"), "TRUNCATE ONLY s.t");
+        assert_eq!(truncate_sql("s.p", "p"), "TRUNCATE s.p");
     }
 
     #[test]
