@@ -802,7 +802,7 @@ fn split_choice(sizes: &[u64], jobs: usize, how: LoadMode) -> Option<usize> {
 
 /// What one connection did.
 enum Outcome {
-    Load(Load, Result<u64>),
+    Load(usize, Result<u64>),
     Post(usize, std::result::Result<(), PgError>),
 }
 
@@ -854,7 +854,7 @@ async fn load_and_post(
                 let notified = changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let next = schedule.lock().expect("schedule").next();
+                let next = schedule.lock().expect("schedule").next_work();
                 match next {
                     Next::Done => return,
                     Next::Wait => notified.await,
@@ -888,7 +888,7 @@ async fn load_and_post(
                         outcomes
                             .lock()
                             .expect("outcomes")
-                            .push(Outcome::Load(load.clone(), r));
+                            .push(Outcome::Load(i, r));
                         changed.notify_waiters();
                     }
                     Next::Post(i) => {
@@ -916,12 +916,12 @@ async fn load_and_post(
     futures_util::future::join_all(runs).await;
     for outcome in outcomes.into_inner().expect("outcomes") {
         match outcome {
-            Outcome::Load(load, r) => {
+            Outcome::Load(i, r) => {
                 if r.is_ok() {
                     done += 1;
                     tracing::debug!("{done} of {total} tables loaded");
                 }
-                count_load(req, state, &load, r, false)?;
+                count_load(req, state, &loads[i], r, false)?;
             }
             Outcome::Post(i, Ok(())) => {
                 let _ = i;

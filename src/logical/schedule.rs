@@ -7,7 +7,7 @@
 //! partition indexes, materialized view data...) waits until every table is
 //! loaded, then runs as its dependencies allow.
 //!
-//! Pure bookkeeping, with no I/O: the restore asks [`Schedule::next`] for
+//! Pure bookkeeping, with no I/O: the restore asks [`Schedule::next_work`] for
 //! work whenever a connection is free and reports what ended.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -144,7 +144,7 @@ impl Schedule {
     /// The next piece of work for a free connection (marked running).
     /// Post-data that is ready comes before another load: an index of a
     /// loaded table is the last step of that table's chain.
-    pub fn next(&mut self) -> Next {
+    pub fn next_work(&mut self) -> Next {
         if self.stopped {
             return if self.loading == 0 && !self.running_post() {
                 Next::Done
@@ -184,7 +184,7 @@ impl Schedule {
         self.items[i].status = Status::Ended;
     }
 
-    /// Starts nothing more (a fatal failure): [`Schedule::next`] says
+    /// Starts nothing more (a fatal failure): [`Schedule::next_work`] says
     /// `Done` once what runs has ended.
     pub fn stop(&mut self) {
         self.stopped = true;
@@ -223,7 +223,7 @@ mod tests {
         let mut running: VecDeque<Next> = VecDeque::new();
         loop {
             while running.len() < jobs {
-                match s.next() {
+                match s.next_work() {
                     Next::Done => {
                         assert!(running.is_empty(), "done while work runs");
                         return started;
@@ -305,24 +305,24 @@ mod tests {
             entry(4, "INDEX", Some("a"), &[], "CREATE INDEX ia ON a (x);"),
         ];
         let mut s = Schedule::new(&loads, &post, &[]);
-        assert_eq!(s.next(), Next::Load(0));
+        assert_eq!(s.next_work(), Next::Load(0));
         s.load_ended(&t("a"));
         // a is loaded, b is not started: only a's index may run.
-        assert_eq!(s.next(), Next::Post(3));
-        assert_eq!(s.next(), Next::Load(1));
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.next_work(), Next::Post(3));
+        assert_eq!(s.next_work(), Next::Load(1));
+        assert_eq!(s.next_work(), Next::Wait);
         s.load_ended(&t("b"));
         // The trigger and the check of one table, one after the other.
-        assert_eq!(s.next(), Next::Post(0));
-        assert_eq!(s.next(), Next::Post(2));
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.next_work(), Next::Post(0));
+        assert_eq!(s.next_work(), Next::Post(2));
+        assert_eq!(s.next_work(), Next::Wait);
         s.post_ended(0);
-        assert_eq!(s.next(), Next::Post(1));
+        assert_eq!(s.next_work(), Next::Post(1));
         s.post_ended(1);
         s.post_ended(2);
-        assert_eq!(s.next(), Next::Wait, "the index still runs");
+        assert_eq!(s.next_work(), Next::Wait, "the index still runs");
         s.post_ended(3);
-        assert_eq!(s.next(), Next::Done);
+        assert_eq!(s.next_work(), Next::Done);
     }
 
     #[test]
@@ -354,22 +354,22 @@ mod tests {
             ),
         ];
         let mut s = Schedule::new(&loads, &post, &[]);
-        assert_eq!(s.next(), Next::Load(0));
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.next_work(), Next::Load(0));
+        assert_eq!(s.next_work(), Next::Wait);
         s.load_ended(&t("leaf"));
-        assert_eq!(s.next(), Next::Post(0));
-        assert_eq!(s.next(), Next::Post(1));
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.next_work(), Next::Post(0));
+        assert_eq!(s.next_work(), Next::Post(1));
+        assert_eq!(s.next_work(), Next::Wait);
         s.post_ended(1);
         assert_eq!(
-            s.next(),
+            s.next_work(),
             Next::Wait,
             "the attach waits for the parent's index"
         );
         s.post_ended(0);
-        assert_eq!(s.next(), Next::Post(2));
+        assert_eq!(s.next_work(), Next::Post(2));
         s.post_ended(2);
-        assert_eq!(s.next(), Next::Done);
+        assert_eq!(s.next_work(), Next::Done);
     }
 
     #[test]
@@ -383,11 +383,11 @@ mod tests {
             "CREATE INDEX ia ON a (x);",
         )];
         let mut s = Schedule::new(&loads, &post, &[]);
-        assert_eq!(s.next(), Next::Load(0));
+        assert_eq!(s.next_work(), Next::Load(0));
         s.stop();
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.next_work(), Next::Wait);
         s.load_ended(&t("a"));
-        assert_eq!(s.next(), Next::Done);
+        assert_eq!(s.next_work(), Next::Done);
     }
 
     #[test]
@@ -401,8 +401,8 @@ mod tests {
             "CREATE INDEX ia ON a (x);",
         )];
         let mut s = Schedule::new(&loads, &post, &[t("a")]);
-        assert_eq!(s.next(), Next::Post(0));
-        assert_eq!(s.next(), Next::Load(0));
+        assert_eq!(s.next_work(), Next::Post(0));
+        assert_eq!(s.next_work(), Next::Load(0));
     }
 
     #[test]
