@@ -85,24 +85,18 @@ impl Schedule {
             .collect();
         let index_of: HashMap<u32, usize> =
             post.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
-        // Statements on one table (but its index builds) run one after the
-        // other, in replay order: two ALTER TABLEs would only block.
-        let mut last_on_table: HashMap<&QualifiedName, usize> = HashMap::new();
         let mut items = Vec::with_capacity(post.len());
-        for (i, e) in post.iter().enumerate() {
-            let mut waits: Vec<usize> = e
+        for e in post {
+            // Only entries earlier in replay order (ids are replay
+            // positions, and replay order puts every dependency first): this
+            // drops nothing but a cycle, which would otherwise leave every
+            // connection waiting.
+            let waits: Vec<usize> = e
                 .depends_on
                 .iter()
+                .filter(|&&d| d < e.id)
                 .filter_map(|d| index_of.get(d).copied())
-                .filter(|&d| d != i)
                 .collect();
-            if let Some(t) = &e.owner_table {
-                if e.kind != "INDEX" {
-                    if let Some(prev) = last_on_table.insert(t, i) {
-                        waits.push(prev);
-                    }
-                }
-            }
             let early_after = e
                 .owner_table
                 .as_ref()
@@ -113,6 +107,21 @@ impl Schedule {
                 waits,
                 early_after,
             });
+        }
+        // Statements on one table (but its index builds) run one after the
+        // other, in replay order: two ALTER TABLEs would only block.
+        let mut by_id: Vec<usize> = (0..post.len()).collect();
+        by_id.sort_by_key(|&i| post[i].id);
+        let mut last_on_table: HashMap<&QualifiedName, usize> = HashMap::new();
+        for i in by_id {
+            let e = &post[i];
+            if let Some(t) = &e.owner_table {
+                if e.kind != "INDEX" {
+                    if let Some(prev) = last_on_table.insert(t, i) {
+                        items[i].waits.push(prev);
+                    }
+                }
+            }
         }
         Schedule {
             loads: order.into(),
@@ -403,6 +412,36 @@ mod tests {
         let mut s = Schedule::new(&loads, &post, &[t("a")]);
         assert_eq!(s.next_work(), Next::Post(0));
         assert_eq!(s.next_work(), Next::Load(0));
+    }
+
+    #[test]
+    fn a_dependency_cycle_cannot_stall_the_restore() {
+        let post = vec![
+            entry(1, "TRIGGER", Some("a"), &[2], "CREATE TRIGGER ..."),
+            entry(2, "RULE", Some("b"), &[1], "CREATE RULE ..."),
+        ];
+        let mut s = Schedule::new(&[], &post, &[]);
+        let order = drain(&mut s, &[], 2);
+        assert_eq!(order, vec![Next::Post(0), Next::Post(1)]);
+    }
+
+    #[test]
+    fn replay_order_comes_from_the_ids() {
+        // Handed over out of order: the check (id 3) still runs before the
+        // trigger (id 5) of the same table that depends on it.
+        let post = vec![
+            entry(5, "TRIGGER", Some("a"), &[3], "CREATE TRIGGER ..."),
+            entry(
+                3,
+                "CONSTRAINT",
+                Some("a"),
+                &[],
+                "ALTER TABLE ONLY a ADD CONSTRAINT c CHECK (x > 0);",
+            ),
+        ];
+        let mut s = Schedule::new(&[], &post, &[]);
+        let order = drain(&mut s, &[], 2);
+        assert_eq!(order, vec![Next::Post(1), Next::Post(0)]);
     }
 
     #[test]
