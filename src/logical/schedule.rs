@@ -1,9 +1,8 @@
 //! The order of a restore's data loads and post-data statements on its
 //! `--jobs` connections, as one schedule: an index or a primary key, unique
 //! or exclusion constraint of a table whose rows are loaded is built while
-//! the other connections are still loading other tables (pg_restore waits
-//! for its data section's end only per table too); everything else of the
-//! post-data section (foreign keys, triggers, rules, policies, attached
+//! the other connections are still loading other tables (as pg_restore -j
+//! does); everything else of the post-data section (foreign keys, triggers, rules, policies, attached
 //! partition indexes, materialized view data...) waits until every table is
 //! loaded, then runs as its dependencies allow.
 //!
