@@ -298,7 +298,6 @@ async fn prepare_database(req: &RestoreRequest, b: &LogicalBackupRecord, db: &st
     Ok(())
 }
 
-/// Session settings of every restore connection.
 /// `maintenance_work_mem` of the restore's sessions: 2 GB shared by the
 /// `--jobs` connections (each may build an index at once), 256 MB to 1 GB
 /// each; never lowered. PostgreSQL takes only what a sort needs, and a
@@ -309,6 +308,7 @@ fn maintenance_work_mem(jobs: usize) -> u64 {
     (2048 * MB / jobs.max(1) as u64).clamp(256 * MB, 1024 * MB)
 }
 
+/// Session settings of every restore connection.
 fn session_setup(jobs: usize) -> String {
     let mwm = maintenance_work_mem(jobs) / (1024 * 1024);
     format!(
@@ -319,13 +319,11 @@ fn session_setup(jobs: usize) -> String {
     )
 }
 
-async fn connect(req: &RestoreRequest, db: &str) -> Result<PgConn> {
+/// One restore connection; `jobs`: how many the restore opens.
+async fn connect(req: &RestoreRequest, db: &str, jobs: usize) -> Result<PgConn> {
     let mut c = PgConn::connect(&with_db(&req.conn, db), Replication::Off)
         .await
         .map_err(pg(format!("connecting to database {db}")))?;
-    // The connections the restore opens (--jobs, or --copy-queue-size for
-    // a single data file).
-    let jobs = req.jobs.or(req.copy_queue_size).unwrap_or(1).max(1) as usize;
     run(
         &mut c,
         "setting up the restore session",
@@ -343,7 +341,13 @@ async fn restore_into(
     state: &mut State,
     server_version: &mut String,
 ) -> Result<()> {
-    let mut main = connect(req, db).await?;
+    // Connections: --jobs, or --copy-queue-size for a single data file.
+    let jobs = if b.options.single_data_file {
+        req.copy_queue_size.unwrap_or(1).max(1) as usize
+    } else {
+        req.jobs.unwrap_or(1).max(1) as usize
+    };
+    let mut main = connect(req, db, jobs).await?;
     *server_version = main
         .parameter("server_version")
         .unwrap_or_default()
@@ -393,11 +397,6 @@ async fn restore_into(
     }
 
     // Data and post-data, in parallel.
-    let jobs = if b.options.single_data_file {
-        req.copy_queue_size.unwrap_or(1).max(1) as usize
-    } else {
-        req.jobs.unwrap_or(1).max(1) as usize
-    };
     let post: Vec<TocEntry> = if restore_metadata {
         entries
             .iter()
@@ -410,7 +409,7 @@ async fn restore_into(
     let mut pool = vec![main];
     let want = jobs.min(loads.len().max(post.len()).max(1));
     while pool.len() < want {
-        pool.push(connect(req, db).await?);
+        pool.push(connect(req, db, jobs).await?);
     }
     if !loads.is_empty() || !post.is_empty() {
         if req.progress {
@@ -818,8 +817,6 @@ async fn load_and_post(
     how: LoadMode,
     state: &mut State,
 ) -> Result<()> {
-    let total = loads.len();
-    let mut done = 0;
     let mut loaded_before = Vec::new();
     let sizes: Vec<u64> = loads.iter().map(|l| l.data.plain_bytes).collect();
     if let Some(i) = split_choice(&sizes, pool.len(), how) {
@@ -827,7 +824,6 @@ async fn load_and_post(
         let t = std::time::Instant::now();
         let r = load_split(repo, pool, &load, how.truncate, req.queue).await;
         if r.is_ok() {
-            done += 1;
             tracing::info!(
                 "restored data to table {} through {} connections in {:.2} s",
                 display_name(&load.target),
@@ -916,17 +912,8 @@ async fn load_and_post(
     futures_util::future::join_all(runs).await;
     for outcome in outcomes.into_inner().expect("outcomes") {
         match outcome {
-            Outcome::Load(i, r) => {
-                if r.is_ok() {
-                    done += 1;
-                    tracing::debug!("{done} of {total} tables loaded");
-                }
-                count_load(req, state, &loads[i], r, false)?;
-            }
-            Outcome::Post(i, Ok(())) => {
-                let _ = i;
-                state.statements += 1;
-            }
+            Outcome::Load(i, r) => count_load(req, state, &loads[i], r, false)?,
+            Outcome::Post(_, Ok(())) => state.statements += 1,
             Outcome::Post(i, Err(err)) => {
                 fail(req, state, "metadata", describe(&post[i]), err.to_string())?
             }
