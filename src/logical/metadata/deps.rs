@@ -5,11 +5,9 @@
 //! broken by section, then by the natural kind order (schemas, types,
 //! functions, sequences, tables, views; indexes, constraints, foreign keys,
 //! triggers...), then by collection order, which is by name.
-//!
-//! `tiers` groups entries for parallel replay (gpbackup's tiers).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use crate::logical::toc::{QualifiedName, Section, TocEntry};
 
@@ -439,34 +437,6 @@ pub fn sort_entries(entries: Vec<TocEntry>) -> Vec<TocEntry> {
         .collect()
 }
 
-/// Groups of entry ids for parallel replay: an entry's tier is one more
-/// than the highest tier of its dependencies among `entries` (0 without
-/// any), so no entry shares a tier with anything it depends on, directly
-/// or through other entries of the list. Ids within a tier ascend.
-pub fn tiers(entries: &[TocEntry]) -> Vec<Vec<u32>> {
-    let sorted = sort_entries(entries.to_vec());
-    let mut tier_of: HashMap<u32, usize> = HashMap::with_capacity(sorted.len());
-    let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-    for e in &sorted {
-        let tier = e
-            .depends_on
-            .iter()
-            .filter_map(|d| tier_of.get(d))
-            .map(|t| t + 1)
-            .max()
-            .unwrap_or(0);
-        tier_of.insert(e.id, tier);
-        groups.entry(tier).or_default().push(e.id);
-    }
-    groups
-        .into_values()
-        .map(|mut ids| {
-            ids.sort_unstable();
-            ids
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,49 +454,8 @@ mod tests {
         }
     }
 
-    fn check_tiers(entries: &[TocEntry]) {
-        let tiers = tiers(entries);
-        let mut tier_of = HashMap::new();
-        for (t, ids) in tiers.iter().enumerate() {
-            for id in ids {
-                assert!(tier_of.insert(*id, t).is_none(), "id {id} in two tiers");
-            }
-        }
-        assert_eq!(tier_of.len(), entries.len(), "every entry in a tier");
-        for e in entries {
-            for d in &e.depends_on {
-                if let Some(td) = tier_of.get(d) {
-                    assert!(
-                        td < &tier_of[&e.id],
-                        "{} (tier {}) depends on {d} (tier {td})",
-                        e.id,
-                        tier_of[&e.id]
-                    );
-                }
-            }
-        }
-    }
-
     #[test]
-    fn tiers_separate_dependents() {
-        let entries = vec![
-            entry(1, &[]),
-            entry(2, &[]),
-            entry(3, &[1]),
-            entry(4, &[3, 2]),
-            entry(5, &[1]),
-            entry(6, &[4, 5]),
-            entry(7, &[99]), // dependency outside the list
-        ];
-        check_tiers(&entries);
-        assert_eq!(
-            tiers(&entries),
-            vec![vec![1, 2, 7], vec![3, 5], vec![4], vec![6]]
-        );
-    }
-
-    #[test]
-    fn tiers_of_shuffled_and_random_graphs() {
+    fn sort_of_shuffled_and_random_graphs() {
         // Deterministic pseudo-random DAGs (edges only to lower ids), listed
         // in a scrambled order.
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -545,7 +474,6 @@ mod tests {
                 })
                 .collect();
             entries.sort_by_key(|e| (e.id * 7919) % (n + 3));
-            check_tiers(&entries);
             let sorted = sort_entries(entries.clone());
             let pos: HashMap<u32, usize> =
                 sorted.iter().enumerate().map(|(i, e)| (e.id, i)).collect();

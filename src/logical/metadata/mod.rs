@@ -1,6 +1,6 @@
 //! The metadata half of a logical backup: DDL per object from the
 //! catalogs, as table-of-contents entries in dependency order, and the
-//! restore-side operations on them (filter, schema redirect, tiers).
+//! restore-side operations on them (filter, schema redirect).
 //!
 //! * [`collect`] reads the catalogs (SELECTs only, so it runs inside the
 //!   backup's REPEATABLE READ snapshot transaction) and returns one
@@ -14,8 +14,7 @@
 //!   their own (`OWNER`, `COMMENT`, `ACL`) that depend on it.
 //! * [`list_tables`] lists the tables whose rows a backup copies.
 //! * [`select`] picks the entries a filtered restore replays,
-//!   [`redirect_schema`] moves entries to another schema, [`tiers`] groups
-//!   them for parallel replay.
+//!   [`redirect_schema`] moves entries to another schema.
 //!
 //! Replaying: run [`RESTORE_SESSION_SETUP`] once per connection, then each
 //! entry's `statement` as ONE simple query (its statements then run in one
@@ -51,7 +50,6 @@ use crate::error::{Error, Result};
 use crate::logical::toc::{QualifiedName, Section, TocEntry};
 use crate::pg::conn::{PgConn, Row};
 
-pub use deps::tiers;
 pub use filter::{parse_table_name, select, selected_tables, ObjectFilter};
 pub use quote::{quote_ident, quote_literal, quote_qualified};
 pub use redirect::redirect_schema;
