@@ -44,9 +44,13 @@ const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(300);
 /// S3 allows at most this many parts in one upload.
 const MAX_PARTS: u32 = 10_000;
-/// Room past a part's size for the body chunk that crosses it (the codec
-/// hands over chunks of at most a few hundred KiB).
+/// Room past a part's size for the body chunk that crosses it (the
+/// repository's encoder hands over chunks of at most 1 MiB).
 const BODY_CHUNK_SLACK: usize = 1024 * 1024;
+/// At most this much is reserved up front for a part's buffer: a larger
+/// `storage.part_size` (up to 5 GiB) grows it as the body comes, rather
+/// than asking the system for gigabytes at once.
+const MAX_UP_FRONT: usize = 64 * 1024 * 1024;
 /// The part size doubles after every this many parts (up to 4 times), so
 /// that an object far larger than expected still fits in `MAX_PARTS` parts.
 const PART_GROWTH_EVERY: u32 = 2_000;
@@ -497,7 +501,8 @@ impl Storage for S3Storage {
         // single PutObject. The buffer is reserved once (pages are only
         // touched as they fill): growing it by doubling copied it and could
         // hold twice the part at once.
-        let mut buf = BytesMut::with_capacity(first.saturating_add(BODY_CHUNK_SLACK));
+        let mut buf =
+            BytesMut::with_capacity(first.saturating_add(BODY_CHUNK_SLACK).min(MAX_UP_FRONT));
         while buf.len() <= first {
             match body.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
