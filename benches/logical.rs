@@ -144,6 +144,7 @@ fn main() {
         .parse()
         .expect("CBDR_BENCH_RANDOM_MB");
     let wal_level = env_or("CBDR_BENCH_WAL_LEVEL", "replica");
+    let fsync = env_or("CBDR_BENCH_FSYNC", "on");
     let source = PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr")));
     let dir = pg_user_dir("bench-logical");
     // A copy: a rebuild during the run cannot change the binary measured.
@@ -171,7 +172,7 @@ fn main() {
         // PostgreSQL's default, which the test fixture turns off: a restore
         // runs on a server that syncs its WAL (CBDR_BENCH_FSYNC=off to
         // compare without).
-        .conf(format!("fsync = {}", env_or("CBDR_BENCH_FSYNC", "on")))
+        .conf(format!("fsync = {fsync}"))
         .conf(format!("wal_level = {wal_level}"));
     if wal_level == "minimal" {
         builder = builder
@@ -302,16 +303,15 @@ fn main() {
         "| {:<10} | {:>10.2} s | {:>10.2} s | {:>19.2}x | {:>5.1}x |",
         "restore", cbdr_restore, pg_restore_secs, restore_ratio, GOAL
     );
-    println!(
-        "  restore runs (best counts): cbdr {:?} s, pg_restore {:?} s",
-        cbdr_runs
-            .iter()
-            .map(|s| (s * 100.0).round() / 100.0)
-            .collect::<Vec<_>>(),
-        pg_runs
-            .iter()
+    let rounded = |v: &[f64]| {
+        v.iter()
             .map(|s| (s * 100.0).round() / 100.0)
             .collect::<Vec<_>>()
+    };
+    println!(
+        "  restore runs (best counts): cbdr {:?} s, pg_restore {:?} s",
+        rounded(&cbdr_runs),
+        rounded(&pg_runs)
     );
     println!(
         "  stored: cbdr {:.0} MB (lz4 + encryption), pg_dump {:.0} MB (gzip); database {:.0} MB",
@@ -332,7 +332,7 @@ fn main() {
         "backup": {"cbdr_secs": cbdr_backup, "pg_dump_secs": pg_dump_secs, "speedup": backup_ratio},
         "restore": {"cbdr_secs": cbdr_restore, "pg_restore_secs": pg_restore_secs, "speedup": restore_ratio,
                     "cbdr_runs": cbdr_runs, "pg_restore_runs": pg_runs},
-        "fsync": env_or("CBDR_BENCH_FSYNC", "on"),
+        "fsync": fsync,
         "stored_bytes": {"cbdr": cbdr_stored, "pg_dump": dump_stored},
         "goal_speedup": GOAL,
         "load_average_end": fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
