@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
 ///   own and unmapped when freed, instead of the threshold that glibc
 ///   raises to the largest block freed: with it the freed part buffers
 ///   stayed in the heap (a random-data backup to S3 peaked at 159 to 218
-///   MB, 123 to 126 MB with this, same wall time).
+///   MB, 123 to 149 MB with this, same wall time).
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called first thing in
