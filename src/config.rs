@@ -170,6 +170,9 @@ pub struct CompressionConfig {
     pub method: Compression,
     /// Method-specific level; absent = the method's fast default.
     pub level: Option<i32>,
+    /// Where base backups are compressed.
+    #[serde(default)]
+    pub compress_on: CompressOn,
 }
 
 impl Default for CompressionConfig {
@@ -177,8 +180,24 @@ impl Default for CompressionConfig {
         CompressionConfig {
             method: default_method(),
             level: None,
+            compress_on: CompressOn::default(),
         }
     }
+}
+
+/// Where a base backup is compressed (WAL is always compressed by cbdr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressOn {
+    /// The server (PostgreSQL 15+, lz4 or zstd) when the data compresses
+    /// well, else cbdr: see `physical::backup::choose_compress_on`.
+    #[default]
+    Auto,
+    /// PostgreSQL compresses (`BASE_BACKUP (COMPRESSION ...)`), cbdr
+    /// encrypts and stores; PostgreSQL 15+ with lz4 or zstd only.
+    Server,
+    /// cbdr receives the plain tar and compresses it on every core.
+    Client,
 }
 
 fn default_method() -> Compression {
@@ -464,6 +483,20 @@ impl Config {
                 ));
             }
         }
+        if self.compression.compress_on == CompressOn::Server
+            && !matches!(
+                self.compression.method,
+                Compression::Lz4 | Compression::Zstd
+            )
+        {
+            return Err(invalid(
+                "compression.compress_on",
+                format!(
+                    "\"server\" needs method lz4 or zstd (PostgreSQL does not compress with {}): use compress_on = \"client\" or \"auto\"",
+                    self.compression.method.name()
+                ),
+            ));
+        }
         for (key, value) in [
             ("archive.push_concurrency", self.archive.push_concurrency),
             ("archive.fetch_concurrency", self.archive.fetch_concurrency),
@@ -554,6 +587,11 @@ mod tests {
                 "[compression]\nmethod = \"zstd\"\nlevel = 99\n",
                 "compression.level",
             ),
+            (
+                "[compression]\nmethod = \"brotli\"\ncompress_on = \"server\"\n",
+                "compression.compress_on",
+            ),
+            ("[compression]\ncompress_on = \"postgres\"\n", "postgres"),
             ("[storage]\ntype = \"s3\"\n", "storage.bucket"),
             ("[storage]\ntype = \"ftp\"\n", "ftp"),
             (

@@ -22,6 +22,11 @@ struct Setup {
 }
 
 fn setup(storage_toml: Option<&str>) -> Setup {
+    setup_with(storage_toml, "")
+}
+
+/// `extra`: more config sections.
+fn setup_with(storage_toml: Option<&str>, extra: &str) -> Setup {
     let dir = pg_user_dir("cbdr-backup");
     let key = dir.path().join("key");
     fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
@@ -35,7 +40,7 @@ fn setup(storage_toml: Option<&str>) -> Setup {
     fs::write(
         &config,
         format!(
-            "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n",
+            "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n{extra}",
             key.display()
         ),
     )
@@ -358,7 +363,10 @@ fn interrupted_or_damaged_backups_never_restore_as_good() {
         .dir
         .path()
         .join(format!("repo/seg-1/basebackups/{newest}/parts/base"));
-    let part = parts.join("000000.tar");
+    // The first part: 000000.tar.lz4, as the server compressed this
+    // backup (pgbench data compresses well).
+    let part = parts.join("000000.tar.lz4");
+    assert!(part.exists(), "{}", part.display());
     let good = fs::read(&part).unwrap();
     let mut bad = good.clone();
     let at = bad.len() / 3;
@@ -371,7 +379,7 @@ fn interrupted_or_damaged_backups_never_restore_as_good() {
     fs::remove_file(&part).unwrap();
     let (code, err, dir) = s.restore("missing", &["--backup", &newest]);
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("000000.tar"), "{err}");
+    assert!(err.contains("000000.tar.lz4"), "{err}");
     assert!(!dir.join("global/pg_control").exists());
 
     // The older backup still restores.
@@ -386,13 +394,19 @@ fn interrupted_or_damaged_backups_never_restore_as_good() {
     );
 }
 
+/// On Garage, compressed by cbdr: parts that are tars of their own, files
+/// larger than a part cut into pieces (pgbench_accounts is 26 MB).
 #[test]
 fn backup_and_restore_on_garage() {
     let target = garage::bucket("backup-restore");
-    let s = setup(Some(&target.config_toml("c")));
+    let s = setup_with(
+        Some(&target.config_toml("c")),
+        "[compression]\ncompress_on = \"client\"\n",
+    );
     let server = s.server();
     run_pgbench(&server, &["-i", "-s", "2", "-q"]);
     s.ok(Some(&server), &["backup-push"]);
+    assert_eq!(compressed_by(&s.backups()[0]), None);
     run_pgbench(&server, &["-c", "2", "-t", "100", "-n"]);
     let expected = dump(&server);
     archive_everything(&server);
@@ -400,6 +414,83 @@ fn backup_and_restore_on_garage() {
     assert_eq!(code, 0, "{err}");
     verify_backup(&dir);
     assert_eq!(dump(&start_restored(&dir)), expected);
+}
+
+/// The compression the server applied to a listed backup's data directory.
+fn compressed_by(backup: &serde_json::Value) -> Option<String> {
+    let base = backup["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "base")
+        .unwrap();
+    base["server_compression"].as_str().map(String::from)
+}
+
+/// `compress_on = "auto"` (the default) lets PostgreSQL compress data that
+/// compresses well, and compresses data that does not on cbdr's cores;
+/// both restore.
+#[test]
+fn auto_lets_the_server_compress_only_what_compresses_well() {
+    let s = setup(None);
+    let server = s.server();
+    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
+    s.ok(Some(&server), &["backup-push"]);
+    let listed = s.backups();
+    assert_eq!(compressed_by(&listed[0]).as_deref(), Some("lz4"));
+    let plain = listed[0]["archives"][0]["plain_bytes"].as_u64().unwrap();
+    assert!(plain > 30_000_000, "the server's plain size: {plain}");
+    let with_pgbench = dump(&server);
+
+    // 40 MB of random bytes become the largest relation files.
+    server.psql("drop table pgbench_accounts");
+    server.psql(
+        "create table noise as select g, decode(string_agg(md5(random()::text), ''), 'hex') as b \
+         from generate_series(1, 20000) g, generate_series(1, 64) k group by g",
+    );
+    let with_noise = dump(&server);
+    s.ok(Some(&server), &["backup-push"]);
+    let listed = s.backups();
+    assert_eq!(compressed_by(&listed[1]), None, "random data left to cbdr");
+    let listing = s.ok(None, &["list"]);
+    assert!(listing.contains("lz4 by the server"), "{listing}");
+    assert!(listing.contains("lz4 by cbdr"), "{listing}");
+
+    // "server" insists; restores of either kind come back whole.
+    let forced = s.dir.path().join("server.toml");
+    let text = fs::read_to_string(&s.config).unwrap();
+    fs::write(
+        &forced,
+        format!("{text}[compression]\ncompress_on = \"server\"\n"),
+    )
+    .unwrap();
+    chown_to_pg(&forced);
+    let out = pg_command(CBDR)
+        .arg("--config")
+        .arg(&forced)
+        .arg("backup-push")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", server.port().to_string())
+        .env("PGUSER", "postgres")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(compressed_by(&s.backups()[2]).as_deref(), Some("lz4"));
+    archive_everything(&server);
+    for (i, expected) in [(0, &with_pgbench), (1, &with_noise), (2, &with_noise)] {
+        let name = s.backups()[i]["name"].as_str().unwrap().to_string();
+        let (code, err, dir) = s.restore(
+            &format!("r{i}"),
+            &["--backup", &name, "--immediate", "--archive-mode", "off"],
+        );
+        assert_eq!(code, 0, "{err}");
+        verify_backup(&dir);
+        assert_eq!(&dump(&start_restored(&dir)), expected, "backup {i}");
+    }
 }
 
 #[test]

@@ -198,13 +198,13 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
             println!("  (none)");
         } else {
             println!(
-                "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>6}",
+                "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>6}  COMPRESSED",
                 "NAME", "FINISHED (UTC)", "START LSN", "STOP LSN", "TLI", "SIZE", "STORED", "RATIO"
             );
             for b in &s.backups {
                 let ratio = b.plain_bytes() as f64 / b.stored_bytes().max(1) as f64;
                 println!(
-                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>5.1}x",
+                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>5.1}x  {} by {}",
                     b.name,
                     b.stop_time.format("%Y-%m-%d %H:%M:%S"),
                     b.start_lsn.to_string(),
@@ -212,7 +212,13 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
                     b.timeline.0,
                     human(b.plain_bytes()),
                     human(b.stored_bytes()),
-                    ratio
+                    ratio,
+                    b.compression,
+                    if b.server_compressed() {
+                        "the server"
+                    } else {
+                        "cbdr"
+                    }
                 );
             }
         }

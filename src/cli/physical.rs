@@ -69,6 +69,7 @@ pub async fn backup(config: &Config, args: BackupPushArgs) -> Result<()> {
         conn: args.conn.params()?,
         wal_wait: Duration::from_secs(args.wal_wait),
         part_target: PART_TARGET,
+        compress_on: config.compression.compress_on,
         progress: None,
     };
     let b = backup_push(&repo, &opts).await?;

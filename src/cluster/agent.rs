@@ -594,6 +594,7 @@ async fn backup_job(
         conn,
         wal_wait: Duration::from_secs(req.wal_wait_secs),
         part_target: PART_TARGET,
+        compress_on: config.compression.compress_on,
         progress: Some(progress),
     };
     backup_push(&repo, &opts).await

@@ -22,18 +22,30 @@ use tokio::task::JoinHandle;
 
 use super::progress::{report, Progress};
 use super::tar_split::{Step, TarSplitter};
+use crate::codec::{Codec, Compression};
+pub use crate::config::CompressOn;
 use crate::error::{Error, Result};
 use crate::pg::conn::{BackendMessage, ConnParams, PgConn, Replication};
 use crate::pg::{Lsn, TimelineId, WalFile, WalSegmentName};
 use crate::repo::catalog::{ArchiveRecord, BackupRecord};
 use crate::repo::{layout, Repo, TransferStats};
 
-/// The format of the backups written: 2 = files larger than a part may be
-/// cut into pieces (see [`super::tar_split`]); 1 = every file whole.
-pub const BACKUP_FORMAT: u32 = 2;
+/// The newest backup format this cbdr reads: 3 = some archive is a
+/// stream the server compressed, cut into parts anywhere (see
+/// [`super::compress_on`]); 2 = files larger than a part may be cut into
+/// pieces (see [`super::tar_split`]); 1 = every file whole. A backup is
+/// written with the oldest format that describes it.
+pub const BACKUP_FORMAT: u32 = 3;
+/// The format of a backup whose archives cbdr compressed.
+const FORMAT_PIECES: u32 = 2;
 
 /// Plain bytes per part before it is cut at the next file boundary.
 pub const PART_TARGET: u64 = 16 * 1024 * 1024;
+/// A part of a stream the server compressed holds `PART_TARGET /
+/// STREAM_PART_DIVISOR` compressed bytes: its restore holds a few parts
+/// decrypted ahead of the decoder, and each already holds several times
+/// more data than a part of plain tar.
+const STREAM_PART_DIVISOR: u64 = 2;
 /// Bytes handed to a part's encoder at once: PostgreSQL sends ~32 KiB
 /// messages, and waking the encoder for each costs more than encoding it.
 const BATCH: usize = 1024 * 1024;
@@ -55,6 +67,8 @@ pub struct BackupOptions {
     /// How long to wait for the backup's WAL to reach the archive.
     pub wal_wait: Duration,
     pub part_target: u64,
+    /// Where the backup is compressed.
+    pub compress_on: CompressOn,
     /// Bytes received and the phase, for callers that report progress.
     pub progress: Option<Arc<Progress>>,
 }
@@ -83,13 +97,30 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
             .unwrap_or_default(),
     )?;
 
+    let server_compression = super::compress_on::server_compression(
+        repo,
+        &opts.conn,
+        opts.content_id,
+        opts.compress_on,
+        version,
+    )
+    .await?;
+
     let name = new_backup_name(repo, opts.content_id).await?;
     tracing::info!("backup {name}: starting (PostgreSQL {version}, system {system_identifier})");
     let start_time = Utc::now();
     let label = format!("cbdr {name}");
     let command = if version >= 150000 {
+        let compression = match server_compression {
+            Some(Compression::Zstd) => format!(
+                ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={}'",
+                repo.codec.level
+            ),
+            Some(m) => format!(", COMPRESSION '{m}'"),
+            None => String::new(),
+        };
         format!(
-            "BASE_BACKUP (LABEL '{label}', PROGRESS true, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP true)"
+            "BASE_BACKUP (LABEL '{label}', PROGRESS true, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP true{compression})"
         )
     } else {
         format!("BASE_BACKUP LABEL '{label}' PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP")
@@ -102,6 +133,7 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         name.clone(),
         opts.part_target,
     );
+    stream.server_compression = server_compression;
     stream.progress = opts.progress.clone();
     report(&opts.progress, |p| p.set_phase("streaming"));
     // The receiver runs as a task of its own: on a runtime worker, where
@@ -140,8 +172,13 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     )
     .await?;
 
+    let format = if archives.iter().any(|a| a.server_compression.is_some()) {
+        BACKUP_FORMAT
+    } else {
+        FORMAT_PIECES
+    };
     let record = BackupRecord {
-        format: BACKUP_FORMAT,
+        format,
         name: name.clone(),
         content_id: opts.content_id,
         start_lsn: start.0,
@@ -208,6 +245,16 @@ async fn new_backup_name(repo: &Repo, content_id: i32) -> Result<String> {
     Err(Error::Internal("no free backup name".into()))
 }
 
+/// The archive's name in the repository: "base" or the tablespace's OID,
+/// from the server's "base.tar", "base.tar.lz4", "16384.tar.zst"...
+fn archive_name(sent: &str) -> String {
+    let name = [".lz4", ".zst", ".gz"]
+        .iter()
+        .find_map(|ext| sent.strip_suffix(ext))
+        .unwrap_or(sent);
+    name.trim_end_matches(".tar").to_string()
+}
+
 /// "16MB", "64MB", "1GB" → bytes.
 pub fn parse_size_setting(text: &str) -> Result<u64> {
     let t = text.trim();
@@ -243,6 +290,12 @@ type Position = (Lsn, TimelineId);
 
 struct BackupStream {
     repo: Repo,
+    /// The repository writing objects without compressing them: for the
+    /// server's compressed streams.
+    raw_repo: Repo,
+    server_compression: Option<Compression>,
+    /// Plain bytes the server has sent so far (its progress reports).
+    plain_sent: u64,
     content_id: i32,
     name: String,
     part_target: u64,
@@ -266,8 +319,18 @@ struct Waits {
 
 impl BackupStream {
     fn new(repo: Repo, content_id: i32, name: String, part_target: u64) -> BackupStream {
+        let raw_repo = Repo::new(
+            repo.storage.clone(),
+            Codec {
+                compression: Compression::None,
+                ..repo.codec.clone()
+            },
+        );
         BackupStream {
             repo,
+            raw_repo,
+            server_compression: None,
+            plain_sent: 0,
             content_id,
             name,
             part_target,
@@ -375,10 +438,9 @@ impl BackupStream {
                         b'n' => {
                             self.finish_archive().await?;
                             let mut fields = rest.split(|&b| b == 0);
-                            let archive =
-                                String::from_utf8_lossy(fields.next().unwrap_or_default())
-                                    .trim_end_matches(".tar")
-                                    .to_string();
+                            let archive = archive_name(&String::from_utf8_lossy(
+                                fields.next().unwrap_or_default(),
+                            ));
                             let location = fields
                                 .next()
                                 .map(|l| String::from_utf8_lossy(l).into_owned())
@@ -388,6 +450,7 @@ impl BackupStream {
                         b'd' => self.write(data.slice(1..)).await?,
                         b'p' if rest.len() >= 8 => {
                             progress = u64::from_be_bytes(rest[..8].try_into().unwrap());
+                            self.plain_sent = progress;
                         }
                         b'm' => {
                             self.finish_archive().await?;
@@ -446,7 +509,9 @@ impl BackupStream {
                 parts: 0,
                 plain_bytes: 0,
                 stored_bytes: 0,
+                server_compression: self.server_compression,
             },
+            plain_at_start: self.plain_sent,
             splitter: TarSplitter::new(self.part_target),
             part: None,
             uploads: VecDeque::new(),
@@ -467,15 +532,29 @@ impl BackupStream {
                 "the server sent data before an archive header".into(),
             ));
         };
+        let server = a.record.server_compression;
         while !data.is_empty() {
-            let step = a
-                .splitter
-                .next(&mut data)
-                .map_err(|e| Error::Postgres(format!("the server's tar stream: {e}")))?;
-            let piece = match step {
-                None => continue,
-                Some(Step::Pass(bytes)) => bytes,
-                Some(Step::Header(header)) => Bytes::from(header),
+            let target = if server.is_some() {
+                self.part_target / STREAM_PART_DIVISOR
+            } else {
+                self.part_target
+            };
+            let piece = if server.is_some() {
+                // A compressed stream: parts end anywhere.
+                let room = target
+                    .saturating_sub(a.part.as_ref().map_or(0, |p| p.plain))
+                    .max(1);
+                data.split_to(data.len().min(room as usize))
+            } else {
+                let step = a
+                    .splitter
+                    .next(&mut data)
+                    .map_err(|e| Error::Postgres(format!("the server's tar stream: {e}")))?;
+                match step {
+                    None => continue,
+                    Some(Step::Pass(bytes)) => bytes,
+                    Some(Step::Header(header)) => Bytes::from(header),
+                }
             };
             if a.part.is_none() {
                 let t = Instant::now();
@@ -497,15 +576,21 @@ impl BackupStream {
                     &self.name,
                     &a.record.name,
                     a.record.parts,
+                    server,
                 );
                 a.record.parts += 1;
-                a.part = Some(PartSink::start(&self.repo, key, Some((encode, store))));
+                let repo = if server.is_some() {
+                    &self.raw_repo
+                } else {
+                    &self.repo
+                };
+                a.part = Some(PartSink::start(repo, key, Some((encode, store))));
             }
             let part = a.part.as_mut().expect("started above");
             let t = Instant::now();
             part.send(piece).await?;
             self.waited.queue += t.elapsed();
-            if a.splitter.at_boundary() && part.plain >= self.part_target {
+            if (server.is_some() || a.splitter.at_boundary()) && part.plain >= target {
                 a.uploads
                     .push_back(a.part.take().expect("present").close().await);
                 // Parts stored so far are counted (and their errors seen)
@@ -524,15 +609,27 @@ impl BackupStream {
             return Ok(());
         };
         if a.part.is_none() && a.record.parts == 0 {
-            let key = layout::backup_part_key(self.content_id, &self.name, &a.record.name, 0);
+            let server = a.record.server_compression;
+            let key =
+                layout::backup_part_key(self.content_id, &self.name, &a.record.name, 0, server);
             a.record.parts = 1;
-            a.part = Some(PartSink::start(&self.repo, key, None));
+            let repo = if server.is_some() {
+                &self.raw_repo
+            } else {
+                &self.repo
+            };
+            a.part = Some(PartSink::start(repo, key, None));
         }
         if let Some(p) = a.part.take() {
             a.uploads.push_back(p.close().await);
         }
         while let Some(upload) = a.uploads.pop_front() {
             a.add(join_part(upload).await?);
+        }
+        if a.record.server_compression.is_some() {
+            // The server's last progress report of the archive came before
+            // the next archive's header (or the manifest).
+            a.record.plain_bytes = self.plain_sent.saturating_sub(a.plain_at_start);
         }
         self.done.push(a.record);
         Ok(())
@@ -557,6 +654,8 @@ impl BackupStream {
 
 struct ArchiveWriter {
     record: ArchiveRecord,
+    /// `plain_sent` when the archive started.
+    plain_at_start: u64,
     splitter: TarSplitter,
     part: Option<PartSink>,
     uploads: VecDeque<JoinHandle<Result<TransferStats>>>,
@@ -564,7 +663,10 @@ struct ArchiveWriter {
 
 impl ArchiveWriter {
     fn add(&mut self, stats: TransferStats) {
-        self.record.plain_bytes += stats.plain;
+        // A compressed stream's plain size is the server's to tell.
+        if self.record.server_compression.is_none() {
+            self.record.plain_bytes += stats.plain;
+        }
         self.record.stored_bytes += stats.stored;
     }
 }
@@ -720,6 +822,13 @@ pub(crate) async fn wait_for_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_names() {
+        assert_eq!(archive_name("base.tar"), "base");
+        assert_eq!(archive_name("base.tar.lz4"), "base");
+        assert_eq!(archive_name("16384.tar.zst"), "16384");
+    }
 
     #[test]
     fn size_settings() {

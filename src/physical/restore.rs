@@ -246,17 +246,26 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     let pieces: Arc<Mutex<Pieces>> = Arc::default();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     // Part keys are made as they are needed: nothing grows with the
-    // number of parts.
-    let mut queue = backup.archives.iter().flat_map(|a| {
+    // number of parts. A stream the server compressed is one job (decoded
+    // in order), started first: it takes the longest.
+    let mut archives: Vec<&crate::repo::catalog::ArchiveRecord> = backup.archives.iter().collect();
+    archives.sort_by_key(|a| a.server_compression.is_none());
+    let mut queue = archives.into_iter().flat_map(|a| {
         let (dir, manifest_prefix) = dirs[&a.name].clone();
-        let (content_id, name) = (opts.content_id, backup.name.clone());
-        (0..a.parts).map(move |part| {
-            (
-                layout::backup_part_key(content_id, &name, &a.name, part),
-                dir.clone(),
-                manifest_prefix.clone(),
-            )
-        })
+        let (content_id, name, archive) = (opts.content_id, backup.name.clone(), a.name.clone());
+        let key = move |part, compression| {
+            layout::backup_part_key(content_id, &name, &archive, part, compression)
+        };
+        let jobs: Box<dyn Iterator<Item = Job> + Send> = match a.server_compression {
+            Some(compression) => Box::new(std::iter::once(Job::Stream {
+                keys: (0..a.parts)
+                    .map(|part| key(part, Some(compression)))
+                    .collect(),
+                compression,
+            })),
+            None => Box::new((0..a.parts).map(move |part| Job::Part(key(part, None)))),
+        };
+        jobs.map(move |job| (job, dir.clone(), manifest_prefix.clone()))
     });
     // The disk persists what is written while the rest is decoded, rather
     // than all of it in the final sync.
@@ -264,7 +273,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     let mut failure: Option<Error> = None;
     loop {
         while failure.is_none() && tasks.len() < opts.parallel.max(1) {
-            let Some((key, dir, prefix)) = queue.next() else {
+            let Some((job, dir, prefix)) = queue.next() else {
                 break;
             };
             let repo = repo.clone();
@@ -272,18 +281,32 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             let seen = seen.clone();
             let pieces = pieces.clone();
             let progress = opts.progress.clone();
-            tasks.spawn(async move {
-                let part = key.clone();
-                repo.read_with(&key, move |r| {
-                    let done = Done {
-                        manifest: &manifest,
-                        seen: &seen,
-                        pieces: &pieces,
-                    };
-                    unpack(r, &dir, &prefix, &done, &part, progress.as_deref())
-                })
-                .await
-            });
+            let unpack_into = move |r: &mut dyn Read, label: &str| {
+                let done = Done {
+                    manifest: &manifest,
+                    seen: &seen,
+                    pieces: &pieces,
+                };
+                unpack(r, &dir, &prefix, &done, label, progress.as_deref())
+            };
+            match job {
+                Job::Part(key) => {
+                    tasks.spawn(async move {
+                        let part = key.clone();
+                        repo.read_with(&key, move |r| unpack_into(r, &part)).await
+                    });
+                }
+                Job::Stream { keys, compression } => {
+                    let prefetch = opts.parallel.clamp(1, STREAM_PREFETCH);
+                    tasks.spawn(unpack_stream(
+                        repo,
+                        keys,
+                        compression,
+                        prefetch,
+                        unpack_into,
+                    ));
+                }
+            }
         }
         match tasks.join_next().await {
             None => break,
@@ -366,6 +389,105 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
 }
 
 const PARTIAL_EXT: &str = "cbdr-restoring";
+
+/// What one restore task unpacks.
+enum Job {
+    /// A part that is a tar of its own.
+    Part(String),
+    /// The parts of a stream the server compressed, in order.
+    Stream {
+        keys: Vec<String>,
+        compression: crate::codec::Compression,
+    },
+}
+
+/// Parts of a compressed stream fetched and decrypted ahead of its decoder.
+const STREAM_PREFETCH: usize = 3;
+
+/// Unpacks a stream the server compressed: its parts fetched and
+/// decrypted `prefetch` at a time, in order, into one decoder.
+async fn unpack_stream(
+    repo: Repo,
+    keys: Vec<String>,
+    compression: crate::codec::Compression,
+    prefetch: usize,
+    unpack_into: impl FnOnce(&mut dyn Read, &str) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    let label = match (keys.first(), keys.last()) {
+        (Some(first), Some(last)) if keys.len() > 1 => format!("{first} to {last}"),
+        (Some(first), _) => first.clone(),
+        _ => return Ok(()),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(1);
+    let fetch = tokio::spawn(async move {
+        let mut parts = futures_util::stream::iter(keys)
+            .map(|key| {
+                let repo = repo.clone();
+                async move { repo.get_bytes(&key).await }
+            })
+            .buffered(prefetch);
+        while let Some(part) = parts.next().await {
+            let failed = part.is_err();
+            if tx.send(part).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+    let reader = PartsReader {
+        rx,
+        buf: Vec::new(),
+        at: 0,
+        failure: failure.clone(),
+    };
+    let unpacked = tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut decoder = compression
+            .decoder(reader)
+            .map_err(|e| Error::Integrity(format!("{label}: {e}")))?;
+        unpack_into(&mut decoder, &label)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("restore task: {e}")));
+    fetch.abort();
+    // A part that could not be read explains the decoder's failure.
+    if let Some(e) = failure.lock().unwrap().take() {
+        return Err(e);
+    }
+    unpacked?
+}
+
+/// The decrypted parts of a stream, read as one.
+struct PartsReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    at: usize,
+    /// Why a part could not be read.
+    failure: Arc<Mutex<Option<Error>>>,
+}
+
+impl Read for PartsReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.buf.len() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(part)) => {
+                    self.buf = part;
+                    self.at = 0;
+                }
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    *self.failure.lock().unwrap() = Some(e);
+                    return Err(io::Error::other(text));
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
 
 fn incomplete(dir: &Path, e: Error) -> Error {
     tracing::error!(

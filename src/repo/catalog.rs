@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{layout, Repo};
+use crate::codec::Compression;
 use crate::error::{Error, Result};
 use crate::pg::{Lsn, TimelineId};
 
@@ -20,6 +21,10 @@ pub struct ArchiveRecord {
     pub parts: u32,
     pub plain_bytes: u64,
     pub stored_bytes: u64,
+    /// Set when the server compressed the archive: its parts are then
+    /// pieces of one compressed stream, to decode in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_compression: Option<Compression>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +53,10 @@ impl BackupRecord {
     }
     pub fn stored_bytes(&self) -> u64 {
         self.archives.iter().map(|a| a.stored_bytes).sum()
+    }
+    /// Whether PostgreSQL compressed (some of) its archives.
+    pub fn server_compressed(&self) -> bool {
+        self.archives.iter().any(|a| a.server_compression.is_some())
     }
 }
 

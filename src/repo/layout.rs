@@ -7,6 +7,9 @@
 //! seg{ID}/basebackups/{NAME}/parts/{ARCHIVE}/{N}.tar
 //!                                         a base backup's tar stream, cut at file
 //!                                         boundaries (ARCHIVE: "base" or a tablespace OID)
+//! seg{ID}/basebackups/{NAME}/parts/{ARCHIVE}/{N}.tar.lz4 (or .tar.zst)
+//!                                         the tar stream as the server compressed
+//!                                         it, cut anywhere (compress_on = server)
 //! seg{ID}/basebackups/{NAME}/backup_manifest   the server's backup manifest
 //! seg{ID}/basebackups/{NAME}/backup.json  the backup's record, written last:
 //!                                         a backup without it is incomplete
@@ -21,6 +24,7 @@
 //! compression method (the object header records it), so a WAL file keeps
 //! its name when the config changes.
 
+use crate::codec::Compression;
 use crate::pg::WalFile;
 
 pub const REPO_META_KEY: &str = "cbdr-repo.json";
@@ -61,9 +65,22 @@ pub fn backup_manifest_key(content_id: i32, backup: &str) -> String {
     format!("{}backup_manifest", backup_prefix(content_id, backup))
 }
 
-pub fn backup_part_key(content_id: i32, backup: &str, archive: &str, part: u32) -> String {
+/// A part of an archive: a tar (`000000.tar`), or a piece of the tar
+/// stream the server compressed (`000000.tar.lz4`, `000000.tar.zst`).
+pub fn backup_part_key(
+    content_id: i32,
+    backup: &str,
+    archive: &str,
+    part: u32,
+    server_compression: Option<Compression>,
+) -> String {
+    let ext = match server_compression {
+        None => String::new(),
+        Some(Compression::Zstd) => ".zst".into(),
+        Some(c) => format!(".{c}"),
+    };
     format!(
-        "{}parts/{archive}/{part:06}.tar",
+        "{}parts/{archive}/{part:06}.tar{ext}",
         backup_prefix(content_id, backup)
     )
 }
