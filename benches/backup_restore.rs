@@ -970,6 +970,19 @@ impl<'a> Bench<'a> {
                 }
             }
             Op::CbdrBackup(repo) => {
+                // compress_on = auto says where it compressed, and why.
+                if let Some(l) = t
+                    .output
+                    .lines()
+                    .find(|l| l.contains("PostgreSQL compresses") || l.contains("on cbdr's cores"))
+                {
+                    o.notes.push(
+                        l.split_once("INFO ")
+                            .map_or(l, |(_, m)| m)
+                            .trim()
+                            .to_string(),
+                    );
+                }
                 // "backup NAME complete: A to B, P MB, stored S MB"
                 let line = t.output.lines().find(|l| l.contains(" complete: "));
                 let name = line.and_then(|l| l.split_whitespace().nth(1));
