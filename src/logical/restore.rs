@@ -314,10 +314,7 @@ fn session_setup(jobs: usize) -> String {
     format!(
         "{} SET synchronous_commit = off; SET application_name = 'cbdr gprestore'; \
          SELECT set_config('maintenance_work_mem', '{mwm}MB', false) \
-          WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < {mwm} * 1024 * 1024; \
-         SELECT set_config('wal_compression', 'lz4', false) FROM pg_settings \
-          WHERE name = 'wal_compression' AND setting = 'off' AND 'lz4' = ANY(enumvals) \
-           AND current_setting('is_superuser') = 'on';",
+          WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < {mwm} * 1024 * 1024;",
         metadata::RESTORE_SESSION_SETUP
     )
 }
