@@ -456,12 +456,13 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
     assert!(listing.contains("lz4 by the server"), "{listing}");
     assert!(listing.contains("lz4 by cbdr"), "{listing}");
 
-    // "server" insists; restores of either kind come back whole.
+    // "server" insists (here with zstd); restores of every kind come back
+    // whole.
     let forced = s.dir.path().join("server.toml");
     let text = fs::read_to_string(&s.config).unwrap();
     fs::write(
         &forced,
-        format!("{text}[compression]\ncompress_on = \"server\"\n"),
+        format!("{text}[compression]\nmethod = \"zstd\"\ncompress_on = \"server\"\n"),
     )
     .unwrap();
     chown_to_pg(&forced);
@@ -479,7 +480,7 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(compressed_by(&s.backups()[2]).as_deref(), Some("lz4"));
+    assert_eq!(compressed_by(&s.backups()[2]).as_deref(), Some("zstd"));
     archive_everything(&server);
     for (i, expected) in [(0, &with_pgbench), (1, &with_noise), (2, &with_noise)] {
         let name = s.backups()[i]["name"].as_str().unwrap().to_string();

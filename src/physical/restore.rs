@@ -445,7 +445,12 @@ async fn unpack_stream(
         let mut decoder = compression
             .decoder(reader)
             .map_err(|e| Error::Integrity(format!("{label}: {e}")))?;
-        unpack_into(&mut decoder, &label)
+        unpack_into(&mut decoder, &label)?;
+        // The rest of the stream (the tar's end, the compressor's trailer)
+        // is read too, so that every part is checked, to the last.
+        io::copy(&mut decoder, &mut io::sink())
+            .map_err(|e| Error::Integrity(format!("{label}: after the tar's end: {e}")))?;
+        Ok(())
     })
     .await
     .map_err(|e| Error::Internal(format!("restore task: {e}")));
