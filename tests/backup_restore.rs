@@ -63,8 +63,18 @@ impl Setup {
     }
 
     fn cbdr(&self, server: Option<&PgServer>, args: &[&str]) -> (i32, String, String) {
+        self.cbdr_with(&self.config, server, args)
+    }
+
+    /// cbdr with another config file.
+    fn cbdr_with(
+        &self,
+        config: &Path,
+        server: Option<&PgServer>,
+        args: &[&str],
+    ) -> (i32, String, String) {
         let mut cmd = pg_command(CBDR);
-        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.arg("--config").arg(config).args(args);
         if let Some(s) = server {
             cmd.env("PGHOST", "127.0.0.1")
                 .env("PGPORT", s.port().to_string())
@@ -466,20 +476,8 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
     )
     .unwrap();
     chown_to_pg(&forced);
-    let out = pg_command(CBDR)
-        .arg("--config")
-        .arg(&forced)
-        .arg("backup-push")
-        .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", server.port().to_string())
-        .env("PGUSER", "postgres")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = s.cbdr_with(&forced, Some(&server), &["backup-push"]);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(compressed_by(&s.backups()[2]).as_deref(), Some("zstd"));
     archive_everything(&server);
     for (i, expected) in [(0, &with_pgbench), (1, &with_noise), (2, &with_noise)] {
