@@ -172,13 +172,8 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     )
     .await?;
 
-    let format = if archives.iter().any(|a| a.server_compression.is_some()) {
-        BACKUP_FORMAT
-    } else {
-        FORMAT_PIECES
-    };
-    let record = BackupRecord {
-        format,
+    let mut record = BackupRecord {
+        format: FORMAT_PIECES,
         name: name.clone(),
         content_id: opts.content_id,
         start_lsn: start.0,
@@ -195,6 +190,9 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         encrypted: repo.codec.key.is_some(),
         manifest_bytes,
     };
+    if record.server_compressed() {
+        record.format = BACKUP_FORMAT;
+    }
     repo.put_json(&layout::backup_record_key(opts.content_id, &name), &record)
         .await?;
     tracing::debug!(
@@ -290,9 +288,6 @@ type Position = (Lsn, TimelineId);
 
 struct BackupStream {
     repo: Repo,
-    /// The repository writing objects without compressing them: for the
-    /// server's compressed streams.
-    raw_repo: Repo,
     server_compression: Option<Compression>,
     /// Plain bytes the server has sent so far (its progress reports).
     plain_sent: u64,
@@ -319,16 +314,8 @@ struct Waits {
 
 impl BackupStream {
     fn new(repo: Repo, content_id: i32, name: String, part_target: u64) -> BackupStream {
-        let raw_repo = Repo::new(
-            repo.storage.clone(),
-            Codec {
-                compression: Compression::None,
-                ..repo.codec.clone()
-            },
-        );
         BackupStream {
             repo,
-            raw_repo,
             server_compression: None,
             plain_sent: 0,
             content_id,
@@ -502,7 +489,24 @@ impl BackupStream {
 
     fn start_archive(&mut self, archive: String, location: Option<String>) {
         tracing::debug!("backup {}: archive {archive} ({location:?})", self.name);
+        // A stream the server compressed is stored without compressing it
+        // again, in parts that end anywhere.
+        let (repo, part_target) = match self.server_compression {
+            Some(_) => (
+                Repo::new(
+                    self.repo.storage.clone(),
+                    Codec {
+                        compression: Compression::None,
+                        ..self.repo.codec.clone()
+                    },
+                ),
+                self.part_target / STREAM_PART_DIVISOR,
+            ),
+            None => (self.repo.clone(), self.part_target),
+        };
         self.current = Some(ArchiveWriter {
+            repo,
+            part_target,
             record: ArchiveRecord {
                 name: archive,
                 tablespace_path: location,
@@ -533,12 +537,8 @@ impl BackupStream {
             ));
         };
         let server = a.record.server_compression;
+        let target = a.part_target;
         while !data.is_empty() {
-            let target = if server.is_some() {
-                self.part_target / STREAM_PART_DIVISOR
-            } else {
-                self.part_target
-            };
             let piece = if server.is_some() {
                 // A compressed stream: parts end anywhere.
                 let room = target
@@ -579,12 +579,7 @@ impl BackupStream {
                     server,
                 );
                 a.record.parts += 1;
-                let repo = if server.is_some() {
-                    &self.raw_repo
-                } else {
-                    &self.repo
-                };
-                a.part = Some(PartSink::start(repo, key, Some((encode, store))));
+                a.part = Some(PartSink::start(&a.repo, key, Some((encode, store))));
             }
             let part = a.part.as_mut().expect("started above");
             let t = Instant::now();
@@ -609,16 +604,15 @@ impl BackupStream {
             return Ok(());
         };
         if a.part.is_none() && a.record.parts == 0 {
-            let server = a.record.server_compression;
-            let key =
-                layout::backup_part_key(self.content_id, &self.name, &a.record.name, 0, server);
+            let key = layout::backup_part_key(
+                self.content_id,
+                &self.name,
+                &a.record.name,
+                0,
+                a.record.server_compression,
+            );
             a.record.parts = 1;
-            let repo = if server.is_some() {
-                &self.raw_repo
-            } else {
-                &self.repo
-            };
-            a.part = Some(PartSink::start(repo, key, None));
+            a.part = Some(PartSink::start(&a.repo, key, None));
         }
         if let Some(p) = a.part.take() {
             a.uploads.push_back(p.close().await);
@@ -653,6 +647,11 @@ impl BackupStream {
 }
 
 struct ArchiveWriter {
+    /// Where its parts go: the backup's repository, or for a stream the
+    /// server compressed, the same storage without compression.
+    repo: Repo,
+    /// Bytes per part.
+    part_target: u64,
     record: ArchiveRecord,
     /// `plain_sent` when the archive started.
     plain_at_start: u64,
