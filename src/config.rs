@@ -48,6 +48,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub agent: AgentConfig,
+    #[serde(default)]
+    pub logical: LogicalConfig,
     /// Where the config came from, for messages (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -198,6 +200,17 @@ pub enum CompressOn {
     Server,
     /// cbdr receives the plain tar and compresses it on every core.
     Client,
+}
+
+/// `[logical]`: gpbackup/gprestore.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogicalConfig {
+    /// `auto`: COPY's binary format for tables whose columns all have
+    /// built-in types with a stable binary form (much cheaper for the
+    /// server to load), text for the others; `text`: text always.
+    #[serde(default)]
+    pub copy_format: crate::logical::copy_format::CopyFormatChoice,
 }
 
 fn default_method() -> Compression {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use cbdr::logical::copy_format::CopyFormat;
 use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
 use tempfile::TempDir;
 
@@ -803,6 +804,11 @@ fn a_big_table_loads_through_every_connection() {
         &["--create-db", "--redirect-db", "big2", "--jobs", "2"],
     );
     assert_same_database(&e.server, "big", "big2");
+    let formats: Vec<_> = e.record(&ts).tables.iter().map(|t| t.format).collect();
+    assert!(
+        formats.iter().all(|f| *f == CopyFormat::Binary),
+        "built-in types are stored binary: {formats:?}"
+    );
     // The table loaded whole, in the transaction that truncated it, was
     // written frozen (COPY FREEZE), the split one could not be.
     e.server.psql_db("big2", "CREATE EXTENSION pageinspect");
@@ -823,6 +829,102 @@ fn a_big_table_loads_through_every_connection() {
             .any(|l| l.starts_with("tables loaded in parallel:") && l.ends_with(" 1")),
         "{reports}"
     );
+}
+
+#[test]
+fn binary_rows_convert_into_changed_columns_and_text_stays_available() {
+    let e = env();
+    e.server.psql("CREATE DATABASE src");
+    e.server.psql_db(
+        "src",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE b (id int, t text, n numeric, f float8, a int[], j jsonb, d date);
+         INSERT INTO b SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE 'r\\ow ' || g || E'\t\n' END,
+                g / 7.0, g * 0.1, ARRAY[g, NULL], jsonb_build_object('g', g), '2024-02-29'::date + g
+           FROM generate_series(1, 3000) g;
+         CREATE TABLE e (id int, m mood);
+         INSERT INTO e SELECT g, (ARRAY['sad','ok']::mood[])[1 + g % 2] FROM generate_series(1, 50) g;",
+    );
+    let ts = e.backup(&["--dbname", "src"]);
+    let rec = e.record(&ts);
+    let format_of = |rec: &cbdr::logical::record::LogicalBackupRecord, name: &str| {
+        rec.tables
+            .iter()
+            .find(|t| t.table.name == name)
+            .map(|t| t.format)
+            .unwrap()
+    };
+    assert_eq!(format_of(&rec, "b"), CopyFormat::Binary);
+    assert_eq!(format_of(&rec, "e"), CopyFormat::Text, "an enum column");
+    e.restore(&ts, &["--create-db", "--redirect-db", "same"]);
+    assert_same_database(&e.server, "src", "same");
+
+    // A data-only restore into tables whose column types changed: the
+    // binary rows are converted as a text COPY would convert them.
+    e.create_db(
+        "changed",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE b (id bigint, t varchar(40), n text, f numeric, a bigint[], j json, d text);
+         CREATE TABLE e (id int, m mood);",
+    );
+    e.restore(
+        &ts,
+        &["--redirect-db", "changed", "--data-only", "--jobs", "2"],
+    );
+    let sum = |db: &str| {
+        e.server.psql_db(
+            db,
+            "SELECT count(*) || '/' || md5(string_agg(format('%s|%s|%s|%s|%s|%s|%s', id::int, t::text, n::numeric,                     f::float8, a::int[], j::jsonb, d::date), ',' ORDER BY id)) FROM b",
+        )
+    };
+    assert_eq!(sum("changed"), sum("src"));
+    assert_eq!(
+        e.server
+            .psql_db("changed", "SELECT count(*) FROM b WHERE t IS NULL"),
+        "428"
+    );
+    // A value the changed type cannot hold fails as it would in text.
+    e.create_db(
+        "narrow",
+        "CREATE TABLE b (id int, t varchar(3), n numeric, f float8, a int[], j jsonb, d date);",
+    );
+    let err = e.fails(
+        &[
+            "gprestore",
+            "--timestamp",
+            &ts,
+            "--redirect-db",
+            "narrow",
+            "--data-only",
+            "--include-table",
+            "public.b",
+        ],
+        6,
+        "too long",
+    );
+    assert!(err.contains("public.b"), "{err}");
+    assert_eq!(e.server.psql_db("narrow", "SELECT count(*) FROM b"), "0");
+
+    // copy_format = "text": every table in text.
+    let text = write_config(
+        e.dir.path(),
+        "text",
+        &format!(
+            "[storage]\npath = \"{}\"\n[logical]\ncopy_format = \"text\"",
+            e.repo().display()
+        ),
+        KEY_HEX,
+    );
+    let (code, out, err) = e.cbdr_with(&text, &["gpbackup", "--dbname", "src"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let ts = timestamp_of(&out);
+    assert!(e
+        .record(&ts)
+        .tables
+        .iter()
+        .all(|t| t.format == CopyFormat::Text));
+    e.restore(&ts, &["--create-db", "--redirect-db", "from_text"]);
+    assert_same_database(&e.server, "src", "from_text");
 }
 
 #[test]

@@ -334,6 +334,7 @@ pub async fn backup(config: &Config, a: GpbackupArgs, verbose: u8, quiet: bool) 
         without_globals: a.without_globals,
         jobs: a.jobs.unwrap_or(1),
         queue: a.copy_queue_size.map(|n| n as usize).unwrap_or(4),
+        copy_format: config.logical.copy_format,
         incremental: a.incremental,
         from_timestamp,
         command_line: command_line(),

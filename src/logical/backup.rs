@@ -24,6 +24,7 @@ use std::time::Duration;
 use chrono::{Local, Utc};
 use tokio::sync::mpsc;
 
+use super::copy_format::{self, CopyFormat, CopyFormatChoice};
 use super::data::{self, SingleFileWriter};
 use super::flags::{display_name, quote_literal, quote_qualified};
 use super::incremental::{self, Settled};
@@ -57,6 +58,8 @@ pub struct BackupRequest {
     pub jobs: u32,
     /// Pieces (1 MiB) buffered between COPY and the encoder.
     pub queue: usize,
+    /// `[logical] copy_format`: binary rows where the column types allow.
+    pub copy_format: CopyFormatChoice,
     pub incremental: bool,
     pub from_timestamp: Option<Timestamp>,
     pub command_line: String,
@@ -80,6 +83,10 @@ struct Unit {
     root: Option<QualifiedName>,
     /// COPY column list (quoted, generated columns left out).
     columns: Vec<String>,
+    /// Their type OIDs.
+    types: Vec<u32>,
+    /// How its rows are copied.
+    format: CopyFormat,
     /// Signals read before the snapshot (stored with copied rows).
     stored_signals: Option<TableSignals>,
     /// Rows kept from an earlier backup.
@@ -90,10 +97,15 @@ impl Unit {
     fn copy_out_sql(&self) -> String {
         let cols = self.columns.join(", ");
         let name = quote_qualified(&self.info.name);
+        let with = self
+            .format
+            .option()
+            .map(|o| format!(" ({o})"))
+            .unwrap_or_default();
         if self.info.relkind == 'p' {
-            format!("COPY (SELECT {cols} FROM {name}) TO STDOUT")
+            format!("COPY (SELECT {cols} FROM {name}) TO STDOUT{with}")
         } else {
-            format!("COPY {name} ({cols}) TO STDOUT")
+            format!("COPY {name} ({cols}) TO STDOUT{with}")
         }
     }
 
@@ -367,7 +379,7 @@ async fn backup_in_snapshot(
         req.leaf_partition_data && !req.metadata_only,
     )
     .await?;
-    let mut units = describe_units(main, tables, &pre_signals).await?;
+    let mut units = describe_units(main, tables, &pre_signals, req.copy_format).await?;
 
     // Incremental: keep the rows of tables that cannot have changed.
     let mut full_copy_reason = None;
@@ -545,6 +557,12 @@ async fn backup_in_snapshot(
                 backup: ts.to_string(),
                 location: c.location.clone(),
                 signals: u.stored_signals.clone(),
+                format: u.format,
+                types: if u.format.is_binary() {
+                    u.types.clone()
+                } else {
+                    Vec::new()
+                },
             });
         }
     }
@@ -580,8 +598,9 @@ async fn describe_units(
     conn: &mut PgConn,
     tables: Vec<TableInfo>,
     pre: &HashMap<u32, TableSignals>,
+    choice: CopyFormatChoice,
 ) -> Result<Vec<Unit>> {
-    let mut columns: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut columns: HashMap<u32, Vec<(String, u32)>> = HashMap::new();
     let mut roots: HashMap<u32, QualifiedName> = HashMap::new();
     for chunk in tables.chunks(5000) {
         let list = chunk
@@ -593,7 +612,7 @@ async fn describe_units(
             conn,
             "reading the tables' columns",
             &format!(
-                "SELECT a.attrelid, quote_ident(a.attname) FROM pg_attribute a \
+                "SELECT a.attrelid, quote_ident(a.attname), a.atttypid FROM pg_attribute a \
                   WHERE a.attrelid = ANY('{{{list}}}'::oid[]) AND a.attnum > 0 \
                     AND NOT a.attisdropped AND a.attgenerated = '' \
                   ORDER BY a.attrelid, a.attnum"
@@ -601,8 +620,12 @@ async fn describe_units(
         )
         .await?;
         for r in rows {
-            if let (Some(oid), Some(col)) = (r.get(0).and_then(|s| s.parse().ok()), r.get(1)) {
-                columns.entry(oid).or_default().push(col.to_string());
+            if let (Some(oid), Some(col), Some(ty)) = (
+                r.get(0).and_then(|s| s.parse().ok()),
+                r.get(1),
+                r.get(2).and_then(|s| s.parse().ok()),
+            ) {
+                columns.entry(oid).or_default().push((col.to_string(), ty));
             }
         }
         let rows = run(
@@ -632,12 +655,22 @@ async fn describe_units(
     }
     Ok(tables
         .into_iter()
-        .map(|t| Unit {
-            columns: columns.remove(&t.oid).unwrap_or_default(),
-            root: roots.remove(&t.oid),
-            stored_signals: pre.get(&t.oid).cloned(),
-            kept: None,
-            info: t,
+        .map(|t| {
+            let (columns, types): (Vec<String>, Vec<u32>) = columns
+                .remove(&t.oid)
+                .unwrap_or_default()
+                .into_iter()
+                .unzip();
+            let format = copy_format::choose(choice, &types);
+            Unit {
+                columns,
+                types,
+                format,
+                root: roots.remove(&t.oid),
+                stored_signals: pre.get(&t.oid).cloned(),
+                kept: None,
+                info: t,
+            }
         })
         .collect())
 }

@@ -16,6 +16,7 @@ use std::io::{self, Read, Write};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::copy_format::{BinaryCutter, CopyFormat, Malformed, TRAILER};
 use super::layout::frame_name;
 use super::record::DataLocation;
 use crate::codec::{CodecError, ObjectReader};
@@ -587,14 +588,17 @@ pub fn cut_rows(buf: &mut BytesMut, at_end: bool) -> Option<Bytes> {
 /// once (each in COPY FROM STDIN with `copy_sql`, taking the next piece of
 /// whole rows when it is free): for a table much bigger than the others,
 /// which would otherwise keep one connection busy while the rest idle.
-/// The caller holds each connection in a transaction and commits them all
-/// only if this succeeds. Returns the rows the server reported (summed)
+/// Text rows are cut at newlines; a binary stream is cut at row
+/// boundaries, and each connection's COPY gets the stream's header first
+/// and the trailer last. The caller holds each connection in a
+/// transaction and commits them all only if this succeeds. Returns the rows the server reported (summed)
 /// and the plain bytes sent.
 pub async fn copy_in_split(
     repo: &Repo,
     conns: &mut [PgConn],
     copy_sql: &str,
     loc: &DataLocation,
+    format: CopyFormat,
     queue: usize,
 ) -> std::result::Result<(u64, u64), CopyInError> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -648,9 +652,13 @@ pub async fn copy_in_split(
     let (tx, rx) = mpsc::channel::<Piece>(queue.max(1) * conns.len());
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let done_flag = complete.clone();
+    // A binary stream's header starts every connection's COPY.
+    let (header_tx, header_rx) = tokio::sync::watch::channel::<Option<Bytes>>(None);
     let reader = read_location(repo, loc, move |r| {
         let mut buf = BytesMut::with_capacity(PIECE * 2);
         let mut chunk = vec![0u8; PIECE];
+        let mut binary = format.is_binary().then(BinaryCutter::new);
+        let mut header_sent = false;
         loop {
             let n = match r.read(&mut chunk) {
                 Ok(n) => n,
@@ -662,7 +670,30 @@ pub async fn copy_in_split(
                 }
             };
             buf.extend_from_slice(&chunk[..n]);
-            while let Some(piece) = cut_rows(&mut buf, n == 0) {
+            loop {
+                let piece = match &mut binary {
+                    None => cut_rows(&mut buf, n == 0),
+                    Some(cutter) => {
+                        let piece = cutter.cut(&mut buf, PIECE, n == 0);
+                        if !header_sent {
+                            if let Some(h) = cutter.header() {
+                                header_sent = true;
+                                let _ = header_tx.send(Some(h.clone()));
+                            }
+                        }
+                        match piece {
+                            Ok(p) => p,
+                            Err(Malformed(why)) => {
+                                let e = Error::Integrity(format!(
+                                    "the table's data is not a valid binary COPY stream: {why}"
+                                ));
+                                let _ = tx.blocking_send(Piece::Fail(e.to_string()));
+                                return Err(e);
+                            }
+                        }
+                    }
+                };
+                let Some(piece) = piece else { break };
                 if tx.blocking_send(Piece::Data(piece)).is_err() {
                     return Ok(());
                 }
@@ -677,10 +708,28 @@ pub async fn copy_in_split(
     let failed = AtomicBool::new(false);
     let sends = conns.iter_mut().map(|conn| {
         let rx = rx.clone();
+        let mut header_rx = header_rx.clone();
         let (complete, failed) = (&complete, &failed);
         async move {
             let mut sent = 0u64;
-            loop {
+            if format.is_binary() {
+                let header = header_rx
+                    .wait_for(|h| h.is_some())
+                    .await
+                    .ok()
+                    .and_then(|h| h.clone());
+                match header {
+                    Some(h) => {
+                        if let Err(e) = conn.send_copy_data(&h).await {
+                            failed.store(true, Ordering::SeqCst);
+                            return (sent, Err(e));
+                        }
+                    }
+                    // The source failed before its header.
+                    None => failed.store(true, Ordering::SeqCst),
+                }
+            }
+            while !failed.load(Ordering::SeqCst) {
                 let p = rx.lock().await.recv().await;
                 match p {
                     Some(Piece::Data(b)) => {
@@ -705,6 +754,12 @@ pub async fn copy_in_split(
             }
             // The others stop at the closed channel.
             rx.lock().await.close();
+            if format.is_binary() && !failed.load(Ordering::SeqCst) {
+                if let Err(e) = conn.send_copy_data(&TRAILER).await {
+                    failed.store(true, Ordering::SeqCst);
+                    return (sent, Err(e));
+                }
+            }
             let done = match conn.send_copy_done().await {
                 Ok(()) => finish_reply(conn).await,
                 Err(e) => Err(e),

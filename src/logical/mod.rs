@@ -2,6 +2,7 @@
 //! the catalogs, per-table COPY data, filters, redirects and incrementals.
 
 pub mod backup;
+pub mod copy_format;
 pub mod data;
 pub mod flags;
 pub mod incremental;

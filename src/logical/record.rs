@@ -5,12 +5,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::copy_format::CopyFormat;
 use super::layout::{self, Timestamp};
 use super::toc::{QualifiedName, Section, TocEntry};
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 
-pub const RECORD_FORMAT: u32 = 1;
+/// 2: tables may be stored in COPY's binary format ([`TableData::format`]).
+pub const RECORD_FORMAT: u32 = 2;
 
 /// The options a backup was taken with (gpbackup's config.yaml).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +109,13 @@ pub struct TableData {
     pub location: DataLocation,
     /// Change signals when the rows were copied (absent: always copy).
     pub signals: Option<TableSignals>,
+    /// How the rows are stored (text in backups of record format 1).
+    #[serde(default)]
+    pub format: CopyFormat,
+    /// For binary rows: the columns' type OIDs (built-in types, the same
+    /// on every server), which a restore compares with the target's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<u32>,
 }
 
 /// Server-wide signals: a change means every table must be copied again.
@@ -312,7 +321,8 @@ impl Repo {
 
     /// One complete logical backup.
     pub async fn logical_backup(&self, ts: &Timestamp) -> Result<LogicalBackupRecord> {
-        self.get_json(&layout::record_key(ts))
+        let record: LogicalBackupRecord = self
+            .get_json(&layout::record_key(ts))
             .await
             .map_err(|e| match e {
                 Error::Storage(s) if s.is_not_found() => Error::NotFound(format!(
@@ -320,7 +330,15 @@ impl Repo {
                     self.storage.location()
                 )),
                 other => other,
-            })
+            })?;
+        if record.format > RECORD_FORMAT {
+            return Err(Error::Usage(format!(
+                "logical backup {ts} has record format {}, newer than this cbdr {} reads ({RECORD_FORMAT}): restore it with a newer cbdr",
+                record.format,
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        Ok(record)
     }
 }
 

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 
 use chrono::{Local, Utc};
 
+use super::copy_format::{self, Conversion};
 use super::data::{self, CopyInError};
 use super::flags::{display_name, quote_ident, quote_literal, quote_qualified};
 use super::layout::{self, Timestamp};
@@ -119,6 +120,8 @@ pub fn validate_against_backup(req: &RestoreRequest, b: &LogicalBackupRecord) ->
 struct Load {
     data: TableData,
     target: QualifiedName,
+    /// Binary rows for a table whose column types differ from the backup's.
+    convert: Option<Conversion>,
 }
 
 /// Restores a logical backup.
@@ -434,6 +437,7 @@ async fn restore_into(
             created: restore_metadata,
             wal_minimal,
         };
+        plan_binary_loads(&mut pool[0], &mut loads).await?;
         let t = std::time::Instant::now();
         load_and_post(repo, req, &mut pool, loads.clone(), &post, how, state).await?;
         tracing::info!(
@@ -578,6 +582,7 @@ fn choose_loads(req: &RestoreRequest, b: &LogicalBackupRecord, entries: &[TocEnt
         .map(|t| Load {
             data: t.clone(),
             target: t.table.clone(),
+            convert: None,
         })
         .collect()
 }
@@ -818,7 +823,17 @@ async fn load_and_post(
     state: &mut State,
 ) -> Result<()> {
     let mut loaded_before = Vec::new();
-    let sizes: Vec<u64> = loads.iter().map(|l| l.data.plain_bytes).collect();
+    // A converted load goes through its own staging table: never split.
+    let sizes: Vec<u64> = loads
+        .iter()
+        .map(|l| {
+            if l.convert.is_some() {
+                0
+            } else {
+                l.data.plain_bytes
+            }
+        })
+        .collect();
     if let Some(i) = split_choice(&sizes, pool.len(), how) {
         let load = loads.remove(i);
         let t = std::time::Instant::now();
@@ -962,6 +977,118 @@ fn truncate_sql(name: &str, relkind: &str) -> String {
     }
 }
 
+/// `COPY name (columns) FROM STDIN`, in the table's stored format.
+fn copy_in_sql(name: &str, data: &TableData, freeze: bool) -> String {
+    let options: Vec<&str> = data
+        .format
+        .option()
+        .into_iter()
+        .chain(freeze.then_some("FREEZE"))
+        .collect();
+    let with = if options.is_empty() {
+        String::new()
+    } else {
+        format!(" WITH ({})", options.join(", "))
+    };
+    format!("COPY {name} ({}) FROM STDIN{with}", data.columns.join(", "))
+}
+
+/// Binary rows may go straight into a table only if its columns have the
+/// backup's types (a data-only restore into a changed schema may differ):
+/// the others are converted ([`Conversion`]). One catalog query for all.
+async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> {
+    let binary: Vec<usize> = (0..loads.len())
+        .filter(|&i| loads[i].data.format.is_binary())
+        .collect();
+    for chunk in binary.chunks(1000) {
+        let values = chunk
+            .iter()
+            .map(|&i| {
+                format!(
+                    "({i}, to_regclass({}))",
+                    quote_literal(&quote_qualified(&loads[i].target))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = run(
+            conn,
+            "reading the column types of the tables to load",
+            &format!(
+                "SELECT l.n, quote_ident(a.attname), a.atttypid, format_type(a.atttypid, NULL) \
+                   FROM (VALUES {values}) l(n, r) JOIN pg_attribute a ON a.attrelid = l.r \
+                  WHERE a.attnum > 0 AND NOT a.attisdropped"
+            ),
+        )
+        .await?;
+        let mut target: std::collections::HashMap<usize, Vec<(String, u32, String)>> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            if let (Some(n), Some(c), Some(t), Some(name)) = (
+                r.get(0).and_then(|v| v.parse().ok()),
+                r.get(1),
+                r.get(2).and_then(|v| v.parse().ok()),
+                r.get(3),
+            ) {
+                target
+                    .entry(n)
+                    .or_default()
+                    .push((c.to_string(), t, name.to_string()));
+            }
+        }
+        for &i in chunk {
+            let Some(cols) = target.get(&i) else { continue };
+            let load = &mut loads[i];
+            let backup: Vec<(String, u32)> = load
+                .data
+                .columns
+                .iter()
+                .cloned()
+                .zip(load.data.types.iter().copied())
+                .collect();
+            let here: Vec<(String, u32)> = cols.iter().map(|(c, t, _)| (c.clone(), *t)).collect();
+            if backup.len() != load.data.columns.len() || copy_format::straight(&backup, &here) {
+                continue;
+            }
+            let mut source_types = Vec::new();
+            for &t in &load.data.types {
+                let row = run(
+                    conn,
+                    "naming the backup's column types",
+                    &format!("SELECT format_type({t}, NULL)"),
+                )
+                .await?;
+                source_types.push(
+                    row.first()
+                        .and_then(|r| r.get(0))
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            let target_types = load
+                .data
+                .columns
+                .iter()
+                .map(|c| {
+                    cols.iter()
+                        .find(|(tc, _, _)| tc == c)
+                        .map(|(_, _, name)| name.clone())
+                        .unwrap_or_else(|| "text".into())
+                })
+                .collect();
+            tracing::info!(
+                "table {}: its column types differ from the backup's, so its binary rows are converted through their text form",
+                display_name(&load.target)
+            );
+            load.convert = Some(Conversion {
+                source_types,
+                target_types,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// One big table through every connection of the pool, each in its own
 /// transaction; all commit only when every COPY succeeded and the rows add
 /// up to the backup's count.
@@ -985,8 +1112,17 @@ async fn load_split(
     for c in pool.iter_mut() {
         run(c, &format!("preparing to load {what}"), "BEGIN").await?;
     }
-    let sql = format!("COPY {name} ({}) FROM STDIN", load.data.columns.join(", "));
-    let result = match data::copy_in_split(repo, pool, &sql, &load.data.location, queue).await {
+    let sql = copy_in_sql(&name, &load.data, false);
+    let result = match data::copy_in_split(
+        repo,
+        pool,
+        &sql,
+        &load.data.location,
+        load.data.format,
+        queue,
+    )
+    .await
+    {
         Ok((rows, _)) if rows != load.data.rows => Err(Error::Integrity(format!(
             "table {what}: the backup holds {} rows, COPY loaded {rows}: the stored data does not match its record",
             load.data.rows
@@ -1029,15 +1165,23 @@ async fn load_one(
     .await?;
     // Truncated in this transaction: the rows can be written frozen (no
     // hint-bit writes or freezing later; not for partitioned tables).
-    let freeze = if truncate && load.data.relkind != "p" {
-        " WITH (FREEZE)"
-    } else {
-        ""
+    let freeze = truncate && load.data.relkind != "p";
+    let (sql, insert) = match &load.convert {
+        None => (copy_in_sql(&name, &load.data, freeze), None),
+        Some(conv) => {
+            let [create, copy, insert] = conv.statements(&name, &load.data.columns);
+            run(
+                conn,
+                &format!(
+                    "preparing to convert the rows of {}",
+                    display_name(&load.target)
+                ),
+                &create,
+            )
+            .await?;
+            (copy, Some(insert))
+        }
     };
-    let sql = format!(
-        "COPY {name} ({}) FROM STDIN{freeze}",
-        load.data.columns.join(", ")
-    );
     let (rows, _bytes) = match data::copy_in(repo, conn, &sql, &load.data.location, queue).await {
         Ok(v) => v,
         Err(CopyInError::Pg(e)) => {
@@ -1053,6 +1197,17 @@ async fn load_one(
             display_name(&load.target),
             load.data.rows
         )));
+    }
+    if let Some(insert) = insert {
+        run(
+            conn,
+            &format!(
+                "converting the rows of {} to its column types",
+                display_name(&load.target)
+            ),
+            &insert,
+        )
+        .await?;
     }
     run(
         conn,
