@@ -11,7 +11,9 @@
 //! already loaded are built; the rest of the post-data section once every
 //! table is loaded. Loads run with `synchronous_commit = off`; the last
 //! step commits with `synchronous_commit = on`, so the restore is durable
-//! when cbdr says it is done.
+//! when cbdr says it is done. Rows stored in COPY's binary format go
+//! straight into tables with the backup's column types, and through a
+//! conversion ([`super::copy_format::Conversion`]) into the others.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Mutex;
