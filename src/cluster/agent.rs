@@ -42,6 +42,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7070";
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Time a caller has to complete TLS and authentication.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a job waits for the previous job of its instance to end.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+const SLOT_POLL: Duration = Duration::from_millis(100);
 /// Parts a restore downloads at once.
 const RESTORE_PARALLEL: usize = 4;
 
@@ -331,6 +334,45 @@ impl Agent {
         .is_ok()
     }
 
+    /// The instance's job slot. A job that is ending (its caller just went
+    /// away, say after a failed cluster backup that is retried at once)
+    /// frees it within moments, so a new job waits up to [`SLOT_WAIT`] for
+    /// it, sending heartbeats, before it is refused.
+    async fn wait_for_slot<W>(
+        &self,
+        content_id: i32,
+        wr: &mut W,
+        what: &str,
+        peer: SocketAddr,
+    ) -> Option<JobSlot>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let mut beat = Instant::now();
+        loop {
+            if let Some(slot) = JobSlot::take(self, content_id) {
+                return Some(slot);
+            }
+            if started.elapsed() >= SLOT_WAIT {
+                return None;
+            }
+            if beat.elapsed() >= HEARTBEAT || started.elapsed() < SLOT_POLL {
+                beat = Instant::now();
+                let waiting = AgentMessage::Progress(Progress {
+                    done_bytes: 0,
+                    total_bytes: None,
+                    phase: "waiting for this instance's previous job to end".into(),
+                });
+                if write_frame(wr, &waiting).await.is_err() {
+                    tracing::warn!("{what} for {peer}: the caller left while it waited");
+                    return None;
+                }
+            }
+            tokio::time::sleep(SLOT_POLL).await;
+        }
+    }
+
     /// Runs a job while sending heartbeats; aborts it when the connection
     /// drops or the caller sends anything.
     async fn run_job<R, W>(&self, job: Job, rd: &mut R, wr: &mut W, peer: SocketAddr)
@@ -339,13 +381,14 @@ impl Agent {
         W: AsyncWrite + Unpin,
     {
         let what = job.describe();
-        let Some(_slot) = JobSlot::take(self, job.content_id()) else {
+        let Some(_slot) = self.wait_for_slot(job.content_id(), wr, &what, peer).await else {
             let _ = write_frame(
                 wr,
                 &AgentMessage::Failed {
                     message: format!(
-                        "a job for content id {} is already running on this agent: wait for it to end",
-                        job.content_id()
+                        "a job for content id {} is already running on this agent and did not end within {} s: wait for it to end (the agent's log says what it does)",
+                        job.content_id(),
+                        SLOT_WAIT.as_secs()
                     ),
                     exit_code: crate::error::ExitCode::Usage as u8,
                 },
