@@ -1052,21 +1052,24 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
             if backup.len() != load.data.columns.len() || copy_format::straight(&backup, &here) {
                 continue;
             }
-            let mut source_types = Vec::new();
-            for &t in &load.data.types {
-                let row = run(
-                    conn,
-                    "naming the backup's column types",
-                    &format!("SELECT format_type({t}, NULL)"),
-                )
-                .await?;
-                source_types.push(
-                    row.first()
-                        .and_then(|r| r.get(0))
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
+            let oids = load
+                .data
+                .types
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let source_types: Vec<String> = run(
+                conn,
+                "naming the backup's column types",
+                &format!(
+                    "SELECT format_type(t, NULL) FROM unnest('{{{oids}}}'::oid[]) WITH ORDINALITY u(t, n) ORDER BY n"
+                ),
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0).unwrap_or_default().to_string())
+            .collect();
             let target_types = load
                 .data
                 .columns
