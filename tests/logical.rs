@@ -925,6 +925,31 @@ fn binary_rows_convert_into_changed_columns_and_text_stays_available() {
         .all(|t| t.format == CopyFormat::Text));
     e.restore(&ts, &["--create-db", "--redirect-db", "from_text"]);
     assert_same_database(&e.server, "src", "from_text");
+
+    // A record of a newer format than this cbdr reads is refused clearly.
+    let mut rec = e.record(&ts);
+    rec.format = cbdr::logical::record::RECORD_FORMAT + 1;
+    let config = cbdr::config::Config::load(&e.config).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let repo = cbdr::repo::Repo::open(&config).await.unwrap();
+        let t = cbdr::logical::layout::Timestamp::parse(&ts).unwrap();
+        repo.put_json(&cbdr::logical::layout::record_key(&t), &rec)
+            .await
+            .unwrap();
+    });
+    chown_to_pg(&e.repo());
+    e.fails(
+        &[
+            "gprestore",
+            "--timestamp",
+            &ts,
+            "--create-db",
+            "--redirect-db",
+            "newer",
+        ],
+        2,
+        "restore it with a newer cbdr",
+    );
 }
 
 #[test]
