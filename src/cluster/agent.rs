@@ -349,7 +349,7 @@ impl Agent {
         W: AsyncWrite + Unpin,
     {
         let started = Instant::now();
-        let mut beat = Instant::now();
+        let mut next_beat = started;
         loop {
             if let Some(slot) = JobSlot::take(self, content_id) {
                 return Some(slot);
@@ -357,8 +357,8 @@ impl Agent {
             if started.elapsed() >= SLOT_WAIT {
                 return None;
             }
-            if beat.elapsed() >= HEARTBEAT || started.elapsed() < SLOT_POLL {
-                beat = Instant::now();
+            if Instant::now() >= next_beat {
+                next_beat += HEARTBEAT;
                 let waiting = AgentMessage::Progress(Progress {
                     done_bytes: 0,
                     total_bytes: None,
