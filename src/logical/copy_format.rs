@@ -262,7 +262,7 @@ impl Conversion {
             .map(|(c, t)| format!("{c} {t}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let create = format!("CREATE TEMPORARY TABLE cbdr_binary_rows ({defs}) ON COMMIT DROP");
+        let create = format!("CREATE TEMPORARY TABLE {STAGING} ({defs}) ON COMMIT DROP");
         let copy = format!(
             "COPY {STAGING} ({}) FROM STDIN WITH (FORMAT binary)",
             columns.join(", ")
@@ -336,7 +336,7 @@ mod tests {
         let [create, copy, insert] = conv.statements("s.t", &cols);
         assert_eq!(
             create,
-            "CREATE TEMPORARY TABLE cbdr_binary_rows (a integer, \"B c\" text) ON COMMIT DROP"
+            "CREATE TEMPORARY TABLE pg_temp.cbdr_binary_rows (a integer, \"B c\" text) ON COMMIT DROP"
         );
         assert_eq!(
             copy,

@@ -591,8 +591,8 @@ pub fn cut_rows(buf: &mut BytesMut, at_end: bool) -> Option<Bytes> {
 /// Text rows are cut at newlines; a binary stream is cut at row
 /// boundaries, and each connection's COPY gets the stream's header first
 /// and the trailer last. The caller holds each connection in a
-/// transaction and commits them all only if this succeeds. Returns the rows the server reported (summed)
-/// and the plain bytes sent.
+/// transaction and commits them all only if this succeeds. Returns the
+/// rows the server reported (summed) and the plain bytes sent.
 pub async fn copy_in_split(
     repo: &Repo,
     conns: &mut [PgConn],

@@ -1041,6 +1041,9 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
         for &i in chunk {
             let Some(cols) = target.get(&i) else { continue };
             let load = &mut loads[i];
+            if load.data.types.len() != load.data.columns.len() {
+                continue;
+            }
             let backup: Vec<(String, u32)> = load
                 .data
                 .columns
@@ -1049,7 +1052,7 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
                 .zip(load.data.types.iter().copied())
                 .collect();
             let here: Vec<(String, u32)> = cols.iter().map(|(c, t, _)| (c.clone(), *t)).collect();
-            if backup.len() != load.data.columns.len() || copy_format::straight(&backup, &here) {
+            if copy_format::straight(&backup, &here) {
                 continue;
             }
             let oids = load
