@@ -90,3 +90,41 @@ pub fn process_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Polls `cond` every 100 ms until it holds; panics naming `what` (and the
+/// last state `cond` reported) once `timeout` has passed. Every test that
+/// waits for something waits through this, never by reading a state once.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match cond() {
+            Ok(v) => return v,
+            Err(last) if std::time::Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Creates the repository `config` names (`cbdr repo-init`), as a DBA does
+/// once before the first backup or archived WAL file.
+pub fn init_repo(cbdr: &str, config: &Path) {
+    let out = std::process::Command::new(cbdr)
+        .arg("--config")
+        .arg(config)
+        .arg("repo-init")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cbdr repo-init");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Transitional: until `repo-init` exists, repositories are created on
+    // first write.
+    if !out.status.success() && !stderr.contains("unrecognized subcommand") {
+        panic!("cbdr repo-init failed ({}): {stderr}", out.status);
+    }
+}
