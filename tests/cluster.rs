@@ -7,6 +7,7 @@ mod common;
 
 use common::bank::{self, Bank};
 use common::cluster::{TestCluster, BARRIER_KEY};
+use std::time::Duration;
 
 fn segment_ports(c: &TestCluster) -> Vec<u16> {
     c.servers[1..].iter().map(|s| s.port()).collect()
@@ -193,9 +194,21 @@ fn cluster_backup_aborts_when_an_agent_fails() {
     assert_eq!(code, 7, "agent refusals exit 7: {err}");
     assert!(err.contains("refused") || err.contains("token"), "{err}");
     assert!(!err.contains("a-wrong-token"), "the token leaked: {err}");
-    assert!(
-        c.agent_log_text(1).contains("refused") || c.agent_log_text(0).contains("refused"),
-        "agents log the refusal"
+    // The agents write their log line on their own schedule: poll for it.
+    common::wait_for(
+        "an agent to log the refusal",
+        Duration::from_secs(20),
+        || {
+            if c.agent_log_text(1).contains("refused") || c.agent_log_text(0).contains("refused") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "agent 0: {}\nagent 1: {}",
+                    c.agent_log_text(0),
+                    c.agent_log_text(1)
+                ))
+            }
+        },
     );
 
     // The agent of segment 1 dies in the middle of its backup.
@@ -208,16 +221,18 @@ fn cluster_backup_aborts_when_an_agent_fails() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !c.agent_log_text(2).contains("backup") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            c.agent_log_text(2)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    common::wait_for(
+        "segment 1's agent to start its backup",
+        Duration::from_secs(30),
+        || {
+            let log = c.agent_log_text(2);
+            if log.contains("backup") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
     c.kill_agent(2);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -260,15 +275,18 @@ fn cluster_backup_aborts_when_an_agent_fails() {
         .spawn()
         .unwrap();
     let jobs_before = c.agent_log_text(3).matches("backup").count();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while c.agent_log_text(3).matches("backup").count() == jobs_before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            c.agent_log_text(3)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_for(
+        "segment 2's agent to start its backup",
+        Duration::from_secs(30),
+        || {
+            let log = c.agent_log_text(3);
+            if log.matches("backup").count() > jobs_before {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
     c.signal_agent(3, libc::SIGSTOP);
     let started = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();

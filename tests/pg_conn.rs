@@ -33,11 +33,25 @@ fn params(server: &PgServer, user: &str, password: Option<&str>, sslmode: SslMod
 
 /// Replace pg_hba.conf and reload.
 fn set_hba(server: &PgServer, lines: &str) {
+    let loaded = || server.psql("select extract(epoch from pg_conf_load_time())::text");
+    let before = loaded();
     write_hba(server, lines);
     server.psql("select pg_reload_conf()");
-    // The postmaster reloads asynchronously; new connections see the new
-    // rules once it has processed SIGHUP.
-    std::thread::sleep(Duration::from_millis(500));
+    // The postmaster reloads asynchronously; a new session inherits its
+    // load time, so new connections see the new rules once that changes.
+    // (Every rule set written here keeps local trust for the postgres role.)
+    common::wait_for(
+        "the postmaster to reload pg_hba.conf",
+        Duration::from_secs(30),
+        || {
+            let now = loaded();
+            if now != before {
+                Ok(())
+            } else {
+                Err(format!("pg_conf_load_time still {now}"))
+            }
+        },
+    );
 }
 
 fn write_hba(server: &PgServer, lines: &str) {

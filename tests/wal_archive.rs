@@ -129,11 +129,16 @@ fn archive_and_recover(storage_toml: &str) {
     server.wait_until(|s| ready_files(s).is_empty(), Duration::from_secs(120));
     let failed = server.psql("select failed_count from pg_stat_archiver");
     assert_eq!(failed, "0", "archive_command failed: {}", server.log_tail());
-    let archived: u64 = server
-        .psql("select archived_count from pg_stat_archiver")
-        .parse()
-        .unwrap();
-    assert!(archived >= 10, "only {archived} files archived");
+    // The archiver marks a file done before it counts it: poll the count.
+    server.wait_until(
+        |s| {
+            s.psql("select archived_count from pg_stat_archiver")
+                .parse::<u64>()
+                .unwrap()
+                >= 10
+        },
+        Duration::from_secs(30),
+    );
 
     // Every archived segment still in pg_wal comes back byte-identical.
     let fetched_dir = s.dir.path().join("fetched");

@@ -91,7 +91,7 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Polls `cond` every 100 ms until it holds; panics naming `what` (and the
+/// Polls `cond` every 50 ms until it holds; panics naming `what` (and the
 /// last state `cond` reported) once `timeout` has passed. Every test that
 /// waits for something waits through this, never by reading a state once.
 pub fn wait_for<T>(
@@ -106,7 +106,7 @@ pub fn wait_for<T>(
             Err(last) if std::time::Instant::now() >= deadline => {
                 panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }
