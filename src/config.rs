@@ -240,6 +240,12 @@ pub struct ArchiveConfig {
     /// prefetches: 16 MiB for PostgreSQL, 64 MiB for Greenplum/Cloudberry.
     #[serde(default = "default_wal_segment_size")]
     pub wal_segment_size: u64,
+    /// Seconds `wal-fetch` keeps retrying a storage that fails or cannot be
+    /// reached (and waits for a segment missing before a later one) before
+    /// it stops recovery. Never 0: recovery must not end on a passing
+    /// outage.
+    #[serde(default = "default_fetch_retry_budget")]
+    pub fetch_retry_budget: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -248,6 +254,7 @@ impl Default for ArchiveConfig {
             push_concurrency: default_push_concurrency(),
             fetch_concurrency: default_fetch_concurrency(),
             wal_segment_size: default_wal_segment_size(),
+            fetch_retry_budget: default_fetch_retry_budget(),
         }
     }
 }
@@ -260,6 +267,9 @@ fn default_fetch_concurrency() -> usize {
 }
 fn default_wal_segment_size() -> u64 {
     crate::pg::DEFAULT_WAL_SEGMENT_SIZE
+}
+fn default_fetch_retry_budget() -> u64 {
+    300
 }
 
 /// `[cluster]`: the instances of an MPP cluster (or of a group of plain
@@ -528,6 +538,13 @@ impl Config {
                 format!("{seg} is not a WAL segment size: use a power of two from 1048576 (1 MiB) to 1073741824 (1 GiB)"),
             ));
         }
+        let budget = self.archive.fetch_retry_budget;
+        if budget == 0 || budget > 86_400 {
+            return Err(invalid(
+                "archive.fetch_retry_budget",
+                format!("{budget} is out of range: use 1 to 86400 seconds (0 would let a passing storage outage end recovery early; the default is 300)"),
+            ));
+        }
         Ok(())
     }
 }
@@ -619,6 +636,10 @@ mod tests {
             (
                 "[archive]\nwal_segment_size = 1000\n",
                 "archive.wal_segment_size",
+            ),
+            (
+                "[archive]\nfetch_retry_budget = 0\n",
+                "archive.fetch_retry_budget",
             ),
         ];
         for (text, needle) in cases {

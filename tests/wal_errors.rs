@@ -45,11 +45,13 @@ impl Env {
         self.dir.path().join("pg_wal").join(name)
     }
 
-    /// A WAL-named file with pseudo-random content.
+    /// A WAL-named file with pseudo-random content after a first page
+    /// header that matches its name (wal-fetch checks it).
     fn make_wal(&self, name: &str, seed: u8) -> Vec<u8> {
-        let data: Vec<u8> = (0..1_048_576u32)
+        let mut data: Vec<u8> = (0..1_048_576u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ seed)
             .collect();
+        with_page_header(name, &mut data);
         fs::write(self.wal(name), &data).unwrap();
         data
     }
@@ -96,6 +98,23 @@ impl Env {
         }
         out
     }
+}
+
+/// Writes the long page header of segment `name` (1 MiB segments) at the
+/// start of `data`, as PostgreSQL 15 on x86 does.
+fn with_page_header(name: &str, data: &mut [u8]) {
+    let part = |i: usize| u64::from_str_radix(&name[i..i + 8], 16).unwrap();
+    let page_addr = (part(8) << 32) + part(16) * 1_048_576;
+    let mut h = Vec::new();
+    h.extend_from_slice(&0xD110u16.to_le_bytes());
+    h.extend_from_slice(&0x0002u16.to_le_bytes());
+    h.extend_from_slice(&(part(0) as u32).to_le_bytes());
+    h.extend_from_slice(&page_addr.to_le_bytes());
+    h.extend_from_slice(&[0; 8]);
+    h.extend_from_slice(&7_312_345_678u64.to_le_bytes());
+    h.extend_from_slice(&1_048_576u32.to_le_bytes());
+    h.extend_from_slice(&8192u32.to_le_bytes());
+    data[..h.len()].copy_from_slice(&h);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -158,13 +177,15 @@ fn wrong_or_missing_key_is_named_and_writes_nothing() {
     env.make_wal(SEG1, 1);
     assert_eq!(env.push(SEG1).0, 0);
 
+    // wal-fetch's errors exit 128 + the ordinary code: PostgreSQL stops
+    // recovery instead of ending it as if the archive ended.
     let (code, err, dest) = env.fetch_with(Some(OTHER_KEY), SEG1);
-    assert_eq!(code, 4, "{err}");
+    assert_eq!(code, 132, "{err}");
     assert!(err.contains("wrong encryption key"), "{err}");
     assert!(!dest.exists());
 
     let (code, err, dest) = env.fetch_with(None, SEG1);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 130, "{err}");
     assert!(err.contains("encrypted but no key is configured"), "{err}");
     assert!(!dest.exists());
     assert!(
@@ -192,11 +213,11 @@ fn corrupted_and_truncated_objects_are_refused() {
     fs::write(env.repo_file(SEG2), &bytes[..bytes.len() - 100]).unwrap();
 
     let (code, err, dest) = env.fetch_with(Some(KEY), SEG1);
-    assert_eq!(code, 4, "{err}");
+    assert_eq!(code, 132, "{err}");
     assert!(err.contains("corrupted"), "{err}");
     assert!(!dest.exists());
     let (code, err, dest) = env.fetch_with(Some(KEY), SEG2);
-    assert_eq!(code, 4, "{err}");
+    assert_eq!(code, 132, "{err}");
     assert!(
         err.contains("truncated") || err.contains("corrupted"),
         "{err}"
@@ -266,7 +287,7 @@ fn bad_config_and_arguments_exit_2_naming_the_problem() {
     assert_eq!(code, 2);
     assert!(err.contains("not a WAL file name"), "{err}");
     let (code, err) = env.run(Some("short"), &["wal-fetch", SEG1, "x"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 130);
     assert!(
         err.contains("CBDR_ENCRYPTION_KEY") && !err.contains("short\""),
         "{err}"
@@ -377,11 +398,11 @@ async fn damaged_objects_on_s3_are_refused() {
         .unwrap();
 
     let (code, err, dest) = env.fetch_with(Some(KEY), SEG1);
-    assert_eq!(code, 4, "{err}");
+    assert_eq!(code, 132, "{err}");
     assert!(err.contains("corrupted"), "{err}");
     assert!(!dest.exists());
     let (code, err, dest) = env.fetch_with(Some(KEY), SEG2);
-    assert_eq!(code, 4, "{err}");
+    assert_eq!(code, 132, "{err}");
     assert!(err.contains("truncated"), "{err}");
     assert!(!dest.exists());
 
@@ -397,7 +418,7 @@ fn incompressible_wal_is_stored_uncompressed_and_reads_back() {
     let env = Env::new(None);
     // Pseudo-random bytes: lz4 gains nothing.
     let mut x: u64 = 0x2545F4914F6CDD1D;
-    let random: Vec<u8> = (0..1_048_576)
+    let mut random: Vec<u8> = (0..1_048_576)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -405,9 +426,11 @@ fn incompressible_wal_is_stored_uncompressed_and_reads_back() {
             x as u8
         })
         .collect();
+    with_page_header(SEG1, &mut random);
     fs::write(env.wal(SEG1), &random).unwrap();
     let compressible = env.make_wal(SEG2, 3);
-    let zeros = vec![0u8; 1_048_576];
+    let mut zeros = vec![0u8; 1_048_576];
+    with_page_header(SEG3, &mut zeros);
     fs::write(env.wal(SEG3), &zeros).unwrap();
     for name in [SEG1, SEG2, SEG3] {
         assert_eq!(env.push(name).0, 0);

@@ -69,7 +69,20 @@ pub enum Command {
 
 /// Runs the command line; returns the process exit code.
 pub fn run() -> ProcessExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // A bad restore_command line must stop recovery too, not read
+            // as "not in the archive" (clap's usual exit status is 2).
+            let wal_fetch = std::env::args_os().any(|a| a == "wal-fetch");
+            return ProcessExitCode::from(if wal_fetch && e.use_stderr() {
+                wal_fetch_status(Err(ExitCode::Usage))
+            } else {
+                e.exit_code() as u8
+            });
+        }
+    };
     // The agent is a daemon: its INFO lines (jobs, refusals) are its log.
     let daemon = matches!(cli.command, Command::Agent(_) | Command::WalReceive(_));
     // gpbackup's and gprestore's --debug.
@@ -79,25 +92,86 @@ pub fn run() -> ProcessExitCode {
         _ => false,
     };
     init_logging(if debug { 2 } else { cli.verbose }, cli.quiet, daemon);
-    let quiet_not_found = matches!(cli.command, Command::WalFetch(_));
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::io("starting the async runtime", e))
-        .and_then(|rt| rt.block_on(dispatch(cli)));
-    match result {
+        .map_err(|e| Error::io("starting the async runtime", e));
+    if let Command::WalFetch(args) = &cli.command {
+        return ProcessExitCode::from(run_wal_fetch(cli.config.as_deref(), args, runtime));
+    }
+    match runtime.and_then(|rt| rt.block_on(dispatch(cli))) {
         Ok(()) => ProcessExitCode::SUCCESS,
         Err(e) => {
-            let code = e.exit_code();
-            if code == ExitCode::NotFound && quiet_not_found {
-                // The normal end of recovery: PostgreSQL asks for the next
-                // file until one is missing.
-                tracing::debug!("{e}");
-            } else {
-                eprintln!("cbdr: error: {}", render(&e));
-            }
-            ProcessExitCode::from(code as u8)
+            eprintln!("cbdr: error: {}", render(&e));
+            ProcessExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// `wal-fetch` as restore_command: exit 0 restored, 1 the end of the
+/// archive, above 125 for everything else (see [`wal_fetch_status`]).
+fn run_wal_fetch(
+    config: Option<&std::path::Path>,
+    args: &wal::WalFetchArgs,
+    runtime: Result<tokio::runtime::Runtime, Error>,
+) -> u8 {
+    let mut budget = None;
+    let result = runtime.and_then(|rt| {
+        rt.block_on(async {
+            let config = Config::discover(config)?;
+            budget = Some(config.archive.fetch_retry_budget);
+            wal::fetch(&config, args).await
+        })
+    });
+    match &result {
+        Ok(crate::wal::FetchOutcome::NotInArchive) => {
+            // The normal end of recovery: PostgreSQL asks for the next file
+            // until one is missing.
+            tracing::debug!("{}: not in the archive", args.name);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let status = wal_fetch_status(Err(e.exit_code()));
+            eprintln!("cbdr: error: {}", render(e));
+            eprintln!(
+                "cbdr: wal-fetch {}: exit status {status} stops recovery (PostgreSQL: FATAL) rather than \
+                 ending it here and promoting on a partial archive. {}",
+                args.name,
+                wal_fetch_fix(e.exit_code(), budget)
+            );
+        }
+    }
+    wal_fetch_status(result.map_err(|e| e.exit_code()))
+}
+
+/// restore_command's exit status for what `wal-fetch` did. PostgreSQL reads
+/// 0 as restored, 1 to 125 as "not in the archive" (recovery may end there
+/// and the server promote) and above 125 as fatal (recovery stops with
+/// FATAL). So only the end of the archive exits 1; every error exits 128 +
+/// its ordinary exit code (130 usage or config, 131 storage, 132 integrity,
+/// 129 a hole in the archive, 198 internal...).
+fn wal_fetch_status(result: Result<crate::wal::FetchOutcome, ExitCode>) -> u8 {
+    match result {
+        Ok(crate::wal::FetchOutcome::NotInArchive) => 1,
+        Ok(crate::wal::FetchOutcome::Downloaded | crate::wal::FetchOutcome::Prefetched) => 0,
+        Err(code) => 128u8.saturating_add(code as u8),
+    }
+}
+
+/// What to do after a fatal `wal-fetch`, by the kind of failure.
+fn wal_fetch_fix(code: ExitCode, budget: Option<u64>) -> String {
+    let resume = "start the server again: recovery resumes where it stopped";
+    match code {
+        ExitCode::Storage => format!(
+            "The storage was retried for {} (archive.fetch_retry_budget). Fix the storage (or the local disk), then {resume}.",
+            budget.map_or("the retry budget".to_string(), |b| format!("{b} s"))
+        ),
+        ExitCode::Integrity => format!(
+            "Put a good copy of the object back (another copy of the repository, or the file from the old server's pg_wal: remove the damaged object, then cbdr wal-push the file), then {resume}; or restore to a target before this file."
+        ),
+        ExitCode::Usage => format!("Fix the configuration or the restore_command line, then {resume}."),
+        ExitCode::NotFound => format!("See above; then {resume}."),
+        _ => format!("Fix the cause above, then {resume}."),
     }
 }
 
@@ -105,7 +179,9 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     let config = Config::discover(cli.config.as_deref())?;
     match cli.command {
         Command::WalPush(args) => wal::push(&config, args).await,
-        Command::WalFetch(args) => wal::fetch(&config, args).await,
+        Command::WalFetch(_) => Err(Error::Internal(
+            "wal-fetch runs through run_wal_fetch, for its exit statuses".into(),
+        )),
         Command::WalReceive(args) => wal_receive::receive(&config, args).await,
         Command::BackupPush(args) => physical::backup(&config, args).await,
         Command::CreateRestorePoint(args) => physical::restore_point(&config, args).await,
@@ -153,4 +229,54 @@ fn init_logging(verbose: u8, quiet: bool, daemon: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::FetchOutcome;
+
+    #[test]
+    fn wal_fetch_exits_1_only_at_the_end_of_the_archive_and_fatally_otherwise() {
+        assert_eq!(wal_fetch_status(Ok(FetchOutcome::Downloaded)), 0);
+        assert_eq!(wal_fetch_status(Ok(FetchOutcome::Prefetched)), 0);
+        assert_eq!(wal_fetch_status(Ok(FetchOutcome::NotInArchive)), 1);
+        let expected = [
+            (ExitCode::NotFound, 129),
+            (ExitCode::Usage, 130),
+            (ExitCode::Storage, 131),
+            (ExitCode::Integrity, 132),
+            (ExitCode::Conflict, 133),
+            (ExitCode::Postgres, 134),
+            (ExitCode::Agent, 135),
+            (ExitCode::Internal, 198),
+        ];
+        for (code, status) in expected {
+            let got = wal_fetch_status(Err(code));
+            assert_eq!(got, status, "{code:?}");
+            // PostgreSQL: above 125 is fatal (and not a signal number
+            // confusion: 128 + N < 256).
+            assert!(got > 125, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn the_fatal_hint_says_how_recovery_resumes() {
+        let storage = wal_fetch_fix(ExitCode::Storage, Some(300));
+        assert!(
+            storage.contains("300 s") && storage.contains("recovery resumes"),
+            "{storage}"
+        );
+        for code in [
+            ExitCode::Integrity,
+            ExitCode::Usage,
+            ExitCode::NotFound,
+            ExitCode::Internal,
+        ] {
+            assert!(
+                wal_fetch_fix(code, None).contains("recovery resumes"),
+                "{code:?}"
+            );
+        }
+    }
 }

@@ -269,6 +269,16 @@ pub async fn restore_cmd(config: &Config, args: RestoreArgs) -> Result<()> {
     };
     let b = restore(&repo, &opts).await?;
     if args.start {
+        use crate::physical::start;
+        // To the latest WAL: replay must reach the end of what is archived
+        // now (read before the server starts and can archive anything).
+        let to_latest =
+            opts.target == RecoveryTarget::Latest && args.target_action == TargetAction::Promote;
+        let ends = if to_latest {
+            Some(start::archive_ends(&repo, content_id).await?)
+        } else {
+            None
+        };
         let (dir, action) = (target_dir.clone(), args.target_action);
         let (port, bin, timeout) = (
             args.port,
@@ -276,10 +286,36 @@ pub async fn restore_cmd(config: &Config, args: RestoreArgs) -> Result<()> {
             Duration::from_secs(args.start_timeout),
         );
         let outcome = tokio::task::spawn_blocking(move || {
-            crate::physical::start::start_and_wait(&dir, bin.as_deref(), port, action, timeout)
+            start::start_and_wait(&dir, bin.as_deref(), port, action, timeout)
         })
         .await
         .map_err(|e| Error::Internal(format!("start task: {e}")))??;
+        if let Some(ends) = ends {
+            let (timeline, end) = start::end_of_recovery(&target_dir)?;
+            let last = ends.get(&timeline).copied();
+            if let Err(gap) = start::check_reached_archive_end(
+                timeline,
+                end,
+                last,
+                config.archive.wal_segment_size,
+            ) {
+                // It promoted: stop it before it takes writes on a branch
+                // that lacks committed data.
+                let stopped = match start::stop_fast(&target_dir, args.pg_bin.as_deref()) {
+                    Ok(()) => {
+                        "the server was stopped so that nothing is written on its new timeline"
+                            .to_string()
+                    }
+                    Err(e) => {
+                        format!("stopping the server failed ({e}): stop it before it takes writes")
+                    }
+                };
+                return Err(Error::Integrity(format!(
+                    "{gap}; {stopped}. Find why replay stopped in {} (the WAL file named there is damaged), repair it in the repository, and restore again",
+                    target_dir.join("cbdr-start.log").display()
+                )));
+            }
+        }
         println!(
             "restored backup {} into {}: {outcome}",
             b.name,

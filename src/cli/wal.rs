@@ -1,13 +1,14 @@
 //! `wal-push` and `wal-fetch`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::repo::Repo;
-use crate::wal::{self, FetchOptions, PushOptions};
+use crate::wal::{self, FetchOptions, FetchOutcome, PushOptions};
 
 #[derive(Debug, Args)]
 pub struct WalPushArgs {
@@ -41,14 +42,12 @@ pub async fn push(config: &Config, args: WalPushArgs) -> Result<(), Error> {
     wal::wal_push(&repo, &args.path, &opts).await.map(|_| ())
 }
 
-pub async fn fetch(config: &Config, args: WalFetchArgs) -> Result<(), Error> {
-    let repo = Repo::open(config).await?;
+pub async fn fetch(config: &Config, args: &WalFetchArgs) -> Result<FetchOutcome, Error> {
     let opts = FetchOptions {
         content_id: args.content_id,
         concurrency: config.archive.fetch_concurrency,
         segment_size: config.archive.wal_segment_size,
+        retry_budget: Duration::from_secs(config.archive.fetch_retry_budget),
     };
-    wal::wal_fetch(&repo, &args.name, &args.dest, &opts)
-        .await
-        .map(|_| ())
+    wal::wal_fetch(|| Repo::open(config), &args.name, &args.dest, &opts).await
 }

@@ -1,12 +1,17 @@
 //! `restore --start`: start the restored server and wait until recovery
-//! reaches its target.
+//! reaches its target; for a recovery to the latest WAL, check that replay
+//! reached the end of the archive of its timeline.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::restore::TargetAction;
 use crate::error::{Error, Result};
+use crate::pg::history::parse_history;
+use crate::pg::{Lsn, TimelineId, WalFile, WalSegmentName};
+use crate::repo::{layout, Repo};
 
 /// The PostgreSQL binaries for a data directory: `explicit`, else the
 /// Debian layout for its PG_VERSION, else `pg_ctl` on the PATH.
@@ -131,4 +136,168 @@ fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// The last archived full segment of each timeline, read before the
+/// restored server starts (segments archived later, e.g. by a source
+/// server still running, are not expected to be replayed).
+pub async fn archive_ends(
+    repo: &Repo,
+    content_id: i32,
+) -> Result<BTreeMap<TimelineId, WalSegmentName>> {
+    let listed = repo.storage.list(&layout::wal_prefix(content_id)).await?;
+    Ok(last_segments(listed.iter().map(|o| o.key.as_str())))
+}
+
+/// The last full segment per timeline among object keys (other names
+/// ignored).
+pub fn last_segments<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+) -> BTreeMap<TimelineId, WalSegmentName> {
+    let mut out: BTreeMap<TimelineId, WalSegmentName> = BTreeMap::new();
+    for key in keys {
+        if let Some(WalFile::Segment(s)) = WalFile::parse(key.rsplit('/').next().unwrap_or(key)) {
+            let last = out.entry(s.timeline).or_insert(s);
+            *last = (*last).max(s);
+        }
+    }
+    out
+}
+
+/// Where recovery ended, from the history file the promotion wrote into
+/// `pg_wal`: the timeline replay was on and the position it reached.
+pub fn end_of_recovery(data_dir: &Path) -> Result<(TimelineId, Lsn)> {
+    let pg_wal = data_dir.join("pg_wal");
+    let entries = std::fs::read_dir(&pg_wal)
+        .map_err(|e| Error::io(format!("reading {}", pg_wal.display()), e))?;
+    let newest = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| match WalFile::parse(e.file_name().to_str()?) {
+            Some(WalFile::History(t)) => Some(t),
+            _ => None,
+        })
+        .max()
+        .ok_or_else(|| {
+            Error::Postgres(format!(
+                "the server promoted but {} holds no timeline history file",
+                pg_wal.display()
+            ))
+        })?;
+    let path = pg_wal.join(WalFile::History(newest).to_string());
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let history =
+        parse_history(&text).map_err(|e| Error::Postgres(format!("{}: {e}", path.display())))?;
+    history
+        .last()
+        .map(|e| (e.timeline, e.end))
+        .ok_or_else(|| Error::Postgres(format!("{}: no timeline switch in it", path.display())))
+}
+
+/// Whether replay that ended at `end` on `timeline` replayed the archive
+/// of that timeline (`last`: its last archived segment before the start):
+/// the end must be in that segment or after it.
+pub fn check_reached_archive_end(
+    timeline: TimelineId,
+    end: Lsn,
+    last: Option<WalSegmentName>,
+    segment_size: u64,
+) -> std::result::Result<(), String> {
+    let Some(last) = last else {
+        return Ok(());
+    };
+    let last_start = last.start_lsn(segment_size);
+    if end >= last_start {
+        return Ok(());
+    }
+    Err(format!(
+        "recovery ended at {end} on timeline {timeline}, but the archive holds WAL of timeline {timeline} up to segment {last} (from {last_start}): the server stopped replaying before the end of the archive (a damaged WAL file that still verifies, e.g. zeroed records, ends replay)"
+    ))
+}
+
+/// `pg_ctl stop -m fast`, waiting; errors are returned as text.
+pub fn stop_fast(data_dir: &Path, bin_dir: Option<&Path>) -> std::result::Result<(), String> {
+    let pg_ctl = pg_bin_dir(data_dir, bin_dir)
+        .map(|d| d.join("pg_ctl"))
+        .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let out = Command::new(&pg_ctl)
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-m", "fast", "-w", "stop"])
+        .output()
+        .map_err(|e| format!("running {}: {e}", pg_ctl.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB1: u64 = 1 << 20;
+
+    fn seg(name: &str) -> WalSegmentName {
+        WalSegmentName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn the_last_segment_of_each_timeline() {
+        let keys = [
+            "seg-1/wal/0000000100000000/000000010000000000000003",
+            "seg-1/wal/0000000100000000/000000010000000000000009",
+            "seg-1/wal/0000000100000000/00000001000000000000000A.partial",
+            "seg-1/wal/0000000100000000/000000010000000000000004",
+            "seg-1/wal/0000000200000000/000000020000000000000009",
+            "seg-1/wal/history/00000002.history",
+        ];
+        let ends = last_segments(keys);
+        assert_eq!(ends.len(), 2);
+        assert_eq!(ends[&TimelineId(1)], seg("000000010000000000000009"));
+        assert_eq!(ends[&TimelineId(2)], seg("000000020000000000000009"));
+    }
+
+    #[test]
+    fn replay_must_reach_the_last_archived_segment() {
+        let last = Some(seg("000000010000000000000009"));
+        let t1 = TimelineId(1);
+        // Inside the last segment, or at the start of the next one (after
+        // a segment switch): the end of the archive.
+        for end in [Lsn(9 * MB1 + 0x28), Lsn(10 * MB1), Lsn(9 * MB1)] {
+            check_reached_archive_end(t1, end, last, MB1).unwrap();
+        }
+        let e = check_reached_archive_end(t1, Lsn(5 * MB1 + 0x1000), last, MB1).unwrap_err();
+        assert!(
+            e.contains("0/501000") && e.contains("000000010000000000000009"),
+            "{e}"
+        );
+        assert!(e.contains("0/900000"), "{e}");
+        // Nothing archived on the timeline: nothing to compare with.
+        check_reached_archive_end(t1, Lsn(5 * MB1), None, MB1).unwrap();
+    }
+
+    #[test]
+    fn the_end_of_recovery_is_read_from_the_newest_history_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg_wal = dir.path().join("pg_wal");
+        std::fs::create_dir(&pg_wal).unwrap();
+        assert!(end_of_recovery(dir.path()).is_err());
+        std::fs::write(
+            pg_wal.join("00000002.history"),
+            "1\t0/3000148\tno recovery target specified\n",
+        )
+        .unwrap();
+        std::fs::write(
+            pg_wal.join("00000003.history"),
+            "1\t0/3000148\tno recovery target specified\n\n2\t0/5A000D8\tno recovery target specified\n",
+        )
+        .unwrap();
+        std::fs::write(pg_wal.join("000000030000000000000005"), "").unwrap();
+        assert_eq!(
+            end_of_recovery(dir.path()).unwrap(),
+            (TimelineId(2), "0/5A000D8".parse().unwrap())
+        );
+    }
 }
