@@ -30,7 +30,7 @@ const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 const TOKEN: &str = "hostile-test-token-7c1d9e0f2b3a4c5d";
 const WRONG_TOKEN: &str = "not-the-token-0a1b2c3d4e5f6a7b";
 /// `[agent] handshake_timeout` and `write_timeout` of the test agents.
-const HANDSHAKE_SECS: u64 = 3;
+const HANDSHAKE_SECS: u64 = 5;
 const WRITE_SECS: u64 = 2;
 /// Bound of the agent's peak RSS under every flood here (it idles at about
 /// 15 MB; 1,200 callers took the unbounded agent past 1 GB).
