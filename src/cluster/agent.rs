@@ -238,17 +238,24 @@ impl Agent {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let outcome = tokio::select! {
             r = tokio::time::timeout_at(deadline, self.handshake(&mut rd, &mut wr, peer)) => {
-                r.map_err(|_| "authentication timed out")
+                r.map_err(|_| HandshakeEnd::TimedOut)
             }
-            _ = &mut ticket.evicted => Err("too many callers are authenticating at once: try again"),
+            _ = &mut ticket.evicted => Err(HandshakeEnd::Evicted),
         };
         match outcome {
             Ok(true) => {}
             Ok(false) => return,
-            Err(reason) => {
-                if reason == "authentication timed out" {
-                    tracing::warn!("refused {peer}: it did not authenticate within {secs} s");
-                }
+            Err(end) => {
+                let reason = match end {
+                    HandshakeEnd::TimedOut => {
+                        tracing::warn!("refused {peer}: it did not authenticate within {secs} s");
+                        "authentication timed out"
+                    }
+                    // Logged by the accept loop.
+                    HandshakeEnd::Evicted => {
+                        "too many callers are authenticating at once: try again"
+                    }
+                };
                 let refused = AgentMessage::Refused {
                     reason: reason.into(),
                 };
@@ -566,6 +573,15 @@ fn seconds(value: Option<u64>, default: Duration, name: &str) -> Result<Duration
         ))),
         Some(n) => Ok(Duration::from_secs(n)),
     }
+}
+
+/// Why a handshake ended before the caller authenticated, when the agent
+/// ended it.
+enum HandshakeEnd {
+    /// `handshake_timeout` passed.
+    TimedOut,
+    /// A newer caller took its place.
+    Evicted,
 }
 
 /// The callers in the handshake (TLS and authentication), oldest first.
