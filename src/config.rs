@@ -369,6 +369,11 @@ pub struct AgentConfig {
     pub stream_wal: Vec<i32>,
     /// Slot names are `{prefix}_seg{N}` (`{prefix}_coordinator` for -1).
     pub wal_slot_prefix: Option<String>,
+    /// Seconds a caller has to complete TLS and authentication (default 10).
+    pub handshake_timeout: Option<u64>,
+    /// Seconds a write to a caller may wait for it to read (default 30):
+    /// a caller that stops reading is dropped and its job aborted.
+    pub write_timeout: Option<u64>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -381,6 +386,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("tls_ca", &self.tls_ca)
             .field("tls_client_ca", &self.tls_client_ca)
             .field("stream_wal", &self.stream_wal)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("write_timeout", &self.write_timeout)
             .finish()
     }
 }

@@ -3,12 +3,19 @@
 //! its own repository settings (storage and key live on the agent host).
 //!
 //! Every connection authenticates first ([`super::auth`]); anything else
-//! is refused and logged with the peer's address. One job per connection:
+//! is refused and logged with the peer's address. Before authentication a
+//! caller costs the agent a few KiB at most: its frames are limited to
+//! [`MAX_HANDSHAKE_FRAME`], at most [`MAX_HANDSHAKES`] callers are in the
+//! handshake at once (a new one closes the one that has waited longest, so
+//! a flood of silent connections cannot lock the coordinator out), and a
+//! handshake ends after `[agent] handshake_timeout`. Every write to a
+//! caller is bounded by `[agent] write_timeout`: a caller that stops
+//! reading is dropped and its job aborted. One job per connection:
 //! progress heartbeats go out every second, and when the connection drops
 //! the job is aborted (an unfinished backup never writes its record, so it
 //! never exists for `list` or `restore`).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,14 +25,15 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{self, Token};
 use super::proto::{
-    read_frame, read_frame_bytes, write_frame, AgentInfo, AgentMessage, AsyncStream, AuthMethod,
-    BackupRequest, ClientMessage, FrameError, Pong, Progress, RestoreDone, RestoreRequest,
-    PROTOCOL_VERSION,
+    read_frame_bytes_within, read_frame_within, write_frame, AgentInfo, AgentMessage, AsyncStream,
+    AuthMethod, BackupRequest, ClientMessage, FrameError, Pong, Progress, RestoreDone,
+    RestoreRequest, MAX_HANDSHAKE_FRAME, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -40,8 +48,16 @@ use crate::repo::Repo;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7070";
 /// Interval of the progress heartbeats of a running job.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Time a caller has to complete TLS and authentication.
-pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a caller has to complete TLS and authentication, without
+/// `[agent] handshake_timeout`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a write may wait for the caller to read, without `[agent]
+/// write_timeout`.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Callers in the TLS handshake or authentication at once.
+pub const MAX_HANDSHAKES: usize = 64;
+/// Bound of the last word (`Refused`) to a caller being dropped.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a job waits for the previous job of its instance to end.
 const SLOT_WAIT: Duration = Duration::from_secs(10);
 const SLOT_POLL: Duration = Duration::from_millis(100);
@@ -59,6 +75,9 @@ pub struct Agent {
     jobs: Arc<AtomicU32>,
     /// Content ids with a job running: one job per instance at a time.
     busy: Arc<Mutex<HashSet<i32>>>,
+    handshake_timeout: Duration,
+    write_timeout: Duration,
+    handshakes: Arc<Handshakes>,
 }
 
 impl Agent {
@@ -79,7 +98,16 @@ impl Agent {
                 )))
             }
         };
+        let handshake_timeout = seconds(
+            config.agent.handshake_timeout,
+            HANDSHAKE_TIMEOUT,
+            "handshake_timeout",
+        )?;
+        let write_timeout = seconds(config.agent.write_timeout, WRITE_TIMEOUT, "write_timeout")?;
         Ok(Agent {
+            handshake_timeout,
+            write_timeout,
+            handshakes: Arc::new(Handshakes::new(MAX_HANDSHAKES)),
             config: Arc::new(config),
             token,
             tls: tls.map(TlsAcceptor::from),
@@ -138,8 +166,14 @@ impl Agent {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let (ticket, evicted) = self.handshakes.admit(peer);
+                        if let Some(old) = evicted {
+                            tracing::warn!(
+                                "refused {old}: closed to make room for {peer}: {MAX_HANDSHAKES} callers were authenticating at once, {old} for the longest"
+                            );
+                        }
                         let agent = self.clone();
-                        connections.spawn(async move { agent.connection(tcp, peer).await });
+                        connections.spawn(async move { agent.connection(tcp, peer, ticket).await });
                     }
                     Err(e) => {
                         // E.g. too many open files: keep serving the others.
@@ -166,58 +200,79 @@ impl Agent {
         Ok(())
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        mut ticket: HandshakeTicket,
+    ) {
         let _ = tcp.set_nodelay(true);
         // Notices a coordinator host that vanished during a long job.
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(Duration::from_secs(30))
             .with_interval(Duration::from_secs(10));
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        let secs = self.handshake_timeout.as_secs();
         let stream: Box<dyn AsyncStream> = match &self.tls {
             None => Box::new(tcp),
             Some(acceptor) => {
-                match tokio::time::timeout(AUTH_TIMEOUT, acceptor.accept(tcp)).await {
+                let accepted = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+                    // Logged by the accept loop.
+                    _ = &mut ticket.evicted => return,
+                };
+                match accepted {
                     Ok(Ok(s)) => Box::new(s),
                     Ok(Err(e)) => {
                         tracing::warn!("refused {peer}: TLS handshake failed: {e}");
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(
-                            "refused {peer}: no TLS handshake within {} s",
-                            AUTH_TIMEOUT.as_secs()
-                        );
+                        tracing::warn!("refused {peer}: no TLS handshake within {secs} s");
                         return;
                     }
                 }
             }
         };
         let (mut rd, mut wr) = tokio::io::split(stream);
-        match tokio::time::timeout(AUTH_TIMEOUT, self.handshake(&mut rd, &mut wr, peer)).await {
+        let outcome = tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.handshake(&mut rd, &mut wr, peer)) => {
+                r.map_err(|_| HandshakeEnd::TimedOut)
+            }
+            _ = &mut ticket.evicted => Err(HandshakeEnd::Evicted),
+        };
+        match outcome {
             Ok(true) => {}
             Ok(false) => return,
-            Err(_) => {
-                tracing::warn!(
-                    "refused {peer}: it did not authenticate within {} s",
-                    AUTH_TIMEOUT.as_secs()
-                );
-                let _ = write_frame(
-                    &mut wr,
-                    &AgentMessage::Refused {
-                        reason: "authentication timed out".into(),
-                    },
-                )
-                .await;
+            Err(end) => {
+                let reason = match end {
+                    HandshakeEnd::TimedOut => {
+                        tracing::warn!("refused {peer}: it did not authenticate within {secs} s");
+                        "authentication timed out"
+                    }
+                    // Logged by the accept loop.
+                    HandshakeEnd::Evicted => {
+                        "too many callers are authenticating at once: try again"
+                    }
+                };
+                let refused = AgentMessage::Refused {
+                    reason: reason.into(),
+                };
+                let _ =
+                    tokio::time::timeout(FAREWELL_TIMEOUT, write_frame(&mut wr, &refused)).await;
                 return;
             }
         }
+        // Authenticated: no longer counted among the handshakes.
+        drop(ticket);
         tracing::debug!("{peer} authenticated");
         loop {
-            let msg: ClientMessage = match read_frame(&mut rd).await {
+            let msg: ClientMessage = match read_frame_within(&mut rd, MAX_REQUEST_FRAME).await {
                 Ok(m) => m,
                 Err(e) if e.is_disconnect() => return,
                 Err(e) => {
-                    refuse(&mut wr, peer, &format!("{e}")).await;
+                    self.refuse(&mut wr, peer, &format!("{e}")).await;
                     return;
                 }
             };
@@ -230,12 +285,15 @@ impl Agent {
                         uptime_secs: self.started.elapsed().as_secs(),
                         jobs_running: self.jobs.load(Ordering::SeqCst),
                     });
-                    if write_frame(&mut wr, &pong).await.is_err() {
+                    if let Err(e) = self.send(&mut wr, &pong).await {
+                        if !e.is_disconnect() {
+                            tracing::warn!("dropped {peer}: answering its ping failed: {e}");
+                        }
                         return;
                     }
                 }
                 ClientMessage::Auth { .. } => {
-                    refuse(&mut wr, peer, "already authenticated").await;
+                    self.refuse(&mut wr, peer, "already authenticated").await;
                     return;
                 }
                 ClientMessage::Backup(req) => {
@@ -265,17 +323,21 @@ impl Agent {
             nonce: hex::encode(nonce),
             auth: self.auth,
         };
-        if write_frame(wr, &challenge).await.is_err() {
+        if let Err(e) = self.send(wr, &challenge).await {
+            if !e.is_disconnect() {
+                tracing::warn!("refused {peer}: sending the challenge failed: {e}");
+            }
             return false;
         }
-        let msg: ClientMessage = match read_frame(rd).await {
+        let msg: ClientMessage = match read_frame_within(rd, MAX_HANDSHAKE_FRAME).await {
             Ok(m) => m,
             Err(FrameError::Closed) => {
                 tracing::debug!("{peer} closed the connection before authenticating");
                 return false;
             }
             Err(e) => {
-                refuse(wr, peer, &format!("before authentication: {e}")).await;
+                self.refuse(wr, peer, &format!("before authentication: {e}"))
+                    .await;
                 return false;
             }
         };
@@ -285,7 +347,7 @@ impl Agent {
             mac,
         } = msg
         else {
-            refuse(
+            self.refuse(
                 wr,
                 peer,
                 &format!(
@@ -297,7 +359,7 @@ impl Agent {
             return false;
         };
         if protocol_version != PROTOCOL_VERSION {
-            refuse(
+            self.refuse(
                 wr,
                 peer,
                 &format!(
@@ -308,14 +370,15 @@ impl Agent {
             return false;
         }
         let Some(client_nonce) = auth::parse_nonce(&client_nonce) else {
-            refuse(wr, peer, "a malformed client nonce").await;
+            self.refuse(wr, peer, "a malformed client nonce").await;
             return false;
         };
         let agent_mac = match &self.token {
             Some(token) => {
                 let mac = hex::decode(&mac).unwrap_or_default();
                 if !token.verify_client_mac(&nonce, &client_nonce, &mac) {
-                    refuse(wr, peer, "authentication failed: wrong token").await;
+                    self.refuse(wr, peer, "authentication failed: wrong token")
+                        .await;
                     return false;
                 }
                 hex::encode(token.agent_mac(&client_nonce, &nonce))
@@ -323,15 +386,21 @@ impl Agent {
             // The TLS layer has checked the client certificate.
             None => String::new(),
         };
-        write_frame(
-            wr,
-            &AgentMessage::AuthOk {
-                mac: agent_mac,
-                agent: self.info(),
-            },
-        )
-        .await
-        .is_ok()
+        let ok = AgentMessage::AuthOk {
+            mac: agent_mac,
+            agent: self.info(),
+        };
+        match self.send(wr, &ok).await {
+            Ok(()) => true,
+            Err(e) => {
+                if !e.is_disconnect() {
+                    tracing::warn!(
+                        "refused {peer}: sending the authentication's answer failed: {e}"
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// The instance's job slot. A job that is ending (its caller just went
@@ -364,8 +433,8 @@ impl Agent {
                     total_bytes: None,
                     phase: "waiting for this instance's previous job to end".into(),
                 });
-                if write_frame(wr, &waiting).await.is_err() {
-                    tracing::warn!("{what} for {peer}: the caller left while it waited");
+                if let Err(e) = self.send(wr, &waiting).await {
+                    tracing::warn!("{what} for {peer}: the caller left while it waited ({e})");
                     return None;
                 }
             }
@@ -382,7 +451,7 @@ impl Agent {
     {
         let what = job.describe();
         let Some(_slot) = self.wait_for_slot(job.content_id(), wr, &what, peer).await else {
-            let _ = write_frame(
+            let _ = self.send(
                 wr,
                 &AgentMessage::Failed {
                     message: format!(
@@ -404,7 +473,7 @@ impl Agent {
         let mut task = AbortOnDrop(tokio::spawn(job.run(self.config.clone(), progress.clone())));
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let caller = read_frame_bytes(rd);
+        let caller = read_frame_bytes_within(rd, MAX_REQUEST_FRAME);
         tokio::pin!(caller);
         loop {
             tokio::select! {
@@ -428,7 +497,7 @@ impl Agent {
                             }
                         }
                     };
-                    if let Err(e) = write_frame(wr, &reply).await {
+                    if let Err(e) = self.send(wr, &reply).await {
                         tracing::warn!("{what} for {peer}: the result could not be sent: {e}");
                     }
                     return;
@@ -439,9 +508,9 @@ impl Agent {
                         total_bytes: progress.total(),
                         phase: progress.phase().to_string(),
                     });
-                    if let Err(e) = write_frame(wr, &beat).await {
+                    if let Err(e) = self.send(wr, &beat).await {
                         tracing::warn!(
-                            "{what} for {peer}: aborted after {:.1} s: the connection was lost ({e})",
+                            "{what} for {peer}: aborted after {:.1} s: its heartbeat could not be sent ({e})",
                             started.elapsed().as_secs_f64()
                         );
                         return;
@@ -464,16 +533,131 @@ impl Agent {
     }
 }
 
-/// Answers `Refused` and logs the refusal with the peer's address.
-async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, peer: SocketAddr, reason: &str) {
-    tracing::warn!("refused {peer}: {reason}");
-    let _ = write_frame(
-        wr,
-        &AgentMessage::Refused {
+impl Agent {
+    /// Writes one message, waiting at most `write_timeout` for the caller
+    /// to make room (a caller that stops reading fails with `TimedOut`).
+    async fn send<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut W,
+        msg: &AgentMessage,
+    ) -> std::result::Result<(), FrameError> {
+        match tokio::time::timeout(self.write_timeout, write_frame(wr, msg)).await {
+            Ok(r) => r,
+            Err(_) => Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the caller read nothing for {} s (write_timeout)",
+                    self.write_timeout.as_secs()
+                ),
+            ))),
+        }
+    }
+
+    /// Answers `Refused` and logs the refusal with the peer's address.
+    async fn refuse<W: AsyncWrite + Unpin>(&self, wr: &mut W, peer: SocketAddr, reason: &str) {
+        tracing::warn!("refused {peer}: {reason}");
+        let refused = AgentMessage::Refused {
             reason: reason.to_string(),
-        },
-    )
-    .await;
+        };
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, write_frame(wr, &refused)).await;
+    }
+}
+
+/// `[agent] <name>` in seconds, else `default`; zero is refused.
+fn seconds(value: Option<u64>, default: Duration, name: &str) -> Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(Error::Usage(format!(
+            "[agent] {name} = 0 is not allowed: give a number of seconds of at least 1 (default {})",
+            default.as_secs()
+        ))),
+        Some(n) => Ok(Duration::from_secs(n)),
+    }
+}
+
+/// Why a handshake ended before the caller authenticated, when the agent
+/// ended it.
+enum HandshakeEnd {
+    /// `handshake_timeout` passed.
+    TimedOut,
+    /// A newer caller took its place.
+    Evicted,
+}
+
+/// The callers in the handshake (TLS and authentication), oldest first.
+/// At the limit, admitting one more closes the oldest: a silent caller
+/// then holds its place only until [`MAX_HANDSHAKES`] newer ones arrived,
+/// while a real caller needs its place for one round trip.
+struct Handshakes {
+    limit: usize,
+    queue: Mutex<HandshakeQueue>,
+}
+
+#[derive(Default)]
+struct HandshakeQueue {
+    next_id: u64,
+    pending: VecDeque<(u64, SocketAddr, oneshot::Sender<()>)>,
+}
+
+/// A caller's place among the handshakes; freed when dropped. `evicted`
+/// fires when a newer caller took the place.
+struct HandshakeTicket {
+    handshakes: Arc<Handshakes>,
+    id: u64,
+    evicted: oneshot::Receiver<()>,
+}
+
+impl Handshakes {
+    fn new(limit: usize) -> Handshakes {
+        Handshakes {
+            limit: limit.max(1),
+            queue: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandshakeQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits `peer`; returns its ticket and the address of the caller
+    /// closed to make room, if any.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> (HandshakeTicket, Option<SocketAddr>) {
+        let mut q = self.lock();
+        let mut evicted = None;
+        while q.pending.len() >= self.limit {
+            let Some((_, addr, tx)) = q.pending.pop_front() else {
+                break;
+            };
+            let _ = tx.send(());
+            evicted = Some(addr);
+        }
+        let id = q.next_id;
+        q.next_id += 1;
+        let (tx, rx) = oneshot::channel();
+        q.pending.push_back((id, peer, tx));
+        (
+            HandshakeTicket {
+                handshakes: self.clone(),
+                id,
+                evicted: rx,
+            },
+            evicted,
+        )
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().pending.len()
+    }
+}
+
+impl Drop for HandshakeTicket {
+    fn drop(&mut self) {
+        let mut q = self.handshakes.lock();
+        if let Some(i) = q.pending.iter().position(|(id, _, _)| *id == self.id) {
+            q.pending.remove(i);
+        }
+    }
 }
 
 /// The error and its causes, each once.
@@ -735,7 +919,7 @@ fn set_port(data_dir: &std::path::Path, port: u16) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::proto::MAX_FRAME;
+    use crate::cluster::proto::{read_frame, MAX_FRAME, MAX_HANDSHAKE_FRAME};
 
     fn token_config() -> Config {
         Config::parse("[agent]\ntoken = \"unit-test-token-0123456789\"\n").unwrap()
@@ -850,6 +1034,70 @@ mod tests {
         assert!(r.contains("wrong token"), "{r}");
     }
 
+    #[tokio::test]
+    async fn before_authentication_frames_are_limited_to_a_few_kib() {
+        let (addr, _stop) = start(token_config()).await;
+        let over = (MAX_HANDSHAKE_FRAME as u32 + 1).to_be_bytes().to_vec();
+        let r = refusal(addr, |_| over).await;
+        assert!(
+            r.contains(&format!("exceeds the limit of {MAX_HANDSHAKE_FRAME} bytes")),
+            "{r}"
+        );
+        let r = refusal(addr, |_| u32::MAX.to_be_bytes().to_vec()).await;
+        assert!(r.contains("4294967295 bytes"), "{r}");
+    }
+
+    #[test]
+    fn handshakes_make_room_by_closing_the_oldest() {
+        let h = Arc::new(Handshakes::new(2));
+        let peer = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let (mut a, none) = h.admit(peer(1));
+        assert!(none.is_none());
+        let (b, none) = h.admit(peer(2));
+        assert!(none.is_none());
+        assert_eq!(h.len(), 2);
+        // Full: the newcomer closes the oldest, never itself.
+        let (mut c, evicted) = h.admit(peer(3));
+        assert_eq!(evicted, Some(peer(1)));
+        assert!(a.evicted.try_recv().is_ok());
+        assert!(c.evicted.try_recv().is_err());
+        assert_eq!(h.len(), 2);
+        // An ended handshake frees its place (an evicted one had freed it).
+        drop(a);
+        assert_eq!(h.len(), 2);
+        drop(b);
+        assert_eq!(h.len(), 1);
+        let (_d, none) = h.admit(peer(4));
+        assert!(none.is_none());
+        let (_e, evicted) = h.admit(peer(5));
+        assert_eq!(evicted, Some(peer(3)));
+        assert!(c.evicted.try_recv().is_ok());
+    }
+
+    #[test]
+    fn timeouts_come_from_the_agent_section() {
+        let c = Config::parse(
+            "[agent]\ntoken = \"unit-test-token-0123456789\"\nhandshake_timeout = 3\nwrite_timeout = 7\n",
+        )
+        .unwrap();
+        let a = Agent::new(c).unwrap();
+        assert_eq!(a.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(a.write_timeout, Duration::from_secs(7));
+        let a = Agent::new(token_config()).unwrap();
+        assert_eq!(
+            (a.handshake_timeout, a.write_timeout),
+            (HANDSHAKE_TIMEOUT, WRITE_TIMEOUT)
+        );
+        let c =
+            Config::parse("[agent]\ntoken = \"unit-test-token-0123456789\"\nwrite_timeout = 0\n")
+                .unwrap();
+        let e = Agent::new(c).err().unwrap().to_string();
+        assert!(
+            e.contains("write_timeout = 0") && e.contains("at least 1"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn the_template_documents_every_agent_key() {
         // The [agent] part of the template, its example lines uncommented.
@@ -875,6 +1123,7 @@ mod tests {
         assert!(
             a.tls_client_ca.is_some() && a.tls_client_cert.is_some() && a.tls_client_key.is_some()
         );
+        assert!(a.handshake_timeout.is_some() && a.write_timeout.is_some());
     }
 
     #[test]

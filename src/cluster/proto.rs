@@ -1,8 +1,12 @@
 //! The agent's control protocol: messages and their framing.
 //!
 //! A frame is a u32 big-endian length followed by that many bytes of JSON.
-//! Frames larger than [`MAX_FRAME`] are refused before anything is
-//! allocated for them.
+//! Every read names its limit, checked against the length prefix before
+//! anything is allocated: [`MAX_HANDSHAKE_FRAME`] before the caller has
+//! authenticated, [`MAX_REQUEST_FRAME`] for an authenticated caller's
+//! requests, [`MAX_FRAME`] for the agent's answers. Within the limit the
+//! body's buffer grows with the bytes that arrive, never by the announced
+//! length alone, so a frame that stops early costs what it sent.
 //!
 //! A session: the agent sends [`AgentMessage::Challenge`]; the client
 //! answers [`ClientMessage::Auth`]; the agent answers
@@ -23,8 +27,20 @@ use crate::repo::catalog::BackupRecord;
 
 /// Version of this protocol; the agent refuses clients of another one.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Largest frame either side accepts.
+/// Largest frame either side accepts (the agent's answers: a backup record
+/// lists every part).
 pub const MAX_FRAME: usize = 1024 * 1024;
+/// Largest frame the agent reads before the caller has authenticated. The
+/// only legitimate one is [`ClientMessage::Auth`]: about 200 bytes (two
+/// 64-digit hex strings and a version).
+pub const MAX_HANDSHAKE_FRAME: usize = 4 * 1024;
+/// Largest request of an authenticated caller: a restore request with its
+/// tablespace map and restore command (a few KiB in practice).
+pub const MAX_REQUEST_FRAME: usize = 256 * 1024;
+const _: () = assert!(MAX_HANDSHAKE_FRAME < MAX_REQUEST_FRAME && MAX_REQUEST_FRAME <= MAX_FRAME);
+/// The body's buffer grows by at most this much ahead of the bytes that
+/// arrived.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Messages from the agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,8 +287,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
 pub enum FrameError {
     #[error("the connection closed")]
     Closed,
-    #[error("a frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
-    TooLarge(usize),
+    #[error("a frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    #[error("the connection closed in the middle of a frame ({got} of {len} bytes)")]
+    Truncated { got: usize, len: usize },
     #[error("a malformed message: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{0}")]
@@ -283,7 +301,7 @@ impl FrameError {
     /// The peer went away (EOF or a reset).
     pub fn is_disconnect(&self) -> bool {
         match self {
-            FrameError::Closed => true,
+            FrameError::Closed | FrameError::Truncated { .. } => true,
             FrameError::Io(e) => matches!(
                 e.kind(),
                 std::io::ErrorKind::UnexpectedEof
@@ -304,7 +322,10 @@ where
 {
     let body = serde_json::to_vec(msg)?;
     if body.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(body.len()));
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            limit: MAX_FRAME,
+        });
     }
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -314,9 +335,24 @@ where
     Ok(())
 }
 
-/// Reads one frame's bytes; the length is checked before allocating.
-/// `Closed` on EOF before the first byte of the frame.
+/// Reads one frame's bytes of at most [`MAX_FRAME`] (see
+/// [`read_frame_bytes_within`]).
 pub async fn read_frame_bytes<R>(r: &mut R) -> std::result::Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    read_frame_bytes_within(r, MAX_FRAME).await
+}
+
+/// Reads one frame's bytes. A length above `limit` is refused before
+/// anything is allocated; below it, the buffer grows with the bytes that
+/// arrive (a frame that announces `limit` bytes and sends ten holds about
+/// ten). `Closed` on EOF before the first byte of the frame, `Truncated` on
+/// EOF inside it.
+pub async fn read_frame_bytes_within<R>(
+    r: &mut R,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, FrameError>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
@@ -328,27 +364,50 @@ where
             return Err(if got == 0 {
                 FrameError::Closed
             } else {
-                FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+                FrameError::Truncated { got, len: 4 }
             });
         }
         got += n;
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
+    let len = check_length(len, limit)?;
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK));
+    while body.len() < len {
+        let start = body.len();
+        body.resize(start + (len - start).min(READ_CHUNK), 0);
+        let n = r.read(&mut body[start..]).await?;
+        body.truncate(start + n);
+        if n == 0 {
+            return Err(FrameError::Truncated { got: start, len });
+        }
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
     Ok(body)
 }
 
-/// Reads one message.
+/// The body length a frame's prefix announces, if within `limit`.
+pub fn check_length(prefix: [u8; 4], limit: usize) -> std::result::Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    Ok(len)
+}
+
+/// Reads one message of at most [`MAX_FRAME`] bytes.
 pub async fn read_frame<R, T>(r: &mut R) -> std::result::Result<T, FrameError>
 where
     R: AsyncRead + Unpin + ?Sized,
     T: DeserializeOwned,
 {
-    let body = read_frame_bytes(r).await?;
+    read_frame_within(r, MAX_FRAME).await
+}
+
+/// Reads one message of at most `limit` bytes.
+pub async fn read_frame_within<R, T>(r: &mut R, limit: usize) -> std::result::Result<T, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    T: DeserializeOwned,
+{
+    let body = read_frame_bytes_within(r, limit).await?;
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -416,21 +475,23 @@ mod tests {
             let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
             let mut r: &[u8] = &header;
             match read_frame_bytes(&mut r).await {
-                Err(FrameError::TooLarge(n)) => assert_eq!(n, MAX_FRAME + 1),
+                Err(FrameError::TooLarge { len, limit }) => {
+                    assert_eq!((len, limit), (MAX_FRAME + 1, MAX_FRAME))
+                }
                 other => panic!("{other:?}"),
             }
             let huge = u32::MAX.to_be_bytes();
             let mut r: &[u8] = &huge;
             assert!(matches!(
                 read_frame_bytes(&mut r).await,
-                Err(FrameError::TooLarge(_))
+                Err(FrameError::TooLarge { .. })
             ));
             // The writer refuses too.
             let big = "x".repeat(MAX_FRAME);
             let mut sink = Vec::new();
             assert!(matches!(
                 write_frame(&mut sink, &big).await,
-                Err(FrameError::TooLarge(_))
+                Err(FrameError::TooLarge { .. })
             ));
             assert!(sink.is_empty());
         });
@@ -460,6 +521,133 @@ mod tests {
             assert!(matches!(
                 read_frame::<_, ClientMessage>(&mut r).await,
                 Err(FrameError::Json(_))
+            ));
+        });
+    }
+
+    #[test]
+    fn lengths_are_checked_against_the_limit_of_the_read() {
+        for limit in [MAX_HANDSHAKE_FRAME, MAX_REQUEST_FRAME, MAX_FRAME] {
+            let at = (limit as u32).to_be_bytes();
+            assert_eq!(check_length(at, limit).unwrap(), limit);
+            let over = (limit as u32 + 1).to_be_bytes();
+            match check_length(over, limit) {
+                Err(e @ FrameError::TooLarge { .. }) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&(limit + 1).to_string())
+                            && text.contains(&format!("limit of {limit} bytes")),
+                        "{text}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(
+                check_length(u32::MAX.to_be_bytes(), limit),
+                Err(FrameError::TooLarge { len, .. }) if len == u32::MAX as usize
+            ));
+            assert_eq!(check_length([0; 4], limit).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn the_handshake_fits_its_limit() {
+        // The largest message a legitimate caller sends before it is
+        // authenticated, with room to spare.
+        let auth = serde_json::to_vec(&ClientMessage::Auth {
+            protocol_version: u32::MAX,
+            client_nonce: "ab".repeat(32),
+            mac: "cd".repeat(32),
+        })
+        .unwrap();
+        assert!(auth.len() * 8 < MAX_HANDSHAKE_FRAME, "{}", auth.len());
+        rt().block_on(async {
+            let mut data = Vec::new();
+            write_frame(&mut data, &ClientMessage::Ping).await.unwrap();
+            let mut r: &[u8] = &data;
+            let m: ClientMessage = read_frame_within(&mut r, MAX_HANDSHAKE_FRAME)
+                .await
+                .unwrap();
+            assert!(matches!(m, ClientMessage::Ping));
+            // A frame of exactly the limit is read; one byte more is not.
+            let mut data = (MAX_HANDSHAKE_FRAME as u32).to_be_bytes().to_vec();
+            data.resize(4 + MAX_HANDSHAKE_FRAME, b' ');
+            let mut r: &[u8] = &data;
+            let body = read_frame_bytes_within(&mut r, MAX_HANDSHAKE_FRAME)
+                .await
+                .unwrap();
+            assert_eq!(body.len(), MAX_HANDSHAKE_FRAME);
+            let mut data = (MAX_HANDSHAKE_FRAME as u32 + 1).to_be_bytes().to_vec();
+            data.resize(5 + MAX_HANDSHAKE_FRAME, b' ');
+            let mut r: &[u8] = &data;
+            assert!(matches!(
+                read_frame_bytes_within(&mut r, MAX_HANDSHAKE_FRAME).await,
+                Err(FrameError::TooLarge {
+                    limit: MAX_HANDSHAKE_FRAME,
+                    ..
+                })
+            ));
+        });
+    }
+
+    /// Serves `data` then EOF, recording the largest buffer a read offered.
+    struct Recorder {
+        data: Vec<u8>,
+        pos: usize,
+        largest: usize,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.largest = self.largest.max(buf.remaining());
+            let n = buf.remaining().min(self.data.len() - self.pos).min(1000);
+            buf.put_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_frame_that_ends_early_holds_only_what_it_sent() {
+        rt().block_on(async {
+            // Announces MAX_FRAME, sends ten bytes, closes.
+            let mut data = (MAX_FRAME as u32).to_be_bytes().to_vec();
+            data.extend_from_slice(b"0123456789");
+            let mut r = Recorder {
+                data,
+                pos: 0,
+                largest: 0,
+            };
+            match read_frame_bytes(&mut r).await {
+                Err(e @ FrameError::Truncated { got: 10, len }) if len == MAX_FRAME => {
+                    assert!(e.is_disconnect());
+                    assert!(e.to_string().contains("in the middle of a frame"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+            // The reads never offered a buffer the size of the announced
+            // length: the body grows by READ_CHUNK at most.
+            assert!(r.largest <= READ_CHUNK, "{}", r.largest);
+            // A whole frame read through small reads comes out intact.
+            let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            let mut data = (body.len() as u32).to_be_bytes().to_vec();
+            data.extend_from_slice(&body);
+            let mut r = Recorder {
+                data,
+                pos: 0,
+                largest: 0,
+            };
+            assert_eq!(read_frame_bytes(&mut r).await.unwrap(), body);
+            assert!(r.largest <= READ_CHUNK, "{}", r.largest);
+            // The prefix itself cut short.
+            let mut r: &[u8] = &[0, 0, 1];
+            assert!(matches!(
+                read_frame_bytes(&mut r).await,
+                Err(FrameError::Truncated { got: 3, len: 4 })
             ));
         });
     }
