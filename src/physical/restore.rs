@@ -172,6 +172,71 @@ async fn check_wal(repo: &Repo, backup: &BackupRecord, upto: Option<Lsn>) -> Res
     }
 }
 
+/// A backup object that is gone although the backup's record lists it:
+/// the backup is damaged (exit 4), not merely "not found".
+fn damaged(backup: &BackupRecord, e: Error) -> Error {
+    match e {
+        Error::Storage(crate::storage::StorageError::NotFound { key, location }) => {
+            Error::Integrity(format!(
+                "backup {} is damaged: its object {key} is missing from {location}; it cannot be restored: restore another backup (`cbdr list` shows them) and take a new one",
+                backup.name
+            ))
+        }
+        other => other,
+    }
+}
+
+/// Checks that every part the backup's record lists is in the repository,
+/// before anything is written (their contents are verified as they are
+/// unpacked).
+async fn check_parts(repo: &Repo, backup: &BackupRecord) -> Result<()> {
+    let stored: HashSet<String> = repo
+        .storage
+        .list(&layout::backup_prefix(backup.content_id, &backup.name))
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let location = repo.storage.location();
+    let keys = std::iter::once(layout::backup_manifest_key(backup.content_id, &backup.name)).chain(
+        backup.archives.iter().flat_map(|a| {
+            (0..a.parts).map(|part| {
+                layout::backup_part_key(
+                    backup.content_id,
+                    &backup.name,
+                    &a.name,
+                    part,
+                    a.server_compression,
+                )
+            })
+        }),
+    );
+    for key in keys {
+        if !stored.contains(&key) {
+            let location = location.clone();
+            return Err(damaged(
+                backup,
+                Error::Storage(crate::storage::StorageError::NotFound { key, location }),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and checks the server's manifest of the backup (its bytes, kept
+/// for the restored directory, and its files).
+async fn read_manifest(repo: &Repo, backup: &BackupRecord) -> Result<(Vec<u8>, Manifest)> {
+    let key = layout::backup_manifest_key(backup.content_id, &backup.name);
+    let bytes = repo.get_bytes(&key).await.map_err(|e| damaged(backup, e))?;
+    let manifest = Manifest::parse(&bytes).map_err(|e| {
+        Error::Integrity(format!(
+            "backup {} is damaged: its manifest {key}: {e}; restore another backup (`cbdr list` shows them)",
+            backup.name
+        ))
+    })?;
+    Ok((bytes, manifest))
+}
+
 /// Restores a backup and prepares recovery. Returns the backup restored.
 pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord> {
     let (backup, target_lsn) = choose_backup(repo, opts).await?;
@@ -184,6 +249,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         )));
     }
     check_wal(repo, &backup, target_lsn).await?;
+    check_parts(repo, &backup).await?;
     // A restore point is on a known timeline: follow that one, not the
     // latest (a copy restored and promoted earlier may have archived a
     // newer timeline that branched off before the point).
@@ -208,10 +274,8 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         p.set_total(backup.plain_bytes());
         p.set_phase("downloading");
     });
-    let manifest_bytes = repo
-        .get_bytes(&layout::backup_manifest_key(opts.content_id, &backup.name))
-        .await?;
-    let manifest = Arc::new(Manifest::parse(&manifest_bytes)?);
+    let (manifest_bytes, manifest) = read_manifest(repo, &backup).await?;
+    let manifest = Arc::new(manifest);
 
     // Where each archive goes: the data directory, or its tablespace's
     // (possibly remapped) location.
@@ -318,7 +382,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
                     .map_err(|e| Error::Internal(format!("restore task: {e}")))
                     .and_then(|r| r);
                 if let Err(e) = r {
-                    failure.get_or_insert(e);
+                    failure.get_or_insert(damaged(&backup, e));
                     tasks.abort_all();
                 }
             }
@@ -703,15 +767,25 @@ struct Done<'a> {
 
 impl Done<'_> {
     /// Checks a whole file against the manifest and checks it off.
+    /// A file the manifest does not list is refused, as pg_verifybackup
+    /// refuses it: the server lists every file it sends.
     fn file(&self, path: String, size: u64, crc: u32) -> std::result::Result<(), String> {
-        if let Some(ManifestFile { size: want, crc32c }) = self.manifest.files.get(&path) {
-            if *want != size || crc32c.is_some_and(|c| c != crc) {
-                return Err(format!(
-                    "{path} does not match the backup manifest (size {size}, expected {want})"
-                ));
-            }
-            self.seen.lock().unwrap().insert(path);
+        let Some(ManifestFile { size: want, crc32c }) = self.manifest.files.get(&path) else {
+            return Err(format!(
+                "{path} is not in the backup manifest: the parts and the manifest are not of the same backup"
+            ));
+        };
+        if *want != size {
+            return Err(format!(
+                "{path} does not match the backup manifest: {size} bytes, the manifest says {want}"
+            ));
         }
+        if let Some(want) = crc32c.filter(|c| *c != crc) {
+            return Err(format!(
+                "{path} does not match the backup manifest: CRC32C {crc:08x}, the manifest says {want:08x}"
+            ));
+        }
+        self.seen.lock().unwrap().insert(path);
         Ok(())
     }
 }
@@ -1121,8 +1195,11 @@ mod tests {
         assert!(seen.lock().unwrap().is_empty());
         done.file("base/5/1".into(), 3, crc32c::crc32c(b"abc"))
             .unwrap();
-        // Files the manifest does not list are not checked.
-        done.file("other".into(), 1, 0).unwrap();
+        // A file the manifest does not list is refused.
+        assert!(done
+            .file("other".into(), 1, 0)
+            .unwrap_err()
+            .contains("not in the backup manifest"));
         assert_eq!(
             seen.lock().unwrap().iter().collect::<Vec<_>>(),
             [&"base/5/1".to_string()]
