@@ -238,9 +238,20 @@ fn damaged(b: &LogicalBackupRecord, e: Error) -> Error {
 }
 
 /// Checks that the objects this restore reads are all in the repository,
-/// before the database is touched (their contents are verified as they
-/// are read; a table whose rows fail is rolled back).
+/// before the database is touched: the metadata and its TOC (small) are
+/// read and verified whole, the tables' rows only found (they are
+/// verified as they are loaded, and a table whose rows fail is rolled
+/// back).
 async fn check_objects(repo: &Repo, req: &RestoreRequest, b: &LogicalBackupRecord) -> Result<()> {
+    for o in [&b.metadata, &b.toc].into_iter().flatten() {
+        let key = o.key.clone();
+        repo.read_with(&o.key, move |r| {
+            std::io::copy(r, &mut std::io::sink())
+                .map_err(|e| Error::Codec(crate::codec::CodecError::from_io(e, &key)))
+        })
+        .await
+        .map_err(|e| damaged(b, e))?;
+    }
     let restore_data = !req.metadata_only && !b.options.metadata_only;
     let tables = b
         .tables

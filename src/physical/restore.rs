@@ -7,6 +7,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, FixedOffset};
@@ -308,6 +309,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     let started = std::time::Instant::now();
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let pieces: Arc<Mutex<Pieces>> = Arc::default();
+    let stop: Arc<AtomicBool> = Arc::default();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     // Part keys are made as they are needed: nothing grows with the
     // number of parts. A stream the server compressed is one job (decoded
@@ -344,12 +346,14 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             let manifest = manifest.clone();
             let seen = seen.clone();
             let pieces = pieces.clone();
+            let stop = stop.clone();
             let progress = opts.progress.clone();
             let unpack_into = move |r: &mut dyn Read, label: &str| {
                 let done = Done {
                     manifest: &manifest,
                     seen: &seen,
                     pieces: &pieces,
+                    stop: &stop,
                 };
                 unpack(r, &dir, &prefix, &done, label, progress.as_deref())
             };
@@ -374,16 +378,17 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         }
         match tasks.join_next().await {
             None => break,
-            // Tasks cancelled after a failure end with a JoinError: the
-            // first failure is the one reported.
-            Some(Err(e)) if e.is_cancelled() => {}
+            // After a failure the other tasks are told to stop, and waited
+            // for (their unpacking threads still read from the storage:
+            // aborted, they would outlive the runtime); the first failure
+            // is the one reported.
             Some(joined) => {
                 let r = joined
                     .map_err(|e| Error::Internal(format!("restore task: {e}")))
                     .and_then(|r| r);
                 if let Err(e) = r {
                     failure.get_or_insert(damaged(&backup, e));
-                    tasks.abort_all();
+                    stop.store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -763,9 +768,20 @@ struct Done<'a> {
     /// Manifest paths restored whole and checked.
     seen: &'a Mutex<HashSet<String>>,
     pieces: &'a Mutex<Pieces>,
+    /// Set when another part failed: unpacking stops.
+    stop: &'a AtomicBool,
 }
 
 impl Done<'_> {
+    fn check_stop(&self) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(Error::Internal(
+                "stopped: another part of the restore failed".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks a whole file against the manifest and checks it off.
     /// A file the manifest does not list is refused, as pg_verifybackup
     /// refuses it: the server lists every file it sends.
@@ -987,6 +1003,7 @@ fn unpack(
         .map_err(|e| bad(format!("not a tar stream: {e}")))?;
     let mut buf = vec![0u8; WRITE_SIZE];
     for entry in entries {
+        done.check_stop()?;
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) if codec_error(&e) => {
@@ -1066,6 +1083,7 @@ fn unpack(
             if n == 0 {
                 break;
             }
+            done.check_stop()?;
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             size += n as u64;
             if let Some(p) = progress {
@@ -1181,10 +1199,12 @@ mod tests {
         );
         let seen = Mutex::default();
         let pieces = Mutex::default();
+        let stop = AtomicBool::new(false);
         let done = Done {
             manifest: &manifest,
             seen: &seen,
             pieces: &pieces,
+            stop: &stop,
         };
         assert!(done
             .file("base/5/1".into(), 3, crc32c::crc32c(b"abd"))
