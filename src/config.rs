@@ -429,7 +429,43 @@ impl Config {
             other => other,
         })?;
         config.source = Some(path.to_path_buf());
+        config.check_paths()?;
         Ok(config)
+    }
+
+    /// Checks the paths a config file names that cbdr reads or writes
+    /// first thing, so that a wrong one is a config error naming its key
+    /// (exit 2), not a storage failure further on.
+    fn check_paths(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: self.source.clone().unwrap_or_default(),
+            key,
+            message,
+        };
+        let repo = &self.storage.path;
+        if self.storage.kind == StorageType::Fs
+            && std::fs::metadata(repo).is_ok_and(|m| !m.is_dir())
+        {
+            return Err(invalid(
+                "storage.path",
+                format!(
+                    "{} is a file, not a directory: set storage.path to the repository's directory",
+                    repo.display()
+                ),
+            ));
+        }
+        if let Some(key) = &self.encryption.key_file {
+            if let Err(e) = std::fs::File::open(key) {
+                return Err(invalid(
+                    "encryption.key_file",
+                    format!(
+                        "cannot read {}: {e}: fix the path, or make the file readable by the user cbdr runs as (for archive_command, the PostgreSQL server's user)",
+                        key.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Parses and validates TOML text (the path in errors is `<text>`).
@@ -614,6 +650,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("paht"), "{e}");
+    }
+
+    #[test]
+    fn a_repository_path_that_is_a_file_or_a_missing_key_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let config = dir.path().join("cbdr.toml");
+        let load = |text: String| {
+            std::fs::write(&config, text).unwrap();
+            Config::load(&config)
+        };
+        let e = load(format!(
+            "[storage]\npath = {:?}\n",
+            file.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("storage.path") && e.contains("is a file"), "{e}");
+        assert!(e.contains(&config.display().to_string()), "{e}");
+        let missing = dir.path().join("no-key");
+        let e = load(format!(
+            "[storage]\npath = {:?}\n[encryption]\nkey_file = {:?}\n",
+            dir.path().join("repo").display().to_string(),
+            missing.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("encryption.key_file") && e.contains("no-key") && e.contains("fix the path"),
+            "{e}"
+        );
+        // A directory that does not exist yet is not this check's concern.
+        load(format!(
+            "[storage]\npath = {:?}\n",
+            dir.path().join("repo").display().to_string()
+        ))
+        .unwrap();
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub async fn gprestore(repo: &Repo, req: &RestoreRequest) -> Result<RestoreSumma
     let record = repo.logical_backup(&req.timestamp).await?;
     let restore_ts = restore_timestamp(repo, &record.ts()).await?;
     validate_against_backup(req, &record)?;
+    check_objects(repo, req, &record).await?;
     if req.resize_cluster {
         eprintln!(
             "cbdr: --resize-cluster: the backup comes from a single PostgreSQL server and is restored into one; \
@@ -159,6 +160,7 @@ pub async fn gprestore(repo: &Repo, req: &RestoreRequest) -> Result<RestoreSumma
         &mut server_version,
     )
     .await;
+    let result = result.map_err(|e| damaged(&record, e));
     let fatal = result.as_ref().err().map(|e| e.to_string());
     let end = Utc::now();
 
@@ -219,6 +221,81 @@ pub async fn gprestore(repo: &Repo, req: &RestoreRequest) -> Result<RestoreSumma
         report_key,
         errors_key,
     })
+}
+
+/// A backup object that is gone although the backup's record lists it:
+/// the backup is damaged (exit 4), not merely "not found".
+fn damaged(b: &LogicalBackupRecord, e: Error) -> Error {
+    match e {
+        Error::Storage(crate::storage::StorageError::NotFound { key, location }) => {
+            Error::Integrity(format!(
+                "logical backup {} is damaged: its object {key} is missing from {location}; restore another backup (`cbdr list` shows them) and take a new one",
+                b.timestamp
+            ))
+        }
+        other => other,
+    }
+}
+
+/// Checks that the objects this restore reads are all in the repository,
+/// before the database is touched: the metadata and its TOC (small) are
+/// read and verified whole, the tables' rows only found (they are
+/// verified as they are loaded, and a table whose rows fail is rolled
+/// back).
+async fn check_objects(repo: &Repo, req: &RestoreRequest, b: &LogicalBackupRecord) -> Result<()> {
+    for o in [&b.metadata, &b.toc].into_iter().flatten() {
+        let key = o.key.clone();
+        repo.read_with(&o.key, move |r| {
+            std::io::copy(r, &mut std::io::sink())
+                .map_err(|e| Error::Codec(crate::codec::CodecError::from_io(e, &key)))
+        })
+        .await
+        .map_err(|e| damaged(b, e))?;
+    }
+    let restore_data = !req.metadata_only && !b.options.metadata_only;
+    let tables = b
+        .tables
+        .iter()
+        .filter(|_| restore_data)
+        .filter(|t| !req.incremental || t.backup == b.timestamp)
+        .filter(|t| {
+            req.filter.is_empty()
+                || req.filter.matches_table(&t.table)
+                || t.root.as_ref().is_some_and(|r| {
+                    req.filter.matches_table(r) && !req.filter.excludes_table(&t.table)
+                })
+        })
+        .map(|t| t.location.key());
+    let keys: BTreeSet<&str> = [&b.metadata, &b.toc]
+        .into_iter()
+        .flatten()
+        .map(|o| o.key.as_str())
+        .chain(tables)
+        .collect();
+    // One listing per backup of the chain, rather than a request per table.
+    let mut stored: HashSet<String> = HashSet::new();
+    let chain: BTreeSet<&str> = b
+        .tables
+        .iter()
+        .map(|t| t.backup.as_str())
+        .chain([b.timestamp.as_str()])
+        .collect();
+    for ts in chain {
+        let prefix = layout::backup_prefix(&Timestamp::parse(ts)?);
+        stored.extend(repo.storage.list(&prefix).await?.into_iter().map(|o| o.key));
+    }
+    for key in keys {
+        if !stored.contains(key) && repo.storage.head(key).await?.is_none() {
+            return Err(damaged(
+                b,
+                Error::Storage(crate::storage::StorageError::NotFound {
+                    key: key.to_string(),
+                    location: repo.storage.location(),
+                }),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A timestamp for this restore's reports that no other restore of the

@@ -7,6 +7,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, FixedOffset};
@@ -172,6 +173,71 @@ async fn check_wal(repo: &Repo, backup: &BackupRecord, upto: Option<Lsn>) -> Res
     }
 }
 
+/// A backup object that is gone although the backup's record lists it:
+/// the backup is damaged (exit 4), not merely "not found".
+fn damaged(backup: &BackupRecord, e: Error) -> Error {
+    match e {
+        Error::Storage(crate::storage::StorageError::NotFound { key, location }) => {
+            Error::Integrity(format!(
+                "backup {} is damaged: its object {key} is missing from {location}; it cannot be restored: restore another backup (`cbdr list` shows them) and take a new one",
+                backup.name
+            ))
+        }
+        other => other,
+    }
+}
+
+/// Checks that every part the backup's record lists is in the repository,
+/// before anything is written (their contents are verified as they are
+/// unpacked).
+async fn check_parts(repo: &Repo, backup: &BackupRecord) -> Result<()> {
+    let stored: HashSet<String> = repo
+        .storage
+        .list(&layout::backup_prefix(backup.content_id, &backup.name))
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let location = repo.storage.location();
+    let keys = std::iter::once(layout::backup_manifest_key(backup.content_id, &backup.name)).chain(
+        backup.archives.iter().flat_map(|a| {
+            (0..a.parts).map(|part| {
+                layout::backup_part_key(
+                    backup.content_id,
+                    &backup.name,
+                    &a.name,
+                    part,
+                    a.server_compression,
+                )
+            })
+        }),
+    );
+    for key in keys {
+        if !stored.contains(&key) {
+            let location = location.clone();
+            return Err(damaged(
+                backup,
+                Error::Storage(crate::storage::StorageError::NotFound { key, location }),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and checks the server's manifest of the backup (its bytes, kept
+/// for the restored directory, and its files).
+async fn read_manifest(repo: &Repo, backup: &BackupRecord) -> Result<(Vec<u8>, Manifest)> {
+    let key = layout::backup_manifest_key(backup.content_id, &backup.name);
+    let bytes = repo.get_bytes(&key).await.map_err(|e| damaged(backup, e))?;
+    let manifest = Manifest::parse(&bytes).map_err(|e| {
+        Error::Integrity(format!(
+            "backup {} is damaged: its manifest {key}: {e}; restore another backup (`cbdr list` shows them)",
+            backup.name
+        ))
+    })?;
+    Ok((bytes, manifest))
+}
+
 /// Restores a backup and prepares recovery. Returns the backup restored.
 pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord> {
     let (backup, target_lsn) = choose_backup(repo, opts).await?;
@@ -184,6 +250,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         )));
     }
     check_wal(repo, &backup, target_lsn).await?;
+    check_parts(repo, &backup).await?;
     // A restore point is on a known timeline: follow that one, not the
     // latest (a copy restored and promoted earlier may have archived a
     // newer timeline that branched off before the point).
@@ -208,10 +275,8 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         p.set_total(backup.plain_bytes());
         p.set_phase("downloading");
     });
-    let manifest_bytes = repo
-        .get_bytes(&layout::backup_manifest_key(opts.content_id, &backup.name))
-        .await?;
-    let manifest = Arc::new(Manifest::parse(&manifest_bytes)?);
+    let (manifest_bytes, manifest) = read_manifest(repo, &backup).await?;
+    let manifest = Arc::new(manifest);
 
     // Where each archive goes: the data directory, or its tablespace's
     // (possibly remapped) location.
@@ -244,6 +309,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     let started = std::time::Instant::now();
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let pieces: Arc<Mutex<Pieces>> = Arc::default();
+    let stop: Arc<AtomicBool> = Arc::default();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     // Part keys are made as they are needed: nothing grows with the
     // number of parts. A stream the server compressed is one job (decoded
@@ -280,12 +346,14 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             let manifest = manifest.clone();
             let seen = seen.clone();
             let pieces = pieces.clone();
+            let stop = stop.clone();
             let progress = opts.progress.clone();
             let unpack_into = move |r: &mut dyn Read, label: &str| {
                 let done = Done {
                     manifest: &manifest,
                     seen: &seen,
                     pieces: &pieces,
+                    stop: &stop,
                 };
                 unpack(r, &dir, &prefix, &done, label, progress.as_deref())
             };
@@ -310,16 +378,17 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
         }
         match tasks.join_next().await {
             None => break,
-            // Tasks cancelled after a failure end with a JoinError: the
-            // first failure is the one reported.
-            Some(Err(e)) if e.is_cancelled() => {}
+            // After a failure the other tasks are told to stop, and waited
+            // for (their unpacking threads still read from the storage:
+            // aborted, they would outlive the runtime); the first failure
+            // is the one reported.
             Some(joined) => {
                 let r = joined
                     .map_err(|e| Error::Internal(format!("restore task: {e}")))
                     .and_then(|r| r);
                 if let Err(e) = r {
-                    failure.get_or_insert(e);
-                    tasks.abort_all();
+                    failure.get_or_insert(damaged(&backup, e));
+                    stop.store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -699,19 +768,40 @@ struct Done<'a> {
     /// Manifest paths restored whole and checked.
     seen: &'a Mutex<HashSet<String>>,
     pieces: &'a Mutex<Pieces>,
+    /// Set when another part failed: unpacking stops.
+    stop: &'a AtomicBool,
 }
 
 impl Done<'_> {
-    /// Checks a whole file against the manifest and checks it off.
-    fn file(&self, path: String, size: u64, crc: u32) -> std::result::Result<(), String> {
-        if let Some(ManifestFile { size: want, crc32c }) = self.manifest.files.get(&path) {
-            if *want != size || crc32c.is_some_and(|c| c != crc) {
-                return Err(format!(
-                    "{path} does not match the backup manifest (size {size}, expected {want})"
-                ));
-            }
-            self.seen.lock().unwrap().insert(path);
+    fn check_stop(&self) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(Error::Internal(
+                "stopped: another part of the restore failed".into(),
+            ));
         }
+        Ok(())
+    }
+
+    /// Checks a whole file against the manifest and checks it off.
+    /// A file the manifest does not list is refused, as pg_verifybackup
+    /// refuses it: the server lists every file it sends.
+    fn file(&self, path: String, size: u64, crc: u32) -> std::result::Result<(), String> {
+        let Some(ManifestFile { size: want, crc32c }) = self.manifest.files.get(&path) else {
+            return Err(format!(
+                "{path} is not in the backup manifest: the parts and the manifest are not of the same backup"
+            ));
+        };
+        if *want != size {
+            return Err(format!(
+                "{path} does not match the backup manifest: {size} bytes, the manifest says {want}"
+            ));
+        }
+        if let Some(want) = crc32c.filter(|c| *c != crc) {
+            return Err(format!(
+                "{path} does not match the backup manifest: CRC32C {crc:08x}, the manifest says {want:08x}"
+            ));
+        }
+        self.seen.lock().unwrap().insert(path);
         Ok(())
     }
 }
@@ -913,6 +1003,7 @@ fn unpack(
         .map_err(|e| bad(format!("not a tar stream: {e}")))?;
     let mut buf = vec![0u8; WRITE_SIZE];
     for entry in entries {
+        done.check_stop()?;
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) if codec_error(&e) => {
@@ -992,6 +1083,7 @@ fn unpack(
             if n == 0 {
                 break;
             }
+            done.check_stop()?;
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             size += n as u64;
             if let Some(p) = progress {
@@ -1107,10 +1199,12 @@ mod tests {
         );
         let seen = Mutex::default();
         let pieces = Mutex::default();
+        let stop = AtomicBool::new(false);
         let done = Done {
             manifest: &manifest,
             seen: &seen,
             pieces: &pieces,
+            stop: &stop,
         };
         assert!(done
             .file("base/5/1".into(), 3, crc32c::crc32c(b"abd"))
@@ -1121,8 +1215,11 @@ mod tests {
         assert!(seen.lock().unwrap().is_empty());
         done.file("base/5/1".into(), 3, crc32c::crc32c(b"abc"))
             .unwrap();
-        // Files the manifest does not list are not checked.
-        done.file("other".into(), 1, 0).unwrap();
+        // A file the manifest does not list is refused.
+        assert!(done
+            .file("other".into(), 1, 0)
+            .unwrap_err()
+            .contains("not in the backup manifest"));
         assert_eq!(
             seen.lock().unwrap().iter().collect::<Vec<_>>(),
             [&"base/5/1".to_string()]
