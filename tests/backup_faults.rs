@@ -7,7 +7,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use cbdr::storage::{body_from_bytes, get_bytes, S3Storage, Storage};
@@ -127,19 +127,20 @@ impl Setup {
             assert!(!r.err.contains(debug), "{what}: {}", r.err);
         }
         assert!(!dir.exists(), "{what}: {} was created", dir.display());
+        eprintln!("refused ({what}): {}", r.err.trim());
         r.err
     }
 
     /// Two `backup-push` at once: both complete, under different names.
     fn two_backups_at_once(&self, server: &PgServer) -> [String; 2] {
-        let a = self
-            .command(Some(server), &["backup-push"])
-            .spawn()
-            .unwrap();
-        let b = self
-            .command(Some(server), &["backup-push"])
-            .spawn()
-            .unwrap();
+        let spawn = || {
+            self.command(Some(server), &["backup-push"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
         let names = [a, b].map(|c| {
             let r = run_of(c.wait_with_output().unwrap());
             assert_eq!(r.code, 0, "backup-push: {}", r.err);
@@ -150,6 +151,7 @@ impl Setup {
                 .unwrap_or_else(|| panic!("no name in {:?}", r.out))
                 .to_string()
         });
+        eprintln!("two backups at once: {names:?}");
         assert_ne!(names[0], names[1], "two backups got one name");
         let mut listed = self.backup_names();
         listed.sort();

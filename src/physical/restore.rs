@@ -9,7 +9,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, FixedOffset, Timelike};
 use tokio::task::JoinSet;
 
 use super::manifest::{Manifest, ManifestFile};
@@ -129,7 +129,7 @@ pub async fn choose_backup(
             if b.stop_time > *t {
                 return Err(Error::Usage(format!(
                     "backup {name} ends at {}, after the target time {}: recovery cannot go back in time; choose an older backup or a later time",
-                    b.stop_time.to_rfc3339(),
+                    seconds(b.stop_time),
                     t.to_rfc3339()
                 )));
             }
@@ -165,13 +165,23 @@ pub async fn choose_backup(
             opts.target,
             backups[0].name,
             backups[0].stop_lsn,
-            backups[0].stop_time.to_rfc3339(),
+            seconds(backups[0].stop_time),
             match opts.target {
-                RecoveryTarget::Time(_) => backups[0].stop_time.to_rfc3339(),
+                // The next whole second: a target at the end's second
+                // itself may be before the end.
+                RecoveryTarget::Time(_) => seconds(
+                    backups[0].stop_time.with_nanosecond(0).unwrap_or(backups[0].stop_time)
+                        + chrono::Duration::seconds(1)
+                ),
                 _ => backups[0].stop_lsn.to_string(),
             }
         ))),
     }
+}
+
+/// A time as messages give it: RFC 3339, to the second, in UTC.
+fn seconds(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Checks that the archive holds the WAL from the backup's start to `upto`
