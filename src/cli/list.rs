@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::cluster::catalog::{ClusterBackup, ClusterRestorePoint};
 use crate::config::Config;
 use crate::error::Result;
-use crate::repo::catalog::{BackupRecord, RestorePointRecord};
+use crate::repo::catalog::{BackupRecord, RestorePointRecord, Unreadable};
 use crate::repo::coverage::{coverage, TimelineCoverage};
 use crate::repo::{layout, Repo};
 
@@ -40,6 +40,9 @@ struct Listing {
     segments: Vec<SegmentListing>,
     /// Logical backups (gpbackup), oldest first.
     logical: Vec<LogicalListing>,
+    /// Records that could not be read (damaged, not JSON), left out of the
+    /// lists above: each object's key and why.
+    unreadable: Vec<Unreadable>,
 }
 
 /// One logical backup, summed up.
@@ -144,9 +147,13 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
     };
     ids.sort();
     let mut out = Vec::new();
+    let mut unreadable = Vec::new();
     for id in ids {
-        let backups = repo.backups(id).await?;
-        let restore_points = repo.restore_points(id).await?;
+        let backups = repo.backups_checked(id).await?;
+        let restore_points = repo.restore_points_checked(id).await?;
+        unreadable.extend(backups.unreadable);
+        unreadable.extend(restore_points.unreadable);
+        let (backups, restore_points) = (backups.records, restore_points.records);
         let segment_size = backups
             .last()
             .map(|b| b.wal_segment_size)
@@ -163,10 +170,14 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
             wal,
         });
     }
+    let cluster_backups = repo.cluster_backups_checked().await?;
+    let cluster_points = repo.cluster_restore_points_checked().await?;
+    unreadable.extend(cluster_backups.unreadable);
+    unreadable.extend(cluster_points.unreadable);
     let listing = Listing {
         cluster: ClusterListing {
-            backups: repo.cluster_backups().await?,
-            restore_points: repo.cluster_restore_points().await?,
+            backups: cluster_backups.records,
+            restore_points: cluster_points.records,
         },
         segments: out,
         logical: if args.content_id.is_none_or(|id| id == -1) {
@@ -178,7 +189,12 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
         } else {
             Vec::new()
         },
+        unreadable,
     };
+    // On stderr, with --json too: a damaged record is never silent.
+    for u in &listing.unreadable {
+        eprintln!("warning: {u}");
+    }
     if args.json {
         println!(
             "{}",

@@ -324,7 +324,7 @@ pub async fn restore_cmd(config: &Config, args: RestoreArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "restored backup {} into {}: start the server to recover ({:?})",
+        "restored backup {} into {}: start the server to recover (to {})",
         b.name,
         target_dir.display(),
         opts.target

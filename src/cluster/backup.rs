@@ -17,7 +17,7 @@ use super::proto::{BackupRequest, Progress};
 use super::restore_point::{create_cluster_restore_point, in_segment};
 use super::topology::{Segment, Topology};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::repo::{layout, Repo};
 
 #[derive(Debug, Clone)]
@@ -41,7 +41,8 @@ pub async fn cluster_backup_push(
     board: ProgressBoard,
 ) -> Result<ClusterBackup> {
     repo.prepare_write().await?;
-    let name = new_name(repo).await?;
+    // Unique by construction (its restore point takes the same name).
+    let name = crate::repo::catalog::new_backup_name("cluster");
     let start_time = Utc::now();
     let started = Instant::now();
     tracing::info!("cluster backup {name}: {} instances", topo.segments().len());
@@ -110,23 +111,4 @@ async fn backup_one(
         record.stored_bytes() / 1_000_000
     );
     Ok(record)
-}
-
-async fn new_name(repo: &Repo) -> Result<String> {
-    let base = format!("cluster_{}", Utc::now().format("%Y%m%dT%H%M%SZ"));
-    for n in 0..100 {
-        let name = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}_{n}")
-        };
-        if !repo.exists(&layout::cluster_backup_key(&name)).await?
-            && !repo
-                .exists(&layout::cluster_restore_point_key(&name))
-                .await?
-        {
-            return Ok(name);
-        }
-    }
-    Err(Error::Internal("no free cluster backup name".into()))
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::pg::{Lsn, TimelineId};
+use crate::repo::catalog::Records;
 use crate::repo::{layout, Repo};
 
 /// How a cluster restore point was made consistent.
@@ -67,13 +68,19 @@ impl ClusterBackup {
 }
 
 impl Repo {
-    /// Every cluster restore point, oldest first.
-    pub async fn cluster_restore_points(&self) -> Result<Vec<ClusterRestorePoint>> {
-        let mut out: Vec<ClusterRestorePoint> = self
-            .json_records(layout::CLUSTER_RESTORE_POINTS_PREFIX)
+    /// Every cluster restore point, oldest first, with the records that
+    /// could not be read.
+    pub async fn cluster_restore_points_checked(&self) -> Result<Records<ClusterRestorePoint>> {
+        let mut r: Records<ClusterRestorePoint> = self
+            .records(layout::CLUSTER_RESTORE_POINTS_PREFIX, ".json")
             .await?;
-        out.sort_by_key(|p| p.time);
-        Ok(out)
+        r.records.sort_by_key(|p| p.time);
+        Ok(r)
+    }
+
+    /// [`Repo::cluster_restore_points_checked`], the unreadable logged.
+    pub async fn cluster_restore_points(&self) -> Result<Vec<ClusterRestorePoint>> {
+        Ok(self.cluster_restore_points_checked().await?.warn())
     }
 
     pub async fn cluster_restore_point(&self, name: &str) -> Result<ClusterRestorePoint> {
@@ -87,20 +94,18 @@ impl Repo {
             })
     }
 
-    /// Every complete cluster backup, oldest first.
-    pub async fn cluster_backups(&self) -> Result<Vec<ClusterBackup>> {
-        let mut out: Vec<ClusterBackup> = self.json_records(layout::CLUSTER_BACKUPS_PREFIX).await?;
-        out.sort_by_key(|b| b.stop_time);
-        Ok(out)
+    /// Every complete cluster backup, oldest first, with the records that
+    /// could not be read.
+    pub async fn cluster_backups_checked(&self) -> Result<Records<ClusterBackup>> {
+        let mut r: Records<ClusterBackup> = self
+            .records(layout::CLUSTER_BACKUPS_PREFIX, ".json")
+            .await?;
+        r.records.sort_by_key(|b| b.stop_time);
+        Ok(r)
     }
 
-    async fn json_records<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
-        let mut out = Vec::new();
-        for obj in self.storage.list(prefix).await? {
-            if obj.key.ends_with(".json") {
-                out.push(self.get_json::<T>(&obj.key).await?);
-            }
-        }
-        Ok(out)
+    /// [`Repo::cluster_backups_checked`], the unreadable logged.
+    pub async fn cluster_backups(&self) -> Result<Vec<ClusterBackup>> {
+        Ok(self.cluster_backups_checked().await?.warn())
     }
 }

@@ -21,7 +21,7 @@ use super::topology::{Segment, Topology};
 use crate::config::{ClusterConfig, Config};
 use crate::error::{Error, Result};
 use crate::pg::conn::{ConnParams, PgConn, Replication};
-use crate::repo::Repo;
+use crate::repo::{layout, Repo};
 
 /// Where each instance of the restored cluster goes (`cbdr restore-config`
 /// prints one for the current topology).
@@ -205,15 +205,16 @@ pub async fn choose_point(repo: &Repo, target: &ClusterTarget) -> Result<Cluster
                 })
         }
         ClusterTarget::Backup(name) => {
-            let b = repo
-                .cluster_backups()
-                .await?
-                .into_iter()
-                .find(|b| &b.name == name)
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
+            // Read by its key: a damaged record is then named (exit 4),
+            // not reported missing.
+            let b: super::catalog::ClusterBackup = repo
+                .get_json(&layout::cluster_backup_key(name))
+                .await
+                .map_err(|e| match e {
+                    Error::Storage(s) if s.is_not_found() => Error::NotFound(format!(
                         "cluster backup {name} is not in the repository (or not complete): `cbdr list` shows the cluster backups"
-                    ))
+                    )),
+                    other => other,
                 })?;
             repo.cluster_restore_point(&b.restore_point).await
         }

@@ -266,20 +266,44 @@ fn options_record(req: &BackupRequest, repo: &Repo) -> BackupOptionsRecord {
 }
 
 /// A fresh timestamp: the current second, or a later one when a backup
-/// (or an interrupted one) already used it.
+/// (or an interrupted one) already used it. The timestamp is the backup's
+/// user-visible key (gpbackup's YYYYMMDDHHMMSS), so it cannot take a unique
+/// suffix; and the storage may not honour a conditional create. So a
+/// backup claims its timestamp with an object of its own
+/// (`logical/{TS}/claim-{random}`) and keeps it only if, listed after, that
+/// claim is alone under the timestamp: of two backups racing for one
+/// second at most one goes on (both may step back, and try a later
+/// second); a backup never writes into another's timestamp.
 async fn pick_timestamp(repo: &Repo) -> Result<Timestamp> {
-    loop {
+    for _ in 0..40 {
         let ts = Timestamp::from_time(Local::now());
-        if repo
-            .storage
-            .list(&layout::backup_prefix(&ts))
-            .await?
-            .is_empty()
-        {
-            return Ok(ts);
+        let prefix = layout::backup_prefix(&ts);
+        if repo.storage.list(&prefix).await?.is_empty() {
+            let claim = format!(
+                "{prefix}claim-{}",
+                hex::encode(crate::codec::random_bytes::<8>())
+            );
+            repo.put_bytes(&claim, Vec::new()).await?;
+            let others = repo
+                .storage
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .any(|o| o.key != claim);
+            if !others {
+                return Ok(ts);
+            }
+            // Another backup claimed the same second: step back.
+            if let Err(e) = repo.storage.delete(&claim).await {
+                tracing::warn!("could not remove the claim {claim}: {e}");
+            }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let jitter = u64::from(crate::codec::random_bytes::<1>()[0]);
+        tokio::time::sleep(Duration::from_millis(250 + jitter)).await;
     }
+    Err(Error::Usage(
+        "no free backup timestamp: other backups kept taking each second; run the backup again once they are done".into(),
+    ))
 }
 
 /// The backup an incremental is taken against: `--from-timestamp`, else

@@ -106,7 +106,8 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     )
     .await?;
 
-    let name = new_backup_name(repo, opts.content_id).await?;
+    // Unique by construction: see new_backup_name.
+    let name = crate::repo::catalog::new_backup_name("base");
     tracing::info!("backup {name}: starting (PostgreSQL {version}, system {system_identifier})");
     let start_time = Utc::now();
     let label = format!("cbdr {name}");
@@ -220,27 +221,6 @@ impl<T> Drop for AbortOnDrop<T> {
 
 fn pg_err(e: crate::pg::conn::PgError) -> Error {
     Error::Postgres(e.to_string())
-}
-
-/// `base_YYYYMMDDTHHMMSSZ`, unique in the repository.
-async fn new_backup_name(repo: &Repo, content_id: i32) -> Result<String> {
-    let base = format!("base_{}", Utc::now().format("%Y%m%dT%H%M%SZ"));
-    for n in 0..100 {
-        let name = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}_{n}")
-        };
-        if repo
-            .storage
-            .list(&layout::backup_prefix(content_id, &name))
-            .await?
-            .is_empty()
-        {
-            return Ok(name);
-        }
-    }
-    Err(Error::Internal("no free backup name".into()))
 }
 
 /// The archive's name in the repository: "base" or the tablespace's OID,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, FixedOffset, Timelike};
 use tokio::task::JoinSet;
 
 use super::manifest::{Manifest, ManifestFile};
@@ -32,6 +32,21 @@ pub enum RecoveryTarget {
     Time(DateTime<FixedOffset>),
     Lsn(Lsn),
     Xid(String),
+}
+
+/// How a DBA writes the target: `0/C500000`, an RFC 3339 time, the
+/// restore point's name.
+impl std::fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("the end of the archived WAL"),
+            RecoveryTarget::Immediate => f.write_str("the end of the backup (immediate)"),
+            RecoveryTarget::RestorePoint(n) => write!(f, "restore point {n:?}"),
+            RecoveryTarget::Time(t) => write!(f, "time {}", t.to_rfc3339()),
+            RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
+            RecoveryTarget::Xid(x) => write!(f, "transaction {x}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -86,8 +101,9 @@ pub async fn choose_backup(
             match repo.get_json::<crate::repo::catalog::RestorePointRecord>(&key).await {
                 Ok(rp) => Some(rp.lsn),
                 Err(Error::Storage(e)) if e.is_not_found() => {
-                    return Err(Error::NotFound(format!(
-                        "restore point {name:?} is not in the repository: `cbdr list` shows the restore points (points made with plain pg_create_restore_point() are not recorded: give --backup and --target-lsn instead)"
+                    return Err(Error::Usage(format!(
+                        "restore point {name:?} is not in the repository of content id {}: `cbdr list` shows the restore points; give one of them (points made with plain pg_create_restore_point() are not recorded: give --backup and --target-lsn instead)",
+                        opts.content_id
                     )))
                 }
                 Err(e) => return Err(e),
@@ -105,14 +121,33 @@ pub async fn choose_backup(
         if let Some(lsn) = target_lsn {
             if b.stop_lsn > lsn {
                 return Err(Error::Usage(format!(
-                    "backup {name} ends at {}, after the target {lsn}: recovery cannot go back in time; choose an older backup",
+                    "backup {name} ends at LSN {}, after the target LSN {lsn}: recovery cannot go back in time; choose an older backup",
                     b.stop_lsn
+                )));
+            }
+        }
+        if let RecoveryTarget::Time(t) = &opts.target {
+            if b.stop_time > *t {
+                return Err(Error::Usage(format!(
+                    "backup {name} ends at {}, after the target time {}: recovery cannot go back in time; choose an older backup or a later time",
+                    seconds(b.stop_time),
+                    t.to_rfc3339()
                 )));
             }
         }
         return Ok((b, target_lsn));
     }
-    let backups = repo.backups(opts.content_id).await?;
+    let checked = repo.backups_checked(opts.content_id).await?;
+    if checked.records.is_empty() && !checked.unreadable.is_empty() {
+        let names: Vec<&str> = checked.unreadable.iter().map(|u| u.key.as_str()).collect();
+        return Err(Error::Integrity(format!(
+            "no backup record of content id {} can be read ({}): {}",
+            opts.content_id,
+            names.join(", "),
+            checked.unreadable[0].error
+        )));
+    }
+    let backups = checked.warn();
     if backups.is_empty() {
         return Err(Error::NotFound(format!(
             "the repository holds no complete base backup of content id {}: run `cbdr backup-push` first",
@@ -127,13 +162,27 @@ pub async fn choose_backup(
     match backups.iter().rev().find(fits) {
         Some(b) => Ok((b.clone(), target_lsn)),
         None => Err(Error::Usage(format!(
-            "no backup ends before the target {:?}: the oldest, {}, ends at {} ({}); nothing can be restored to that point",
+            "no backup ends before the target {}: the oldest, {}, ends at LSN {} ({}); nothing can be restored to that point: choose a target after {}",
             opts.target,
             backups[0].name,
             backups[0].stop_lsn,
-            backups[0].stop_time
+            seconds(backups[0].stop_time),
+            match opts.target {
+                // The next whole second: a target at the end's second
+                // itself may be before the end.
+                RecoveryTarget::Time(_) => seconds(
+                    backups[0].stop_time.with_nanosecond(0).unwrap_or(backups[0].stop_time)
+                        + chrono::Duration::seconds(1)
+                ),
+                _ => backups[0].stop_lsn.to_string(),
+            }
         ))),
     }
+}
+
+/// A time as messages give it: RFC 3339, to the second, in UTC.
+fn seconds(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Checks that the archive holds the WAL from the backup's start to `upto`
@@ -224,6 +273,100 @@ async fn check_parts(repo: &Repo, backup: &BackupRecord) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a target that recovery certainly cannot reach, before anything
+/// is copied:
+/// * an LSN at or after the end of the archived WAL (no record starts
+///   there, so PostgreSQL would stop with "recovery ended before configured
+///   recovery target was reached");
+/// * a time after now (WAL is not indexed by time: a time between the last
+///   archived commit and now cannot be told from one after the archive's
+///   end, and is left to PostgreSQL);
+/// * an xid that is not a transaction id.
+async fn check_target(repo: &Repo, opts: &RestoreOptions, backup: &BackupRecord) -> Result<()> {
+    match &opts.target {
+        RecoveryTarget::Lsn(lsn) => check_lsn_archived(repo, backup, *lsn).await,
+        RecoveryTarget::Time(t) => {
+            let now = chrono::Utc::now();
+            if *t > now {
+                return Err(Error::Usage(format!(
+                    "the target time {} is in the future (now is {}): recovery can only reach commits already archived; choose a time up to now",
+                    t.to_rfc3339(),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )));
+            }
+            Ok(())
+        }
+        RecoveryTarget::Xid(x) => {
+            let t = x.trim();
+            let ok = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16).is_ok(),
+                None => t.parse::<u64>().is_ok(),
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Usage(format!(
+                    "--target-xid {x:?} is not a transaction id: give the number, e.g. 1234 (txid_current() or pg_current_xact_id() tells it)"
+                )))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a target LSN at or after the end of the WAL archived on the
+/// backup's timeline or a later one.
+async fn check_lsn_archived(repo: &Repo, backup: &BackupRecord, lsn: Lsn) -> Result<()> {
+    use crate::repo::coverage::{end_of_written_wal, last_segment};
+    let size = backup.wal_segment_size;
+    let objects = repo
+        .storage
+        .list(&layout::wal_prefix(backup.content_id))
+        .await?;
+    let Some(last) = last_segment(
+        objects.iter().filter_map(|o| o.key.rsplit('/').next()),
+        backup.timeline,
+        size,
+    ) else {
+        // No WAL at all: check_wal names the first missing segment.
+        return Ok(());
+    };
+    if lsn.segment_no(size) < last.start_lsn(size).segment_no(size) {
+        return Ok(());
+    }
+    let key = layout::wal_key(backup.content_id, &WalFile::Segment(last));
+    let end = end_of_written_wal(last, &repo.get_bytes(&key).await?, size);
+    if lsn < end {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "the target LSN {lsn} is past the end of the archived WAL: the archive of content id {} ends at LSN {end} (segment {last}), so recovery could not reach it (PostgreSQL would stop with \"recovery ended before configured recovery target was reached\"). Choose a target before {end}, or archive more WAL first (on the server: SELECT pg_switch_wal(); then wait until `cbdr list` shows the segment)",
+        backup.content_id
+    )))
+}
+
+/// Refuses a data directory a running server uses: its `postmaster.pid`
+/// names a live process (a stale one, left by a crash, is no obstacle).
+fn check_no_live_server(dir: &Path) -> Result<()> {
+    let pid_file = dir.join("postmaster.pid");
+    let text = match fs::read_to_string(&pid_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", pid_file.display()), e)),
+    };
+    let Some(pid) = postmaster_pid(&text) else {
+        return Ok(());
+    };
+    if process_alive(pid) {
+        return Err(Error::Usage(format!(
+            "{} is the data directory of a running server (postmaster.pid names the live process {pid}): refusing to restore over it, --force or not. Stop the server first (pg_ctl stop -D {}); if process {pid} is not a PostgreSQL server of this directory, remove the stale postmaster.pid",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads and checks the server's manifest of the backup (its bytes, kept
 /// for the restored directory, and its files).
 async fn read_manifest(repo: &Repo, backup: &BackupRecord) -> Result<(Vec<u8>, Manifest)> {
@@ -238,8 +381,30 @@ async fn read_manifest(repo: &Repo, backup: &BackupRecord) -> Result<(Vec<u8>, M
     Ok((bytes, manifest))
 }
 
+/// The PID on the first line of a `postmaster.pid` (negative for a
+/// single-user backend), if any.
+fn postmaster_pid(text: &str) -> Option<i32> {
+    let pid: i64 = text.lines().next()?.trim().parse().ok()?;
+    i32::try_from(pid.abs()).ok().filter(|p| *p > 0)
+}
+
+/// Whether a process with this PID exists (owned by anyone).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // A zombie (dead, not yet reaped) is no server.
+    let zombie = fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next())
+            .is_some_and(|c| c == 'Z' || c == 'X')
+    });
+    exists && !zombie
+}
+
 /// Restores a backup and prepares recovery. Returns the backup restored.
 pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord> {
+    check_no_live_server(&opts.target_dir)?;
     let (backup, target_lsn) = choose_backup(repo, opts).await?;
     if backup.format > super::backup::BACKUP_FORMAT {
         return Err(Error::Usage(format!(
@@ -249,6 +414,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
             super::backup::BACKUP_FORMAT
         )));
     }
+    check_target(repo, opts, &backup).await?;
     check_wal(repo, &backup, target_lsn).await?;
     check_parts(repo, &backup).await?;
     // A restore point is on a known timeline: follow that one, not the

@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{layout, Repo};
 use crate::codec::Compression;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitCode, Result};
 use crate::pg::{Lsn, TimelineId};
 
 /// One archive (tar stream) of a base backup: the data directory or a
@@ -87,6 +87,26 @@ pub fn validate_restore_point_name(name: &str) -> Result<()> {
     }
 }
 
+/// A new backup name: `{prefix}_{YYYYMMDDTHHMMSSZ}_{16 hex digits}`, the
+/// start time (UTC) then 64 random bits. Unique by construction (two
+/// backups started in the same second, even on two hosts, get different
+/// names without asking the storage, which may not honour a conditional
+/// create), and names of one prefix sort by start time. Nothing reads the
+/// time back from a name: LATEST and "the backup for a target" are chosen
+/// by the records' LSNs and times, so older names (`base_20261125T100000Z`,
+/// `..._1`) stay valid.
+pub fn new_backup_name(prefix: &str) -> String {
+    backup_name(
+        prefix,
+        Utc::now(),
+        u64::from_be_bytes(crate::codec::random_bytes()),
+    )
+}
+
+fn backup_name(prefix: &str, at: DateTime<Utc>, random: u64) -> String {
+    format!("{prefix}_{}_{random:016x}", at.format("%Y%m%dT%H%M%SZ"))
+}
+
 impl Repo {
     pub async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
         let json = serde_json::to_vec_pretty(value).expect("records serialize");
@@ -96,23 +116,51 @@ impl Repo {
     pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
         let bytes = self.get_bytes(key).await?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Internal(format!("{key} is not a valid record: {e}")))
+            .map_err(|e| Error::Integrity(format!("{key} is not a valid record: {e}")))
     }
 
-    /// Every complete base backup of a content id, oldest first.
-    pub async fn backups(&self, content_id: i32) -> Result<Vec<BackupRecord>> {
-        let mut out = Vec::new();
-        for obj in self
-            .storage
-            .list(&layout::backups_prefix(content_id))
-            .await?
-        {
-            if obj.key.ends_with("/backup.json") {
-                out.push(self.get_json::<BackupRecord>(&obj.key).await?);
+    /// Every record under `prefix` whose key ends with `suffix`. A record
+    /// that cannot be read (damaged, not JSON, gone since the listing) is
+    /// reported in `unreadable` and skipped: one bad record does not hide
+    /// the others. The storage failing (unreachable, refusing) is an error.
+    pub async fn records<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        suffix: &str,
+    ) -> Result<Records<T>> {
+        let mut out = Records {
+            records: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for obj in self.storage.list(prefix).await? {
+            if !obj.key.ends_with(suffix) {
+                continue;
+            }
+            match self.get_json::<T>(&obj.key).await {
+                Ok(r) => out.records.push(r),
+                Err(e) if e.exit_code() == ExitCode::Storage => return Err(e),
+                Err(e) => out.unreadable.push(Unreadable {
+                    key: obj.key.clone(),
+                    error: e.to_string(),
+                }),
             }
         }
-        out.sort_by_key(|b| (b.stop_lsn, b.stop_time));
         Ok(out)
+    }
+
+    /// Every complete base backup of a content id, oldest first (by stop
+    /// LSN, then time), with the records that could not be read.
+    pub async fn backups_checked(&self, content_id: i32) -> Result<Records<BackupRecord>> {
+        let mut r: Records<BackupRecord> = self
+            .records(&layout::backups_prefix(content_id), "/backup.json")
+            .await?;
+        r.records.sort_by_key(|b| (b.stop_lsn, b.stop_time));
+        Ok(r)
+    }
+
+    /// [`Repo::backups_checked`], the unreadable records logged as warnings.
+    pub async fn backups(&self, content_id: i32) -> Result<Vec<BackupRecord>> {
+        Ok(self.backups_checked(content_id).await?.warn())
     }
 
     pub async fn backup(&self, content_id: i32, name: &str) -> Result<BackupRecord> {
@@ -126,26 +174,82 @@ impl Repo {
             })
     }
 
-    /// Every restore point of a content id, by LSN.
+    /// Every restore point of a content id, by LSN, with the records that
+    /// could not be read.
+    pub async fn restore_points_checked(
+        &self,
+        content_id: i32,
+    ) -> Result<Records<RestorePointRecord>> {
+        let mut r: Records<RestorePointRecord> = self
+            .records(&layout::restore_points_prefix(content_id), ".json")
+            .await?;
+        r.records.sort_by_key(|r| (r.lsn, r.time));
+        Ok(r)
+    }
+
+    /// [`Repo::restore_points_checked`], the unreadable records logged.
     pub async fn restore_points(&self, content_id: i32) -> Result<Vec<RestorePointRecord>> {
-        let mut out = Vec::new();
-        for obj in self
-            .storage
-            .list(&layout::restore_points_prefix(content_id))
-            .await?
-        {
-            if obj.key.ends_with(".json") {
-                out.push(self.get_json::<RestorePointRecord>(&obj.key).await?);
-            }
+        Ok(self.restore_points_checked(content_id).await?.warn())
+    }
+}
+
+/// A record the catalogue could not read, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    /// The object's key.
+    pub key: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "skipping the unreadable record {}: {} (the other records are used; repair or remove that object)",
+            self.key, self.error
+        )
+    }
+}
+
+/// Records read from the repository, and those that could not be.
+#[derive(Debug, Clone)]
+pub struct Records<T> {
+    pub records: Vec<T>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl<T> Records<T> {
+    /// The records read; each unreadable one logged as a warning.
+    pub fn warn(self) -> Vec<T> {
+        for u in &self.unreadable {
+            tracing::warn!("{u}");
         }
-        out.sort_by_key(|r| (r.lsn, r.time));
-        Ok(out)
+        self.records
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_names_are_unique_and_sort_by_time() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let a = backup_name("base", t("2026-12-02T18:05:20Z"), 0xdead_beef);
+        assert_eq!(a, "base_20261202T180520Z_00000000deadbeef");
+        let b = backup_name("base", t("2026-12-02T18:05:20Z"), u64::MAX);
+        let c = backup_name("base", t("2026-12-02T18:05:21Z"), 0);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        // Fresh names in the same second differ; each is a valid restore
+        // point name too (a cluster backup names its restore point so).
+        let names: std::collections::HashSet<String> =
+            (0..1000).map(|_| new_backup_name("cluster")).collect();
+        assert_eq!(names.len(), 1000);
+        for n in &names {
+            validate_restore_point_name(n).unwrap();
+            assert_eq!(n.len(), "cluster_20261202T180520Z_".len() + 16, "{n}");
+        }
+    }
 
     #[test]
     fn restore_point_names() {

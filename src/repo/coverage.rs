@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::pg::{TimelineId, WalFile, WalSegmentName};
+use crate::pg::{Lsn, TimelineId, WalFile, WalSegmentName};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gap {
@@ -65,6 +65,33 @@ pub fn coverage<'a>(
         .collect()
 }
 
+/// The archived segment where WAL ends for a recovery that starts on
+/// timeline `from` (recovery follows the latest timeline): the segment
+/// with the highest start LSN on `from` or a later timeline, the highest
+/// timeline first when two hold it. `None` when there is none.
+pub fn last_segment<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    from: TimelineId,
+    segment_size: u64,
+) -> Option<WalSegmentName> {
+    names
+        .into_iter()
+        .filter_map(|n| match WalFile::parse(n) {
+            Some(WalFile::Segment(s)) if s.timeline >= from => Some(s),
+            _ => None,
+        })
+        .max_by_key(|s| (s.start_lsn(segment_size), s.timeline))
+}
+
+/// Where the WAL written into a segment ends: the LSN after its last
+/// non-zero byte. PostgreSQL zero-fills a segment after a WAL switch, and
+/// no record can start at a zero byte (its length is its first field), so
+/// no record starts at or after this LSN: a target there is never reached.
+pub fn end_of_written_wal(segment: WalSegmentName, bytes: &[u8], segment_size: u64) -> Lsn {
+    let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    Lsn(segment.start_lsn(segment_size).0 + used as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +128,35 @@ mod tests {
         );
         assert_eq!(c[1].segments, 1);
         assert!(c[1].gaps.is_empty());
+    }
+
+    #[test]
+    fn the_last_segment_follows_later_timelines() {
+        let size = 16 << 20;
+        let names = [
+            "000000010000000000000003",
+            "000000010000000000000009",
+            "00000002.history",
+            "000000020000000000000007",
+            "000000020000000000000009",
+            "000000030000000000000001",
+        ];
+        let last = |from| last_segment(names, TimelineId(from), size).map(|s| s.to_string());
+        assert_eq!(last(1).as_deref(), Some("000000020000000000000009"));
+        assert_eq!(last(3).as_deref(), Some("000000030000000000000001"));
+        assert_eq!(last(4), None);
+    }
+
+    #[test]
+    fn written_wal_ends_after_the_last_non_zero_byte() {
+        let size = 1 << 20;
+        let seg = WalSegmentName::parse("00000001000000000000000C").unwrap();
+        let mut bytes = vec![0u8; size as usize];
+        assert_eq!(end_of_written_wal(seg, &bytes, size), Lsn(0xC0_0000));
+        bytes[0] = 1;
+        bytes[4099] = 7;
+        assert_eq!(end_of_written_wal(seg, &bytes, size), Lsn(0xC0_1004));
+        *bytes.last_mut().unwrap() = 1;
+        assert_eq!(end_of_written_wal(seg, &bytes, size), Lsn(0xD0_0000));
     }
 }
