@@ -393,6 +393,44 @@ fn a_deleted_segment_is_a_hole_not_the_end_of_the_archive() {
 
     case.repair(&m);
     case.resume_and_check(&case.data_dir("data"));
+
+    // Across timelines, with the history file PostgreSQL wrote at that
+    // promotion: timeline 1 ended before the segment after its last
+    // archived one, so an old primary's later timeline-1 WAL there does not
+    // make the gap before it a hole ...
+    assert!(case
+        .repo
+        .join("seg-1/wal/history/00000002.history")
+        .exists());
+    let last = source().after_backup.last().unwrap();
+    let n = u64::from_str_radix(&last[16..], 16).unwrap();
+    let past = |k: u64| format!("{}{:08X}", &last[..16], n + k);
+    let work = case.dir.path().join("old-primary");
+    fs::create_dir_all(work.join("archive_status")).unwrap();
+    fs::write(work.join(past(3)), fake_segment(&past(3))).unwrap();
+    chown_to_pg(&work);
+    let (code, _, err) = cbdr(
+        &case.config,
+        &["wal-push", work.join(past(3)).to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let dest = work.join("RECOVERYXLOG");
+    let (code, _, err) = cbdr(
+        &case.config,
+        &["wal-fetch", &past(2), dest.to_str().unwrap()],
+    );
+    assert_eq!((code, err.as_str()), (1, ""), "{}", past(2));
+    // ... while a segment timeline 1 still needed is one.
+    fs::remove_file(case.object(&m)).unwrap();
+    let (code, _, err) = cbdr(&case.config, &["wal-fetch", &m, dest.to_str().unwrap()]);
+    assert_eq!(code, 129, "{err}");
+    assert!(err.contains(&n_after(&m)), "{err}");
+}
+
+/// The name of the segment after `name` (same log, 1 MiB segments).
+fn n_after(name: &str) -> String {
+    let n = u64::from_str_radix(&name[16..], 16).unwrap();
+    format!("{}{:08X}", &name[..16], n + 1)
 }
 
 #[test]
