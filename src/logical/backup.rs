@@ -1130,3 +1130,21 @@ async fn write_failure_report(
         tracing::warn!("could not store the failure report: {err}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn backups_racing_for_a_second_get_different_timestamps() {
+        use crate::codec::{Codec, Compression};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::storage::FsStorage::new(dir.path()).unwrap());
+        let repo = Repo::new(storage, Codec::new(Compression::Lz4, None, None));
+        let picks = futures_util::future::join_all((0..3).map(|_| pick_timestamp(&repo))).await;
+        let mut got: Vec<String> = picks.into_iter().map(|t| t.unwrap().to_string()).collect();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 3, "{got:?}");
+    }
+}

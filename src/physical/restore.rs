@@ -1294,6 +1294,50 @@ mod tests {
     }
 
     #[test]
+    fn a_live_postmaster_pid_is_refused_and_a_stale_one_is_not() {
+        assert_eq!(postmaster_pid("4242\n/data\n1700000000\n"), Some(4242));
+        assert_eq!(postmaster_pid("-77\n"), Some(77));
+        assert_eq!(postmaster_pid(""), None);
+        assert_eq!(postmaster_pid("garbage\n"), None);
+        assert_eq!(postmaster_pid("0\n"), None);
+        let dir = tempfile::tempdir().unwrap();
+        check_no_live_server(dir.path()).unwrap();
+        // This process is alive.
+        fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        let e = check_no_live_server(dir.path()).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Usage);
+        assert!(e.to_string().contains("Stop the server first"), "{e}");
+        // A process that ended (and was reaped).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        fs::write(dir.path().join("postmaster.pid"), format!("{dead}\n")).unwrap();
+        check_no_live_server(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn targets_are_shown_as_a_dba_writes_them() {
+        let t = RecoveryTarget::Lsn(Lsn(206569472));
+        assert_eq!(t.to_string(), "LSN 0/C500000");
+        let t = RecoveryTarget::Time(
+            DateTime::parse_from_rfc3339("2026-11-25T10:00:00+01:00").unwrap(),
+        );
+        assert_eq!(t.to_string(), "time 2026-11-25T10:00:00+01:00");
+        assert_eq!(
+            RecoveryTarget::RestorePoint("rp".into()).to_string(),
+            "restore point \"rp\""
+        );
+        assert_eq!(
+            RecoveryTarget::Xid("12".into()).to_string(),
+            "transaction 12"
+        );
+    }
+
+    #[test]
     fn out_files_write_pieces_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");

@@ -251,6 +251,53 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_unreadable_record_is_skipped_and_named() {
+        use crate::codec::{Codec, Compression};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(crate::storage::FsStorage::new(dir.path()).unwrap());
+        let repo = Repo::new(storage, Codec::new(Compression::Lz4, None, None));
+        let rp = |name: &str, lsn| RestorePointRecord {
+            name: name.into(),
+            content_id: -1,
+            lsn: Lsn(lsn),
+            timeline: TimelineId(1),
+            time: Utc::now(),
+        };
+        for (n, l) in [("good", 10), ("bad", 20), ("not_json", 30)] {
+            repo.put_json(&layout::restore_point_key(-1, n), &rp(n, l))
+                .await
+                .unwrap();
+        }
+        let bad = dir.path().join(layout::restore_point_key(-1, "bad"));
+        let mut bytes = std::fs::read(&bad).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&bad, bytes).unwrap();
+        repo.put_bytes(&layout::restore_point_key(-1, "not_json"), b"{".to_vec())
+            .await
+            .unwrap();
+        let r = repo.restore_points_checked(-1).await.unwrap();
+        let names: Vec<&str> = r.records.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["good"]);
+        let keys: Vec<&str> = r.unreadable.iter().map(|u| u.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "seg-1/restore_points/bad.json",
+                "seg-1/restore_points/not_json.json"
+            ]
+        );
+        assert!(r.unreadable[0].to_string().contains("bad.json"));
+        // Named, the damaged one is an integrity error naming it.
+        let e = repo
+            .get_json::<RestorePointRecord>(&layout::restore_point_key(-1, "bad"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), ExitCode::Integrity);
+        assert!(e.to_string().contains("bad.json"), "{e}");
+    }
+
     #[test]
     fn restore_point_names() {
         for ok in ["before_etl", "rp-2026.11.25", "A"] {
