@@ -76,7 +76,11 @@ pub fn records(data: &[u8]) {
         let _ = validate_restore_point_name(&r.name);
     }
     if let Ok(r) = serde_json::from_slice::<LogicalBackupRecord>(data) {
-        let _ = (r.ts(), r.plain_bytes(), r.stored_bytes(), r.rows());
+        // As the repository reads it: checked, then used.
+        if r.check("fuzz").is_ok() {
+            let _ = r.ts();
+        }
+        let _ = (r.plain_bytes(), r.stored_bytes(), r.rows());
         let _ = r.own_tables().count();
     }
     let _ = serde_json::from_slice::<StoredStats>(data);
@@ -249,7 +253,8 @@ pub fn wal_names(data: &[u8]) {
         if let Ok(h) = TimelineHistory::parse(current, text) {
             for e in &h.entries {
                 let _ = (h.switchpoint(e.tli), h.timeline_of(e.switchpoint));
-                let _ = h.segment_timeline(e.switchpoint, SEGMENT);
+                let seg_start = Lsn(e.switchpoint.0 / SEGMENT * SEGMENT);
+                let _ = h.segment_timeline(seg_start, SEGMENT);
             }
             let _ = h.timeline_of(Lsn(u64::MAX));
         }

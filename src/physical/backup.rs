@@ -268,7 +268,8 @@ pub fn parse_size_setting(text: &str) -> Result<u64> {
         "GB" => 1024 * 1024 * 1024,
         other => return Err(Error::Internal(format!("unexpected size unit {other:?}"))),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| Error::Internal(format!("size setting {text:?} is impossibly large")))
 }
 
 fn parse_lsn(text: Option<&str>) -> Result<Lsn> {
@@ -417,7 +418,8 @@ impl BackupStream {
                     };
                     if columns.first().map(String::as_str) == Some("spcoid") {
                         // size is in kB, with PROGRESS.
-                        total += text(2).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) * 1024;
+                        let kb = text(2).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+                        total = total.saturating_add(kb.saturating_mul(1024));
                         if let Some(b) = &bar {
                             b.set_length(total);
                         }

@@ -754,10 +754,14 @@ impl Pieces {
         size: u64,
         piece: Run,
     ) -> std::result::Result<Option<u32>, String> {
-        if piece.end() > size {
+        if piece
+            .start
+            .checked_add(piece.len)
+            .is_none_or(|end| end > size)
+        {
             return Err(format!(
-                "a piece of {path} ends at {}, after the file's end {size}",
-                piece.end()
+                "a piece of {path} at {} of {} bytes ends after the file's end {size}",
+                piece.start, piece.len
             ));
         }
         let f = self
