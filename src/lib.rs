@@ -15,3 +15,6 @@ pub mod storage;
 pub mod wal;
 
 pub use error::{Error, ExitCode, Result};
+
+#[doc(hidden)]
+pub mod fuzz_api;

@@ -167,8 +167,22 @@ pub struct LogicalBackupRecord {
 }
 
 impl LogicalBackupRecord {
+    /// The backup's timestamp; records are [`LogicalBackupRecord::check`]ed
+    /// when they are read, so it is valid.
     pub fn ts(&self) -> Timestamp {
         Timestamp::parse(&self.timestamp).expect("records hold valid timestamps")
+    }
+
+    /// Refuses a record read from `key` whose timestamp is not one (a
+    /// damaged or forged record): [`LogicalBackupRecord::ts`] relies on it.
+    pub fn check(&self, key: &str) -> Result<()> {
+        Timestamp::parse(&self.timestamp).map_err(|_| {
+            Error::Integrity(format!(
+                "{key}: the record's timestamp {:?} is not a backup timestamp: the record is damaged",
+                self.timestamp
+            ))
+        })?;
+        Ok(())
     }
 
     /// Rows this backup copied itself (not carried from its base).
@@ -177,26 +191,32 @@ impl LogicalBackupRecord {
     }
 
     /// Bytes of this backup's own objects.
+    /// (Sums saturate: the counts come from a record read from storage.)
     pub fn plain_bytes(&self) -> u64 {
-        self.own_tables().map(|t| t.plain_bytes).sum::<u64>()
-            + [&self.metadata, &self.toc, &self.statistics]
-                .iter()
-                .filter_map(|o| o.as_ref())
-                .map(|o| o.plain_bytes)
-                .sum::<u64>()
+        self.own_tables()
+            .map(|t| t.plain_bytes)
+            .chain(self.objects().map(|o| o.plain_bytes))
+            .fold(0, u64::saturating_add)
     }
 
     pub fn stored_bytes(&self) -> u64 {
-        self.own_tables().map(|t| t.stored_bytes).sum::<u64>()
-            + [&self.metadata, &self.toc, &self.statistics]
-                .iter()
-                .filter_map(|o| o.as_ref())
-                .map(|o| o.stored_bytes)
-                .sum::<u64>()
+        self.own_tables()
+            .map(|t| t.stored_bytes)
+            .chain(self.objects().map(|o| o.stored_bytes))
+            .fold(0, u64::saturating_add)
+    }
+
+    fn objects(&self) -> impl Iterator<Item = &ObjectStats> {
+        [&self.metadata, &self.toc, &self.statistics]
+            .into_iter()
+            .filter_map(|o| o.as_ref())
     }
 
     pub fn rows(&self) -> u64 {
-        self.tables.iter().map(|t| t.rows).sum()
+        self.tables
+            .iter()
+            .map(|t| t.rows)
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -312,7 +332,9 @@ impl Repo {
                 continue;
             };
             if obj.key == layout::record_key(&ts) {
-                out.push(self.get_json::<LogicalBackupRecord>(&obj.key).await?);
+                let record = self.get_json::<LogicalBackupRecord>(&obj.key).await?;
+                record.check(&obj.key)?;
+                out.push(record);
             }
         }
         out.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
@@ -331,6 +353,7 @@ impl Repo {
                 )),
                 other => other,
             })?;
+        record.check(&layout::record_key(ts))?;
         if record.format > RECORD_FORMAT {
             return Err(Error::Usage(format!(
                 "logical backup {ts} has record format {}, newer than this cbdr {} reads ({RECORD_FORMAT}): restore it with a newer cbdr",

@@ -70,6 +70,12 @@ pub fn parse_wal_message(mut b: Bytes) -> Result<WalMessage, PgError> {
             let start = Lsn(b.get_u64());
             let wal_end = Lsn(b.get_u64());
             let send_time = b.get_i64();
+            if start.0.checked_add(b.len() as u64).is_none() {
+                return Err(PgError::Protocol(format!(
+                    "XLogData at {start} with {} bytes ends past the end of WAL",
+                    b.len()
+                )));
+            }
             Ok(WalMessage::XLogData(XLogData {
                 start,
                 wal_end,

@@ -60,16 +60,19 @@ impl WalSegmentName {
 
     /// The segment after this one on the same timeline.
     pub fn next(self, segment_size: u64) -> WalSegmentName {
-        let per_log = (0x1_0000_0000 / segment_size) as u32;
-        if self.seg + 1 >= per_log {
+        let per_log = 0x1_0000_0000 / segment_size;
+        // A name's segment part may be any 32-bit number (a listing holds
+        // what it holds): past the last segment of the LSN space, numbers
+        // wrap, as XLogSegNo arithmetic does in PostgreSQL.
+        if u64::from(self.seg) + 1 >= per_log {
             WalSegmentName {
-                log: self.log + 1,
+                log: self.log.wrapping_add(1),
                 seg: 0,
                 ..self
             }
         } else {
             WalSegmentName {
-                seg: self.seg + 1,
+                seg: self.seg + 1, // below per_log: no overflow
                 ..self
             }
         }
@@ -78,7 +81,12 @@ impl WalSegmentName {
     /// The first LSN of this segment.
     pub fn start_lsn(self, segment_size: u64) -> Lsn {
         let per_log = 0x1_0000_0000 / segment_size;
-        Lsn((self.log as u64 * per_log + self.seg as u64) * segment_size)
+        // Wraps like PostgreSQL's XLogFromFileName and
+        // XLogSegNoOffsetToRecPtr for a name past the end of the LSN space.
+        Lsn((self.log as u64)
+            .wrapping_mul(per_log)
+            .wrapping_add(self.seg as u64)
+            .wrapping_mul(segment_size))
     }
 
     /// The first 16 characters (timeline and log): groups 256 segments of

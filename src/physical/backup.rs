@@ -248,7 +248,8 @@ pub fn parse_size_setting(text: &str) -> Result<u64> {
         "GB" => 1024 * 1024 * 1024,
         other => return Err(Error::Internal(format!("unexpected size unit {other:?}"))),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| Error::Internal(format!("size setting {text:?} is impossibly large")))
 }
 
 fn parse_lsn(text: Option<&str>) -> Result<Lsn> {
@@ -262,6 +263,49 @@ fn parse_tli(text: Option<&str>) -> Result<TimelineId> {
         .parse()
         .map(TimelineId)
         .map_err(|_| Error::Postgres("the server sent a bad timeline".into()))
+}
+
+/// One CopyData message of BASE_BACKUP's reply (PostgreSQL 15's protocol).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BaseBackupMessage {
+    /// `n`: a new archive begins: its name in the repository ("base" or
+    /// the tablespace OID) and the tablespace's location.
+    NewArchive {
+        archive: String,
+        location: Option<String>,
+    },
+    /// `d`: bytes of the current archive or of the manifest.
+    Data(Bytes),
+    /// `p`: plain bytes the server has sent so far.
+    Progress(u64),
+    /// `m`: the manifest follows.
+    Manifest,
+    /// Empty, unknown, or a short progress message: skipped.
+    Ignored,
+}
+
+/// Parses one CopyData payload of BASE_BACKUP's reply.
+pub fn parse_copy_data(data: Bytes) -> BaseBackupMessage {
+    let Some((&kind, rest)) = data.split_first() else {
+        return BaseBackupMessage::Ignored;
+    };
+    match kind {
+        b'n' => {
+            let mut fields = rest.split(|&b| b == 0);
+            let archive = archive_name(&String::from_utf8_lossy(fields.next().unwrap_or_default()));
+            let location = fields
+                .next()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .filter(|l| !l.is_empty());
+            BaseBackupMessage::NewArchive { archive, location }
+        }
+        b'd' => BaseBackupMessage::Data(data.slice(1..)),
+        b'p' if rest.len() >= 8 => {
+            BaseBackupMessage::Progress(u64::from_be_bytes(rest[..8].try_into().unwrap()))
+        }
+        b'm' => BaseBackupMessage::Manifest,
+        _ => BaseBackupMessage::Ignored,
+    }
 }
 
 type Position = (Lsn, TimelineId);
@@ -354,7 +398,8 @@ impl BackupStream {
                     };
                     if columns.first().map(String::as_str) == Some("spcoid") {
                         // size is in kB, with PROGRESS.
-                        total += text(2).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) * 1024;
+                        let kb = text(2).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+                        total = total.saturating_add(kb.saturating_mul(1024));
                         if let Some(b) = &bar {
                             b.set_length(total);
                         }
@@ -398,32 +443,21 @@ impl BackupStream {
                         self.write(data).await?;
                         continue;
                     }
-                    let Some((&kind, rest)) = data.split_first() else {
-                        continue;
-                    };
-                    match kind {
-                        b'n' => {
+                    match parse_copy_data(data) {
+                        BaseBackupMessage::NewArchive { archive, location } => {
                             self.finish_archive().await?;
-                            let mut fields = rest.split(|&b| b == 0);
-                            let archive = archive_name(&String::from_utf8_lossy(
-                                fields.next().unwrap_or_default(),
-                            ));
-                            let location = fields
-                                .next()
-                                .map(|l| String::from_utf8_lossy(l).into_owned())
-                                .filter(|l| !l.is_empty());
                             self.start_archive(archive, location);
                         }
-                        b'd' => self.write(data.slice(1..)).await?,
-                        b'p' if rest.len() >= 8 => {
-                            progress = u64::from_be_bytes(rest[..8].try_into().unwrap());
+                        BaseBackupMessage::Data(bytes) => self.write(bytes).await?,
+                        BaseBackupMessage::Progress(sent) => {
+                            progress = sent;
                             self.plain_sent = progress;
                         }
-                        b'm' => {
+                        BaseBackupMessage::Manifest => {
                             self.finish_archive().await?;
                             self.start_manifest();
                         }
-                        _ => {}
+                        BaseBackupMessage::Ignored => {}
                     }
                 }
                 BackendMessage::CopyDone => {}

@@ -1010,10 +1010,14 @@ impl Pieces {
         size: u64,
         piece: Run,
     ) -> std::result::Result<Option<u32>, String> {
-        if piece.end() > size {
+        if piece
+            .start
+            .checked_add(piece.len)
+            .is_none_or(|end| end > size)
+        {
             return Err(format!(
-                "a piece of {path} ends at {}, after the file's end {size}",
-                piece.end()
+                "a piece of {path} at {} of {} bytes ends after the file's end {size}",
+                piece.start, piece.len
             ));
         }
         let f = self
@@ -1147,6 +1151,45 @@ fn start_writeback(file: &fs::File, offset: u64, len: u64) {
     }
 }
 
+/// True when `rel` under `dir` is or goes through a symbolic link (one an
+/// earlier entry of the archive made, such as `pg_tblspc/16384`): what is
+/// written there would land outside the directory restored into.
+fn through_link(dir: &Path, rel: &Path) -> bool {
+    let mut path = dir.to_path_buf();
+    for c in rel.components() {
+        path.push(c);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => return true,
+            Ok(_) => {}
+            // Not there yet: nothing under it is either.
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Unpacks one decoded tar stream into `dir` as a restore does, its files
+/// checked against `manifest`; returns the first file some of whose pieces
+/// did not come. The fuzz targets' entry point (see `crate::fuzz_api`): the manifest is
+/// JSON, as stored.
+pub(crate) fn unpack_one(
+    tar: &[u8],
+    dir: &Path,
+    manifest_json: &[u8],
+) -> Result<Option<(String, u64)>> {
+    let manifest = &Manifest::parse(manifest_json)?;
+    let seen = Mutex::new(HashSet::new());
+    let pieces = Mutex::new(Pieces::default());
+    let done = Done {
+        manifest,
+        seen: &seen,
+        pieces: &pieces,
+    };
+    unpack(tar, dir, "", &done, "part", None)?;
+    let incomplete = pieces.lock().unwrap().incomplete();
+    Ok(incomplete)
+}
+
 /// Unpacks one part's decoded tar stream, checking each file against the
 /// manifest (a file cut into pieces once all its pieces are in). Runs on a
 /// blocking thread.
@@ -1187,6 +1230,12 @@ fn unpack(
                 .any(|c| matches!(c, std::path::Component::ParentDir))
         {
             return Err(bad(format!("refusing the path {}", rel.display())));
+        }
+        if through_link(dir, &rel) {
+            return Err(bad(format!(
+                "refusing {}: it goes through a symbolic link of the archive",
+                rel.display()
+            )));
         }
         let rel_str = rel.to_string_lossy().trim_end_matches('/').to_string();
         let dest = dir.join(&rel);

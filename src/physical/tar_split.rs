@@ -123,7 +123,10 @@ impl TarSplitter {
             });
             return Ok(Some(Step::Header(self.piece_header())));
         }
-        self.body_left = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        self.body_left = size
+            .div_ceil(BLOCK as u64)
+            .checked_mul(BLOCK as u64)
+            .ok_or_else(|| format!("tar size field {size} is impossibly large"))?;
         self.in_extension = matches!(typeflag, b'L' | b'K' | b'x' | b'g');
         Ok(Some(Step::Header(block)))
     }

@@ -48,11 +48,18 @@ pub struct BackupRecord {
 }
 
 impl BackupRecord {
+    /// (Sums saturate: the sizes come from a record read from storage.)
     pub fn plain_bytes(&self) -> u64 {
-        self.archives.iter().map(|a| a.plain_bytes).sum()
+        self.archives
+            .iter()
+            .map(|a| a.plain_bytes)
+            .fold(0, u64::saturating_add)
     }
     pub fn stored_bytes(&self) -> u64 {
-        self.archives.iter().map(|a| a.stored_bytes).sum()
+        self.archives
+            .iter()
+            .map(|a| a.stored_bytes)
+            .fold(0, u64::saturating_add)
     }
     /// Whether PostgreSQL compressed (some of) its archives.
     pub fn server_compressed(&self) -> bool {
