@@ -1177,13 +1177,16 @@ pub(crate) fn unpack_one(
     dir: &Path,
     manifest_json: &[u8],
 ) -> Result<Option<(String, u64)>> {
-    let manifest = &Manifest::parse(manifest_json)?;
+    let manifest =
+        &Manifest::parse(manifest_json).map_err(|e| Error::Integrity(format!("manifest: {e}")))?;
     let seen = Mutex::new(HashSet::new());
     let pieces = Mutex::new(Pieces::default());
+    let stop = AtomicBool::new(false);
     let done = Done {
         manifest,
         seen: &seen,
         pieces: &pieces,
+        stop: &stop,
     };
     unpack(tar, dir, "", &done, "part", None)?;
     let incomplete = pieces.lock().unwrap().incomplete();
