@@ -97,6 +97,18 @@ pub struct StorageConfig {
     /// Attempts per request (throttling, 5xx, network errors).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Seconds to open a connection (TCP and TLS).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: u64,
+    /// Seconds for one attempt of a request without a large body (head,
+    /// list, delete, multipart bookkeeping), and for a download's first
+    /// byte and any later pause in it.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: u64,
+    /// Seconds for one attempt of a request that carries a body (a PUT of
+    /// a whole object or of one part, completing a multipart upload).
+    #[serde(default = "default_transfer_timeout")]
+    pub transfer_timeout: u64,
 }
 
 impl Default for StorageConfig {
@@ -117,6 +129,9 @@ impl Default for StorageConfig {
             part_size: default_part_size(),
             upload_concurrency: default_upload_concurrency(),
             max_attempts: default_max_attempts(),
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            transfer_timeout: default_transfer_timeout(),
         }
     }
 }
@@ -144,6 +159,10 @@ impl std::fmt::Debug for StorageConfig {
             .field("sse", &self.sse)
             .field("part_size", &self.part_size)
             .field("upload_concurrency", &self.upload_concurrency)
+            .field("max_attempts", &self.max_attempts)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("transfer_timeout", &self.transfer_timeout)
             .finish()
     }
 }
@@ -163,6 +182,15 @@ fn default_upload_concurrency() -> usize {
 }
 fn default_max_attempts() -> u32 {
     5
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_request_timeout() -> u64 {
+    60
+}
+fn default_transfer_timeout() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -520,6 +548,15 @@ impl Config {
         }
         if s3.max_attempts == 0 {
             return Err(invalid("storage.max_attempts", "must be at least 1".into()));
+        }
+        for (name, value) in [
+            ("storage.connect_timeout", s3.connect_timeout),
+            ("storage.request_timeout", s3.request_timeout),
+            ("storage.transfer_timeout", s3.transfer_timeout),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "must be at least 1 (seconds)".into()));
+            }
         }
         if let Some(sse) = &s3.sse {
             if sse != "AES256" && sse != "aws:kms" {

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod fsutil;
 pub mod logical;
 pub mod pg;

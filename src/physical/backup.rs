@@ -151,6 +151,7 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         Ok(r) => r,
         Err(e) => {
             stream.abort().await;
+            discard(repo, opts.content_id, &name).await;
             return Err(e);
         }
     };
@@ -163,7 +164,7 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     );
 
     report(&opts.progress, |p| p.set_phase("waiting for WAL"));
-    wait_for_wal(
+    if let Err(e) = wait_for_wal(
         repo,
         opts.content_id,
         start,
@@ -171,7 +172,11 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         segment_size,
         opts.wal_wait,
     )
-    .await?;
+    .await
+    {
+        discard(repo, opts.content_id, &name).await;
+        return Err(e);
+    }
 
     let mut record = BackupRecord {
         format: FORMAT_PIECES,
@@ -194,8 +199,14 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     if record.server_compressed() {
         record.format = BACKUP_FORMAT;
     }
-    repo.put_json(&layout::backup_record_key(opts.content_id, &name), &record)
-        .await?;
+    crate::fault::point("backup-record");
+    if let Err(e) = repo
+        .put_json(&layout::backup_record_key(opts.content_id, &name), &record)
+        .await
+    {
+        discard(repo, opts.content_id, &name).await;
+        return Err(e);
+    }
     tracing::debug!(
         "backup {name}: WAL archived and record written after {:.2}s",
         (Utc::now() - start_time).as_seconds_f64()
@@ -208,6 +219,38 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         record.stop_lsn
     );
     Ok(record)
+}
+
+/// Removes what a failed backup stored (its parts and manifest; it has no
+/// record, so it was never listed), best effort: dead parts would keep a
+/// full repository full. What cannot be removed is only logged.
+async fn discard(repo: &Repo, content_id: i32, name: &str) {
+    let prefix = layout::backup_prefix(content_id, name);
+    let objects = match repo.storage.list(&prefix).await {
+        Ok(objects) => objects,
+        Err(e) => {
+            tracing::warn!("backup {name} failed; its parts stay in the repository: {e}");
+            return;
+        }
+    };
+    let mut left = 0;
+    for object in &objects {
+        if let Err(e) = repo.storage.delete(&object.key).await {
+            tracing::debug!("removing {}: {e}", object.key);
+            left += 1;
+        }
+    }
+    if left > 0 {
+        tracing::warn!(
+            "backup {name} failed; {left} of its {} objects could not be removed (under {prefix})",
+            objects.len()
+        );
+    } else {
+        tracing::info!(
+            "backup {name} failed; its {} stored objects were removed",
+            objects.len()
+        );
+    }
 }
 
 /// Aborts a task when dropped (its caller was cancelled).
@@ -723,6 +766,7 @@ impl PartSink {
                                 _ => Error::io(format!("encoding {name}"), e),
                             })?;
                         }
+                        crate::fault::point("backup-part");
                     }
                     // The sender went away without the end marker.
                     Err(Error::io(

@@ -468,6 +468,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     for (dir, _) in dirs.values() {
         check_dir(dir, opts.force)?;
     }
+    check_free_space(&backup.name, &manifest, &dirs, &opts.target_dir)?;
     for (dir, _) in dirs.values() {
         prepare_dir(dir, opts.force)?;
     }
@@ -624,6 +625,74 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
 }
 
 const PARTIAL_EXT: &str = "cbdr-restoring";
+
+/// Refuses (exit 3, before anything is written) a restore whose files do
+/// not fit: the manifest gives every file's size, each rounded up to the
+/// filesystem's block size; locations on one filesystem add up.
+fn check_free_space(
+    backup: &str,
+    manifest: &Manifest,
+    dirs: &HashMap<String, (PathBuf, String)>,
+    target_dir: &Path,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // device -> (a directory on it, bytes needed, bytes free, block size)
+    let mut by_device: HashMap<u64, (PathBuf, u64, u64, u64)> = HashMap::new();
+    for (path, file) in &manifest.files {
+        let dir = dirs
+            .values()
+            .find(|(_, prefix)| !prefix.is_empty() && path.starts_with(prefix.as_str()))
+            .map(|(d, _)| d.as_path())
+            .unwrap_or(target_dir);
+        let existing = dir
+            .ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"));
+        let dev = fs::metadata(existing)
+            .map_err(|e| Error::io(format!("checking {}", existing.display()), e))?
+            .dev();
+        let entry = match by_device.entry(dev) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let (free, block) = free_space(existing).map_err(|e| {
+                    Error::io(format!("checking free space in {}", existing.display()), e)
+                })?;
+                v.insert((dir.to_path_buf(), 0, free, block.max(1)))
+            }
+        };
+        entry.1 += file.size.div_ceil(entry.3) * entry.3;
+    }
+    for (dir, need, free, _) in by_device.values() {
+        if need > free {
+            return Err(Error::io(
+                format!(
+                    "not enough free space for backup {backup} in {}: its files need {need} bytes ({} MiB), the filesystem has {free} bytes ({} MiB) free: free {} MiB there, or restore somewhere else (--target-dir, --tablespace-map)",
+                    dir.display(),
+                    need.div_ceil(1 << 20),
+                    free >> 20,
+                    (need - free).div_ceil(1 << 20)
+                ),
+                io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of
+/// `path`, and its block size.
+fn free_space(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid C string; `st` is written by statvfs.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, (st.f_bsize as u64).max(frsize)))
+}
 
 /// What one restore task unpacks.
 enum Job {
@@ -1310,6 +1379,7 @@ fn unpack(
             out.write(&buf[..n]).map_err(write_err)?;
         }
         out.finish();
+        crate::fault::point("restore-unpack");
         match piece {
             None => done.file(manifest_path, size, crc).map_err(bad)?,
             Some((offset, whole)) => {

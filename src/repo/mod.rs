@@ -92,6 +92,25 @@ impl Repo {
         key: &str,
         fill: impl FnOnce(&mut dyn Write) -> Result<()> + Send + 'static,
     ) -> Result<TransferStats> {
+        self.put_with_mode(key, fill, false).await
+    }
+
+    /// [`Repo::put_with`], unless an object is under `key`: then
+    /// [`StorageError::AlreadyExists`] and the object stays as it is.
+    pub async fn put_new_with(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&mut dyn Write) -> Result<()> + Send + 'static,
+    ) -> Result<TransferStats> {
+        self.put_with_mode(key, fill, true).await
+    }
+
+    async fn put_with_mode(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&mut dyn Write) -> Result<()> + Send + 'static,
+        new: bool,
+    ) -> Result<TransferStats> {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
         let codec = self.codec.clone();
         let name = key.to_string();
@@ -107,15 +126,24 @@ impl Repo {
         let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }));
-        let put = self.storage.put(key, body).await;
+        let put = if new {
+            self.storage.put_new(key, body).await
+        } else {
+            self.storage.put(key, body).await
+        };
         let encoded = encode
             .await
             .map_err(|e| Error::Internal(format!("encoder task: {e}")))?;
         // The encoder's own error explains a failed upload better than the
-        // aborted stream does; a storage error alone is reported as such.
-        let plain = encoded?;
-        let stored = put?;
-        Ok(TransferStats { plain, stored })
+        // aborted stream does, unless the encoder stopped only because the
+        // upload did: then the storage's error (ENOSPC, EACCES, the
+        // server's answer) is the cause.
+        match (encoded, put) {
+            (Err(e), Err(p)) if stopped_by_upload(&e) => Err(p.into()),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(p)) => Err(p.into()),
+            (Ok(plain), Ok(stored)) => Ok(TransferStats { plain, stored }),
+        }
     }
 
     /// Encodes a buffer into the object `key`.
@@ -216,6 +244,29 @@ pub struct ChannelWriter {
 
 const CHANNEL_PIECE: usize = 1024 * 1024;
 
+/// What a [`ChannelWriter`] returns once its receiver went away: the
+/// upload stopped, and the upload's own error says why.
+#[derive(Debug, thiserror::Error)]
+#[error("the upload stopped")]
+pub struct UploadStopped;
+
+/// Whether `e` is only the echo of a stopped upload (see [`UploadStopped`]).
+fn stopped_by_upload(e: &Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<UploadStopped>() {
+            return true;
+        }
+        if let Some(io_err) = err.downcast_ref::<io::Error>() {
+            if io_err.get_ref().is_some_and(|i| i.is::<UploadStopped>()) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
 impl ChannelWriter {
     pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> ChannelWriter {
         ChannelWriter {
@@ -227,7 +278,7 @@ impl ChannelWriter {
     fn send(&mut self, item: io::Result<Bytes>) -> io::Result<()> {
         let tx = self.tx.as_ref().expect("not closed");
         tx.blocking_send(item)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, UploadStopped))
     }
 
     /// Sends what is buffered and ends the stream normally.

@@ -2,15 +2,26 @@
 //!
 //! Objects are files under the root; `put` writes a temp file next to the
 //! destination, fsyncs it, renames it into place and fsyncs the directory.
+//! `put_new` links the temp file to its name instead (link(2) fails when
+//! the name exists), so two uploads of one key never replace each other.
+//! Objects are written mode 0600 and directories 0700, whatever the umask:
+//! the repository holds a copy of the whole database. A failed `put`
+//! removes its temp file; its error names the object, the repository and
+//! the system's cause (ENOSPC, EACCES...).
 
+use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
 use super::{validate_key, ByteStream, ObjectInfo, Storage, StorageError};
-use crate::fsutil::{create_dir_all_durable, is_temp_name, AtomicFile};
+use crate::fsutil::{is_temp_name, parent_dir, sync_dir};
+
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
 
 #[derive(Debug, Clone)]
 pub struct FsStorage {
@@ -20,7 +31,7 @@ pub struct FsStorage {
 impl FsStorage {
     /// Opens (creating if needed) the repository directory.
     pub fn new(root: &Path) -> Result<FsStorage, StorageError> {
-        create_dir_all_durable(root).map_err(|e| StorageError::Io {
+        create_dirs(root).map_err(|e| StorageError::Io {
             op: "create repository directory",
             key: String::new(),
             location: root.display().to_string(),
@@ -52,31 +63,142 @@ impl FsStorage {
     }
 }
 
+impl FsStorage {
+    /// Writes a temp file, then renames it over `key`, or with `new` links
+    /// it to `key` (refused if `key` exists).
+    async fn put_file(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        new: bool,
+    ) -> Result<u64, StorageError> {
+        let path = self.path(key)?;
+        let handle = tokio::runtime::Handle::current();
+        let result = tokio::task::spawn_blocking(move || -> Result<u64, PutFailure> {
+            let dir = parent_dir(&path).to_path_buf();
+            create_dirs(&dir).map_err(|e| PutFailure::Io("create the directory of", e))?;
+            let mut tmp =
+                TempFile::create(&path).map_err(|e| PutFailure::Io("create a temp file for", e))?;
+            let mut total = 0u64;
+            while let Some(chunk) = handle.block_on(body.next()) {
+                let chunk = chunk.map_err(|e| PutFailure::Io("read the data to put as", e))?;
+                tmp.file.write_all(&chunk).map_err(|e| {
+                    let written = total;
+                    PutFailure::Io(
+                        "write",
+                        io::Error::new(e.kind(), format!("{e}, after {written} bytes of it")),
+                    )
+                })?;
+                total += chunk.len() as u64;
+                crate::fault::point("fs-put-chunk");
+            }
+            tmp.file
+                .sync_all()
+                .map_err(|e| PutFailure::Io("fsync", e))?;
+            if new {
+                match fs::hard_link(&tmp.path, &path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(PutFailure::Exists)
+                    }
+                    Err(e) => return Err(PutFailure::Io("link into place", e)),
+                }
+                // The temp name goes; the object stays under its own name.
+                let _ = fs::remove_file(&tmp.path);
+                tmp.done = true;
+            } else {
+                fs::rename(&tmp.path, &path).map_err(|e| PutFailure::Io("rename into place", e))?;
+                tmp.done = true;
+            }
+            sync_dir(&dir).map_err(|e| PutFailure::Io("fsync the directory of", e))?;
+            Ok(total)
+        })
+        .await
+        .map_err(|e| PutFailure::Io("write", blocking_failed(e)))
+        .and_then(|r| r);
+        result.map_err(|e| match e {
+            PutFailure::Exists => StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: self.location(),
+            },
+            PutFailure::Io(op, source) => self.io_err(op, key, source),
+        })
+    }
+}
+
+enum PutFailure {
+    Exists,
+    Io(&'static str, io::Error),
+}
+
+/// A temp file next to an object (mode 0600), removed when dropped unless
+/// it was put in place.
+struct TempFile {
+    file: fs::File,
+    path: PathBuf,
+    done: bool,
+}
+
+impl TempFile {
+    fn create(dest: &Path) -> io::Result<TempFile> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let path = parent_dir(dest).join(format!(
+            ".{}.cbdr-tmp.{}.{:x}",
+            name.to_string_lossy(),
+            std::process::id(),
+            u64::from_ne_bytes(crate::codec::random_bytes())
+        ));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&path)?;
+        Ok(TempFile {
+            file,
+            path,
+            done: false,
+        })
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents (mode 0700), fsyncing each new
+/// directory's parent so that the new entries survive a crash.
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs(parent)?;
+    }
+    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => sync_dir(parent_dir(dir)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn blocking_failed(e: tokio::task::JoinError) -> io::Error {
     io::Error::other(format!("storage worker failed: {e}"))
 }
 
 #[async_trait]
 impl Storage for FsStorage {
-    async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64, StorageError> {
-        let path = self.path(key)?;
-        let handle = tokio::runtime::Handle::current();
-        let result = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            create_dir_all_durable(path.parent().expect("keys have a file name"))?;
-            let mut file = AtomicFile::create(&path)?;
-            let mut total = 0u64;
-            while let Some(chunk) = handle.block_on(body.next()) {
-                let chunk = chunk?;
-                file.write_all(&chunk)?;
-                total += chunk.len() as u64;
-            }
-            file.commit()?;
-            Ok(total)
-        })
-        .await
-        .map_err(blocking_failed)
-        .and_then(|r| r);
-        result.map_err(|e| self.io_err("write", key, e))
+    async fn put(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
+        self.put_file(key, body, false).await
+    }
+
+    async fn put_new(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
+        self.put_file(key, body, true).await
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
@@ -280,6 +402,32 @@ mod tests {
         assert!(s.put("fresh", body).await.is_err());
         assert_eq!(s.head("fresh").await.unwrap(), None);
         let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "temp files left: {names:?}");
+    }
+
+    #[tokio::test]
+    async fn put_new_never_replaces_and_modes_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(&dir.path().join("repo")).unwrap();
+        s.put_new("a/b/k", body_from_bytes(&b"first"[..]))
+            .await
+            .unwrap();
+        let e = s
+            .put_new("a/b/k", body_from_bytes(&b"second"[..]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StorageError::AlreadyExists { .. }), "{e}");
+        assert_eq!(get_bytes(&s, "a/b/k").await.unwrap(), b"first");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = dir.path().join("repo");
+        assert_eq!(mode(&root.join("a/b/k")), 0o600);
+        assert_eq!(mode(&root.join("a/b")), 0o700);
+        assert_eq!(mode(&root.join("a")), 0o700);
+        let names: Vec<_> = std::fs::read_dir(root.join("a/b"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();

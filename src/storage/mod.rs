@@ -5,6 +5,11 @@
 //! - `put` is atomic and durable: when it returns `Ok`, the whole object is
 //!   stored (fsync + rename on a filesystem, a completed upload on S3); when
 //!   it fails, no object (and no partial object) is visible under the key.
+//! - `put_new` never replaces an object that is there when it starts
+//!   (`StorageError::AlreadyExists`); on a filesystem not even one that
+//!   appears during the upload (the final step is a link(2), which fails
+//!   if the name exists). S3 sends `If-None-Match: *`, which AWS honours
+//!   and Garage ignores: see `S3Storage::put_new`.
 //! - `get` of a missing key is `StorageError::NotFound`.
 //! - `list` is recursive under a prefix and returns keys relative to the
 //!   storage root, in lexicographic order.
@@ -53,6 +58,8 @@ pub enum StorageError {
         location: String,
         message: String,
     },
+    #[error("object {key} already exists in {location}")]
+    AlreadyExists { key: String, location: String },
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("storage configuration: {0}")]
@@ -71,6 +78,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// of bytes stored. An error in `body` aborts the upload and leaves
     /// nothing under `key`. Overwrites an existing object.
     async fn put(&self, key: &str, body: ByteStream) -> Result<u64, StorageError>;
+
+    /// Stores `body` under `key` like `put`, unless an object is there:
+    /// then `StorageError::AlreadyExists` and the object is left as it is
+    /// (see the module documentation for what each backend guarantees
+    /// when two uploads race).
+    async fn put_new(&self, key: &str, body: ByteStream) -> Result<u64, StorageError>;
 
     /// Streams the object's bytes.
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError>;

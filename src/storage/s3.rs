@@ -19,6 +19,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
@@ -34,14 +35,21 @@ use tokio::task::JoinSet;
 use super::{validate_key, ByteStream, ObjectInfo, Storage, StorageError};
 use crate::config::{StorageConfig, MAX_PART_SIZE, MIN_PART_SIZE};
 
-/// Time to establish a TCP (and TLS) connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time for one attempt of a request without a large body (head, list,
-/// delete, multipart bookkeeping). Transfers have no such limit: the SDK's
-/// stalled-stream protection stops those that make no progress.
-const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Completing a large multipart upload can take the server a while.
-const COMPLETE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Every request has a deadline (`[storage]` `connect_timeout`,
+/// `request_timeout`, `transfer_timeout`): a server that accepts the
+/// connection and then stops answering costs at most `max_attempts`
+/// deadlines plus the back-off between them, never a hang. A download that
+/// stops in the middle is stopped by the SDK's stalled-stream protection
+/// after `request_timeout` without progress.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    connect: Duration,
+    /// One attempt of a request without a large body; a download's first
+    /// byte and any pause in it.
+    request: Duration,
+    /// One attempt of a request with a body (PUT, part, complete).
+    transfer: Duration,
+}
 /// S3 allows at most this many parts in one upload.
 const MAX_PARTS: u32 = 10_000;
 /// Room past a part's size for the body chunk that crosses it (the
@@ -68,6 +76,7 @@ pub struct S3Storage {
     upload_concurrency: usize,
     /// `max_keys` of each ListObjectsV2 page; `None` = the server's (1000).
     list_page_size: Option<i32>,
+    deadlines: Deadlines,
 }
 
 impl fmt::Debug for S3Storage {
@@ -121,6 +130,17 @@ impl S3Storage {
             .filter(|s| !s.is_empty())
             .map(ServerSideEncryption::from);
         let endpoint = cfg.endpoint.clone().filter(|e| !e.is_empty());
+        if cfg.connect_timeout == 0 || cfg.request_timeout == 0 || cfg.transfer_timeout == 0 {
+            return Err(StorageError::Config(
+                "storage.connect_timeout, request_timeout and transfer_timeout must be at least 1 second"
+                    .into(),
+            ));
+        }
+        let deadlines = Deadlines {
+            connect: Duration::from_secs(cfg.connect_timeout),
+            request: Duration::from_secs(cfg.request_timeout),
+            transfer: Duration::from_secs(cfg.transfer_timeout),
+        };
         if let Some(endpoint) = &endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(StorageError::Config(format!(
@@ -146,7 +166,13 @@ impl S3Storage {
             )
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect_timeout(deadlines.connect)
+                    .operation_attempt_timeout(deadlines.request)
+                    .build(),
+            )
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(deadlines.request)
                     .build(),
             )
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -196,6 +222,7 @@ impl S3Storage {
             part_size: cfg.part_size,
             upload_concurrency: cfg.upload_concurrency,
             list_page_size: None,
+            deadlines,
         })
     }
 
@@ -212,12 +239,74 @@ impl S3Storage {
         (&self.client, &self.bucket)
     }
 
+    /// The deadline of a request without a large body.
+    fn small(&self) -> aws_sdk_s3::config::Builder {
+        attempt_timeout(self.deadlines.connect, self.deadlines.request)
+    }
+
+    /// The deadline of a request that carries a body.
+    fn transfer(&self) -> aws_sdk_s3::config::Builder {
+        attempt_timeout(self.deadlines.connect, self.deadlines.transfer)
+    }
+
+    /// `put`, conditional on the key being free when `if_new`.
+    async fn put_object(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        if_new: bool,
+    ) -> Result<u64, StorageError> {
+        validate_key(key)?;
+
+        let object_key = self.object_key(key);
+        let first = usize::try_from(part_size_for(1, self.part_size)).unwrap_or(usize::MAX);
+        // Read one byte more than a part: a body that fits in one part is a
+        // single PutObject. The buffer is reserved once (pages are only
+        // touched as they fill): growing it by doubling copied it and could
+        // hold twice the part at once.
+        let mut buf =
+            BytesMut::with_capacity(first.saturating_add(BODY_CHUNK_SLACK).min(MAX_UP_FRONT));
+        while buf.len() <= first {
+            match body.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(body_error(key, self.location(), e)),
+                None => {
+                    return self
+                        .put_single(key, &object_key, buf.freeze(), if_new)
+                        .await
+                }
+            }
+        }
+        self.put_multipart(key, &object_key, buf, body, if_new)
+            .await
+    }
+
     fn object_key(&self, key: &str) -> String {
         join_key(&self.prefix, key)
     }
 
     fn endpoint_name(&self) -> &str {
         self.endpoint.as_deref().unwrap_or("AWS S3")
+    }
+
+    /// A failed PUT: a refused condition (`If-None-Match`) is
+    /// `AlreadyExists`.
+    fn put_error<E>(&self, key: &str, err: &SdkError<E>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let code = err.as_service_error().and_then(|e| e.code());
+        if matches!(
+            code,
+            Some("PreconditionFailed") | Some("ConditionalRequestConflict")
+        ) || matches!(status_of(err), Some(412))
+        {
+            return StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: self.location(),
+            };
+        }
+        self.remote("put", key, err)
     }
 
     fn remote<E>(&self, op: &'static str, key: &str, err: &SdkError<E>) -> StorageError
@@ -237,8 +326,10 @@ impl S3Storage {
         key: &str,
         object_key: &str,
         data: Bytes,
+        if_new: bool,
     ) -> Result<u64, StorageError> {
         let len = data.len() as u64;
+        crate::fault::point("s3-put-single");
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -248,9 +339,12 @@ impl S3Storage {
             .set_storage_class(self.storage_class.clone())
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .set_if_none_match(if_new.then(|| "*".to_string()))
+            .customize()
+            .config_override(self.transfer())
             .send()
             .await
-            .map_err(|e| self.remote("put", key, &e))?;
+            .map_err(|e| self.put_error(key, &e))?;
         Ok(len)
     }
 
@@ -260,6 +354,7 @@ impl S3Storage {
         object_key: &str,
         buf: BytesMut,
         body: ByteStream,
+        if_new: bool,
     ) -> Result<u64, StorageError> {
         let created = self
             .client
@@ -270,7 +365,7 @@ impl S3Storage {
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .customize()
-            .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+            .config_override(self.small())
             .send()
             .await
             .map_err(|e| self.remote("put", key, &e))?;
@@ -289,7 +384,7 @@ impl S3Storage {
             armed: true,
         };
         match self
-            .upload_parts(key, object_key, upload_id, buf, body)
+            .upload_parts(key, object_key, upload_id, buf, body, if_new)
             .await
         {
             Ok(total) => {
@@ -305,7 +400,7 @@ impl S3Storage {
                     .key(object_key)
                     .upload_id(upload_id)
                     .customize()
-                    .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+                    .config_override(self.small())
                     .send()
                     .await
                 {
@@ -329,10 +424,21 @@ impl S3Storage {
         upload_id: &str,
         buf: BytesMut,
         body: ByteStream,
+        if_new: bool,
     ) -> Result<u64, StorageError> {
         let mut tasks = JoinSet::new();
         let result = self
-            .upload_parts_with(&mut tasks, key, object_key, upload_id, buf, body)
+            .upload_parts_with(
+                &mut tasks,
+                UploadTarget {
+                    key,
+                    object_key,
+                    upload_id,
+                    if_new,
+                },
+                buf,
+                body,
+            )
             .await;
         if result.is_err() {
             // Cancel the parts still in flight and wait until their requests
@@ -345,12 +451,16 @@ impl S3Storage {
     async fn upload_parts_with(
         &self,
         tasks: &mut JoinSet<Result<CompletedPart, StorageError>>,
-        key: &str,
-        object_key: &str,
-        upload_id: &str,
+        target: UploadTarget<'_>,
         mut buf: BytesMut,
         mut body: ByteStream,
     ) -> Result<u64, StorageError> {
+        let UploadTarget {
+            key,
+            object_key,
+            upload_id,
+            if_new,
+        } = target;
         let mut parts: Vec<CompletedPart> = Vec::new();
         let mut part_number: u32 = 0;
         let mut total: u64 = 0;
@@ -410,7 +520,9 @@ impl S3Storage {
                 .upload_id(upload_id)
                 .part_number(part_number as i32)
                 .content_length(data.len() as i64)
-                .body(SdkByteStream::from(data));
+                .body(SdkByteStream::from(data))
+                .customize()
+                .config_override(self.transfer());
             let (bucket, endpoint, location) = (
                 self.bucket.clone(),
                 self.endpoint_name().to_string(),
@@ -427,6 +539,7 @@ impl S3Storage {
                         describe_error(&e, &bucket, &endpoint)
                     ),
                 })?;
+                crate::fault::point("s3-put-part");
                 let e_tag = out.e_tag().ok_or_else(|| StorageError::Remote {
                     op: "put",
                     key: key_owned,
@@ -453,13 +566,24 @@ impl S3Storage {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .set_if_none_match(if_new.then(|| "*".to_string()))
             .customize()
-            .config_override(attempt_timeout(COMPLETE_TIMEOUT))
+            .config_override(self.transfer())
             .send()
             .await
-            .map_err(|e| self.remote("put", key, &e))?;
+            .map_err(|e| self.put_error(key, &e))?;
         Ok(total)
     }
+}
+
+/// The multipart upload parts go to.
+#[derive(Clone, Copy)]
+struct UploadTarget<'a> {
+    key: &'a str,
+    object_key: &'a str,
+    upload_id: &'a str,
+    /// Complete it only if the key is free (`If-None-Match: *`).
+    if_new: bool,
 }
 
 /// Aborts a multipart upload when dropped while armed (the `put` future was
@@ -493,24 +617,23 @@ impl Drop for AbortGuard {
 
 #[async_trait]
 impl Storage for S3Storage {
-    async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64, StorageError> {
-        validate_key(key)?;
-        let object_key = self.object_key(key);
-        let first = usize::try_from(part_size_for(1, self.part_size)).unwrap_or(usize::MAX);
-        // Read one byte more than a part: a body that fits in one part is a
-        // single PutObject. The buffer is reserved once (pages are only
-        // touched as they fill): growing it by doubling copied it and could
-        // hold twice the part at once.
-        let mut buf =
-            BytesMut::with_capacity(first.saturating_add(BODY_CHUNK_SLACK).min(MAX_UP_FRONT));
-        while buf.len() <= first {
-            match body.next().await {
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(body_error(key, self.location(), e)),
-                None => return self.put_single(key, &object_key, buf.freeze()).await,
-            }
+    async fn put(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
+        self.put_object(key, body, false).await
+    }
+
+    /// A conditional PUT (`If-None-Match: *`) after a HEAD: AWS S3 refuses
+    /// to replace an object that appeared in between (412), but servers
+    /// that ignore the condition (Garage) let the last of two racing
+    /// uploads win. Callers that must never replace different content
+    /// (WAL) read the object back after an `AlreadyExists`.
+    async fn put_new(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
+        if self.head(key).await?.is_some() {
+            return Err(StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: self.location(),
+            });
         }
-        self.put_multipart(key, &object_key, buf, body).await
+        self.put_object(key, body, true).await
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
@@ -596,7 +719,7 @@ impl Storage for S3Storage {
             .bucket(&self.bucket)
             .key(self.object_key(key))
             .customize()
-            .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+            .config_override(self.small())
             .send()
             .await
         {
@@ -621,7 +744,7 @@ impl Storage for S3Storage {
                 .set_continuation_token(token.take())
                 .set_max_keys(self.list_page_size)
                 .customize()
-                .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+                .config_override(self.small())
                 .send()
                 .await
                 .map_err(|e| self.remote("list", &format!("{prefix}*"), &e))?;
@@ -663,7 +786,7 @@ impl Storage for S3Storage {
             .bucket(&self.bucket)
             .key(self.object_key(key))
             .customize()
-            .config_override(attempt_timeout(SMALL_REQUEST_TIMEOUT))
+            .config_override(self.small())
             .send()
             .await
         {
@@ -687,10 +810,10 @@ impl Storage for S3Storage {
 }
 
 /// Per-request override: connect timeout plus a limit on each attempt.
-fn attempt_timeout(limit: Duration) -> aws_sdk_s3::config::Builder {
+fn attempt_timeout(connect: Duration, limit: Duration) -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::default().timeout_config(
         TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(connect)
             .operation_attempt_timeout(limit)
             .build(),
     )

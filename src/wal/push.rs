@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::parent_dir;
 use crate::pg::WalFile;
 use crate::repo::{layout, Repo, TransferStats};
+use crate::storage::StorageError;
 
 pub const MEMO_DIR: &str = "cbdr_archived";
 
@@ -142,16 +143,32 @@ pub(crate) async fn store_wal_file(
         };
     }
     let mut input = source.open()?;
-    let stats = if worth_compressing(repo, &mut input)
+    let put = if worth_compressing(repo, &mut input)
         .map_err(|e| Error::io(format!("reading {}", source.describe(file)), e))?
     {
-        repo.put_reader(&key, input).await?
+        put_new_reader(repo, &key, input).await
     } else {
         // Incompressible WAL (e.g. compressed or encrypted data in the
         // database) is stored as it is: the header says so.
         let mut plain = repo.clone();
         plain.codec.compression = crate::codec::Compression::None;
-        plain.put_reader(&key, input).await?
+        put_new_reader(&plain, &key, input).await
+    };
+    let stats = match put {
+        // Another push of this file got there first (two archivers, or a
+        // retry racing the first try): the same content is success.
+        Err(Error::Storage(StorageError::AlreadyExists { .. })) => {
+            return if same_content(repo, &key, &source, file).await? {
+                tracing::info!("{file}: archived meanwhile by another push, with the same content");
+                Ok(PushOutcome::AlreadyArchived)
+            } else {
+                Err(Error::WalConflict {
+                    name: file.to_string(),
+                    key,
+                })
+            };
+        }
+        other => other?,
     };
     tracing::info!(
         "{file}: archived ({} bytes, stored {} bytes)",
@@ -159,6 +176,23 @@ pub(crate) async fn store_wal_file(
         stats.stored
     );
     Ok(PushOutcome::Uploaded(stats))
+}
+
+/// Stores what `input` yields under `key` unless an object is there
+/// ([`StorageError::AlreadyExists`]).
+async fn put_new_reader(repo: &Repo, key: &str, input: Box<dyn ReadSeek>) -> Result<TransferStats> {
+    let name = key.to_string();
+    repo.put_new_with(key, move |w| {
+        let mut input = io::BufReader::with_capacity(1 << 20, input);
+        io::copy(&mut input, w).map_err(|e| match e.get_ref() {
+            Some(i) if i.is::<crate::codec::CodecError>() => {
+                Error::Codec(crate::codec::CodecError::from_io(e, &name))
+            }
+            _ => Error::io(format!("reading the data for {name}"), e),
+        })?;
+        Ok(())
+    })
+    .await
 }
 
 /// Whether the configured compression gains anything on this file: lz4 on

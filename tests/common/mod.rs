@@ -12,6 +12,7 @@ pub mod bank;
 pub mod cluster;
 pub mod garage;
 pub mod pg;
+pub mod proxy;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
