@@ -118,9 +118,15 @@ impl Setup {
 
     /// A restore refused up front: exit 2, nothing written to `dir`.
     fn refused(&self, what: &str, args: &[&str], needle: &str) -> String {
+        self.refused_with(2, what, args, needle)
+    }
+
+    /// As `refused`, with the exit code expected (1: the named thing is
+    /// not in the repository).
+    fn refused_with(&self, code: i32, what: &str, args: &[&str], needle: &str) -> String {
         let dir = self.dir.path().join(format!("refused_{what}"));
         let r = self.restore(&dir, args);
-        assert_eq!(r.code, 2, "{what}: {}", r.err);
+        assert_eq!(r.code, code, "{what}: {}", r.err);
         assert!(r.err.contains(needle), "{what}: {}", r.err);
         // Targets and LSNs as a DBA writes them, not Debug forms.
         for debug in ["Lsn(", "Time(", "Xid(", "RestorePoint("] {
@@ -249,7 +255,8 @@ fn backup_faults_on_filesystem() {
         &["--target-time", "2001-01-01 00:00:00+00"],
         "no backup ends before the target time 2001-01-01T00:00:00+00:00",
     );
-    s.refused(
+    s.refused_with(
+        1,
         "no_such_point",
         &["--restore-point", "never_made"],
         "restore point \"never_made\" is not in the repository",

@@ -163,7 +163,11 @@ mod seeds {
         }
     }
 
-    const MANIFEST: &str = r#"{ "PostgreSQL-Backup-Manifest-Version": 1,
+    /// A manifest as PostgreSQL writes it: its last line the SHA-256 of
+    /// the lines before (restore checks it).
+    fn manifest() -> String {
+        use sha2::{Digest, Sha256};
+        let body = r#"{ "PostgreSQL-Backup-Manifest-Version": 1,
 "Files": [
 { "Path": "backup_label", "Size": 225, "Last-Modified": "2026-11-25 10:00:00 GMT", "Checksum-Algorithm": "CRC32C", "Checksum": "b1d3e5f7" },
 { "Path": "base/1/1259", "Size": 8192, "Last-Modified": "2026-11-25 09:59:00 GMT", "Checksum-Algorithm": "CRC32C", "Checksum": "0c4b2a19" },
@@ -172,8 +176,10 @@ mod seeds {
 "WAL-Ranges": [
 { "Timeline": 1, "Start-LSN": "0/5000028", "End-LSN": "0/5000138" }
 ],
-"Manifest-Checksum": "7c3e6f5a4b2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f"}
 "#;
+        let sum = hex::encode(Sha256::digest(body.as_bytes()));
+        format!("{body}\"Manifest-Checksum\": \"{sum}\"}}\n")
+    }
 
     fn logical_record() -> Vec<u8> {
         let v = serde_json::json!({
@@ -294,8 +300,9 @@ mod seeds {
             serde_json::to_vec_pretty(&rp).unwrap(),
         ));
         out.push(("records", "seed-logical".into(), logical_record()));
-        cbdr::physical::manifest::Manifest::parse(MANIFEST.as_bytes()).unwrap();
-        out.push(("records", "seed-manifest".into(), MANIFEST.into()));
+        let manifest = manifest();
+        cbdr::physical::manifest::Manifest::parse(manifest.as_bytes()).unwrap();
+        out.push(("records", "seed-manifest".into(), manifest.clone().into_bytes()));
         out.push((
             "records",
             "seed-stats".into(),
@@ -421,7 +428,7 @@ mod seeds {
         let mut d2 = vec![b'd'];
         d2.extend_from_slice(&tar[3000..]);
         let mut dm = vec![b'd'];
-        dm.extend_from_slice(MANIFEST.as_bytes());
+        dm.extend_from_slice(manifest.as_bytes());
         out.push((
             "base_backup",
             "seed-base".into(),

@@ -101,7 +101,7 @@ pub async fn choose_backup(
             match repo.get_json::<crate::repo::catalog::RestorePointRecord>(&key).await {
                 Ok(rp) => Some(rp.lsn),
                 Err(Error::Storage(e)) if e.is_not_found() => {
-                    return Err(Error::Usage(format!(
+                    return Err(Error::NotFound(format!(
                         "restore point {name:?} is not in the repository of content id {}: `cbdr list` shows the restore points; give one of them (points made with plain pg_create_restore_point() are not recorded: give --backup and --target-lsn instead)",
                         opts.content_id
                     )))
