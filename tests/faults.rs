@@ -145,6 +145,14 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `len` bytes of noise that start as segment `name`'s first page does
+/// (wal-fetch checks that header against the name).
+fn segment(name: &str, len: usize, seed: u64) -> Vec<u8> {
+    let mut data = noise(len, seed);
+    common::with_page_header(name, &mut data);
+    data
+}
+
 /// A fake pg_wal directory holding one segment `name` with `data`.
 fn wal_file(place: &Place, name: &str, data: &[u8]) -> PathBuf {
     let dir = place.path("pg_wal");
@@ -234,11 +242,11 @@ impl Drop for Tmpfs {
 /// Kills `wal-push` at `point`, then checks that nothing was archived,
 /// that an earlier segment is intact, and that the retry archives it.
 fn wal_push_killed(place: &Place, point: &str, size: usize) {
-    let earlier = noise(1 << 20, 1);
+    let earlier = segment("000000010000000000000001", 1 << 20, 1);
     let p = wal_file(place, "000000010000000000000001", &earlier);
     place.ok(None, &["wal-push", p.to_str().unwrap()]);
 
-    let data = noise(size, 2);
+    let data = segment("000000010000000000000002", size, 2);
     let p = wal_file(place, "000000010000000000000002", &data);
     let out = place.run(None, Some(point), &["wal-push", p.to_str().unwrap()]);
     assert!(out.killed_at(point), "{point}: {} {}", out.code, out.stderr);
@@ -288,13 +296,13 @@ fn wal_push_killed_mid_upload_archives_nothing_and_the_retry_works() {
 
 fn duplicate_and_racing(place: &Place) {
     let name = "000000010000000000000010";
-    let original = noise(1 << 20, 10);
+    let original = segment(name, 1 << 20, 10);
     let p = wal_file(place, name, &original);
     place.ok(None, &["wal-push", p.to_str().unwrap()]);
     // Same bytes again: success.
     place.ok(None, &["wal-push", p.to_str().unwrap()]);
     // Other bytes: exit 5, the original kept.
-    fs::write(&p, noise(1 << 20, 11)).unwrap();
+    fs::write(&p, segment(name, 1 << 20, 11)).unwrap();
     let out = place.run(None, None, &["wal-push", p.to_str().unwrap()]);
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(out.stderr.contains("different content"), "{}", out.stderr);
@@ -303,7 +311,7 @@ fn duplicate_and_racing(place: &Place) {
     // Two pushes of one new file at once, same bytes: both succeed.
     for round in 0..3u64 {
         let name = format!("0000000100000000000000{:02X}", 0x20 + round);
-        let data = noise(1 << 20, 20 + round);
+        let data = segment(&name, 1 << 20, 20 + round);
         let a = wal_file(place, &name, &data);
         let dir_b = place.path(&format!("other-{round}"));
         fs::create_dir_all(&dir_b).unwrap();
@@ -338,7 +346,10 @@ fn duplicate_and_racing(place: &Place) {
 fn racing_different(place: &Place) {
     for round in 0..3u64 {
         let name = format!("0000000100000000000000{:02X}", 0x40 + round);
-        let (x, y) = (noise(1 << 20, 40 + round), noise(1 << 20, 50 + round));
+        let (x, y) = (
+            segment(&name, 1 << 20, 40 + round),
+            segment(&name, 1 << 20, 50 + round),
+        );
         let a = wal_file(place, &name, &x);
         let dir_b = place.path(&format!("rival-{round}"));
         fs::create_dir_all(&dir_b).unwrap();
@@ -416,11 +427,15 @@ fn wal_push_into_a_full_repository_names_the_cause_and_leaves_nothing() {
     .unwrap();
     chown_to_pg(&place.config);
     common::init_repo(CBDR, &place.config);
-    let first = noise(1 << 20, 70);
+    let first = segment("000000010000000000000001", 1 << 20, 70);
     let p = wal_file(&place, "000000010000000000000001", &first);
     place.ok(None, &["wal-push", p.to_str().unwrap()]);
 
-    let p = wal_file(&place, "000000010000000000000002", &noise(4 << 20, 71));
+    let p = wal_file(
+        &place,
+        "000000010000000000000002",
+        &segment("000000010000000000000002", 4 << 20, 71),
+    );
     let out = place.run(None, None, &["wal-push", p.to_str().unwrap()]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(
@@ -440,7 +455,11 @@ fn wal_push_into_a_full_repository_names_the_cause_and_leaves_nothing() {
     assert_eq!(place.fetch("000000010000000000000001").unwrap(), first);
     // Room again: the retry works.
     fs::remove_file(place.path("fetched-000000010000000000000001")).ok();
-    let p = wal_file(&place, "000000010000000000000002", &noise(1 << 20, 72));
+    let p = wal_file(
+        &place,
+        "000000010000000000000002",
+        &segment("000000010000000000000002", 1 << 20, 72),
+    );
     place.ok(None, &["wal-push", p.to_str().unwrap()]);
     drop(mount);
 }

@@ -302,7 +302,11 @@ mod seeds {
         out.push(("records", "seed-logical".into(), logical_record()));
         let manifest = manifest();
         cbdr::physical::manifest::Manifest::parse(manifest.as_bytes()).unwrap();
-        out.push(("records", "seed-manifest".into(), manifest.clone().into_bytes()));
+        out.push((
+            "records",
+            "seed-manifest".into(),
+            manifest.clone().into_bytes(),
+        ));
         out.push((
             "records",
             "seed-stats".into(),

@@ -51,7 +51,7 @@ impl Env {
         let mut data: Vec<u8> = (0..1_048_576u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ seed)
             .collect();
-        with_page_header(name, &mut data);
+        common::with_page_header(name, &mut data);
         fs::write(self.wal(name), &data).unwrap();
         data
     }
@@ -98,23 +98,6 @@ impl Env {
         }
         out
     }
-}
-
-/// Writes the long page header of segment `name` (1 MiB segments) at the
-/// start of `data`, as PostgreSQL 15 on x86 does.
-fn with_page_header(name: &str, data: &mut [u8]) {
-    let part = |i: usize| u64::from_str_radix(&name[i..i + 8], 16).unwrap();
-    let page_addr = (part(8) << 32) + part(16) * 1_048_576;
-    let mut h = Vec::new();
-    h.extend_from_slice(&0xD110u16.to_le_bytes());
-    h.extend_from_slice(&0x0002u16.to_le_bytes());
-    h.extend_from_slice(&(part(0) as u32).to_le_bytes());
-    h.extend_from_slice(&page_addr.to_le_bytes());
-    h.extend_from_slice(&[0; 8]);
-    h.extend_from_slice(&7_312_345_678u64.to_le_bytes());
-    h.extend_from_slice(&1_048_576u32.to_le_bytes());
-    h.extend_from_slice(&8192u32.to_le_bytes());
-    data[..h.len()].copy_from_slice(&h);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -426,11 +409,11 @@ fn incompressible_wal_is_stored_uncompressed_and_reads_back() {
             x as u8
         })
         .collect();
-    with_page_header(SEG1, &mut random);
+    common::with_page_header(SEG1, &mut random);
     fs::write(env.wal(SEG1), &random).unwrap();
     let compressible = env.make_wal(SEG2, 3);
     let mut zeros = vec![0u8; 1_048_576];
-    with_page_header(SEG3, &mut zeros);
+    common::with_page_header(SEG3, &mut zeros);
     fs::write(env.wal(SEG3), &zeros).unwrap();
     for name in [SEG1, SEG2, SEG3] {
         assert_eq!(env.push(name).0, 0);

@@ -129,3 +129,20 @@ pub fn init_repo(cbdr: &str, config: &Path) {
         panic!("cbdr repo-init failed ({}): {stderr}", out.status);
     }
 }
+
+/// Writes the long page header of segment `name` (1 MiB segments) at the
+/// start of `data`, as PostgreSQL 15 on x86 does.
+pub fn with_page_header(name: &str, data: &mut [u8]) {
+    let part = |i: usize| u64::from_str_radix(&name[i..i + 8], 16).unwrap();
+    let page_addr = (part(8) << 32) + part(16) * 1_048_576;
+    let mut h = Vec::new();
+    h.extend_from_slice(&0xD110u16.to_le_bytes());
+    h.extend_from_slice(&0x0002u16.to_le_bytes());
+    h.extend_from_slice(&(part(0) as u32).to_le_bytes());
+    h.extend_from_slice(&page_addr.to_le_bytes());
+    h.extend_from_slice(&[0; 8]);
+    h.extend_from_slice(&7_312_345_678u64.to_le_bytes());
+    h.extend_from_slice(&1_048_576u32.to_le_bytes());
+    h.extend_from_slice(&8192u32.to_le_bytes());
+    data[..h.len()].copy_from_slice(&h);
+}
