@@ -8,15 +8,15 @@ cd "$(dirname "$0")/.."
 runs="${1:-5}"
 shift || true
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(cluster agent wal_archive wal_errors wal_receive)
+[ ${#tests[@]} -gt 0 ] || tests=(cluster agent agent_hostile wal_archive wal_errors wal_receive recovery_faults)
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
-cargo test --no-run "${args[@]}" >/dev/null 2>&1 || { echo "build failed"; exit 2; }
+cargo test --features fault-injection --no-run "${args[@]}" >/dev/null 2>&1 || { echo "build failed"; exit 2; }
 declare -A failures
 logdir="$(mktemp -d)"
 for i in $(seq 1 "$runs"); do
     for t in "${tests[@]}"; do
-        if cargo test --test "$t" >"$logdir/$t.$i.log" 2>&1; then
+        if cargo test --features fault-injection --test "$t" >"$logdir/$t.$i.log" 2>&1; then
             echo "run $i: $t passed"
         else
             failures[$t]=$(( ${failures[$t]:-0} + 1 ))
