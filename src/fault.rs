@@ -11,16 +11,19 @@
 //! can tell the kill it asked for from a failure of another kind.
 //!
 //! The points:
-//! - `wal-push-upload`: a WAL file's upload has sent part of its data to
-//!   the storage (fs: written to the temp file; S3: the first parts of a
-//!   multipart upload sent, or the single PUT's body read).
-//! - `backup-part`: a base backup part is being written (some of its data
-//!   sent to the storage, not complete).
+//! - `fs-put-chunk`: the fs repository wrote another chunk of an object to
+//!   its temp file (not yet renamed into place).
+//! - `s3-put-single`: before a single PutObject is sent.
+//! - `s3-put-part`: another part of a multipart upload landed; the upload
+//!   is not completed.
+//! - `backup-part`: a base backup part's encoder took another 1 MiB batch
+//!   (the part is neither empty nor complete). An agent running a backup
+//!   job hits it too: set `CBDR_FAULT` in the agent's environment.
 //! - `backup-record`: every part and the manifest of a base backup are
 //!   stored and its WAL is archived; its record is not written yet.
-//! - `agent-backup`: an agent runs a backup job for the coordinator.
-//! - `restore-unpack`: a restore has unpacked a file into the target.
-//! - `gprestore-table`: a logical restore has loaded part of a table.
+//! - `restore-unpack`: a restore has unpacked another file into the target.
+//! - `gprestore-table`: a logical restore sent another piece (1 MiB or
+//!   less) of a table's rows to the server; the COPY is not finished.
 
 /// A kill point (see the module documentation).
 #[cfg(not(feature = "fault-injection"))]

@@ -766,3 +766,100 @@ fn storage_down_or_stalled_fails_clearly_and_archiving_catches_up() {
     // The next backup works.
     place.ok(Some(&server), &["backup-push"]);
 }
+
+// ---------------------------------------------------------------------
+// A logical restore killed in the middle of a table.
+// ---------------------------------------------------------------------
+
+/// A digest of the two tables of the logical case, in database `db`.
+fn tables_digest(server: &PgServer, db: &str) -> String {
+    server.psql_db(
+        db,
+        "select (select count(*) || ' ' || md5(string_agg(id || ':' || v, ',' order by id)) from big) \
+         || ' / ' || (select count(*) || ' ' || md5(string_agg(id || ':' || v, ',' order by id)) from small)",
+    )
+}
+
+#[test]
+fn gprestore_killed_mid_table_leaves_no_partial_table_and_the_rerun_works() {
+    let place = Place::new("faults-gprestore", None);
+    let server = PgServer::builder().start();
+    server.psql("create database src");
+    server.psql_db(
+        "src",
+        "create table big (id int primary key, v text);
+         insert into big select g, md5(g::text) || md5((g * 3)::text) from generate_series(1, 200000) g;
+         create table small (id int primary key, v text);
+         insert into small select g, md5(g::text) from generate_series(1, 1000) g;",
+    );
+    let committed = tables_digest(&server, "src");
+    let out = place.ok(Some(&server), &["gpbackup", "--dbname", "src"]);
+    let ts = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Backup Timestamp = "))
+        .unwrap_or_else(|| panic!("no timestamp in: {out}"))
+        .trim()
+        .to_string();
+    let restore = [
+        "gprestore",
+        "--timestamp",
+        &ts,
+        "--redirect-db",
+        "dst",
+        "--create-db",
+    ];
+
+    // (a) Killed at the third piece of rows sent: inside `big` (`small` is
+    // one piece), whichever table goes first.
+    let out = place.run(Some(&server), Some("gprestore-table:3"), &restore);
+    assert!(
+        out.killed_at("gprestore-table"),
+        "{} {}",
+        out.code,
+        out.stderr
+    );
+    // No table holds part of its rows: a COPY commits whole or not at all.
+    let big = server
+        .try_psql_db("dst", "select count(*) from big")
+        .unwrap_or_default();
+    assert!(
+        big.is_empty() || big == "0" || big == "200000",
+        "big holds {big} of 200000 rows after the kill"
+    );
+
+    // The same command again is refused, naming the database and the fix,
+    // and so is a restore without --create-db over the half-loaded tables:
+    // never rows loaded twice.
+    let out = place.run(Some(&server), None, &restore);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("\"dst\" already exists"),
+        "{}",
+        out.stderr
+    );
+    let out = place.run(
+        Some(&server),
+        None,
+        &["gprestore", "--timestamp", &ts, "--redirect-db", "dst"],
+    );
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+
+    // (b, c) The backup is untouched: dropped and restored again, the
+    // database has every row; (d) so does a restore into a new database.
+    server.psql("drop database dst with (force)");
+    place.ok(Some(&server), &restore);
+    assert_eq!(tables_digest(&server, "dst"), committed);
+    place.ok(
+        Some(&server),
+        &[
+            "gprestore",
+            "--timestamp",
+            &ts,
+            "--redirect-db",
+            "again",
+            "--create-db",
+        ],
+    );
+    assert_eq!(tables_digest(&server, "again"), committed);
+}

@@ -532,6 +532,7 @@ pub async fn copy_in(
                         break;
                     }
                     sent += b.len() as u64;
+                    crate::fault::point("gprestore-table");
                 }
                 Piece::End => break,
                 Piece::Fail(_) => {
