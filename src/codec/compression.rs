@@ -116,11 +116,21 @@ impl Compression {
             Compression::None => Box::new(input),
             Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(input)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
-            Compression::Lzma => Box::new(xz2::read::XzDecoder::new(input)),
+            Compression::Lzma => {
+                // Preset 9 needs a 64 MiB dictionary; a forged stream must
+                // not make the reader allocate more than that bound.
+                let stream = xz2::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
+                    .map_err(io::Error::other)?;
+                Box::new(xz2::read::XzDecoder::new_stream(input, stream))
+            }
             Compression::Brotli => Box::new(brotli::Decompressor::new(input, 1 << 16)),
         })
     }
 }
+
+/// The most memory an xz stream may ask the decoder for (cbdr writes at
+/// most preset 9: about 65 MiB).
+const XZ_MEMLIMIT: u64 = 128 << 20;
 
 impl std::fmt::Display for Compression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -30,6 +30,11 @@ impl KdfParams {
     };
 }
 
+/// The most memory an object header may ask passphrase stretching for
+/// (256 MiB, 13x the default): a forged header cannot make a reader
+/// allocate gigabytes before anything is authenticated.
+const MAX_M_COST_KIB: u32 = 256 * 1024;
+
 /// Where the master key comes from.
 enum Source {
     Raw(Zeroizing<[u8; 32]>),
@@ -140,9 +145,9 @@ impl Key {
                 if let Some(k) = self.derived.lock().unwrap().get(&cache_key) {
                     return Ok(k.clone());
                 }
-                // Refuse absurd costs from a forged header before allocating.
-                if params.m_cost_kib > 4 * 1024 * 1024 || params.t_cost > 100 || params.p_cost > 64
-                {
+                // Refuse absurd costs from a forged header before allocating
+                // (cbdr writes KdfParams::DEFAULT: 19 MiB, 2 passes).
+                if params.m_cost_kib > MAX_M_COST_KIB || params.t_cost > 16 || params.p_cost > 16 {
                     return Err(CodecError::BadKey(format!(
                         "object header asks for unreasonable Argon2id costs {params:?}"
                     )));
@@ -250,6 +255,65 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forged_header_cannot_ask_for_gigabytes_of_argon2_memory() {
+        let pass = Key::from_text("correct horse battery staple").unwrap();
+        for params in [
+            KdfParams {
+                m_cost_kib: 4 * 1024 * 1024,
+                t_cost: 2,
+                p_cost: 1,
+            },
+            KdfParams {
+                m_cost_kib: MAX_M_COST_KIB + 1,
+                t_cost: 2,
+                p_cost: 1,
+            },
+            KdfParams {
+                m_cost_kib: 19 * 1024,
+                t_cost: 1000,
+                p_cost: 1,
+            },
+            KdfParams {
+                m_cost_kib: 19 * 1024,
+                t_cost: 2,
+                p_cost: 64,
+            },
+        ] {
+            let e = pass
+                .master(&KdfSpec::Argon2id {
+                    salt: [1; 16],
+                    params,
+                })
+                .unwrap_err();
+            assert!(e.to_string().contains("unreasonable Argon2id costs"), "{e}");
+        }
+        let ok = pass.master(&KdfSpec::Argon2id {
+            salt: [1; 16],
+            params: KdfParams::DEFAULT,
+        });
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn key_identities_differ_by_key_and_kind_and_never_hold_the_key() {
+        let a = Key::from_text(&"ab".repeat(32)).unwrap();
+        let b = Key::from_text(&"cd".repeat(32)).unwrap();
+        let p = Key::from_text("correct horse battery staple").unwrap();
+        let salt = [3u8; 16];
+        let ia = KeyIdentity::of(Some(&a), salt).unwrap();
+        assert_eq!(ia, KeyIdentity::of(Some(&a), salt).unwrap());
+        assert_ne!(ia, KeyIdentity::of(Some(&b), salt).unwrap());
+        assert_eq!(KeyIdentity::of(None, salt).unwrap(), KeyIdentity::None);
+        let ip = KeyIdentity::of(Some(&p), salt).unwrap();
+        assert!(matches!(ip, KeyIdentity::Passphrase { .. }));
+        // The same passphrase with another repository salt is another key.
+        assert_ne!(ip, KeyIdentity::of(Some(&p), [4u8; 16]).unwrap());
+        if let KeyIdentity::Raw { check } = ia {
+            assert!(!hex::encode(check).contains("abab"));
+        }
+    }
 
     #[test]
     fn raw_and_passphrase_keys_are_told_apart() {
