@@ -22,15 +22,15 @@ use chrono::{Local, Utc};
 
 use super::copy_format::{self, Conversion};
 use super::data::{self, CopyInError};
-use super::flags::{display_name, quote_ident, quote_literal, quote_qualified};
 use super::layout::{self, Timestamp};
 use super::metadata::{self, ObjectFilter};
 use super::record::{rebuild_entries, LogicalBackupRecord, StoredStats, StoredToc, TableData};
 use super::report::{self, RestoreFailure, RestoreOutcome};
 use super::schedule::{Next, Schedule};
 use super::toc::{QualifiedName, Section, TocEntry};
-use crate::error::{Error, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{ConnParams, PgConn, PgError, Replication};
+use crate::pg::quote::{quote_ident, quote_literal};
 use crate::repo::Repo;
 
 /// What to restore and how (gprestore's flags, validated).
@@ -71,15 +71,6 @@ pub struct RestoreSummary {
     pub failures: usize,
     pub report_key: String,
     pub errors_key: Option<String>,
-}
-
-fn pg(what: impl Into<String>) -> impl FnOnce(PgError) -> Error {
-    let what = what.into();
-    move |e| Error::Postgres(format!("{what}: {e}"))
-}
-
-async fn run(conn: &mut PgConn, what: &str, sql: &str) -> Result<Vec<crate::pg::conn::Row>> {
-    conn.simple_query(sql).await.map_err(pg(what))
 }
 
 /// gprestore's checks of its flags against the backup (ValidateBackupFlagCombinations).
@@ -205,7 +196,7 @@ pub async fn gprestore(repo: &Repo, req: &RestoreRequest) -> Result<RestoreSumma
     }
     result?;
     if !state.failures.is_empty() {
-        return Err(Error::Postgres(format!(
+        return Err(Error::Server(format!(
             "the restore went on past {} errors (--on-error-continue): the database is incomplete; \
              {} lists what failed",
             state.failures.len(),
@@ -341,20 +332,21 @@ async fn prepare_database(req: &RestoreRequest, b: &LogicalBackupRecord, db: &st
         }
     }
     let mut admin = admin.ok_or_else(|| {
-        pg("connecting to the server (database postgres or template1)")(
+        Error::postgres(
+            "connecting to the server (database postgres or template1)",
             last_err.expect("one attempt failed"),
         )
     })?;
-    let exists = !run(
-        &mut admin,
-        "checking the target database",
-        &format!(
-            "SELECT 1 FROM pg_database WHERE datname = {}",
-            quote_literal(db)
-        ),
-    )
-    .await?
-    .is_empty();
+    let exists = !admin
+        .run(
+            "checking the target database",
+            &format!(
+                "SELECT 1 FROM pg_database WHERE datname = {}",
+                quote_literal(db)
+            ),
+        )
+        .await?
+        .is_empty();
     let filtered = b.options.table_filtered() || b.options.data_only;
     if !exists {
         if filtered {
@@ -370,7 +362,7 @@ async fn prepare_database(req: &RestoreRequest, b: &LogicalBackupRecord, db: &st
             quote_literal(&b.database_collate),
             quote_literal(&b.database_ctype)
         );
-        run(&mut admin, &format!("creating database {db}"), &sql).await?;
+        admin.run(&format!("creating database {db}"), &sql).await?;
     } else if req.create_db {
         return Err(Error::Usage(format!(
             "Database \"{db}\" already exists. Run gprestore again without --create-db flag."
@@ -405,13 +397,9 @@ fn session_setup(jobs: usize) -> String {
 async fn connect(req: &RestoreRequest, db: &str, jobs: usize) -> Result<PgConn> {
     let mut c = PgConn::connect(&with_db(&req.conn, db), Replication::Off)
         .await
-        .map_err(pg(format!("connecting to database {db}")))?;
-    run(
-        &mut c,
-        "setting up the restore session",
-        &session_setup(jobs),
-    )
-    .await?;
+        .context(format!("connecting to database {db}"))?;
+    c.run("setting up the restore session", &session_setup(jobs))
+        .await?;
     Ok(c)
 }
 
@@ -503,7 +491,8 @@ async fn restore_into(
             }
         }
         let wal_minimal = !loads.is_empty()
-            && run(&mut pool[0], "reading wal_level", "SHOW wal_level")
+            && pool[0]
+                .run("reading wal_level", "SHOW wal_level")
                 .await?
                 .first()
                 .and_then(|r| r.get(0).map(|s| s == "minimal"))
@@ -535,8 +524,7 @@ async fn restore_into(
     // Durable before success: one commit with synchronous_commit on flushes
     // the WAL of every earlier commit.
     let main = &mut pool[0];
-    run(
-        main,
+    main.run(
         "flushing the restore to disk",
         "SET synchronous_commit = on; BEGIN; SELECT txid_current(); COMMIT;",
     )
@@ -607,7 +595,7 @@ fn validate_filter_in_backup(
         .include_tables
         .iter()
         .filter(|t| !relations.contains(t))
-        .map(display_name)
+        .map(QualifiedName::quoted)
         .collect();
     if !missing.is_empty() {
         return Err(Error::Usage(format!(
@@ -619,7 +607,7 @@ fn validate_filter_in_backup(
         .exclude_tables
         .iter()
         .filter(|t| !relations.contains(t))
-        .map(display_name)
+        .map(QualifiedName::quoted)
         .collect();
     if !excluded.is_empty() {
         tracing::warn!(
@@ -667,15 +655,15 @@ fn choose_loads(req: &RestoreRequest, b: &LogicalBackupRecord, entries: &[TocEnt
 }
 
 async fn validate_redirect_schema(conn: &mut PgConn, schema: &str) -> Result<()> {
-    let rows = run(
-        conn,
-        "checking the schema to redirect into",
-        &format!(
-            "SELECT 1 FROM pg_namespace WHERE nspname = {}",
-            quote_literal(schema)
-        ),
-    )
-    .await?;
+    let rows = conn
+        .run(
+            "checking the schema to redirect into",
+            &format!(
+                "SELECT 1 FROM pg_namespace WHERE nspname = {}",
+                quote_literal(schema)
+            ),
+        )
+        .await?;
     if rows.is_empty() {
         return Err(Error::Usage(format!(
             "Schema {schema} to redirect into does not exist"
@@ -749,9 +737,7 @@ async fn check_relations(
         .map(|n| format!("({}, {})", quote_literal(&n.schema), quote_literal(&n.name)))
         .collect::<Vec<_>>()
         .join(", ");
-    let rows = run(
-        conn,
-        "checking the relations in the target database",
+    let rows = conn.run("checking the relations in the target database",
         &format!(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
               WHERE (n.nspname, c.relname) IN ({list})"
@@ -769,14 +755,14 @@ async fn check_relations(
         if let Some(n) = names.iter().find(|n| present.contains(n)) {
             return Err(Error::Usage(format!(
                 "Relation {} already exists (restore into another database with --redirect-db, or load data only with --data-only [--truncate-table])",
-                display_name(n)
+                n.quoted()
             )));
         }
     } else if let Some(n) = names.iter().find(|n| !present.contains(n)) {
         let _ = req;
         return Err(Error::Usage(format!(
             "Relation {} must exist for data-only restore",
-            display_name(n)
+            n.quoted()
         )));
     }
     Ok(())
@@ -791,14 +777,6 @@ fn describe(e: &TocEntry) -> String {
     } else {
         format!("{} {}.{}", e.kind, quote_ident(&e.schema), e.name)
     }
-}
-
-/// Whether an error is worth running the statement again (two parallel
-/// statements deadlocked, or raced on one catalog row).
-fn transient(e: &PgError) -> bool {
-    e.code() == Some("40P01")
-        || e.code() == Some("40001")
-        || e.to_string().contains("tuple concurrently updated")
 }
 
 /// Runs one entry; a failure is fatal unless --on-error-continue.
@@ -825,7 +803,8 @@ async fn run_entry(conn: &mut PgConn, e: &TocEntry) -> std::result::Result<(), P
     loop {
         match conn.simple_query(&e.statement).await {
             Ok(_) => return Ok(()),
-            Err(err) if transient(&err) && attempt < 5 => {
+            // Two parallel statements deadlocked, or raced on one catalog row.
+            Err(err) if err.is_transient() && attempt < 5 => {
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
             }
@@ -850,7 +829,7 @@ fn fail(
         });
         Ok(())
     } else {
-        Err(Error::Postgres(format!("restoring {object}: {error}")))
+        Err(Error::Server(format!("restoring {object}: {error}")))
     }
 }
 
@@ -920,7 +899,7 @@ async fn load_and_post(
         if r.is_ok() {
             tracing::info!(
                 "restored data to table {} through {} connections in {:.2} s",
-                display_name(&load.target),
+                load.target.quoted(),
                 pool.len(),
                 t.elapsed().as_secs_f64()
             );
@@ -962,7 +941,7 @@ async fn load_and_post(
                             Ok(rows) => {
                                 tracing::info!(
                                     "restored data to table {} ({rows} rows) in {:.2} s, {:.2} s after the start",
-                                    display_name(&load.target),
+                                    load.target.quoted(),
                                     t.elapsed().as_secs_f64(),
                                     started.elapsed().as_secs_f64()
                                 );
@@ -1038,7 +1017,7 @@ fn count_load(
             req,
             state,
             "data",
-            format!("TABLE {}", display_name(&load.target)),
+            format!("TABLE {}", load.target.quoted()),
             e.to_string(),
         ),
         Err(e) => Err(e),
@@ -1085,21 +1064,21 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
             .map(|&i| {
                 format!(
                     "({i}, to_regclass({}))",
-                    quote_literal(&quote_qualified(&loads[i].target))
+                    quote_literal(&loads[i].target.quoted())
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let rows = run(
-            conn,
-            "reading the column types of the tables to load",
-            &format!(
+        let rows = conn
+            .run(
+                "reading the column types of the tables to load",
+                &format!(
                 "SELECT l.n, quote_ident(a.attname), a.atttypid, format_type(a.atttypid, NULL) \
                    FROM (VALUES {values}) l(n, r) JOIN pg_attribute a ON a.attrelid = l.r \
                   WHERE a.attnum > 0 AND NOT a.attisdropped"
             ),
-        )
-        .await?;
+            )
+            .await?;
         let mut target: std::collections::HashMap<usize, Vec<(String, u32, String)>> =
             std::collections::HashMap::new();
         for r in &rows {
@@ -1139,9 +1118,7 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
                 .map(|t| t.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            let source_types: Vec<String> = run(
-                conn,
-                "naming the backup's column types",
+            let source_types: Vec<String> = conn.run("naming the backup's column types",
                 &format!(
                     "SELECT format_type(t, NULL) FROM unnest('{{{oids}}}'::oid[]) WITH ORDINALITY u(t, n) ORDER BY n"
                 ),
@@ -1163,7 +1140,7 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
                 .collect();
             tracing::info!(
                 "table {}: its column types differ from the backup's, so its binary rows are converted through their text form",
-                display_name(&load.target)
+                load.target.quoted()
             );
             load.convert = Some(Conversion {
                 source_types,
@@ -1184,18 +1161,18 @@ async fn load_split(
     truncate: bool,
     queue: usize,
 ) -> Result<u64> {
-    let name = quote_qualified(&load.target);
-    let what = display_name(&load.target);
+    let name = load.target.quoted();
+    let what = load.target.quoted();
     if truncate {
-        run(
-            &mut pool[0],
-            &format!("truncating {what}"),
-            &truncate_sql(&name, &load.data.relkind),
-        )
-        .await?;
+        pool[0]
+            .run(
+                &format!("truncating {what}"),
+                &truncate_sql(&name, &load.data.relkind),
+            )
+            .await?;
     }
     for c in pool.iter_mut() {
-        run(c, &format!("preparing to load {what}"), "BEGIN").await?;
+        c.run(&format!("preparing to load {what}"), "BEGIN").await?;
     }
     let sql = copy_in_sql(&name, &load.data, false);
     let result = match data::copy_in_split(
@@ -1213,12 +1190,12 @@ async fn load_split(
             load.data.rows
         ))),
         Ok((rows, _)) => Ok(rows),
-        Err(CopyInError::Pg(e)) => Err(pg(format!("loading table {what}"))(e)),
+        Err(CopyInError::Pg(e)) => Err(Error::postgres(format!("loading table {what}"), e)),
         Err(CopyInError::Source(e)) => Err(e),
     };
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     for c in pool.iter_mut() {
-        let r = run(c, &format!("committing table {what}"), end).await;
+        let r = c.run(&format!("committing table {what}"), end).await;
         if result.is_ok() {
             r?;
         }
@@ -1235,16 +1212,15 @@ async fn load_one(
     truncate: bool,
     queue: usize,
 ) -> Result<u64> {
-    let name = quote_qualified(&load.target);
+    let name = load.target.quoted();
     let mut begin = String::from("BEGIN;");
     if truncate {
         begin.push(' ');
         begin.push_str(&truncate_sql(&name, &load.data.relkind));
         begin.push(';');
     }
-    run(
-        conn,
-        &format!("preparing to load {}", display_name(&load.target)),
+    conn.run(
+        &format!("preparing to load {}", load.target.quoted()),
         &begin,
     )
     .await?;
@@ -1255,12 +1231,8 @@ async fn load_one(
         None => (copy_in_sql(&name, &load.data, freeze), None),
         Some(conv) => {
             let [create, copy, insert] = conv.statements(&name, &load.data.columns);
-            run(
-                conn,
-                &format!(
-                    "preparing to convert the rows of {}",
-                    display_name(&load.target)
-                ),
+            conn.run(
+                &format!("preparing to convert the rows of {}", load.target.quoted()),
                 &create,
             )
             .await?;
@@ -1270,7 +1242,8 @@ async fn load_one(
     let (rows, _bytes) = match data::copy_in(repo, conn, &sql, &load.data.location, queue).await {
         Ok(v) => v,
         Err(CopyInError::Pg(e)) => {
-            return Err(pg(format!("loading table {}", display_name(&load.target)))(
+            return Err(Error::postgres(
+                format!("loading table {}", load.target.quoted()),
                 e,
             ))
         }
@@ -1279,24 +1252,22 @@ async fn load_one(
     if rows != load.data.rows {
         return Err(Error::Integrity(format!(
             "table {}: the backup holds {} rows, COPY loaded {rows}: the stored data does not match its record",
-            display_name(&load.target),
+            load.target.quoted(),
             load.data.rows
         )));
     }
     if let Some(insert) = insert {
-        run(
-            conn,
+        conn.run(
             &format!(
                 "converting the rows of {} to its column types",
-                display_name(&load.target)
+                load.target.quoted()
             ),
             &insert,
         )
         .await?;
     }
-    run(
-        conn,
-        &format!("committing table {}", display_name(&load.target)),
+    conn.run(
+        &format!("committing table {}", load.target.quoted()),
         "COMMIT",
     )
     .await?;
@@ -1331,9 +1302,7 @@ async fn analyze(
             loop {
                 let next = queue.lock().expect("queue").pop_front();
                 let Some(n) = next else { return };
-                let r = conn
-                    .simple_query(&format!("ANALYZE {}", quote_qualified(&n)))
-                    .await;
+                let r = conn.simple_query(&format!("ANALYZE {}", n.quoted())).await;
                 results.lock().expect("results").push((n, r));
             }
         }
@@ -1345,7 +1314,7 @@ async fn analyze(
                 req,
                 state,
                 "data",
-                format!("ANALYZE {}", display_name(&n)),
+                format!("ANALYZE {}", n.quoted()),
                 e.to_string(),
             )?;
         }
@@ -1394,7 +1363,7 @@ async fn apply_stats(
             t.reltuples,
             t.relpages,
             t.relallvisible,
-            quote_literal(&quote_qualified(&target))
+            quote_literal(&target.quoted())
         ));
     }
     if sql.is_empty() {

@@ -26,6 +26,14 @@ pub struct QualifiedName {
     pub name: String,
 }
 
+impl QualifiedName {
+    /// `schema.name` as SQL (and gpbackup's messages) write it, each part
+    /// quoted as needed.
+    pub fn quoted(&self) -> String {
+        crate::pg::quote::qualified(&self.schema, &self.name)
+    }
+}
+
 /// One object of the backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TocEntry {

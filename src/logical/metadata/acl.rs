@@ -124,7 +124,7 @@ pub(crate) fn add_acl(
 
 /// A role name as quote_ident printed it, back to the catalog name.
 pub(crate) fn unquote_role(quoted: &str) -> String {
-    match super::quote::parse_ident(quoted) {
+    match crate::pg::quote::parse_ident(quoted) {
         Some((name, "")) => name,
         _ => quoted.to_string(),
     }

@@ -28,9 +28,9 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::deps::sort_entries;
-use super::quote::parse_ident;
 use crate::error::{Error, Result};
 use crate::logical::toc::{QualifiedName, Section, TocEntry};
+use crate::pg::quote::parse_ident;
 
 /// Which schemas and tables a backup or restore takes (gpbackup
 /// semantics). Empty lists do not restrict; names are as in the catalogs

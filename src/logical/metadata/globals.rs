@@ -20,12 +20,13 @@ use super::acl::{add_acl, AclRow};
 use super::comments::add_comment;
 use super::deps::Dep;
 use super::{
-    acl_json, class, query, query_one, quote::dollar_quote, quote_ident, quote_literal,
-    reloptions_sql, Graph, Node, ObjRef, RowExt, Target,
+    acl_json, class, query, query_one, quote_ident, quote_literal, reloptions_sql, Graph, Node,
+    ObjRef, RowExt, Target,
 };
 use crate::error::Result;
 use crate::logical::toc::Section;
 use crate::pg::conn::PgConn;
+use crate::pg::quote::dollar_quote;
 
 /// Settings whose stored value is already a quoted list.
 const LIST_SETTINGS: &[&str] = &[

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::filter::ObjectFilter;
-use super::{not_extension_member, query, quote_ident, quote_qualified, user_schema, RowExt};
+use super::{not_extension_member, query, quote_ident, user_schema, RowExt};
 use crate::error::Result;
 use crate::logical::toc::QualifiedName;
 use crate::pg::conn::PgConn;
@@ -32,7 +32,7 @@ pub struct TableInfo {
 impl TableInfo {
     /// `schema.table`, quoted for SQL.
     pub fn qualified(&self) -> String {
-        quote_qualified(&self.name)
+        self.name.quoted()
     }
 
     /// `(a, "B", c)`: the column list for COPY.
