@@ -509,7 +509,7 @@ async fn backup_in_snapshot(
         )
         .await?;
         for e in &entries {
-            *object_counts.entry(e.kind.clone()).or_insert(0) += 1;
+            *object_counts.entry(e.kind.to_string()).or_insert(0) += 1;
         }
         let (sql, toc) = build_metadata(&entries);
         let mkey = layout::metadata_key(ts);

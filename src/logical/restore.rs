@@ -27,7 +27,7 @@ use super::metadata::{self, ObjectFilter};
 use super::record::{rebuild_entries, LogicalBackupRecord, StoredStats, StoredToc, TableData};
 use super::report::{self, RestoreFailure, RestoreOutcome};
 use super::schedule::{Next, Schedule};
-use super::toc::{QualifiedName, Section, TocEntry};
+use super::toc::{ObjectKind, QualifiedName, Section, TocEntry};
 use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{ConnParams, PgConn, PgError, Replication};
 use crate::pg::quote::{quote_ident, quote_literal};
@@ -682,14 +682,14 @@ fn redirect_entries(entries: &[TocEntry], to: &str) -> Vec<TocEntry> {
         .chain(
             entries
                 .iter()
-                .filter(|e| e.kind == "SCHEMA")
+                .filter(|e| e.kind == ObjectKind::Schema)
                 .map(|e| e.name.clone()),
         )
         .filter(|s| s != to)
         .collect();
     entries
         .iter()
-        .filter(|e| e.kind != "SCHEMA")
+        .filter(|e| e.kind != ObjectKind::Schema)
         .filter(|e| !(e.owner_table.is_none() && e.name.starts_with("SCHEMA ")))
         .map(|e| {
             if e.section == Section::Globals {
@@ -1342,7 +1342,7 @@ async fn apply_stats(
     restored.extend(
         entries
             .iter()
-            .filter(|e| e.kind == "TABLE" && e.owner_table.is_none())
+            .filter(|e| e.kind == ObjectKind::Table && e.owner_table.is_none())
             .map(|e| QualifiedName {
                 schema: e.schema.clone(),
                 name: e.name.clone(),

@@ -217,7 +217,7 @@ impl Graph {
                 TocEntry {
                     id: id_of[i],
                     section: node.section,
-                    kind: node.kind.to_string(),
+                    kind: node.kind.into(),
                     schema: node.schema,
                     name: node.name,
                     owner_table: node.owner_table,
