@@ -36,7 +36,7 @@ use super::record::{
 use super::report::{self, BackupOutcome};
 use super::toc::QualifiedName;
 use crate::error::{Error, PgResultExt, Result};
-use crate::pg::conn::{ConnParams, PgConn, Replication};
+use crate::pg::conn::{ConnParams, PgConn, Replication, Row};
 use crate::pg::quote::quote_literal;
 use crate::repo::Repo;
 
@@ -137,16 +137,18 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
     let db = main
         .run(
             "reading the database's properties",
-            "SELECT current_database(), pg_encoding_to_char(encoding), datcollate, datctype, \
-                current_setting('server_version'), pg_database_size(current_database()) \
+            "SELECT current_database() AS datname, pg_encoding_to_char(encoding) AS encoding, \
+                datcollate, datctype, current_setting('server_version') AS server_version, \
+                pg_database_size(current_database()) AS size \
            FROM pg_database WHERE datname = current_database()",
         )
         .await?;
     let db = db
         .first()
-        .ok_or_else(|| Error::Internal("the current database is not in pg_database".into()))?;
-    let dbname = db.get(0).unwrap_or_default().to_string();
-    let database_size = db.get(5).and_then(|s| s.parse().ok());
+        .ok_or_else(|| Error::Server("the current database is not in pg_database".into()))?;
+    let db = DatabaseProps::read(db)?;
+    let dbname = db.name.clone();
+    let database_size = Some(db.size);
 
     let base = if req.incremental {
         Some(find_base(repo, req, &dbname).await?)
@@ -168,7 +170,7 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
         match result {
             Ok(v) => v,
             Err(e) => {
-                write_failure_report(repo, req, &ts, &dbname, db, start_time, &e).await;
+                write_failure_report(repo, req, &ts, &db, start_time, &e).await;
                 return Err(e);
             }
         };
@@ -178,10 +180,10 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
         format: RECORD_FORMAT,
         timestamp: ts.to_string(),
         database: dbname.clone(),
-        database_encoding: db.get(1).unwrap_or_default().to_string(),
-        database_collate: db.get(2).unwrap_or_default().to_string(),
-        database_ctype: db.get(3).unwrap_or_default().to_string(),
-        server_version: db.get(4).unwrap_or_default().to_string(),
+        database_encoding: db.encoding.clone(),
+        database_collate: db.collate.clone(),
+        database_ctype: db.ctype.clone(),
+        server_version: db.server_version.clone(),
         server_version_num: 0,
         cbdr_version: env!("CARGO_PKG_VERSION").to_string(),
         start_time,
@@ -377,11 +379,17 @@ async fn backup_in_snapshot(
     )
     .await?;
     let snap = main
-        .query_one("SELECT pg_export_snapshot(), clock_timestamp()::text")
+        .query_one("SELECT pg_export_snapshot() AS id, clock_timestamp()::text AS time")
         .await
         .context("exporting the snapshot")?;
-    let snapshot_id = snap.get(0).unwrap_or_default().to_string();
-    let snapshot_time = snap.get(1).unwrap_or_default().to_string();
+    let snapshot_id = snap
+        .get_str("id")
+        .context("exporting the snapshot")?
+        .to_string();
+    let snapshot_time = snap
+        .get_str("time")
+        .context("exporting the snapshot")?
+        .to_string();
 
     validate_filter(main, &req.filter, req.leaf_partition_data).await?;
     let tables = metadata::list_tables(
@@ -598,10 +606,9 @@ async fn all_table_oids(conn: &mut PgConn) -> Result<Vec<u32>> {
             AND n.nspname NOT IN ('information_schema', 'gp_toolkit')",
         )
         .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| r.get(0).and_then(|s| s.parse().ok()))
-        .collect())
+    rows.iter()
+        .map(|r| r.parse("oid").context("listing the tables"))
+        .collect()
 }
 
 /// The column lists and partition roots of the tables to copy.
@@ -623,7 +630,7 @@ async fn describe_units(
             .run(
                 "reading the tables' columns",
                 &format!(
-                    "SELECT a.attrelid, quote_ident(a.attname), a.atttypid FROM pg_attribute a \
+                    "SELECT a.attrelid, quote_ident(a.attname) AS attname, a.atttypid FROM pg_attribute a \
                   WHERE a.attrelid = ANY('{{{list}}}'::oid[]) AND a.attnum > 0 \
                     AND NOT a.attisdropped AND a.attgenerated = '' \
                   ORDER BY a.attrelid, a.attnum"
@@ -631,13 +638,11 @@ async fn describe_units(
             )
             .await?;
         for r in rows {
-            if let (Some(oid), Some(col), Some(ty)) = (
-                r.get(0).and_then(|s| s.parse().ok()),
-                r.get(1),
-                r.get(2).and_then(|s| s.parse().ok()),
-            ) {
-                columns.entry(oid).or_default().push((col.to_string(), ty));
-            }
+            let what = "reading the tables' columns";
+            let oid: u32 = r.parse("attrelid").context(what)?;
+            let col = r.get_str("attname").context(what)?.to_string();
+            let ty: u32 = r.parse("atttypid").context(what)?;
+            columns.entry(oid).or_default().push((col, ty));
         }
         let rows = conn
             .run(
@@ -651,17 +656,14 @@ async fn describe_units(
             )
             .await?;
         for r in rows {
-            if let (Some(oid), Some(s), Some(n)) =
-                (r.get(0).and_then(|s| s.parse().ok()), r.get(1), r.get(2))
-            {
-                roots.insert(
-                    oid,
-                    QualifiedName {
-                        schema: s.to_string(),
-                        name: n.to_string(),
-                    },
-                );
-            }
+            let what = "reading the partition roots";
+            roots.insert(
+                r.parse("oid").context(what)?,
+                QualifiedName {
+                    schema: r.get_str("nspname").context(what)?.to_string(),
+                    name: r.get_str("relname").context(what)?.to_string(),
+                },
+            );
         }
     }
     Ok(tables
@@ -725,8 +727,9 @@ async fn validate_filter(conn: &mut PgConn, f: &ObjectFilter, leaf: bool) -> Res
                 }
                 return Err(Error::Usage(format!("Table {name} does not exist")));
             };
-            let partition = r.get(1) == Some("t");
-            let partitioned = r.get(0) == Some("p");
+            let what = "checking the table filter";
+            let partition = r.get_bool("relispartition").context(what)?;
+            let partitioned = r.get_str("relkind").context(what)? == "p";
             if partition && partitioned {
                 return Err(Error::Usage(format!(
                     "Cannot filter on {name}, as it is an intermediate partition table.  Only parent partition tables and leaf partition tables may be specified."
@@ -809,7 +812,7 @@ async fn store_statistics(
             .run(
                 "reading the table statistics",
                 &format!(
-                "SELECT n.nspname, c.relname, c.reltuples::float8, c.relpages, c.relallvisible \
+                "SELECT n.nspname, c.relname, c.reltuples::float8 AS reltuples, c.relpages, c.relallvisible \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE c.oid IN (SELECT relid FROM unnest('{{{list}}}'::oid[]) AS u(oid), \
                                   LATERAL pg_partition_tree(u.oid)) \
@@ -818,14 +821,15 @@ async fn store_statistics(
             )
             .await?;
         for r in rows {
+            let what = "reading the table statistics";
             tables.push(TableStats {
                 table: QualifiedName {
-                    schema: r.get(0).unwrap_or_default().to_string(),
-                    name: r.get(1).unwrap_or_default().to_string(),
+                    schema: r.get_str("nspname").context(what)?.to_string(),
+                    name: r.get_str("relname").context(what)?.to_string(),
                 },
-                reltuples: r.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1.0),
-                relpages: r.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
-                relallvisible: r.get(4).and_then(|s| s.parse().ok()).unwrap_or(0),
+                reltuples: r.parse("reltuples").context(what)?,
+                relpages: r.parse("relpages").context(what)?,
+                relallvisible: r.parse("relallvisible").context(what)?,
             });
         }
     }
@@ -1068,25 +1072,49 @@ async fn worker(
     Ok(())
 }
 
+/// The properties of the database backed up, as its record keeps them.
+struct DatabaseProps {
+    name: String,
+    encoding: String,
+    collate: String,
+    ctype: String,
+    server_version: String,
+    size: u64,
+}
+
+impl DatabaseProps {
+    fn read(r: &Row) -> Result<DatabaseProps> {
+        let what = "reading the database's properties";
+        let text = |c: &str| r.get_str(c).map(str::to_string).context(what);
+        Ok(DatabaseProps {
+            name: text("datname")?,
+            encoding: text("encoding")?,
+            collate: text("datcollate")?,
+            ctype: text("datctype")?,
+            server_version: text("server_version")?,
+            size: r.parse("size").context(what)?,
+        })
+    }
+}
+
 /// A failed backup still leaves its report (the backup itself is never
 /// listed: it has no record).
 async fn write_failure_report(
     repo: &Repo,
     req: &BackupRequest,
     ts: &Timestamp,
-    dbname: &str,
-    db: &crate::pg::conn::Row,
+    db: &DatabaseProps,
     start_time: chrono::DateTime<Utc>,
     e: &Error,
 ) {
     let record = LogicalBackupRecord {
         format: RECORD_FORMAT,
         timestamp: ts.to_string(),
-        database: dbname.to_string(),
-        database_encoding: db.get(1).unwrap_or_default().to_string(),
-        database_collate: db.get(2).unwrap_or_default().to_string(),
-        database_ctype: db.get(3).unwrap_or_default().to_string(),
-        server_version: db.get(4).unwrap_or_default().to_string(),
+        database: db.name.clone(),
+        database_encoding: db.encoding.clone(),
+        database_collate: db.collate.clone(),
+        database_ctype: db.ctype.clone(),
+        server_version: db.server_version.clone(),
         server_version_num: 0,
         cbdr_version: env!("CARGO_PKG_VERSION").to_string(),
         start_time,

@@ -492,11 +492,10 @@ async fn restore_into(
         }
         let wal_minimal = !loads.is_empty()
             && pool[0]
-                .run("reading wal_level", "SHOW wal_level")
-                .await?
-                .first()
-                .and_then(|r| r.get(0).map(|s| s == "minimal"))
-                .unwrap_or(false);
+                .query_one("SHOW wal_level")
+                .await
+                .and_then(|r| r.get_str("wal_level").map(|s| s == "minimal"))
+                .context("reading wal_level")?;
         let how = LoadMode {
             truncate: req.truncate_table || req.incremental,
             // Tables this restore created: truncating one in its load's
@@ -746,11 +745,14 @@ async fn check_relations(
     .await?;
     let present: HashSet<QualifiedName> = rows
         .iter()
-        .map(|r| QualifiedName {
-            schema: r.get(0).unwrap_or_default().to_string(),
-            name: r.get(1).unwrap_or_default().to_string(),
+        .map(|r| {
+            let what = "checking the relations in the target database";
+            Ok(QualifiedName {
+                schema: r.get_str("nspname").context(what)?.to_string(),
+                name: r.get_str("relname").context(what)?.to_string(),
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if restore_metadata {
         if let Some(n) = names.iter().find(|n| present.contains(n)) {
             return Err(Error::Usage(format!(
@@ -1073,26 +1075,22 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
             .run(
                 "reading the column types of the tables to load",
                 &format!(
-                "SELECT l.n, quote_ident(a.attname), a.atttypid, format_type(a.atttypid, NULL) \
+                    "SELECT l.n, quote_ident(a.attname) AS attname, a.atttypid, \
+                        format_type(a.atttypid, NULL) AS typname \
                    FROM (VALUES {values}) l(n, r) JOIN pg_attribute a ON a.attrelid = l.r \
                   WHERE a.attnum > 0 AND NOT a.attisdropped"
-            ),
+                ),
             )
             .await?;
         let mut target: std::collections::HashMap<usize, Vec<(String, u32, String)>> =
             std::collections::HashMap::new();
         for r in &rows {
-            if let (Some(n), Some(c), Some(t), Some(name)) = (
-                r.get(0).and_then(|v| v.parse().ok()),
-                r.get(1),
-                r.get(2).and_then(|v| v.parse().ok()),
-                r.get(3),
-            ) {
-                target
-                    .entry(n)
-                    .or_default()
-                    .push((c.to_string(), t, name.to_string()));
-            }
+            let what = "reading the column types of the tables to load";
+            let n: usize = r.parse("n").context(what)?;
+            let c = r.get_str("attname").context(what)?.to_string();
+            let t: u32 = r.parse("atttypid").context(what)?;
+            let name = r.get_str("typname").context(what)?.to_string();
+            target.entry(n).or_default().push((c, t, name));
         }
         for &i in chunk {
             let Some(cols) = target.get(&i) else { continue };
@@ -1120,13 +1118,17 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
                 .join(",");
             let source_types: Vec<String> = conn.run("naming the backup's column types",
                 &format!(
-                    "SELECT format_type(t, NULL) FROM unnest('{{{oids}}}'::oid[]) WITH ORDINALITY u(t, n) ORDER BY n"
+                    "SELECT format_type(t, NULL) AS typname FROM unnest('{{{oids}}}'::oid[]) WITH ORDINALITY u(t, n) ORDER BY n"
                 ),
             )
             .await?
             .iter()
-            .map(|r| r.get(0).unwrap_or_default().to_string())
-            .collect();
+            .map(|r| {
+                r.get_str("typname")
+                    .map(str::to_string)
+                    .context("naming the backup's column types")
+            })
+            .collect::<Result<_>>()?;
             let target_types = load
                 .data
                 .columns

@@ -338,8 +338,10 @@ impl Session<'_> {
             .query_one("SHOW wal_segment_size")
             .await
             .map_err(self.pg("SHOW wal_segment_size"))?;
-        let size = crate::physical::backup::parse_size_setting(row.get(0).unwrap_or_default())
-            .map_err(Failure::Fatal)?;
+        let size = row
+            .get_str("wal_segment_size")
+            .map_err(self.pg("SHOW wal_segment_size"))?;
+        let size = crate::physical::backup::parse_size_setting(size).map_err(Failure::Fatal)?;
         if !size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&size) {
             return Err(Failure::Fatal(Error::Server(format!(
                 "{} reports wal_segment_size {size}: expected a power of two from 1 MB to 1 GB",
