@@ -717,6 +717,10 @@ impl<'a> Bench<'a> {
         }
         fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
         chown_to_pg(self.dir.path());
+        common::init_repo(&self.cbdr.to_string_lossy(), &self.fs_config);
+        if let Some(config) = &self.garage_config {
+            common::init_repo(&self.cbdr.to_string_lossy(), config);
+        }
         if let Some(conf) = &self.pgbr_config {
             run(
                 pg_command("pgbackrest")

@@ -163,6 +163,7 @@ fn main() {
     )
     .unwrap();
     chown_to_pg(dir.path());
+    common::init_repo(&cbdr.to_string_lossy(), &config);
 
     let mut builder = PgServer::builder()
         .conf("shared_buffers = 512MB")

@@ -661,6 +661,9 @@ impl Bench {
         if key_file.exists() {
             fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
         }
+        if let Some(config) = &prepared.cbdr_config {
+            common::init_repo(&self.cbdr.to_string_lossy(), config);
+        }
         prepared
     }
 

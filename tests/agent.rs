@@ -56,6 +56,7 @@ impl Env {
         )
         .unwrap();
         chown_to_pg(dir.path());
+        common::init_repo(CBDR, &config);
         Env { dir, config }
     }
 

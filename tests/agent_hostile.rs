@@ -64,6 +64,7 @@ impl Agent {
         )
         .unwrap();
         chown_to_pg(dir.path());
+        common::init_repo(CBDR, &config);
         for attempt in 0.. {
             let port = free_port();
             let log = dir.path().join(format!("agent-{port}.log"));

@@ -46,6 +46,7 @@ fn setup_with(storage_toml: Option<&str>, extra: &str) -> Setup {
     )
     .unwrap();
     chown_to_pg(dir.path());
+    common::init_repo(CBDR, &config);
     Setup { dir, config }
 }
 

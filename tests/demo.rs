@@ -51,6 +51,9 @@ fn demo() {
         stdout
     };
 
+    step("Create the repository, once, with its key");
+    run(None, &["repo-init"]);
+
     step("A PostgreSQL 15 server with archive_command = 'cbdr wal-push %p'");
     let archive = format!("{CBDR} --config {} wal-push %p", config.display());
     let server = PgServer::builder()

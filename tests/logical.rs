@@ -102,6 +102,7 @@ fn env_with(storage: Option<String>) -> Env {
         )
     });
     let config = write_config(dir.path(), "cbdr", &storage, KEY_HEX);
+    common::init_repo(CBDR, &config);
     let server = PgServer::builder().start();
     Env {
         dir,
@@ -1089,7 +1090,7 @@ fn killed_backup_is_never_listed_and_bad_data_is_refused() {
         ],
     );
     assert_eq!(code, 4, "{err}");
-    assert!(err.contains("wrong encryption key"), "{err}");
+    assert!(err.contains("not the repository's key"), "{err}");
 
     e.server.psql("CREATE DATABASE damaged");
     e.server.psql_db("damaged", "CREATE TABLE small (id int)");

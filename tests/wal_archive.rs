@@ -35,6 +35,7 @@ fn setup(storage_toml: &str) -> Setup {
     )
     .unwrap();
     chown_to_pg(dir.path());
+    common::init_repo(CBDR, &config);
     Setup { dir, config }
 }
 

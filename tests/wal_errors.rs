@@ -38,6 +38,7 @@ impl Env {
         )
         .unwrap();
         fs::create_dir_all(dir.path().join("pg_wal/archive_status")).unwrap();
+        common::init_repo(CBDR, &config);
         Env { dir, config }
     }
 

@@ -53,6 +53,7 @@ fn setup(storage_toml: Option<String>) -> Setup {
     )
     .unwrap();
     chown_to_pg(dir.path());
+    common::init_repo(CBDR, &config);
     Setup {
         dir,
         config,

@@ -320,7 +320,14 @@ pub async fn backup(config: &Config, a: GpbackupArgs, verbose: u8, quiet: bool) 
     }
 
     let config = with_backup_dir(config, a.backup_dir.as_deref())?;
-    let mut repo = Repo::open(&config).await?;
+    let mut repo = Repo::open_unchecked(&config).await?;
+    if a.backup_dir.is_some() {
+        // gpbackup makes its --backup-dir: a directory named on the
+        // command line is an explicit request for a repository there.
+        repo.init(false).await?;
+    } else {
+        repo.check().await?;
+    }
     repo.codec.compression = method;
     repo.codec.level = level.unwrap_or_else(|| method.default_level());
     let req = BackupRequest {

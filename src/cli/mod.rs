@@ -6,6 +6,7 @@ mod cluster;
 mod list;
 mod logical;
 mod physical;
+mod repo;
 mod wal;
 mod wal_receive;
 
@@ -40,6 +41,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create the repository the config names, once, with its key (every
+    /// other command refuses a missing repository).
+    RepoInit(repo::RepoInitArgs),
     /// Archive a WAL file: use as archive_command = 'cbdr wal-push %p'.
     WalPush(wal::WalPushArgs),
     /// Restore a WAL file: use as restore_command = 'cbdr wal-fetch %f %p'.
@@ -178,6 +182,7 @@ fn wal_fetch_fix(code: ExitCode, budget: Option<u64>) -> String {
 async fn dispatch(cli: Cli) -> Result<(), Error> {
     let config = Config::discover(cli.config.as_deref())?;
     match cli.command {
+        Command::RepoInit(args) => repo::init(&config, args).await,
         Command::WalPush(args) => wal::push(&config, args).await,
         Command::WalFetch(_) => Err(Error::Internal(
             "wal-fetch runs through run_wal_fetch, for its exit statuses".into(),

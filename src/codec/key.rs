@@ -173,6 +173,50 @@ impl Key {
     }
 }
 
+/// What identifies a key in the repository's description (`cbdr-repo.json`):
+/// its kind and its check value, never the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyIdentity {
+    /// The repository is not encrypted.
+    None,
+    Raw {
+        check: [u8; 8],
+    },
+    Passphrase {
+        check: [u8; 8],
+    },
+}
+
+impl KeyIdentity {
+    /// The identity of `key` (none: no encryption). A passphrase is
+    /// stretched with `salt`, the repository's, at today's costs.
+    pub fn of(key: Option<&Key>, salt: [u8; 16]) -> Result<KeyIdentity, CodecError> {
+        let Some(key) = key else {
+            return Ok(KeyIdentity::None);
+        };
+        Ok(match key.source {
+            Source::Raw(_) => KeyIdentity::Raw {
+                check: key_check(&*key.master(&KdfSpec::Raw)?),
+            },
+            Source::Passphrase(_) => KeyIdentity::Passphrase {
+                check: key_check(&*key.master(&KdfSpec::Argon2id {
+                    salt,
+                    params: KdfParams::DEFAULT,
+                })?),
+            },
+        })
+    }
+
+    /// How a DBA would name it: "no encryption", "a raw 256-bit key"...
+    pub fn describe(&self) -> &'static str {
+        match self {
+            KeyIdentity::None => "no encryption",
+            KeyIdentity::Raw { .. } => "a raw 256-bit key",
+            KeyIdentity::Passphrase { .. } => "a passphrase",
+        }
+    }
+}
+
 /// An 8-byte value stored in headers that tells a wrong key from corruption
 /// without revealing anything about the key.
 pub(crate) fn key_check(master: &[u8; 32]) -> [u8; 8] {

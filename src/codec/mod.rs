@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use compression::{Compression, FinishWrite};
 pub use header::Header;
-pub use key::{KdfParams, Key};
+pub use key::{KdfParams, Key, KeyIdentity};
 pub use object::{ObjectReader, ObjectWriter};
 
 /// Default plain bytes per chunk (256 KiB).
@@ -60,6 +60,9 @@ pub enum CodecError {
     Truncated { name: String, bytes: u64 },
     #[error("encryption key: {0}")]
     BadKey(String),
+    /// The configured key is not the one the repository records.
+    #[error("{location}: {detail}; nothing was written. Use the repository's key ([encryption] key_file or CBDR_ENCRYPTION_KEY), or check the storage settings if this is not the repository you meant")]
+    KeyMismatch { location: String, detail: String },
     #[error("{name}: {source}")]
     Io {
         name: String,

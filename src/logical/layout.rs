@@ -4,7 +4,8 @@
 //! logical/{TS}/metadata.sql                 the DDL, one statement after another
 //! logical/{TS}/toc.json                     table of contents: each object and where
 //!                                           its statement is in metadata.sql
-//! logical/{TS}/data/{OID}                   one table's rows (COPY text format)
+//! logical/{TS}/data/{OID}                   one table's rows (COPY's binary or text
+//!                                           format, as the record says per table)
 //! logical/{TS}/data/all                     --single-data-file: every table's rows, as
 //!                                           independently decodable frames
 //! logical/{TS}/statistics.json              --with-stats: pg_class row/page counts
@@ -13,6 +14,8 @@
 //! logical/{TS}/restores/{RTS}/errors        statements and tables that failed in it
 //! logical/{TS}/backup.json                  the record, written LAST: a backup
 //!                                           without it is incomplete and never listed
+//! logical/{TS}/claim-{random}               an empty object by which a backup claims
+//!                                           its timestamp before writing anything else
 //! ```
 //! `TS` is the backup's 14-digit timestamp (YYYYMMDDHHMMSS, local time, as
 //! gpbackup prints it).

@@ -11,12 +11,20 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use crate::codec::{Codec, Key};
+use crate::codec::{Codec, Key, KeyIdentity};
 use crate::config::{Config, StorageType};
 use crate::error::{Error, Result};
 use crate::storage::{ByteStream, DynStorage, FsStorage, S3Storage, StorageError};
 
-pub use meta::RepoMeta;
+pub use meta::{RepoMeta, REPO_FORMAT};
+
+/// What `repo-init` found or did; each names the key kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitOutcome {
+    Created(&'static str),
+    AlreadyThere(&'static str),
+    Upgraded(&'static str),
+}
 
 /// Bytes moved by one object transfer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,34 +40,142 @@ pub struct TransferStats {
 pub struct Repo {
     pub storage: DynStorage,
     pub codec: Codec,
+    /// The description, once [`Repo::check`] passed.
+    checked: Arc<std::sync::OnceLock<RepoMeta>>,
 }
 
 impl Repo {
-    /// Opens the repository the config names, with its key. Writes nothing.
+    /// Opens the repository the config names, with its key, and checks
+    /// both (see [`Repo::check`]). Writes nothing.
     pub async fn open(config: &Config) -> Result<Repo> {
+        let repo = Repo::open_unchecked(config).await?;
+        repo.check().await?;
+        Ok(repo)
+    }
+
+    /// Opens the storage and loads the key without looking at the
+    /// repository (for `repo-init`). Creates nothing.
+    pub async fn open_unchecked(config: &Config) -> Result<Repo> {
         let storage: DynStorage = match config.storage.kind {
-            StorageType::Fs => Arc::new(FsStorage::new(&config.storage.path)?),
+            StorageType::Fs => Arc::new(FsStorage::open(&config.storage.path)),
             StorageType::S3 => Arc::new(S3Storage::new(&config.storage).await?),
         };
         let key = load_key(config)?;
         let codec = Codec::new(config.compression.method, config.compression.level, key);
-        Ok(Repo { storage, codec })
+        Ok(Repo::new(storage, codec))
     }
 
     pub fn new(storage: DynStorage, codec: Codec) -> Repo {
-        Repo { storage, codec }
+        Repo {
+            storage,
+            codec,
+            checked: Arc::default(),
+        }
     }
 
-    /// Prepares the repository for writing: creates its identity object on
-    /// first use, and loads the passphrase salt for new objects.
-    pub async fn prepare_write(&self) -> Result<RepoMeta> {
-        let meta = meta::load_or_create(self.storage.as_ref()).await?;
-        if let Some(key) = &self.codec.key {
-            if key.is_passphrase() {
-                key.set_writer_salt(meta.kdf_salt()?);
+    /// Checks that the repository exists (exit 2 and the fix when it does
+    /// not: a typo or an unmounted volume must not become a new, empty
+    /// repository) and that the configured key is the one it records (exit
+    /// 4), and loads the passphrase salt for new objects.
+    pub async fn check(&self) -> Result<RepoMeta> {
+        if let Some(meta) = self.checked.get() {
+            return Ok(meta.clone());
+        }
+        let Some(meta) = meta::load(self.storage.as_ref()).await? else {
+            return Err(Error::Usage(format!(
+                "no cbdr repository at {}: create it once with `cbdr repo-init` (with the key it will use), \
+                 or check the storage settings ([storage] path, or bucket and prefix): a typo or an unmounted volume looks like this",
+                self.storage.location()
+            )));
+        };
+        let salt = meta.kdf_salt()?;
+        if let Some(recorded) = meta.identity()? {
+            let given = KeyIdentity::of(self.codec.key.as_deref(), salt)?;
+            if given != recorded {
+                let detail = if std::mem::discriminant(&given) == std::mem::discriminant(&recorded)
+                {
+                    format!(
+                        "the configured key is not the repository's key (the repository uses {} with another check value)",
+                        recorded.describe()
+                    )
+                } else {
+                    format!(
+                        "the repository uses {}, but the configuration gives {}",
+                        recorded.describe(),
+                        given.describe()
+                    )
+                };
+                return Err(Error::Codec(crate::codec::CodecError::KeyMismatch {
+                    location: self.storage.location(),
+                    detail,
+                }));
             }
         }
+        if let Some(key) = &self.codec.key {
+            if key.is_passphrase() {
+                key.set_writer_salt(salt);
+            }
+        }
+        let _ = self.checked.set(meta.clone());
         Ok(meta)
+    }
+
+    /// [`Repo::check`], and that the repository records its key: a
+    /// repository made by an older cbdr (format 1) must be upgraded once,
+    /// with `cbdr repo-init --upgrade`, before anything writes to it.
+    pub async fn prepare_write(&self) -> Result<RepoMeta> {
+        let meta = self.check().await?;
+        if meta.identity()?.is_none() {
+            return Err(Error::Usage(format!(
+                "the repository at {} was made by an older cbdr and does not record which key it uses: \
+                 run `cbdr repo-init --upgrade` once, with the repository's key, then retry",
+                self.storage.location()
+            )));
+        }
+        Ok(meta)
+    }
+
+    /// `cbdr repo-init`: creates the repository with the configured key, or
+    /// says that it is there with that key; `upgrade` records the key of a
+    /// format-1 repository.
+    pub async fn init(&self, upgrade: bool) -> Result<InitOutcome> {
+        let storage = self.storage.as_ref();
+        match meta::load(storage).await? {
+            None => {
+                storage.create_root().await?;
+                let salt = crate::codec::random_bytes::<16>();
+                let identity = KeyIdentity::of(self.codec.key.as_deref(), salt)?;
+                let meta = RepoMeta::new(salt, identity);
+                match meta::create(storage, &meta).await {
+                    Err(Error::Storage(StorageError::AlreadyExists { .. })) => {
+                        // Another repo-init won the race: judge by its key.
+                        self.check().await?;
+                        Ok(InitOutcome::AlreadyThere(identity.describe()))
+                    }
+                    Err(e) => Err(e),
+                    Ok(()) => Ok(InitOutcome::Created(identity.describe())),
+                }
+            }
+            Some(mut meta) => {
+                if meta.identity()?.is_none() {
+                    if !upgrade {
+                        return Err(Error::Usage(format!(
+                            "the repository at {} was made by an older cbdr (format {}) and does not record which key it uses: \
+                             run `cbdr repo-init --upgrade` with the repository's key",
+                            storage.location(),
+                            meta.format
+                        )));
+                    }
+                    let identity = KeyIdentity::of(self.codec.key.as_deref(), meta.kdf_salt()?)?;
+                    meta.set_identity(identity);
+                    meta::replace(storage, &meta).await?;
+                    return Ok(InitOutcome::Upgraded(identity.describe()));
+                }
+                let meta = self.check().await?;
+                let identity = meta.identity()?.expect("checked above");
+                Ok(InitOutcome::AlreadyThere(identity.describe()))
+            }
+        }
     }
 
     /// Encodes everything `input` yields into the object `key`, streaming.

@@ -30,15 +30,28 @@ pub struct FsStorage {
 
 impl FsStorage {
     /// Opens (creating if needed) the repository directory.
+    /// The storage under `root`, creating the directory.
     pub fn new(root: &Path) -> Result<FsStorage, StorageError> {
-        create_dirs(root).map_err(|e| StorageError::Io {
+        let storage = FsStorage::open(root);
+        storage.make_root()?;
+        Ok(storage)
+    }
+
+    /// The storage under `root`, which may not exist yet: nothing is
+    /// created until something is written (and the repository check comes
+    /// first, so a mistyped path is refused, not made).
+    pub fn open(root: &Path) -> FsStorage {
+        FsStorage {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn make_root(&self) -> Result<(), StorageError> {
+        create_dirs(&self.root).map_err(|e| StorageError::Io {
             op: "create repository directory",
             key: String::new(),
-            location: root.display().to_string(),
+            location: self.root.display().to_string(),
             source: e,
-        })?;
-        Ok(FsStorage {
-            root: root.to_path_buf(),
         })
     }
 
@@ -259,6 +272,10 @@ impl Storage for FsStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_err("delete", key, e)),
         }
+    }
+
+    async fn create_root(&self) -> Result<(), StorageError> {
+        self.make_root()
     }
 
     fn location(&self) -> String {

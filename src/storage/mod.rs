@@ -113,6 +113,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Where this storage is, for messages (no secrets).
     fn location(&self) -> String;
+
+    /// Makes the place a new repository goes (`repo-init`): the
+    /// directory on a filesystem; nothing on S3, whose bucket must exist.
+    async fn create_root(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 pub type DynStorage = Arc<dyn Storage>;

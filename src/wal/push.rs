@@ -4,9 +4,19 @@
 //! with busy servers, each call also uploads (in parallel, up to
 //! `archive.push_concurrency` files) the files that `archive_status/*.ready`
 //! lists, and remembers each one it stored in `pg_wal/cbdr_archived/`; the
-//! call PostgreSQL then makes for such a file checks the memo (size and
-//! CRC32 of the file) and returns at once. A memo is written only after the
-//! upload completed, so nothing is reported archived before it is durable.
+//! call PostgreSQL then makes for such a file checks the memo (the file's
+//! size, modification time and inode) and returns at once, without opening
+//! the repository. A memo is written only after the upload completed, so
+//! nothing is reported archived before it is durable.
+//!
+//! A file already archived is read back and compared: the same content is
+//! success, other content an error that overwrites nothing. The object is
+//! stored with a no-clobber put (link(2) on the filesystem, `If-None-Match`
+//! on S3, which Garage ignores), so two racing pushes of one segment cannot
+//! replace each other where the storage honours it. A file whose lz4 sample
+//! saves less than 10% is stored uncompressed (still authenticated, and
+//! encrypted when a key is configured). `wal-receive` stores its segments
+//! through the same `store_wal_file`.
 
 use std::fs;
 use std::io::{self, Read, Write};

@@ -101,6 +101,7 @@ impl TestCluster {
         fs::write(&config, text).unwrap();
         chown_to_pg(dir.path());
         fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        super::init_repo(CBDR, &config);
         for s in &mut servers {
             s.start();
         }

@@ -113,21 +113,32 @@ pub fn wait_for<T>(
 }
 
 /// Creates the repository `config` names (`cbdr repo-init`), as a DBA does
-/// once before the first backup or archived WAL file.
+/// once before the first backup or archived WAL file. Runs as the owner
+/// of `config`: the PostgreSQL OS user (who archives into the repository)
+/// once the test gave them the config, else the test's own user.
 pub fn init_repo(cbdr: &str, config: &Path) {
-    let out = std::process::Command::new(cbdr)
+    use std::os::unix::fs::MetadataExt;
+    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let config_uid = std::fs::metadata(config).map(|m| m.uid()).ok();
+    let mut cmd = if config_uid == own_uid {
+        let mut c = std::process::Command::new(cbdr);
+        c.stdin(std::process::Stdio::null());
+        c
+    } else {
+        pg::pg_command(cbdr)
+    };
+    let out = cmd
         .arg("--config")
         .arg(config)
         .arg("repo-init")
-        .stdin(std::process::Stdio::null())
         .output()
         .expect("run cbdr repo-init");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Transitional: until `repo-init` exists, repositories are created on
-    // first write.
-    if !out.status.success() && !stderr.contains("unrecognized subcommand") {
-        panic!("cbdr repo-init failed ({}): {stderr}", out.status);
-    }
+    assert!(
+        out.status.success(),
+        "cbdr repo-init failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Writes the long page header of segment `name` (1 MiB segments) at the
