@@ -28,6 +28,12 @@ impl Lsn {
         self.0 % segment_size
     }
 
+    /// The start of the next 4 GiB "log" (the next value of the high 32
+    /// bits, the `X` of `X/Y`; a WAL file name's middle part).
+    pub fn next_log_start(self) -> Lsn {
+        Lsn(((self.0 >> 32) + 1) << 32)
+    }
+
     /// `self + bytes`, or `None` past the end of the LSN space.
     pub fn checked_add(self, bytes: u64) -> Option<Lsn> {
         self.0.checked_add(bytes).map(Lsn)
@@ -159,6 +165,8 @@ mod tests {
             Lsn(0x1_0F00_0000)
         );
         assert_eq!(Lsn(0x1_0FFF_FFFF).segment_offset(16 * mb), 0xFF_FFFF);
+        assert_eq!(Lsn(0x1_0FFF_FFFF).next_log_start(), Lsn(0x2_0000_0000));
+        assert_eq!(Lsn(0x2_0000_0000).next_log_start(), Lsn(0x3_0000_0000));
         assert_eq!(Lsn(u64::MAX).checked_add(1), None);
         assert_eq!(Lsn(u64::MAX - 1).checked_add(1), Some(Lsn(u64::MAX)));
         assert_eq!(Lsn(5).checked_sub(6), None);
