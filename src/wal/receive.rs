@@ -205,28 +205,23 @@ impl Session<'_> {
     /// when reconnecting later may help, else fatal.
     fn pg_failure(&self, what: &str, e: PgError) -> Failure {
         if let Some(s) = repl::wal_removed(&e) {
-            {
-                return Failure::Fatal(Error::Server(format!(
-                    "{} no longer has the WAL the receiver needs ({}): the archive now has a gap. \
-                     Slot {slot} was not holding it: it was dropped and created again, or \
-                     invalidated because its WAL exceeded max_slot_wal_keep_size. Take a new base \
-                     backup (cbdr backup-push) so that restores do not need the missing WAL, and \
-                     keep the receiver running (check pg_replication_slots.wal_status; raise \
-                     max_slot_wal_keep_size if the receiver may be down longer)",
-                    self.opts.conn.target(),
-                    s,
-                    slot = self.opts.slot
-                )));
-            }
+            return Failure::Fatal(Error::Server(format!(
+                "{} no longer has the WAL the receiver needs ({s}): the archive now has a gap. \
+                 Slot {slot} was not holding it: it was dropped and created again, or \
+                 invalidated because its WAL exceeded max_slot_wal_keep_size. Take a new base \
+                 backup (cbdr backup-push) so that restores do not need the missing WAL, and \
+                 keep the receiver running (check pg_replication_slots.wal_status; raise \
+                 max_slot_wal_keep_size if the receiver may be down longer)",
+                self.opts.conn.target(),
+                slot = self.opts.slot
+            )));
         }
         if repl::replication_disabled(&e) {
-            {
-                return Failure::Fatal(Error::Server(format!(
-                    "{} does not allow replication connections (max_wal_senders = 0): set \
-                     max_wal_senders (and wal_level = replica) and restart it",
-                    self.opts.conn.target()
-                )));
-            }
+            return Failure::Fatal(Error::Server(format!(
+                "{} does not allow replication connections (max_wal_senders = 0): set \
+                 max_wal_senders (and wal_level = replica) and restart it",
+                self.opts.conn.target()
+            )));
         }
         let retry = repl::stream_retryable(&e);
         let err = Error::postgres(format!("{what} on {}", self.opts.conn.target()), e);
