@@ -935,6 +935,54 @@ fn parse_server_version(v: &str) -> u32 {
 mod tests {
     use super::*;
 
+    fn row(cols: &[&str], values: &[Option<&str>]) -> Row {
+        Row {
+            columns: Arc::new(cols.iter().map(|c| c.to_string()).collect()),
+            values: values.iter().map(|v| v.map(str::to_string)).collect(),
+        }
+    }
+
+    #[test]
+    fn rows_are_read_by_name_with_errors_naming_the_column() {
+        let r = row(
+            &["lsn", "tli", "n", "note", "ok", "j"],
+            &[
+                Some("0/16B3748"),
+                Some("3"),
+                Some("x12"),
+                None,
+                Some("t"),
+                Some("[1,2]"),
+            ],
+        );
+        assert_eq!(r.get_str("lsn").unwrap(), "0/16B3748");
+        assert_eq!(
+            r.parse::<crate::pg::Lsn>("lsn").unwrap(),
+            crate::pg::Lsn(0x16B_3748)
+        );
+        assert_eq!(
+            r.parse::<crate::pg::TimelineId>("tli").unwrap(),
+            crate::pg::TimelineId(3)
+        );
+        assert_eq!(r.get_opt("note").unwrap(), None);
+        assert_eq!(r.parse_opt::<u32>("note").unwrap(), None);
+        assert!(r.get_bool("ok").unwrap());
+        assert_eq!(r.get_json::<Vec<u8>>("j").unwrap(), vec![1, 2]);
+        assert_eq!(r.get_json_opt::<Vec<u8>>("note").unwrap(), None);
+
+        let e = r.parse::<u32>("n").unwrap_err().to_string();
+        assert!(e.starts_with("column n: \"x12\" is not a valid u32"), "{e}");
+        let e = r.get_str("note").unwrap_err().to_string();
+        assert_eq!(e, "column note: NULL where a value was expected");
+        let e = r.get_opt("nope").unwrap_err().to_string();
+        assert!(
+            e.starts_with("column nope: not in the result (columns: lsn, tli"),
+            "{e}"
+        );
+        assert!(r.get_bool("lsn").is_err());
+        assert!(r.parse::<crate::pg::Lsn>("tli").is_err());
+    }
+
     #[test]
     fn server_versions() {
         assert_eq!(
