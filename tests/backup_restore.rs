@@ -366,7 +366,7 @@ fn interrupted_or_damaged_backups_never_restore_as_good() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong encryption key"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the repository's key"));
     assert!(!dir.join("global/pg_control").exists());
 
     // A corrupted part, then a missing part.

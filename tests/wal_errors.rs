@@ -38,8 +38,11 @@ impl Env {
         )
         .unwrap();
         fs::create_dir_all(dir.path().join("pg_wal/archive_status")).unwrap();
-        common::init_repo(CBDR, &config);
-        Env { dir, config }
+        let env = Env { dir, config };
+        // The repository's key is the one every push gives.
+        let (code, err) = env.run(Some(KEY), &["repo-init"]);
+        assert_eq!(code, 0, "repo-init: {err}");
+        env
     }
 
     fn wal(&self, name: &str) -> PathBuf {
@@ -165,12 +168,15 @@ fn wrong_or_missing_key_is_named_and_writes_nothing() {
     // recovery instead of ending it as if the archive ended.
     let (code, err, dest) = env.fetch_with(Some(OTHER_KEY), SEG1);
     assert_eq!(code, 132, "{err}");
-    assert!(err.contains("wrong encryption key"), "{err}");
+    assert!(err.contains("not the repository's key"), "{err}");
     assert!(!dest.exists());
 
     let (code, err, dest) = env.fetch_with(None, SEG1);
-    assert_eq!(code, 130, "{err}");
-    assert!(err.contains("encrypted but no key is configured"), "{err}");
+    assert_eq!(code, 132, "{err}");
+    assert!(
+        err.contains("uses a raw 256-bit key, but the configuration gives no encryption"),
+        "{err}"
+    );
     assert!(!dest.exists());
     assert!(
         env.restored_entries().iter().all(|e| !e.contains(SEG1)),
@@ -260,10 +266,11 @@ fn bad_config_and_arguments_exit_2_naming_the_problem() {
         assert_eq!(code, 2, "{text:?}: {err}");
         assert!(err.contains(needle), "{text:?}: {err}");
     }
-    assert!(
-        !env.dir.path().join("repo").exists(),
-        "a bad config wrote a repository"
-    );
+    let written: Vec<_> = walk(&env.dir.path().join("repo"))
+        .into_iter()
+        .filter(|p| !p.ends_with("cbdr-repo.json"))
+        .collect();
+    assert!(written.is_empty(), "a bad config wrote {written:?}");
 
     let env = Env::new(None);
     fs::write(env.wal("notawalfile"), b"x").unwrap();

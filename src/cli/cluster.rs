@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::physical::{BackupPushArgs, RestoreArgs, RestorePointArgs};
+use super::args::{parse_time, BackupPushArgs, RestoreArgs, RestorePointArgs};
 use crate::cluster::backup::{cluster_backup_push, ClusterBackupOptions, ProgressBoard};
 use crate::cluster::restore::{
     cluster_restore, ClusterRestoreOptions, ClusterTarget, InDoubt, RestoreConfig,
@@ -156,7 +156,7 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
     let target = if let Some(n) = &args.restore_point {
         ClusterTarget::RestorePoint(n.clone())
     } else if let Some(t) = &args.target_time {
-        ClusterTarget::Time(super::physical::parse_time(t)?)
+        ClusterTarget::Time(parse_time(t)?)
     } else if let Some(b) = args
         .backup
         .as_ref()

@@ -2,6 +2,7 @@
 //! and maps them to documented exit codes.
 
 mod agent;
+mod args;
 mod cluster;
 mod list;
 mod logical;
@@ -15,6 +16,7 @@ use std::process::ExitCode as ProcessExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::cluster::topology::{Topology, COORDINATOR};
 use crate::config::Config;
 use crate::error::{Error, ExitCode};
 
@@ -52,11 +54,11 @@ pub enum Command {
     /// of, or alongside, archive_command); runs until SIGINT/SIGTERM.
     WalReceive(wal_receive::WalReceiveArgs),
     /// Take a base backup over the replication protocol.
-    BackupPush(physical::BackupPushArgs),
+    BackupPush(args::BackupPushArgs),
     /// Create a named restore point (and record it in the repository).
-    CreateRestorePoint(physical::RestorePointArgs),
+    CreateRestorePoint(args::RestorePointArgs),
     /// Restore a base backup and set up recovery to a target.
-    Restore(physical::RestoreArgs),
+    Restore(args::RestoreArgs),
     /// Show backups, restore points and WAL coverage.
     List(list::ListArgs),
     /// Print a restore config for the configured cluster, to edit for
@@ -188,14 +190,43 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             "wal-fetch runs through run_wal_fetch, for its exit statuses".into(),
         )),
         Command::WalReceive(args) => wal_receive::receive(&config, args).await,
-        Command::BackupPush(args) => physical::backup(&config, args).await,
-        Command::CreateRestorePoint(args) => physical::restore_point(&config, args).await,
-        Command::Restore(args) => physical::restore_cmd(&config, args).await,
+        Command::BackupPush(args) => match Scope::of(&config, args.content_id).await? {
+            Scope::Cluster(topo) => cluster::backup(&config, &topo, &args).await,
+            Scope::One(id) => physical::backup(&config, id, args).await,
+        },
+        Command::CreateRestorePoint(args) => match Scope::of(&config, args.content_id).await? {
+            Scope::Cluster(topo) => cluster::restore_point(&config, &topo, &args).await,
+            Scope::One(id) => physical::restore_point(&config, id, args).await,
+        },
+        Command::Restore(args) => match Scope::of(&config, args.content_id).await? {
+            Scope::Cluster(topo) => cluster::restore(&config, &topo, args).await,
+            Scope::One(id) => physical::restore_cmd(&config, id, args).await,
+        },
         Command::List(args) => list::list(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
         Command::Agent(args) => agent::run(&config, args).await,
         Command::Gpbackup(args) => logical::backup(&config, args, cli.verbose, cli.quiet).await,
         Command::Gprestore(args) => logical::restore(&config, args, cli.verbose, cli.quiet).await,
+    }
+}
+
+/// What a physical command acts on, decided once for both cli modules:
+/// without --content-id and with a [cluster] configured, every instance
+/// through the agents; else the one instance (-1: a single server).
+enum Scope {
+    Cluster(Topology),
+    One(i32),
+}
+
+impl Scope {
+    async fn of(config: &Config, content_id: Option<i32>) -> Result<Scope, Error> {
+        if let Some(id) = content_id {
+            return Ok(Scope::One(id));
+        }
+        Ok(match Topology::resolve(&config.cluster).await? {
+            Some(topo) => Scope::Cluster(topo),
+            None => Scope::One(COORDINATOR),
+        })
     }
 }
 

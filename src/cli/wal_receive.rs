@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::sync::watch;
 
-use super::physical::ConnArgs;
+use super::args::ConnArgs;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
