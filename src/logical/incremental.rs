@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use super::record::{ServerSignals, TableSignals};
 use crate::error::{PgResultExt, Result};
 use crate::pg::conn::PgConn;
+use crate::pg::quote::quote_literal;
 
 /// The server-wide signals of the connected database.
 pub async fn server_signals(conn: &mut PgConn) -> Result<ServerSignals> {
@@ -209,8 +210,9 @@ pub async fn settle(conn: &mut PgConn, own: &[i32], snapshot_time: &str) -> Resu
            FROM pg_stat_activity
           WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND pid <> ALL('{{{own_list}}}'::int[])
-            AND backend_start < '{snapshot_time}'::timestamptz
-            AND backend_type IN ('client backend', 'logical replication worker', 'background worker')"
+            AND backend_start < {snapshot}::timestamptz
+            AND backend_type IN ('client backend', 'logical replication worker', 'background worker')",
+        snapshot = quote_literal(snapshot_time)
     );
     loop {
         let what = "watching the other sessions";
