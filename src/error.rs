@@ -47,12 +47,13 @@ pub enum Error {
     Integrity(String),
     /// A request to PostgreSQL failed: what cbdr was doing, and the
     /// client's error (for a server error: its message, SQLSTATE, detail
-    /// and hint). Build it with [`PgResultExt::context`].
+    /// and hint). Build it with [`PgResultExt::context`] or
+    /// [`Error::postgres`]. (Boxed: a server error is large.)
     #[error("PostgreSQL: {}", pg_message(context, source))]
     Postgres {
         context: String,
         #[source]
-        source: PgError,
+        source: Box<PgError>,
     },
     /// PostgreSQL (or one of its programs) failed, or answered something
     /// cbdr cannot use, with no client error to carry: `pg_ctl` failed,
@@ -104,7 +105,7 @@ impl Error {
     pub fn postgres(context: impl Into<String>, source: PgError) -> Error {
         Error::Postgres {
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -112,7 +113,7 @@ impl Error {
     /// [`Error::Instance`]), to decide on a retry.
     pub fn pg_error(&self) -> Option<&PgError> {
         match self {
-            Error::Postgres { source, .. } => Some(source),
+            Error::Postgres { source, .. } => Some(source.as_ref()),
             Error::Instance { source, .. } => source.pg_error(),
             _ => None,
         }
