@@ -40,15 +40,7 @@ impl CopyFormat {
     }
 }
 
-/// `[logical] copy_format`: binary where every column allows it, or text
-/// always.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CopyFormatChoice {
-    #[default]
-    Auto,
-    Text,
-}
+pub use crate::config::CopyFormatChoice;
 
 /// Built-in types (by OID) whose binary send/receive form is stable
 /// across PostgreSQL versions, and their array types. Left out on

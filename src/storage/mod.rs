@@ -14,6 +14,7 @@
 //! - `list` is recursive under a prefix and returns keys relative to the
 //!   storage root, in lexicographic order.
 
+pub mod config;
 mod fs;
 mod s3;
 

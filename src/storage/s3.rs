@@ -32,8 +32,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
+use super::config::{StorageConfig, MAX_PART_SIZE, MIN_PART_SIZE};
 use super::{validate_key, ByteStream, ObjectInfo, Storage, StorageError};
-use crate::config::{StorageConfig, MAX_PART_SIZE, MIN_PART_SIZE};
 
 /// Every request has a deadline (`[storage]` `connect_timeout`,
 /// `request_timeout`, `transfer_timeout`): a server that accepts the

@@ -4,7 +4,7 @@
 //! `START_REPLICATION ... PHYSICAL` on a permanent replication slot, and
 //! stores every completed segment through the repository codec under the
 //! same name and format as `wal-push` (both go through
-//! [`super::push::store_wal_file`]: a segment archived by both is
+//! `push::store_wal_file`: a segment archived by both is
 //! recognised as identical, different content is a conflict that
 //! overwrites nothing). `wal-fetch` reads either.
 //!
