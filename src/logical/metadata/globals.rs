@@ -108,10 +108,10 @@ async fn collect_roles(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         if limit != -1 {
             attrs.push(format!("CONNECTION LIMIT {limit}"));
         }
-        if let Some(v) = r.opt("validuntil") {
+        if let Some(v) = r.opt("validuntil")? {
             attrs.push(format!("VALID UNTIL {}", quote_literal(&v)));
         }
-        if let Some(p) = r.opt("password") {
+        if let Some(p) = r.opt("password")? {
             attrs.push(format!("PASSWORD {}", quote_literal(&p)));
         }
         let mut body = vec![
@@ -143,7 +143,7 @@ async fn collect_roles(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
             name,
             owner_table: None,
         };
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }
@@ -176,7 +176,7 @@ async fn collect_memberships(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         )
         .dep(Dep::Role(role.clone()))
         .dep(Dep::Role(member.clone()));
-        if let Some(grantor) = r.opt("grantor") {
+        if let Some(grantor) = r.opt("grantor")? {
             sql.push_str(&format!(" GRANTED BY {}", quote_ident(&grantor)));
             node = node.dep(Dep::Role(grantor));
         }
@@ -204,7 +204,7 @@ async fn collect_tablespaces(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         let mut sql = format!(
             "CREATE TABLESPACE {q} OWNER {} LOCATION {}",
             quote_ident(&owner),
-            quote_literal(&r.opt("location").unwrap_or_default())
+            quote_literal(&r.opt("location")?.unwrap_or_default())
         );
         let options: Vec<String> = r.opt_json("options")?.unwrap_or_default();
         if !options.is_empty() {
@@ -229,7 +229,7 @@ async fn collect_tablespaces(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         };
         let acl: Option<Vec<AclRow>> = r.opt_json("acl")?;
         add_acl(g, &t, &owner, None, acl.as_deref(), &[]);
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }

@@ -340,8 +340,8 @@ pub(crate) async fn query_one(conn: &mut PgConn, what: &str, sql: &str) -> Resul
 /// was being read.
 pub(crate) trait RowExt {
     fn text(&self, col: &str) -> Result<String>;
-    /// `None` when NULL (or not in the result).
-    fn opt(&self, col: &str) -> Option<String>;
+    /// `None` when NULL; an error when the result has no such column.
+    fn opt(&self, col: &str) -> Result<Option<String>>;
     fn oid(&self, col: &str) -> Result<u32>;
     fn int(&self, col: &str) -> Result<i64>;
     fn flag(&self, col: &str) -> Result<bool>;
@@ -356,8 +356,11 @@ impl RowExt for Row {
         self.get_str(col).map(str::to_string).context(CATALOG_QUERY)
     }
 
-    fn opt(&self, col: &str) -> Option<String> {
-        self.get_opt(col).ok().flatten().map(str::to_string)
+    fn opt(&self, col: &str) -> Result<Option<String>> {
+        Ok(self
+            .get_opt(col)
+            .context(CATALOG_QUERY)?
+            .map(str::to_string))
     }
 
     fn oid(&self, col: &str) -> Result<u32> {

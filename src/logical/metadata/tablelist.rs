@@ -90,7 +90,7 @@ pub async fn list_tables(
                     columns: r.opt_json("columns")?.unwrap_or_default(),
                     estimated_bytes: r.int("bytes")?.max(0) as u64,
                 },
-                parent: r.opt("parent").and_then(|p| p.parse().ok()),
+                parent: r.opt("parent")?.and_then(|p| p.parse().ok()),
             },
         );
     }
