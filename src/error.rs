@@ -4,6 +4,7 @@ use std::io;
 
 use crate::codec::CodecError;
 use crate::config::ConfigError;
+use crate::pg::conn::PgError;
 use crate::storage::StorageError;
 
 /// Exit codes, documented in the README.
@@ -44,8 +45,22 @@ pub enum Error {
     WalConflict { name: String, key: String },
     #[error("the restored data does not verify: {0}")]
     Integrity(String),
+    /// A request to PostgreSQL failed: what cbdr was doing, and the
+    /// client's error (for a server error: its message, SQLSTATE, detail
+    /// and hint). Build it with [`PgResultExt::context`] or
+    /// [`Error::postgres`]. (Boxed: a server error is large.)
+    #[error("PostgreSQL: {}", pg_message(context, source))]
+    Postgres {
+        context: String,
+        #[source]
+        source: Box<PgError>,
+    },
+    /// PostgreSQL (or one of its programs) failed, or answered something
+    /// cbdr cannot use, with no client error to carry: `pg_ctl` failed,
+    /// recovery stopped early, a slot reserves no WAL, the server sent no
+    /// backup manifest. A full sentence.
     #[error("PostgreSQL: {0}")]
-    Postgres(String),
+    Server(String),
     /// A full sentence: what is missing, and what to do.
     #[error("{0}")]
     NotFound(String),
@@ -77,7 +92,33 @@ pub enum Error {
     },
 }
 
+fn pg_message(context: &str, source: &PgError) -> String {
+    if context.is_empty() {
+        source.to_string()
+    } else {
+        format!("{context}: {source}")
+    }
+}
+
 impl Error {
+    /// A failed request to PostgreSQL, while doing `context`.
+    pub fn postgres(context: impl Into<String>, source: PgError) -> Error {
+        Error::Postgres {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The PostgreSQL client error this is (also through
+    /// [`Error::Instance`]), to decide on a retry.
+    pub fn pg_error(&self) -> Option<&PgError> {
+        match self {
+            Error::Postgres { source, .. } => Some(source.as_ref()),
+            Error::Instance { source, .. } => source.pg_error(),
+            _ => None,
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
         Error::Io {
             context: context.into(),
@@ -96,7 +137,7 @@ impl Error {
             Error::Codec(_) => ExitCode::Integrity,
             Error::WalConflict { .. } => ExitCode::Conflict,
             Error::NotFound(_) => ExitCode::NotFound,
-            Error::Postgres(_) => ExitCode::Postgres,
+            Error::Postgres { .. } | Error::Server(_) => ExitCode::Postgres,
             Error::Integrity(_) => ExitCode::Integrity,
             Error::Io { .. } => ExitCode::Storage,
             Error::Internal(_) => ExitCode::Internal,
@@ -108,3 +149,55 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `.context("…")` on the results of the PostgreSQL client: turns a
+/// [`PgError`] into [`Error::Postgres`] saying what cbdr was doing.
+pub trait PgResultExt<T> {
+    /// `what` is a phrase: "reading the catalogs", "locking public.t".
+    fn context(self, what: impl Into<String>) -> Result<T>;
+    /// Like [`PgResultExt::context`], the phrase built only on failure.
+    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T> PgResultExt<T> for std::result::Result<T, PgError> {
+    fn context(self, what: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::postgres(what, e))
+    }
+
+    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| Error::postgres(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::conn::ServerError;
+
+    #[test]
+    fn postgres_errors_keep_the_server_message() {
+        let server = PgError::Server(ServerError {
+            severity: "ERROR".into(),
+            code: "42P01".into(),
+            message: "relation \"t\" does not exist".into(),
+            detail: Some("some detail".into()),
+            hint: Some("some hint".into()),
+        });
+        let e = Err::<(), _>(server)
+            .context("locking public.t")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PostgreSQL: locking public.t: ERROR: relation \"t\" does not exist \
+             (SQLSTATE 42P01)\nDETAIL: some detail\nHINT: some hint"
+        );
+        assert_eq!(e.exit_code(), ExitCode::Postgres);
+        assert_eq!(e.pg_error().and_then(PgError::code), Some("42P01"));
+        let e = Error::postgres("", PgError::Closed);
+        assert_eq!(
+            e.to_string(),
+            "PostgreSQL: the server closed the connection unexpectedly"
+        );
+        assert_eq!(Error::Server("x".into()).exit_code(), ExitCode::Postgres);
+    }
+}

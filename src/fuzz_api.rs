@@ -253,7 +253,7 @@ pub fn wal_names(data: &[u8]) {
         if let Ok(h) = TimelineHistory::parse(current, text) {
             for e in &h.entries {
                 let _ = (h.switchpoint(e.tli), h.timeline_of(e.switchpoint));
-                let seg_start = Lsn(e.switchpoint.0 / SEGMENT * SEGMENT);
+                let seg_start = e.switchpoint.segment_start(SEGMENT);
                 let _ = h.segment_timeline(seg_start, SEGMENT);
             }
             let _ = h.timeline_of(Lsn(u64::MAX));

@@ -239,7 +239,7 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
             for (id, gid) in &out.in_doubt {
                 println!(
                     "  content {id:>3}: ROLLBACK PREPARED {};",
-                    crate::cluster::restore::sql_literal(gid)
+                    crate::pg::quote::quote_literal(gid)
                 );
             }
         }

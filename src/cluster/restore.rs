@@ -19,8 +19,9 @@ use super::proto::{Progress, RecoveryAction, RecoveryTargetSpec, RestoreDone, Re
 use super::restore_point::in_segment;
 use super::topology::{Segment, Topology};
 use crate::config::{ClusterConfig, Config};
-use crate::error::{Error, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{ConnParams, PgConn, Replication};
+use crate::pg::quote::quote_literal;
 use crate::repo::{layout, Repo};
 
 /// Where each instance of the restored cluster goes (`cbdr restore-config`
@@ -320,17 +321,23 @@ async fn in_doubt(
     let per_instance = try_join_all(targets.iter().map(|(seg, t)| async move {
         let mut c = PgConn::connect(&params(t, cfg)?, Replication::Off)
             .await
-            .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
+            .context("connecting to look for prepared transactions")
+            .map_err(|e| in_segment(seg, e))?;
         let rows = c
             .simple_query("select gid from pg_prepared_xacts order by prepared")
             .await
-            .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
+            .context("reading pg_prepared_xacts")
+            .map_err(|e| in_segment(seg, e))?;
         c.close().await;
-        Ok::<_, Error>(
-            rows.iter()
-                .map(|r| (seg.content_id, r.get(0).unwrap_or_default().to_string()))
-                .collect::<Vec<_>>(),
-        )
+        rows.iter()
+            .map(|r| {
+                let gid = r.get_str("gid").context("reading pg_prepared_xacts");
+                Ok((
+                    seg.content_id,
+                    gid.map_err(|e| in_segment(seg, e))?.to_string(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
     }))
     .await?;
     Ok(per_instance.into_iter().flatten().collect())
@@ -352,21 +359,19 @@ async fn rollback(
         }
         let mut c = PgConn::connect(&params(t, cfg)?, Replication::Off)
             .await
-            .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
+            .context("connecting to roll back prepared transactions")
+            .map_err(|e| in_segment(seg, e))?;
         for gid in mine {
-            c.simple_query(&format!("rollback prepared {}", sql_literal(gid)))
+            c.simple_query(&format!("rollback prepared {}", quote_literal(gid)))
                 .await
-                .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))?;
+                .with_context(|| format!("rolling back prepared transaction {gid}"))
+                .map_err(|e| in_segment(seg, e))?;
         }
         c.close().await;
         Ok::<_, Error>(())
     }))
     .await?;
     Ok(())
-}
-
-pub fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]
@@ -498,10 +503,5 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), crate::error::ExitCode::NotFound, "{e}");
-    }
-
-    #[test]
-    fn literals_are_quoted() {
-        assert_eq!(sql_literal("a'b"), "'a''b'");
     }
 }

@@ -21,9 +21,10 @@ use futures_util::future::try_join_all;
 use super::catalog::{Barrier, ClusterRestorePoint, SegmentPoint};
 use super::topology::{Segment, Topology};
 use crate::config::ClusterConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{PgConn, Replication};
-use crate::pg::{Lsn, TimelineId};
+use crate::pg::quote::quote_literal;
+use crate::pg::{Lsn, WalSegmentName};
 use crate::physical::backup::parse_size_setting;
 use crate::physical::restore_point::{
     check_new_name, create_point, record_point, switch_wal, PointPosition,
@@ -62,7 +63,7 @@ pub async fn create_cluster_restore_point(
     let greenplum = coordinator
         .simple_query("select 1 from pg_proc where proname = 'gp_create_restore_point'")
         .await
-        .map_err(|e| Error::Postgres(e.to_string()))?
+        .context("looking for gp_create_restore_point on the coordinator")?
         .len()
         == 1;
     let (points, barrier, held) = if greenplum {
@@ -79,7 +80,7 @@ pub async fn create_cluster_restore_point(
             .find(|(id, _)| *id == seg.content_id)
             .map(|(_, p)| *p)
             .ok_or_else(|| {
-                Error::Postgres(format!(
+                Error::Server(format!(
                     "no restore point was reported for content id {}: the cluster's segments differ from the configured ones",
                     seg.content_id
                 ))
@@ -130,16 +131,16 @@ async fn barrier_point(
             BARRIER_LOCK_TIMEOUT.as_secs()
         ))
         .await
-        .map_err(|e| Error::Postgres(e.to_string()))?;
+        .context("setting lock_timeout on the coordinator")?;
     let asked = Instant::now();
     coordinator
         .simple_query(&format!("select pg_advisory_lock({key})"))
         .await
-        .map_err(|e| {
-            Error::Postgres(format!(
-                "taking the commit barrier (advisory lock {key}) on the coordinator: {e}. A writer held pg_advisory_xact_lock_shared({key}) for over {}s: look for long COMMIT PREPARED phases in pg_locks",
+        .with_context(|| {
+            format!(
+                "taking the commit barrier (advisory lock {key}) on the coordinator (if the lock timed out: a writer held pg_advisory_xact_lock_shared({key}) for over {}s; look for long COMMIT PREPARED phases in pg_locks)",
                 BARRIER_LOCK_TIMEOUT.as_secs()
-            ))
+            )
         })?;
     let locked = Instant::now();
     tracing::debug!(
@@ -158,7 +159,7 @@ async fn barrier_point(
     let unlocked = coordinator
         .simple_query(&format!("select pg_advisory_unlock({key})"))
         .await
-        .map_err(|e| Error::Postgres(e.to_string()));
+        .context("releasing the commit barrier on the coordinator");
     let held = locked.elapsed();
     let points = created?;
     unlocked?;
@@ -185,44 +186,44 @@ async fn greenplum_point(
     let started = Instant::now();
     let rows = coordinator
         .simple_query(&format!(
-            "select segment_id::text, restore_lsn::text from gp_create_restore_point('{name}')"
+            "select segment_id::text as segment_id, restore_lsn::text as restore_lsn from gp_create_restore_point({})",
+            quote_literal(name)
         ))
         .await
-        .map_err(|e| Error::Postgres(format!("gp_create_restore_point: {e}")))?;
+        .context("gp_create_restore_point")?;
     let held = started.elapsed();
     let switched = coordinator
         .simple_query(
-            "select gp_segment_id::text, pg_walfile_name, current_setting('wal_segment_size') from gp_switch_wal()",
+            "select gp_segment_id::text as gp_segment_id, pg_walfile_name, current_setting('wal_segment_size') as wal_segment_size from gp_switch_wal()",
         )
         .await
-        .map_err(|e| Error::Postgres(format!("gp_switch_wal: {e}")))?;
+        .context("gp_switch_wal")?;
     let mut points = Vec::new();
     for r in &rows {
-        let id: i32 = r
-            .get(0)
-            .unwrap_or_default()
-            .parse()
-            .map_err(|_| Error::Postgres("gp_create_restore_point: bad segment_id".into()))?;
-        let lsn: Lsn = r
-            .get(1)
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e| Error::Postgres(format!("gp_create_restore_point: {e}")))?;
-        let sw = switched
-            .iter()
-            .find(|s| s.get(0) == Some(id.to_string().as_str()))
-            .ok_or_else(|| {
-                Error::Postgres(format!("gp_switch_wal returned no row for segment {id}"))
-            })?;
-        let walfile = sw.get(1).unwrap_or_default();
-        let tli = u32::from_str_radix(walfile.get(..8).unwrap_or_default(), 16)
-            .map_err(|_| Error::Postgres("gp_switch_wal: bad WAL file name".into()))?;
+        let id: i32 = r.parse("segment_id").context("gp_create_restore_point")?;
+        let lsn: Lsn = r.parse("restore_lsn").context("gp_create_restore_point")?;
+        let mut sw = None;
+        for s in &switched {
+            if s.parse::<i32>("gp_segment_id").context("gp_switch_wal")? == id {
+                sw = Some(s);
+                break;
+            }
+        }
+        let sw = sw.ok_or_else(|| {
+            Error::Server(format!("gp_switch_wal returned no row for segment {id}"))
+        })?;
+        let walfile = sw.get_str("pg_walfile_name").context("gp_switch_wal")?;
+        let segment = WalSegmentName::parse(walfile).ok_or_else(|| {
+            Error::Server(format!("gp_switch_wal: bad WAL file name {walfile:?}"))
+        })?;
         points.push((
             id,
             PointPosition {
                 lsn,
-                timeline: TimelineId(tli),
-                wal_segment_size: parse_size_setting(sw.get(2).unwrap_or_default())?,
+                timeline: segment.timeline,
+                wal_segment_size: parse_size_setting(
+                    sw.get_str("wal_segment_size").context("gp_switch_wal")?,
+                )?,
             },
         ));
     }
@@ -233,7 +234,8 @@ pub(super) async fn connect(topo: &Topology, cfg: &ClusterConfig, seg: &Segment)
     let params = topo.conn_params(seg, cfg)?;
     PgConn::connect(&params, Replication::Off)
         .await
-        .map_err(|e| in_segment(seg, Error::Postgres(e.to_string())))
+        .context("connecting")
+        .map_err(|e| in_segment(seg, e))
 }
 
 /// Names the instance in an error.

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::config::{ClusterConfig, SegmentConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{ConnParams, PgConn, Replication};
 
 /// The agent port assumed for discovered segments.
@@ -112,32 +112,29 @@ impl Topology {
     pub async fn discover(coordinator: &ConnParams, agent_port: u16) -> Result<Topology> {
         let mut conn = PgConn::connect(coordinator, Replication::Off)
             .await
-            .map_err(|e| Error::Postgres(e.to_string()))?;
+            .context("connecting to the coordinator")?;
         let rows = conn
             .simple_query(
-                "select content::text, hostname, port::text, datadir from gp_segment_configuration where role = 'p' order by content",
+                "select content::text as content, hostname, port::text as port, datadir from gp_segment_configuration where role = 'p' order by content",
             )
             .await
-            .map_err(|e| {
-                Error::Postgres(format!(
-                    "{e} (reading gp_segment_configuration: this is not a Greenplum/Cloudberry coordinator; list the instances in [[cluster.segments]] instead)"
-                ))
-            })?;
+            .context(
+                "reading gp_segment_configuration (if it does not exist, this is not a \
+                 Greenplum/Cloudberry coordinator: list the instances in [[cluster.segments]] \
+                 instead)",
+            )?;
         conn.close().await;
         let segments = rows
             .iter()
             .map(|r| {
-                let field = |i: usize| r.get(i).unwrap_or_default().to_string();
+                let what = "reading gp_segment_configuration";
+                let host = r.get_str("hostname").context(what)?.to_string();
                 Ok(Segment {
-                    content_id: field(0).parse().map_err(|_| {
-                        Error::Postgres("gp_segment_configuration: bad content".into())
-                    })?,
-                    host: field(1),
-                    port: field(2).parse().map_err(|_| {
-                        Error::Postgres("gp_segment_configuration: bad port".into())
-                    })?,
-                    data_dir: PathBuf::from(field(3)),
-                    agent: format!("{}:{agent_port}", field(1)),
+                    content_id: r.parse("content").context(what)?,
+                    agent: format!("{host}:{agent_port}"),
+                    host,
+                    port: r.parse("port").context(what)?,
+                    data_dir: PathBuf::from(r.get_str("datadir").context(what)?),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

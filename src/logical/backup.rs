@@ -26,7 +26,6 @@ use tokio::sync::mpsc;
 
 use super::copy_format::{self, CopyFormat, CopyFormatChoice};
 use super::data::{self, SingleFileWriter};
-use super::flags::{display_name, quote_literal, quote_qualified};
 use super::incremental::{self, Settled};
 use super::layout::{self, Timestamp};
 use super::metadata::{self, MetadataOptions, ObjectFilter, TableInfo};
@@ -36,8 +35,9 @@ use super::record::{
 };
 use super::report::{self, BackupOutcome};
 use super::toc::QualifiedName;
-use crate::error::{Error, Result};
-use crate::pg::conn::{ConnParams, PgConn, PgError, Replication};
+use crate::error::{Error, PgResultExt, Result};
+use crate::pg::conn::{ConnParams, PgConn, Replication, Row};
+use crate::pg::quote::quote_literal;
 use crate::repo::Repo;
 
 /// How long the coordinator waits for each table lock.
@@ -67,15 +67,6 @@ pub struct BackupRequest {
     pub progress: bool,
 }
 
-fn pg(what: impl Into<String>) -> impl FnOnce(PgError) -> Error {
-    let what = what.into();
-    move |e| Error::Postgres(format!("{what}: {e}"))
-}
-
-async fn run(conn: &mut PgConn, what: &str, sql: &str) -> Result<Vec<crate::pg::conn::Row>> {
-    conn.simple_query(sql).await.map_err(pg(what))
-}
-
 /// One table whose rows this backup holds.
 #[derive(Debug, Clone)]
 struct Unit {
@@ -96,7 +87,7 @@ struct Unit {
 impl Unit {
     fn copy_out_sql(&self) -> String {
         let cols = self.columns.join(", ");
-        let name = quote_qualified(&self.info.name);
+        let name = self.info.name.quoted();
         let with = self
             .format
             .option()
@@ -110,7 +101,7 @@ impl Unit {
     }
 
     fn what(&self) -> String {
-        format!("copying table {}", display_name(&self.info.name))
+        format!("copying table {}", self.info.name.quoted())
     }
 }
 
@@ -136,27 +127,28 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
     let start_time = Utc::now();
     let mut main = PgConn::connect(&req.conn, Replication::Off)
         .await
-        .map_err(pg(format!("connecting to database {}", req.conn.dbname)))?;
-    run(
-        &mut main,
+        .context(format!("connecting to database {}", req.conn.dbname))?;
+    main.run(
         "setting up the session",
         "SET application_name = 'cbdr gpbackup'; SET statement_timeout = 0; \
          SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'",
     )
     .await?;
-    let db = run(
-        &mut main,
-        "reading the database's properties",
-        "SELECT current_database(), pg_encoding_to_char(encoding), datcollate, datctype, \
-                current_setting('server_version'), pg_database_size(current_database()) \
+    let db = main
+        .run(
+            "reading the database's properties",
+            "SELECT current_database() AS datname, pg_encoding_to_char(encoding) AS encoding, \
+                datcollate, datctype, current_setting('server_version') AS server_version, \
+                pg_database_size(current_database()) AS size \
            FROM pg_database WHERE datname = current_database()",
-    )
-    .await?;
+        )
+        .await?;
     let db = db
         .first()
-        .ok_or_else(|| Error::Internal("the current database is not in pg_database".into()))?;
-    let dbname = db.get(0).unwrap_or_default().to_string();
-    let database_size = db.get(5).and_then(|s| s.parse().ok());
+        .ok_or_else(|| Error::Server("the current database is not in pg_database".into()))?;
+    let db = DatabaseProps::read(db)?;
+    let dbname = db.name.clone();
+    let database_size = Some(db.size);
 
     let base = if req.incremental {
         Some(find_base(repo, req, &dbname).await?)
@@ -166,7 +158,10 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
     let ts = pick_timestamp(repo).await?;
     if req.progress {
         println!("Backup Timestamp = {ts}");
-        println!("Backup Database = {}", quote_ident_db(&dbname));
+        println!(
+            "Backup Database = {}",
+            crate::pg::quote::quote_ident(&dbname)
+        );
     }
 
     let result = backup_in_snapshot(repo, req, &mut main, &ts, base.as_ref()).await;
@@ -175,7 +170,7 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
         match result {
             Ok(v) => v,
             Err(e) => {
-                write_failure_report(repo, req, &ts, &dbname, db, start_time, &e).await;
+                write_failure_report(repo, req, &ts, &db, start_time, &e).await;
                 return Err(e);
             }
         };
@@ -185,10 +180,10 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
         format: RECORD_FORMAT,
         timestamp: ts.to_string(),
         database: dbname.clone(),
-        database_encoding: db.get(1).unwrap_or_default().to_string(),
-        database_collate: db.get(2).unwrap_or_default().to_string(),
-        database_ctype: db.get(3).unwrap_or_default().to_string(),
-        server_version: db.get(4).unwrap_or_default().to_string(),
+        database_encoding: db.encoding.clone(),
+        database_collate: db.collate.clone(),
+        database_ctype: db.ctype.clone(),
+        server_version: db.server_version.clone(),
         server_version_num: 0,
         cbdr_version: env!("CARGO_PKG_VERSION").to_string(),
         start_time,
@@ -228,10 +223,6 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
     // Last: the record makes the backup complete.
     repo.put_json(&layout::record_key(&ts), &record).await?;
     Ok(record)
-}
-
-fn quote_ident_db(name: &str) -> String {
-    super::flags::quote_ident(name)
 }
 
 /// The timestamps of an incremental chain, oldest first (not including
@@ -369,8 +360,7 @@ async fn backup_in_snapshot(
     base: Option<&LogicalBackupRecord>,
 ) -> Result<Outcome> {
     // Signals to store are read before the snapshot (see `incremental`).
-    run(
-        main,
+    main.run(
         "clearing the statistics snapshot",
         "SELECT pg_stat_clear_snapshot()",
     )
@@ -383,18 +373,23 @@ async fn backup_in_snapshot(
         incremental::table_signals(main, &oids).await?
     };
 
-    run(
-        main,
+    main.run(
         "starting the snapshot transaction",
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     )
     .await?;
     let snap = main
-        .query_one("SELECT pg_export_snapshot(), clock_timestamp()::text")
+        .query_one("SELECT pg_export_snapshot() AS id, clock_timestamp()::text AS time")
         .await
-        .map_err(pg("exporting the snapshot"))?;
-    let snapshot_id = snap.get(0).unwrap_or_default().to_string();
-    let snapshot_time = snap.get(1).unwrap_or_default().to_string();
+        .context("exporting the snapshot")?;
+    let snapshot_id = snap
+        .get_str("id")
+        .context("exporting the snapshot")?
+        .to_string();
+    let snapshot_time = snap
+        .get_str("time")
+        .context("exporting the snapshot")?
+        .to_string();
 
     validate_filter(main, &req.filter, req.leaf_partition_data).await?;
     let tables = metadata::list_tables(
@@ -420,8 +415,7 @@ async fn backup_in_snapshot(
                 full_copy_reason = Some(why);
             }
         }
-        run(
-            main,
+        main.run(
             "clearing the statistics snapshot",
             "SELECT pg_stat_clear_snapshot()",
         )
@@ -523,7 +517,7 @@ async fn backup_in_snapshot(
         )
         .await?;
         for e in &entries {
-            *object_counts.entry(e.kind.clone()).or_insert(0) += 1;
+            *object_counts.entry(e.kind.to_string()).or_insert(0) += 1;
         }
         let (sql, toc) = build_metadata(&entries);
         let mkey = layout::metadata_key(ts);
@@ -557,7 +551,8 @@ async fn backup_in_snapshot(
     while let Some(r) = worker_set.join_next().await {
         r.map_err(|e| Error::Internal(format!("backup worker: {e}")))?;
     }
-    run(main, "ending the snapshot transaction", "COMMIT").await?;
+    main.run("ending the snapshot transaction", "COMMIT")
+        .await?;
 
     let mut tables = Vec::new();
     if !req.metadata_only {
@@ -603,18 +598,17 @@ async fn backup_in_snapshot(
 
 /// Every table of the database that a backup could copy.
 async fn all_table_oids(conn: &mut PgConn) -> Result<Vec<u32>> {
-    let rows = run(
-        conn,
-        "listing the tables",
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+    let rows = conn
+        .run(
+            "listing the tables",
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
           WHERE c.relkind IN ('r', 'p') AND n.nspname !~ '^pg_' \
             AND n.nspname NOT IN ('information_schema', 'gp_toolkit')",
-    )
-    .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| r.get(0).and_then(|s| s.parse().ok()))
-        .collect())
+        )
+        .await?;
+    rows.iter()
+        .map(|r| r.parse("oid").context("listing the tables"))
+        .collect()
 }
 
 /// The column lists and partition roots of the tables to copy.
@@ -632,49 +626,44 @@ async fn describe_units(
             .map(|t| t.oid.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let rows = run(
-            conn,
-            "reading the tables' columns",
-            &format!(
-                "SELECT a.attrelid, quote_ident(a.attname), a.atttypid FROM pg_attribute a \
+        let rows = conn
+            .run(
+                "reading the tables' columns",
+                &format!(
+                    "SELECT a.attrelid, quote_ident(a.attname) AS attname, a.atttypid FROM pg_attribute a \
                   WHERE a.attrelid = ANY('{{{list}}}'::oid[]) AND a.attnum > 0 \
                     AND NOT a.attisdropped AND a.attgenerated = '' \
                   ORDER BY a.attrelid, a.attnum"
-            ),
-        )
-        .await?;
+                ),
+            )
+            .await?;
         for r in rows {
-            if let (Some(oid), Some(col), Some(ty)) = (
-                r.get(0).and_then(|s| s.parse().ok()),
-                r.get(1),
-                r.get(2).and_then(|s| s.parse().ok()),
-            ) {
-                columns.entry(oid).or_default().push((col.to_string(), ty));
-            }
+            let what = "reading the tables' columns";
+            let oid: u32 = r.parse("attrelid").context(what)?;
+            let col = r.get_str("attname").context(what)?.to_string();
+            let ty: u32 = r.parse("atttypid").context(what)?;
+            columns.entry(oid).or_default().push((col, ty));
         }
-        let rows = run(
-            conn,
-            "reading the partition roots",
-            &format!(
-                "SELECT c.oid, rn.nspname, rc.relname FROM pg_class c \
+        let rows = conn
+            .run(
+                "reading the partition roots",
+                &format!(
+                    "SELECT c.oid, rn.nspname, rc.relname FROM pg_class c \
                    JOIN pg_class rc ON rc.oid = pg_partition_root(c.oid) \
                    JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
                   WHERE c.oid = ANY('{{{list}}}'::oid[]) AND c.relispartition"
-            ),
-        )
-        .await?;
+                ),
+            )
+            .await?;
         for r in rows {
-            if let (Some(oid), Some(s), Some(n)) =
-                (r.get(0).and_then(|s| s.parse().ok()), r.get(1), r.get(2))
-            {
-                roots.insert(
-                    oid,
-                    QualifiedName {
-                        schema: s.to_string(),
-                        name: n.to_string(),
-                    },
-                );
-            }
+            let what = "reading the partition roots";
+            roots.insert(
+                r.parse("oid").context(what)?,
+                QualifiedName {
+                    schema: r.get_str("nspname").context(what)?.to_string(),
+                    name: r.get_str("relname").context(what)?.to_string(),
+                },
+            );
         }
     }
     Ok(tables
@@ -707,7 +696,8 @@ async fn validate_filter(conn: &mut PgConn, f: &ObjectFilter, leaf: bool) -> Res
                 "SELECT 1 FROM pg_namespace WHERE nspname = {}",
                 quote_literal(s)
             );
-            if run(conn, "checking the schema filter", &sql)
+            if conn
+                .run("checking the schema filter", &sql)
                 .await?
                 .is_empty()
             {
@@ -728,8 +718,8 @@ async fn validate_filter(conn: &mut PgConn, f: &ObjectFilter, leaf: bool) -> Res
                 quote_literal(&t.schema),
                 quote_literal(&t.name)
             );
-            let rows = run(conn, "checking the table filter", &sql).await?;
-            let name = display_name(t);
+            let rows = conn.run("checking the table filter", &sql).await?;
+            let name = t.quoted();
             let Some(r) = rows.first() else {
                 if exclude {
                     tracing::warn!("Excluded table {name} does not exist");
@@ -737,8 +727,9 @@ async fn validate_filter(conn: &mut PgConn, f: &ObjectFilter, leaf: bool) -> Res
                 }
                 return Err(Error::Usage(format!("Table {name} does not exist")));
             };
-            let partition = r.get(1) == Some("t");
-            let partitioned = r.get(0) == Some("p");
+            let what = "checking the table filter";
+            let partition = r.get_bool("relispartition").context(what)?;
+            let partitioned = r.get_str("relkind").context(what)? == "p";
             if partition && partitioned {
                 return Err(Error::Usage(format!(
                     "Cannot filter on {name}, as it is an intermediate partition table.  Only parent partition tables and leaf partition tables may be specified."
@@ -758,8 +749,7 @@ async fn validate_filter(conn: &mut PgConn, f: &ObjectFilter, leaf: bool) -> Res
 /// order: `ROLLBACK TO SAVEPOINT cbdr_lock_{i}` then releases tables
 /// `0..=i` at once.
 async fn lock_tables(main: &mut PgConn, units: &[Unit]) -> Result<()> {
-    run(
-        main,
+    main.run(
         "setting the lock timeout",
         &format!("SET LOCAL lock_timeout = '{}s'", LOCK_TIMEOUT.as_secs()),
     )
@@ -770,19 +760,22 @@ async fn lock_tables(main: &mut PgConn, units: &[Unit]) -> Result<()> {
         for &i in batch {
             sql.push_str(&format!(
                 "SAVEPOINT cbdr_lock_{i}; LOCK TABLE {} IN ACCESS SHARE MODE; ",
-                quote_qualified(&units[i].info.name)
+                units[i].info.name.quoted()
             ));
         }
         if let Err(e) = main.simple_query(&sql).await {
             if e.code() == Some("55P03") {
-                return Err(Error::Postgres(format!(
-                    "could not lock the tables for the backup within {} s: another session holds \
-                     or waits for a conflicting lock (ALTER TABLE, TRUNCATE, DROP, VACUUM FULL, \
-                     CLUSTER, REINDEX...; see pg_locks); retry when it is done ({e})",
-                    LOCK_TIMEOUT.as_secs()
-                )));
+                return Err(Error::postgres(
+                    format!(
+                        "could not lock the tables for the backup within {} s: another session \
+                         holds or waits for a conflicting lock (ALTER TABLE, TRUNCATE, DROP, \
+                         VACUUM FULL, CLUSTER, REINDEX...; see pg_locks); retry when it is done",
+                        LOCK_TIMEOUT.as_secs()
+                    ),
+                    e,
+                ));
             }
-            return Err(pg("locking the tables")(e));
+            return Err(Error::postgres("locking the tables", e));
         }
     }
     Ok(())
@@ -793,8 +786,7 @@ async fn release_locks(main: &mut PgConn, upto: usize) -> Result<()> {
     if upto == 0 {
         return Ok(());
     }
-    run(
-        main,
+    main.run(
         "releasing table locks",
         &format!("ROLLBACK TO SAVEPOINT cbdr_lock_{}", upto - 1),
     )
@@ -816,27 +808,28 @@ async fn store_statistics(
             .map(|u| u.info.oid.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let rows = run(
-            main,
-            "reading the table statistics",
-            &format!(
-                "SELECT n.nspname, c.relname, c.reltuples::float8, c.relpages, c.relallvisible \
+        let rows = main
+            .run(
+                "reading the table statistics",
+                &format!(
+                "SELECT n.nspname, c.relname, c.reltuples::float8 AS reltuples, c.relpages, c.relallvisible \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE c.oid IN (SELECT relid FROM unnest('{{{list}}}'::oid[]) AS u(oid), \
                                   LATERAL pg_partition_tree(u.oid)) \
                     AND c.relkind IN ('r', 'p', 'm')"
             ),
-        )
-        .await?;
+            )
+            .await?;
         for r in rows {
+            let what = "reading the table statistics";
             tables.push(TableStats {
                 table: QualifiedName {
-                    schema: r.get(0).unwrap_or_default().to_string(),
-                    name: r.get(1).unwrap_or_default().to_string(),
+                    schema: r.get_str("nspname").context(what)?.to_string(),
+                    name: r.get_str("relname").context(what)?.to_string(),
                 },
-                reltuples: r.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1.0),
-                relpages: r.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
-                relallvisible: r.get(4).and_then(|s| s.parse().ok()).unwrap_or(0),
+                reltuples: r.parse("reltuples").context(what)?,
+                relpages: r.parse("relpages").context(what)?,
+                relallvisible: r.parse("relallvisible").context(what)?,
             });
         }
     }
@@ -967,7 +960,7 @@ async fn coordinate(
             Event::Deferred(i) => {
                 tracing::info!(
                     "{}: a lock request is queued on it; the coordinator copies it",
-                    display_name(&units[i].info.name)
+                    units[i].info.name.quoted()
                 );
                 let c = copy_one(repo, main, ts, &units[i], req.queue, None).await?;
                 progress.table_done(&units[i], &c);
@@ -1003,7 +996,7 @@ impl Progress {
         let n = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         tracing::info!(
             "backed up {} ({} rows, {} bytes) ({n} of {})",
-            display_name(&u.info.name),
+            u.info.name.quoted(),
             c.rows,
             c.plain,
             self.total
@@ -1027,9 +1020,8 @@ async fn worker(
 ) -> Result<()> {
     let mut conn = PgConn::connect(params, Replication::Off)
         .await
-        .map_err(pg(format!("connecting backup worker {w}")))?;
-    run(
-        &mut conn,
+        .context(format!("connecting backup worker {w}"))?;
+    conn.run(
         "setting up a backup worker",
         &format!(
             "SET application_name = 'cbdr gpbackup worker {w}'; SET statement_timeout = 0; \
@@ -1048,35 +1040,61 @@ async fn worker(
         // copied, it is released at once.
         let lock = format!(
             "SAVEPOINT w; LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT",
-            quote_qualified(&u.info.name)
+            u.info.name.quoted()
         );
         match conn.simple_query(&lock).await {
             Ok(_) => {}
             Err(e) if e.code() == Some("55P03") => {
-                run(
-                    &mut conn,
-                    "recovering from a lock conflict",
-                    "ROLLBACK TO SAVEPOINT w",
-                )
-                .await?;
+                conn.run("recovering from a lock conflict", "ROLLBACK TO SAVEPOINT w")
+                    .await?;
                 let _ = events.send(Event::Deferred(i));
                 continue;
             }
-            Err(e) => return Err(pg(format!("locking {}", display_name(&u.info.name)))(e)),
+            Err(e) => {
+                return Err(Error::postgres(
+                    format!("locking {}", u.info.name.quoted()),
+                    e,
+                ))
+            }
         }
         let _ = events.send(Event::Started(i));
         let c = copy_one(repo, &mut conn, ts, u, queue_len, None).await?;
-        run(
-            &mut conn,
+        conn.run(
             "releasing a table lock",
             "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w",
         )
         .await?;
         let _ = events.send(Event::Finished(i, c));
     }
-    run(&mut conn, "ending a backup worker's transaction", "COMMIT").await?;
+    conn.run("ending a backup worker's transaction", "COMMIT")
+        .await?;
     conn.close().await;
     Ok(())
+}
+
+/// The properties of the database backed up, as its record keeps them.
+struct DatabaseProps {
+    name: String,
+    encoding: String,
+    collate: String,
+    ctype: String,
+    server_version: String,
+    size: u64,
+}
+
+impl DatabaseProps {
+    fn read(r: &Row) -> Result<DatabaseProps> {
+        let what = "reading the database's properties";
+        let text = |c: &str| r.get_str(c).map(str::to_string).context(what);
+        Ok(DatabaseProps {
+            name: text("datname")?,
+            encoding: text("encoding")?,
+            collate: text("datcollate")?,
+            ctype: text("datctype")?,
+            server_version: text("server_version")?,
+            size: r.parse("size").context(what)?,
+        })
+    }
 }
 
 /// A failed backup still leaves its report (the backup itself is never
@@ -1085,19 +1103,18 @@ async fn write_failure_report(
     repo: &Repo,
     req: &BackupRequest,
     ts: &Timestamp,
-    dbname: &str,
-    db: &crate::pg::conn::Row,
+    db: &DatabaseProps,
     start_time: chrono::DateTime<Utc>,
     e: &Error,
 ) {
     let record = LogicalBackupRecord {
         format: RECORD_FORMAT,
         timestamp: ts.to_string(),
-        database: dbname.to_string(),
-        database_encoding: db.get(1).unwrap_or_default().to_string(),
-        database_collate: db.get(2).unwrap_or_default().to_string(),
-        database_ctype: db.get(3).unwrap_or_default().to_string(),
-        server_version: db.get(4).unwrap_or_default().to_string(),
+        database: db.name.clone(),
+        database_encoding: db.encoding.clone(),
+        database_collate: db.collate.clone(),
+        database_ctype: db.ctype.clone(),
+        server_version: db.server_version.clone(),
         server_version_num: 0,
         cbdr_version: env!("CARGO_PKG_VERSION").to_string(),
         start_time,

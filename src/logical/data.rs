@@ -141,10 +141,6 @@ pub async fn copy_out(
     Ok(rows)
 }
 
-fn pg_error(what: &str, e: PgError) -> Error {
-    Error::Postgres(format!("{what}: {e}"))
-}
-
 /// Copies one table (`copy_sql`: its COPY TO STDOUT) into the object `key`.
 /// Returns the row count and the bytes moved; the object exists only if
 /// everything succeeded.
@@ -172,7 +168,7 @@ pub async fn dump_to_object(
     let (copied, stored) = tokio::join!(copy, put);
     match (copied, stored) {
         (Ok(rows), Ok(stats)) => Ok((rows, stats)),
-        (Err(CopyOutError::Pg(e)), _) => Err(pg_error(what, e)),
+        (Err(CopyOutError::Pg(e)), _) => Err(Error::postgres(what, e)),
         (_, Err(e)) => Err(e),
         (Err(CopyOutError::SinkClosed), Ok(_)) => Err(Error::Internal(format!(
             "{what}: the upload stopped without an error"
@@ -291,7 +287,7 @@ impl SingleFileWriter {
                 };
                 let _ = tx.send(Piece::Fail(m)).await;
                 return Err(match e {
-                    CopyOutError::Pg(e) => pg_error(what, e),
+                    CopyOutError::Pg(e) => Error::postgres(what, e),
                     CopyOutError::SinkClosed => self.failure().await,
                 });
             }

@@ -9,7 +9,6 @@ use std::path::Path;
 
 use crate::codec::Compression;
 use crate::error::{Error, Result};
-use crate::logical::toc::QualifiedName;
 
 /// The flags given on the command line, by name (without the dashes).
 #[derive(Debug, Clone, Default)]
@@ -224,53 +223,6 @@ pub fn choose_compression(
     }
 }
 
-/// Parses `schema.table` as gpbackup takes it: either part may be
-/// double-quoted (then `""` is a quote and dots are allowed); unquoted
-/// parts are taken as they are (no case folding), and may not contain a
-/// dot.
-pub fn parse_table_name(fqn: &str) -> Result<QualifiedName> {
-    let bad = || {
-        Error::Usage(format!(
-            "Table {fqn} is not correctly fully-qualified.  Please ensure that it is in the format schema.table, it is quoted appropriately, and it has no preceding or trailing whitespace."
-        ))
-    };
-    let (schema, rest) = parse_ident(fqn).ok_or_else(bad)?;
-    let rest = rest.strip_prefix('.').ok_or_else(bad)?;
-    let (name, rest) = parse_ident(rest).ok_or_else(bad)?;
-    if !rest.is_empty() || schema.is_empty() || name.is_empty() {
-        return Err(bad());
-    }
-    Ok(QualifiedName { schema, name })
-}
-
-/// One identifier at the start of `s`, and what follows it.
-fn parse_ident(s: &str) -> Option<(String, &str)> {
-    if let Some(body) = s.strip_prefix('"') {
-        let mut out = String::new();
-        let mut chars = body.char_indices();
-        while let Some((i, ch)) = chars.next() {
-            if ch == '"' {
-                if body[i + 1..].starts_with('"') {
-                    out.push('"');
-                    chars.next();
-                } else {
-                    return Some((out, &body[i + 1..]));
-                }
-            } else {
-                out.push(ch);
-            }
-        }
-        None
-    } else {
-        let end = s.find('.').unwrap_or(s.len());
-        let ident = &s[..end];
-        if ident.contains('"') || ident.chars().any(char::is_whitespace) {
-            return None;
-        }
-        Some((ident.to_string(), &s[end..]))
-    }
-}
-
 /// The lines of an include/exclude file: one name a line, blank lines
 /// ignored (gpbackup's ReadLinesFromFile).
 pub fn read_list_file(path: &Path, flag: &str) -> Result<Vec<String>> {
@@ -286,149 +238,6 @@ pub fn read_list_file(path: &Path, flag: &str) -> Result<Vec<String>> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect())
-}
-
-/// The quoted form of a name, as PostgreSQL's quote_ident would write it.
-pub fn quote_ident(name: &str) -> String {
-    let plain = !name.is_empty()
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !is_keyword(name);
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
-/// `schema.name`, each part quoted when needed.
-pub fn quote_qualified(q: &QualifiedName) -> String {
-    format!("{}.{}", quote_ident(&q.schema), quote_ident(&q.name))
-}
-
-/// The same name as gpbackup prints it: `schema.table`, quoted only where
-/// needed.
-pub fn display_name(q: &QualifiedName) -> String {
-    quote_qualified(q)
-}
-
-/// A string literal.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// Reserved words that must be quoted as identifiers (quoting a word that
-/// needs none is harmless, so this errs on the side of a longer list).
-fn is_keyword(s: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "all",
-        "analyse",
-        "analyze",
-        "and",
-        "any",
-        "array",
-        "as",
-        "asc",
-        "asymmetric",
-        "authorization",
-        "binary",
-        "both",
-        "case",
-        "cast",
-        "check",
-        "collate",
-        "collation",
-        "column",
-        "concurrently",
-        "constraint",
-        "create",
-        "cross",
-        "current_catalog",
-        "current_date",
-        "current_role",
-        "current_schema",
-        "current_time",
-        "current_timestamp",
-        "current_user",
-        "default",
-        "deferrable",
-        "desc",
-        "distinct",
-        "do",
-        "else",
-        "end",
-        "except",
-        "false",
-        "fetch",
-        "for",
-        "foreign",
-        "freeze",
-        "from",
-        "full",
-        "grant",
-        "group",
-        "having",
-        "ilike",
-        "in",
-        "initially",
-        "inner",
-        "intersect",
-        "into",
-        "is",
-        "isnull",
-        "join",
-        "lateral",
-        "leading",
-        "left",
-        "like",
-        "limit",
-        "localtime",
-        "localtimestamp",
-        "natural",
-        "not",
-        "notnull",
-        "null",
-        "offset",
-        "on",
-        "only",
-        "or",
-        "order",
-        "outer",
-        "overlaps",
-        "placing",
-        "primary",
-        "references",
-        "returning",
-        "right",
-        "select",
-        "session_user",
-        "similar",
-        "some",
-        "symmetric",
-        "system_user",
-        "table",
-        "tablesample",
-        "then",
-        "to",
-        "trailing",
-        "true",
-        "union",
-        "unique",
-        "user",
-        "using",
-        "variadic",
-        "verbose",
-        "when",
-        "where",
-        "window",
-        "with",
-    ];
-    WORDS.contains(&s)
 }
 
 #[cfg(test)]
@@ -611,36 +420,6 @@ mod tests {
             choose_compression(None, Some(5), false, Compression::Zstd, None).unwrap(),
             (Compression::Zstd, Some(5))
         );
-    }
-
-    #[test]
-    fn table_names() {
-        let q = |s: &str, n: &str| QualifiedName {
-            schema: s.into(),
-            name: n.into(),
-        };
-        assert_eq!(parse_table_name("public.foo").unwrap(), q("public", "foo"));
-        assert_eq!(parse_table_name("public.Foo").unwrap(), q("public", "Foo"));
-        assert_eq!(
-            parse_table_name("\"My Schema\".\"a.b\"\"c\"").unwrap(),
-            q("My Schema", "a.b\"c")
-        );
-        for bad in [
-            "foo", "a.b.c", " a.b", "a.b ", "\"a.b", "a.", ".b", "\"\".b",
-        ] {
-            let e = parse_table_name(bad).unwrap_err().to_string();
-            assert!(e.contains("is not correctly fully-qualified"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_ident("foo_1"), "foo_1");
-        assert_eq!(quote_ident("Foo"), "\"Foo\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("select"), "\"select\"");
-        assert_eq!(quote_ident("1a"), "\"1a\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 
     #[test]

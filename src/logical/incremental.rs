@@ -36,12 +36,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::record::{ServerSignals, TableSignals};
-use crate::error::{Error, Result};
+use crate::error::{PgResultExt, Result};
 use crate::pg::conn::PgConn;
-
-fn pg(what: &str) -> impl FnOnce(crate::pg::conn::PgError) -> Error + '_ {
-    move |e| Error::Postgres(format!("{what}: {e}"))
-}
+use crate::pg::quote::quote_literal;
 
 /// The server-wide signals of the connected database.
 pub async fn server_signals(conn: &mut PgConn) -> Result<ServerSignals> {
@@ -55,13 +52,14 @@ pub async fn server_signals(conn: &mut PgConn) -> Result<ServerSignals> {
                     current_setting('track_counts') AS track",
         )
         .await
-        .map_err(pg("reading the server's statistics state"))?;
+        .context("reading the server's statistics state")?;
+    let what = "reading the server's statistics state";
     Ok(ServerSignals {
-        postmaster_start: row.get(0).unwrap_or_default().to_string(),
-        stats_reset: row.get(1).map(str::to_string),
-        system_identifier: row.get(2).unwrap_or_default().to_string(),
-        database_oid: row.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
-        track_counts: row.get(4) == Some("on"),
+        postmaster_start: row.get_str("start").context(what)?.to_string(),
+        stats_reset: row.get_opt("reset").context(what)?.map(str::to_string),
+        system_identifier: row.get_str("sysid").context(what)?.to_string(),
+        database_oid: row.parse("dboid").context(what)?,
+        track_counts: row.get_str("track").context(what)? == "on",
     })
 }
 
@@ -86,15 +84,16 @@ pub async fn table_signals(conn: &mut PgConn, oids: &[u32]) -> Result<HashMap<u3
                  LEFT JOIN LATERAL (SELECT relid FROM pg_partition_tree(u.oid) WHERE isleaf) l
                         ON c.relkind = 'p'
              )
-             SELECT un.unit,
-                    max(CASE WHEN c.oid = un.unit THEN c.relfilenode::bigint END),
-                    max(CASE WHEN c.oid = un.unit THEN coalesce(t.relfilenode, 0)::bigint END),
-                    sum(pg_relation_size(c.oid))::bigint,
-                    sum(coalesce(pg_relation_size(t.oid), 0))::bigint,
-                    sum(coalesce(s.n_tup_ins, 0))::bigint,
-                    sum(coalesce(s.n_tup_upd, 0))::bigint,
-                    sum(coalesce(s.n_tup_del, 0))::bigint,
-                    sum(coalesce(s.n_tup_hot_upd, 0))::bigint,
+             SELECT un.unit AS unit,
+                    max(CASE WHEN c.oid = un.unit THEN c.relfilenode::bigint END) AS relfilenode,
+                    max(CASE WHEN c.oid = un.unit THEN coalesce(t.relfilenode, 0)::bigint END)
+                      AS toast_relfilenode,
+                    sum(pg_relation_size(c.oid))::bigint AS main_bytes,
+                    sum(coalesce(pg_relation_size(t.oid), 0))::bigint AS toast_bytes,
+                    sum(coalesce(s.n_tup_ins, 0))::bigint AS n_tup_ins,
+                    sum(coalesce(s.n_tup_upd, 0))::bigint AS n_tup_upd,
+                    sum(coalesce(s.n_tup_del, 0))::bigint AS n_tup_del,
+                    sum(coalesce(s.n_tup_hot_upd, 0))::bigint AS n_tup_hot_upd,
                     (SELECT string_agg(quote_ident(a.attname) || ' ' ||
                                        format_type(a.atttypid, a.atttypmod) ||
                                        coalesce(' missing ' || a.attmissingval::text, '') ||
@@ -105,33 +104,38 @@ pub async fn table_signals(conn: &mut PgConn, oids: &[u32]) -> Result<HashMap<u3
                     || ' | ' ||
                     coalesce(string_agg(c.oid::text || ':' || c.relfilenode::text || ':' ||
                                         coalesce(t.relfilenode, 0)::text, ',' ORDER BY c.oid), '')
+                      AS shape
                FROM units un
                LEFT JOIN pg_class c ON c.oid = un.rel
                LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
                LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
               GROUP BY un.unit"
         );
-        for row in conn
-            .simple_query(&sql)
-            .await
-            .map_err(pg("reading the tables' change signals"))?
-        {
-            let num = |i: usize| row.get(i).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-            let Some(unit) = row.get(0).and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
+        let what = "reading the tables' change signals";
+        for row in conn.simple_query(&sql).await.context(what)? {
+            // NULL sums and sizes (a table dropped meanwhile, a partitioned
+            // table's own relfilenode) count as 0.
+            let num = |c: &str| -> Result<i64> {
+                Ok(row.parse_opt::<i64>(c).context(what)?.unwrap_or(0))
             };
+            let unit: u32 = row.parse("unit").context(what)?;
             out.insert(
                 unit,
                 TableSignals {
-                    relfilenode: num(1) as u32,
-                    toast_relfilenode: num(2) as u32,
-                    main_bytes: num(3) as u64,
-                    toast_bytes: num(4) as u64,
-                    n_tup_ins: num(5),
-                    n_tup_upd: num(6),
-                    n_tup_del: num(7),
-                    n_tup_hot_upd: num(8),
-                    shape: row.get(9).unwrap_or_default().to_string(),
+                    relfilenode: num("relfilenode")? as u32,
+                    toast_relfilenode: num("toast_relfilenode")? as u32,
+                    main_bytes: num("main_bytes")? as u64,
+                    toast_bytes: num("toast_bytes")? as u64,
+                    n_tup_ins: num("n_tup_ins")?,
+                    n_tup_upd: num("n_tup_upd")?,
+                    n_tup_del: num("n_tup_del")?,
+                    n_tup_hot_upd: num("n_tup_hot_upd")?,
+                    // NULL for a table without columns.
+                    shape: row
+                        .get_opt("shape")
+                        .context(what)?
+                        .unwrap_or_default()
+                        .to_string(),
                 },
             );
         }
@@ -199,36 +203,35 @@ pub async fn settle(conn: &mut PgConn, own: &[i32], snapshot_time: &str) -> Resu
     let started = Instant::now();
     let own_list = own.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     let sql = format!(
-        "SELECT pid, coalesce(state, ''), backend_type,
-                coalesce(extract(epoch FROM clock_timestamp() - state_change), 0)::float8,
-                coalesce(left(query, 60), '')
+        "SELECT pid, coalesce(state, '') AS state, backend_type,
+                coalesce(extract(epoch FROM clock_timestamp() - state_change), 0)::float8
+                  AS idle_for,
+                coalesce(left(query, 60), '') AS query
            FROM pg_stat_activity
           WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND pid <> ALL('{{{own_list}}}'::int[])
-            AND backend_start < '{snapshot_time}'::timestamptz
-            AND backend_type IN ('client backend', 'logical replication worker', 'background worker')"
+            AND backend_start < {snapshot}::timestamptz
+            AND backend_type IN ('client backend', 'logical replication worker', 'background worker')",
+        snapshot = quote_literal(snapshot_time)
     );
     loop {
-        let rows = conn
-            .simple_query(&sql)
-            .await
-            .map_err(pg("watching the other sessions"))?;
-        let busy: Vec<String> = rows
-            .iter()
-            .filter(|r| {
-                let idle_for = r.get(3).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-                !(r.get(1) == Some("idle") && idle_for >= IDLE_SETTLED.as_secs_f64())
-            })
-            .map(|r| {
-                format!(
-                    "pid {} ({}, {}: {})",
-                    r.get(0).unwrap_or("?"),
-                    r.get(2).unwrap_or("?"),
-                    r.get(1).filter(|s| !s.is_empty()).unwrap_or("no state"),
-                    r.get(4).unwrap_or("")
-                )
-            })
-            .collect();
+        let what = "watching the other sessions";
+        let rows = conn.simple_query(&sql).await.context(what)?;
+        let mut busy: Vec<String> = Vec::new();
+        for r in &rows {
+            let state = r.get_str("state").context(what)?;
+            let idle_for: f64 = r.parse("idle_for").context(what)?;
+            if state == "idle" && idle_for >= IDLE_SETTLED.as_secs_f64() {
+                continue;
+            }
+            busy.push(format!(
+                "pid {} ({}, {}: {})",
+                r.get_str("pid").context(what)?,
+                r.get_opt("backend_type").context(what)?.unwrap_or("?"),
+                if state.is_empty() { "no state" } else { state },
+                r.get_str("query").context(what)?
+            ));
+        }
         let waited = started.elapsed();
         if busy.is_empty() && waited >= SETTLE_MIN {
             return Ok(Settled::Yes);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::copy_format::CopyFormat;
 use super::layout::{self, Timestamp};
-use super::toc::{QualifiedName, Section, TocEntry};
+use super::toc::{ObjectKind, QualifiedName, Section, TocEntry};
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 
@@ -226,7 +226,7 @@ impl LogicalBackupRecord {
 pub struct StoredTocEntry {
     pub id: u32,
     pub section: Section,
-    pub kind: String,
+    pub kind: ObjectKind,
     pub schema: String,
     pub name: String,
     pub owner_table: Option<QualifiedName>,

@@ -22,15 +22,15 @@ use chrono::{Local, Utc};
 
 use super::copy_format::{self, Conversion};
 use super::data::{self, CopyInError};
-use super::flags::{display_name, quote_ident, quote_literal, quote_qualified};
 use super::layout::{self, Timestamp};
 use super::metadata::{self, ObjectFilter};
 use super::record::{rebuild_entries, LogicalBackupRecord, StoredStats, StoredToc, TableData};
 use super::report::{self, RestoreFailure, RestoreOutcome};
 use super::schedule::{Next, Schedule};
-use super::toc::{QualifiedName, Section, TocEntry};
-use crate::error::{Error, Result};
+use super::toc::{ObjectKind, QualifiedName, Section, TocEntry};
+use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{ConnParams, PgConn, PgError, Replication};
+use crate::pg::quote::{quote_ident, quote_literal};
 use crate::repo::Repo;
 
 /// What to restore and how (gprestore's flags, validated).
@@ -71,15 +71,6 @@ pub struct RestoreSummary {
     pub failures: usize,
     pub report_key: String,
     pub errors_key: Option<String>,
-}
-
-fn pg(what: impl Into<String>) -> impl FnOnce(PgError) -> Error {
-    let what = what.into();
-    move |e| Error::Postgres(format!("{what}: {e}"))
-}
-
-async fn run(conn: &mut PgConn, what: &str, sql: &str) -> Result<Vec<crate::pg::conn::Row>> {
-    conn.simple_query(sql).await.map_err(pg(what))
 }
 
 /// gprestore's checks of its flags against the backup (ValidateBackupFlagCombinations).
@@ -205,7 +196,7 @@ pub async fn gprestore(repo: &Repo, req: &RestoreRequest) -> Result<RestoreSumma
     }
     result?;
     if !state.failures.is_empty() {
-        return Err(Error::Postgres(format!(
+        return Err(Error::Server(format!(
             "the restore went on past {} errors (--on-error-continue): the database is incomplete; \
              {} lists what failed",
             state.failures.len(),
@@ -341,20 +332,21 @@ async fn prepare_database(req: &RestoreRequest, b: &LogicalBackupRecord, db: &st
         }
     }
     let mut admin = admin.ok_or_else(|| {
-        pg("connecting to the server (database postgres or template1)")(
+        Error::postgres(
+            "connecting to the server (database postgres or template1)",
             last_err.expect("one attempt failed"),
         )
     })?;
-    let exists = !run(
-        &mut admin,
-        "checking the target database",
-        &format!(
-            "SELECT 1 FROM pg_database WHERE datname = {}",
-            quote_literal(db)
-        ),
-    )
-    .await?
-    .is_empty();
+    let exists = !admin
+        .run(
+            "checking the target database",
+            &format!(
+                "SELECT 1 FROM pg_database WHERE datname = {}",
+                quote_literal(db)
+            ),
+        )
+        .await?
+        .is_empty();
     let filtered = b.options.table_filtered() || b.options.data_only;
     if !exists {
         if filtered {
@@ -370,7 +362,7 @@ async fn prepare_database(req: &RestoreRequest, b: &LogicalBackupRecord, db: &st
             quote_literal(&b.database_collate),
             quote_literal(&b.database_ctype)
         );
-        run(&mut admin, &format!("creating database {db}"), &sql).await?;
+        admin.run(&format!("creating database {db}"), &sql).await?;
     } else if req.create_db {
         return Err(Error::Usage(format!(
             "Database \"{db}\" already exists. Run gprestore again without --create-db flag."
@@ -405,13 +397,9 @@ fn session_setup(jobs: usize) -> String {
 async fn connect(req: &RestoreRequest, db: &str, jobs: usize) -> Result<PgConn> {
     let mut c = PgConn::connect(&with_db(&req.conn, db), Replication::Off)
         .await
-        .map_err(pg(format!("connecting to database {db}")))?;
-    run(
-        &mut c,
-        "setting up the restore session",
-        &session_setup(jobs),
-    )
-    .await?;
+        .context(format!("connecting to database {db}"))?;
+    c.run("setting up the restore session", &session_setup(jobs))
+        .await?;
     Ok(c)
 }
 
@@ -503,11 +491,11 @@ async fn restore_into(
             }
         }
         let wal_minimal = !loads.is_empty()
-            && run(&mut pool[0], "reading wal_level", "SHOW wal_level")
-                .await?
-                .first()
-                .and_then(|r| r.get(0).map(|s| s == "minimal"))
-                .unwrap_or(false);
+            && pool[0]
+                .query_one("SHOW wal_level")
+                .await
+                .and_then(|r| r.get_str("wal_level").map(|s| s == "minimal"))
+                .context("reading wal_level")?;
         let how = LoadMode {
             truncate: req.truncate_table || req.incremental,
             // Tables this restore created: truncating one in its load's
@@ -535,8 +523,7 @@ async fn restore_into(
     // Durable before success: one commit with synchronous_commit on flushes
     // the WAL of every earlier commit.
     let main = &mut pool[0];
-    run(
-        main,
+    main.run(
         "flushing the restore to disk",
         "SET synchronous_commit = on; BEGIN; SELECT txid_current(); COMMIT;",
     )
@@ -607,7 +594,7 @@ fn validate_filter_in_backup(
         .include_tables
         .iter()
         .filter(|t| !relations.contains(t))
-        .map(display_name)
+        .map(QualifiedName::quoted)
         .collect();
     if !missing.is_empty() {
         return Err(Error::Usage(format!(
@@ -619,7 +606,7 @@ fn validate_filter_in_backup(
         .exclude_tables
         .iter()
         .filter(|t| !relations.contains(t))
-        .map(display_name)
+        .map(QualifiedName::quoted)
         .collect();
     if !excluded.is_empty() {
         tracing::warn!(
@@ -667,15 +654,15 @@ fn choose_loads(req: &RestoreRequest, b: &LogicalBackupRecord, entries: &[TocEnt
 }
 
 async fn validate_redirect_schema(conn: &mut PgConn, schema: &str) -> Result<()> {
-    let rows = run(
-        conn,
-        "checking the schema to redirect into",
-        &format!(
-            "SELECT 1 FROM pg_namespace WHERE nspname = {}",
-            quote_literal(schema)
-        ),
-    )
-    .await?;
+    let rows = conn
+        .run(
+            "checking the schema to redirect into",
+            &format!(
+                "SELECT 1 FROM pg_namespace WHERE nspname = {}",
+                quote_literal(schema)
+            ),
+        )
+        .await?;
     if rows.is_empty() {
         return Err(Error::Usage(format!(
             "Schema {schema} to redirect into does not exist"
@@ -694,14 +681,14 @@ fn redirect_entries(entries: &[TocEntry], to: &str) -> Vec<TocEntry> {
         .chain(
             entries
                 .iter()
-                .filter(|e| e.kind == "SCHEMA")
+                .filter(|e| e.kind == ObjectKind::Schema)
                 .map(|e| e.name.clone()),
         )
         .filter(|s| s != to)
         .collect();
     entries
         .iter()
-        .filter(|e| e.kind != "SCHEMA")
+        .filter(|e| e.kind != ObjectKind::Schema)
         .filter(|e| !(e.owner_table.is_none() && e.name.starts_with("SCHEMA ")))
         .map(|e| {
             if e.section == Section::Globals {
@@ -749,9 +736,7 @@ async fn check_relations(
         .map(|n| format!("({}, {})", quote_literal(&n.schema), quote_literal(&n.name)))
         .collect::<Vec<_>>()
         .join(", ");
-    let rows = run(
-        conn,
-        "checking the relations in the target database",
+    let rows = conn.run("checking the relations in the target database",
         &format!(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
               WHERE (n.nspname, c.relname) IN ({list})"
@@ -760,23 +745,26 @@ async fn check_relations(
     .await?;
     let present: HashSet<QualifiedName> = rows
         .iter()
-        .map(|r| QualifiedName {
-            schema: r.get(0).unwrap_or_default().to_string(),
-            name: r.get(1).unwrap_or_default().to_string(),
+        .map(|r| {
+            let what = "checking the relations in the target database";
+            Ok(QualifiedName {
+                schema: r.get_str("nspname").context(what)?.to_string(),
+                name: r.get_str("relname").context(what)?.to_string(),
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if restore_metadata {
         if let Some(n) = names.iter().find(|n| present.contains(n)) {
             return Err(Error::Usage(format!(
                 "Relation {} already exists (restore into another database with --redirect-db, or load data only with --data-only [--truncate-table])",
-                display_name(n)
+                n.quoted()
             )));
         }
     } else if let Some(n) = names.iter().find(|n| !present.contains(n)) {
         let _ = req;
         return Err(Error::Usage(format!(
             "Relation {} must exist for data-only restore",
-            display_name(n)
+            n.quoted()
         )));
     }
     Ok(())
@@ -791,14 +779,6 @@ fn describe(e: &TocEntry) -> String {
     } else {
         format!("{} {}.{}", e.kind, quote_ident(&e.schema), e.name)
     }
-}
-
-/// Whether an error is worth running the statement again (two parallel
-/// statements deadlocked, or raced on one catalog row).
-fn transient(e: &PgError) -> bool {
-    e.code() == Some("40P01")
-        || e.code() == Some("40001")
-        || e.to_string().contains("tuple concurrently updated")
 }
 
 /// Runs one entry; a failure is fatal unless --on-error-continue.
@@ -825,7 +805,8 @@ async fn run_entry(conn: &mut PgConn, e: &TocEntry) -> std::result::Result<(), P
     loop {
         match conn.simple_query(&e.statement).await {
             Ok(_) => return Ok(()),
-            Err(err) if transient(&err) && attempt < 5 => {
+            // Two parallel statements deadlocked, or raced on one catalog row.
+            Err(err) if err.is_transient() && attempt < 5 => {
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
             }
@@ -850,7 +831,7 @@ fn fail(
         });
         Ok(())
     } else {
-        Err(Error::Postgres(format!("restoring {object}: {error}")))
+        Err(Error::Server(format!("restoring {object}: {error}")))
     }
 }
 
@@ -920,7 +901,7 @@ async fn load_and_post(
         if r.is_ok() {
             tracing::info!(
                 "restored data to table {} through {} connections in {:.2} s",
-                display_name(&load.target),
+                load.target.quoted(),
                 pool.len(),
                 t.elapsed().as_secs_f64()
             );
@@ -962,7 +943,7 @@ async fn load_and_post(
                             Ok(rows) => {
                                 tracing::info!(
                                     "restored data to table {} ({rows} rows) in {:.2} s, {:.2} s after the start",
-                                    display_name(&load.target),
+                                    load.target.quoted(),
                                     t.elapsed().as_secs_f64(),
                                     started.elapsed().as_secs_f64()
                                 );
@@ -1038,7 +1019,7 @@ fn count_load(
             req,
             state,
             "data",
-            format!("TABLE {}", display_name(&load.target)),
+            format!("TABLE {}", load.target.quoted()),
             e.to_string(),
         ),
         Err(e) => Err(e),
@@ -1085,35 +1066,31 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
             .map(|&i| {
                 format!(
                     "({i}, to_regclass({}))",
-                    quote_literal(&quote_qualified(&loads[i].target))
+                    quote_literal(&loads[i].target.quoted())
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let rows = run(
-            conn,
-            "reading the column types of the tables to load",
-            &format!(
-                "SELECT l.n, quote_ident(a.attname), a.atttypid, format_type(a.atttypid, NULL) \
+        let rows = conn
+            .run(
+                "reading the column types of the tables to load",
+                &format!(
+                    "SELECT l.n, quote_ident(a.attname) AS attname, a.atttypid, \
+                        format_type(a.atttypid, NULL) AS typname \
                    FROM (VALUES {values}) l(n, r) JOIN pg_attribute a ON a.attrelid = l.r \
                   WHERE a.attnum > 0 AND NOT a.attisdropped"
-            ),
-        )
-        .await?;
+                ),
+            )
+            .await?;
         let mut target: std::collections::HashMap<usize, Vec<(String, u32, String)>> =
             std::collections::HashMap::new();
         for r in &rows {
-            if let (Some(n), Some(c), Some(t), Some(name)) = (
-                r.get(0).and_then(|v| v.parse().ok()),
-                r.get(1),
-                r.get(2).and_then(|v| v.parse().ok()),
-                r.get(3),
-            ) {
-                target
-                    .entry(n)
-                    .or_default()
-                    .push((c.to_string(), t, name.to_string()));
-            }
+            let what = "reading the column types of the tables to load";
+            let n: usize = r.parse("n").context(what)?;
+            let c = r.get_str("attname").context(what)?.to_string();
+            let t: u32 = r.parse("atttypid").context(what)?;
+            let name = r.get_str("typname").context(what)?.to_string();
+            target.entry(n).or_default().push((c, t, name));
         }
         for &i in chunk {
             let Some(cols) = target.get(&i) else { continue };
@@ -1139,17 +1116,19 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
                 .map(|t| t.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            let source_types: Vec<String> = run(
-                conn,
-                "naming the backup's column types",
+            let source_types: Vec<String> = conn.run("naming the backup's column types",
                 &format!(
-                    "SELECT format_type(t, NULL) FROM unnest('{{{oids}}}'::oid[]) WITH ORDINALITY u(t, n) ORDER BY n"
+                    "SELECT format_type(t, NULL) AS typname FROM unnest('{{{oids}}}'::oid[]) WITH ORDINALITY u(t, n) ORDER BY n"
                 ),
             )
             .await?
             .iter()
-            .map(|r| r.get(0).unwrap_or_default().to_string())
-            .collect();
+            .map(|r| {
+                r.get_str("typname")
+                    .map(str::to_string)
+                    .context("naming the backup's column types")
+            })
+            .collect::<Result<_>>()?;
             let target_types = load
                 .data
                 .columns
@@ -1163,7 +1142,7 @@ async fn plan_binary_loads(conn: &mut PgConn, loads: &mut [Load]) -> Result<()> 
                 .collect();
             tracing::info!(
                 "table {}: its column types differ from the backup's, so its binary rows are converted through their text form",
-                display_name(&load.target)
+                load.target.quoted()
             );
             load.convert = Some(Conversion {
                 source_types,
@@ -1184,18 +1163,18 @@ async fn load_split(
     truncate: bool,
     queue: usize,
 ) -> Result<u64> {
-    let name = quote_qualified(&load.target);
-    let what = display_name(&load.target);
+    let name = load.target.quoted();
+    let what = load.target.quoted();
     if truncate {
-        run(
-            &mut pool[0],
-            &format!("truncating {what}"),
-            &truncate_sql(&name, &load.data.relkind),
-        )
-        .await?;
+        pool[0]
+            .run(
+                &format!("truncating {what}"),
+                &truncate_sql(&name, &load.data.relkind),
+            )
+            .await?;
     }
     for c in pool.iter_mut() {
-        run(c, &format!("preparing to load {what}"), "BEGIN").await?;
+        c.run(&format!("preparing to load {what}"), "BEGIN").await?;
     }
     let sql = copy_in_sql(&name, &load.data, false);
     let result = match data::copy_in_split(
@@ -1213,12 +1192,12 @@ async fn load_split(
             load.data.rows
         ))),
         Ok((rows, _)) => Ok(rows),
-        Err(CopyInError::Pg(e)) => Err(pg(format!("loading table {what}"))(e)),
+        Err(CopyInError::Pg(e)) => Err(Error::postgres(format!("loading table {what}"), e)),
         Err(CopyInError::Source(e)) => Err(e),
     };
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     for c in pool.iter_mut() {
-        let r = run(c, &format!("committing table {what}"), end).await;
+        let r = c.run(&format!("committing table {what}"), end).await;
         if result.is_ok() {
             r?;
         }
@@ -1235,16 +1214,15 @@ async fn load_one(
     truncate: bool,
     queue: usize,
 ) -> Result<u64> {
-    let name = quote_qualified(&load.target);
+    let name = load.target.quoted();
     let mut begin = String::from("BEGIN;");
     if truncate {
         begin.push(' ');
         begin.push_str(&truncate_sql(&name, &load.data.relkind));
         begin.push(';');
     }
-    run(
-        conn,
-        &format!("preparing to load {}", display_name(&load.target)),
+    conn.run(
+        &format!("preparing to load {}", load.target.quoted()),
         &begin,
     )
     .await?;
@@ -1255,12 +1233,8 @@ async fn load_one(
         None => (copy_in_sql(&name, &load.data, freeze), None),
         Some(conv) => {
             let [create, copy, insert] = conv.statements(&name, &load.data.columns);
-            run(
-                conn,
-                &format!(
-                    "preparing to convert the rows of {}",
-                    display_name(&load.target)
-                ),
+            conn.run(
+                &format!("preparing to convert the rows of {}", load.target.quoted()),
                 &create,
             )
             .await?;
@@ -1270,7 +1244,8 @@ async fn load_one(
     let (rows, _bytes) = match data::copy_in(repo, conn, &sql, &load.data.location, queue).await {
         Ok(v) => v,
         Err(CopyInError::Pg(e)) => {
-            return Err(pg(format!("loading table {}", display_name(&load.target)))(
+            return Err(Error::postgres(
+                format!("loading table {}", load.target.quoted()),
                 e,
             ))
         }
@@ -1279,24 +1254,22 @@ async fn load_one(
     if rows != load.data.rows {
         return Err(Error::Integrity(format!(
             "table {}: the backup holds {} rows, COPY loaded {rows}: the stored data does not match its record",
-            display_name(&load.target),
+            load.target.quoted(),
             load.data.rows
         )));
     }
     if let Some(insert) = insert {
-        run(
-            conn,
+        conn.run(
             &format!(
                 "converting the rows of {} to its column types",
-                display_name(&load.target)
+                load.target.quoted()
             ),
             &insert,
         )
         .await?;
     }
-    run(
-        conn,
-        &format!("committing table {}", display_name(&load.target)),
+    conn.run(
+        &format!("committing table {}", load.target.quoted()),
         "COMMIT",
     )
     .await?;
@@ -1331,9 +1304,7 @@ async fn analyze(
             loop {
                 let next = queue.lock().expect("queue").pop_front();
                 let Some(n) = next else { return };
-                let r = conn
-                    .simple_query(&format!("ANALYZE {}", quote_qualified(&n)))
-                    .await;
+                let r = conn.simple_query(&format!("ANALYZE {}", n.quoted())).await;
                 results.lock().expect("results").push((n, r));
             }
         }
@@ -1345,7 +1316,7 @@ async fn analyze(
                 req,
                 state,
                 "data",
-                format!("ANALYZE {}", display_name(&n)),
+                format!("ANALYZE {}", n.quoted()),
                 e.to_string(),
             )?;
         }
@@ -1373,7 +1344,7 @@ async fn apply_stats(
     restored.extend(
         entries
             .iter()
-            .filter(|e| e.kind == "TABLE" && e.owner_table.is_none())
+            .filter(|e| e.kind == ObjectKind::Table && e.owner_table.is_none())
             .map(|e| QualifiedName {
                 schema: e.schema.clone(),
                 name: e.name.clone(),
@@ -1394,7 +1365,7 @@ async fn apply_stats(
             t.reltuples,
             t.relpages,
             t.relallvisible,
-            quote_literal(&quote_qualified(&target))
+            quote_literal(&target.quoted())
         ));
     }
     if sql.is_empty() {

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::toc::{QualifiedName, TocEntry};
+use super::toc::{ObjectKind, QualifiedName, TocEntry};
 
 /// What a free connection does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +56,9 @@ pub struct Schedule {
 /// Whether an entry only reads its own table's rows (an index build, or a
 /// constraint that builds one), so it may run once that table is loaded.
 fn reads_only_its_table(e: &TocEntry) -> bool {
-    match e.kind.as_str() {
-        "INDEX" => true,
-        "CONSTRAINT" => {
+    match e.kind {
+        ObjectKind::Index => true,
+        ObjectKind::Constraint => {
             let s = e.statement.to_ascii_uppercase();
             s.contains(" PRIMARY KEY") || s.contains(" UNIQUE") || s.contains(" EXCLUDE")
         }
@@ -115,7 +115,7 @@ impl Schedule {
         for i in by_id {
             let e = &post[i];
             if let Some(t) = &e.owner_table {
-                if e.kind != "INDEX" {
+                if e.kind != ObjectKind::Index {
                     if let Some(prev) = last_on_table.insert(t, i) {
                         items[i].waits.push(prev);
                     }

@@ -38,7 +38,7 @@ pub struct XLogData {
 impl XLogData {
     /// The LSN right after the data.
     pub fn end(&self) -> Lsn {
-        Lsn(self.start.0 + self.data.len() as u64)
+        self.start + self.data.len() as u64
     }
 }
 
@@ -154,9 +154,9 @@ pub struct SystemIdentity {
 pub async fn identify_system(conn: &mut PgConn) -> Result<SystemIdentity, PgError> {
     let row = conn.query_one("IDENTIFY_SYSTEM").await?;
     Ok(SystemIdentity {
-        system_id: row.try_get("systemid")?.to_string(),
-        timeline: parse_tli(row.try_get("timeline")?)?,
-        xlogpos: parse_lsn(row.try_get("xlogpos")?)?,
+        system_id: row.get_str("systemid")?.to_string(),
+        timeline: row.parse("timeline")?,
+        xlogpos: row.parse("xlogpos")?,
     })
 }
 
@@ -205,8 +205,8 @@ pub async fn read_replication_slot(
     };
     Ok(Some(SlotInfo {
         slot_type: slot_type.to_string(),
-        restart_lsn: row.get_by_name("restart_lsn").map(parse_lsn).transpose()?,
-        restart_tli: row.get_by_name("restart_tli").map(parse_tli).transpose()?,
+        restart_lsn: row.parse_opt("restart_lsn")?,
+        restart_tli: row.parse_opt("restart_tli")?,
     }))
 }
 
@@ -227,8 +227,8 @@ pub async fn query_replication_slot(
         return Ok(None);
     };
     Ok(Some(SlotInfo {
-        slot_type: row.try_get("slot_type")?.to_string(),
-        restart_lsn: row.get_by_name("restart_lsn").map(parse_lsn).transpose()?,
+        slot_type: row.get_str("slot_type")?.to_string(),
+        restart_lsn: row.parse_opt("restart_lsn")?,
         restart_tli: None,
     }))
 }
@@ -303,7 +303,7 @@ pub fn parse_next_timeline(values: &[Option<Bytes>]) -> Result<(TimelineId, Lsn)
                 PgError::Protocol("malformed end-of-timeline result after START_REPLICATION".into())
             })
     };
-    Ok((parse_tli(&text(0)?)?, parse_lsn(&text(1)?)?))
+    Ok((parse_sent(&text(0)?)?, parse_sent(&text(1)?)?))
 }
 
 /// One line of a timeline history file: timeline `tli` ended at
@@ -394,27 +394,116 @@ impl TimelineHistory {
     /// timeline switch happens is complete only on the new timeline; the
     /// old one's copy is a `.partial`.)
     pub fn segment_timeline(&self, seg_start: Lsn, segment_size: u64) -> TimelineId {
-        self.timeline_of(Lsn(seg_start.0 + segment_size - 1))
+        self.timeline_of(seg_start + (segment_size - 1))
     }
 }
 
-fn parse_lsn(text: &str) -> Result<Lsn, PgError> {
+/// A value the server sent (an LSN, a timeline) parsed, or a protocol
+/// error naming what it was.
+fn parse_sent<T>(text: &str) -> Result<T, PgError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
     text.parse()
-        .map_err(|e| PgError::Protocol(format!("the server sent a bad LSN: {e}")))
+        .map_err(|e| PgError::Protocol(format!("the server sent an {e}")))
 }
 
-fn parse_tli(text: &str) -> Result<TimelineId, PgError> {
-    text.trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|&t| t > 0)
-        .map(TimelineId)
-        .ok_or_else(|| PgError::Protocol(format!("the server sent a bad timeline {text:?}")))
+/// Whether a replication connection may succeed when made again later:
+/// [`PgError::is_retryable`], or the slot still held by an old connection
+/// (55006 object_in_use), or a start position the server has not yet
+/// flushed (a standby behind its primary; the server gives no SQLSTATE of
+/// its own for it, only the message).
+pub fn stream_retryable(e: &PgError) -> bool {
+    e.is_retryable()
+        || e.code() == Some("55006")
+        || e.server_error()
+            .is_some_and(|s| s.message.contains("ahead of the WAL flush position"))
+}
+
+/// The server's message when it no longer has the WAL asked for
+/// ("requested WAL segment ... has already been removed").
+pub fn wal_removed(e: &PgError) -> Option<&str> {
+    e.server_error()
+        .filter(|s| s.message.contains("has already been removed"))
+        .map(|s| s.message.as_str())
+}
+
+/// Whether the server refused a replication connection because it allows
+/// none (`max_wal_senders = 0`; 53300 otherwise means "retry later").
+pub fn replication_disabled(e: &PgError) -> bool {
+    e.server_error()
+        .is_some_and(|s| s.message.contains("max_wal_senders (currently 0)"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::conn::ServerError;
+
+    fn server(code: &str, message: &str) -> PgError {
+        PgError::Server(ServerError {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn what_is_retried() {
+        assert!(stream_retryable(&PgError::Closed));
+        assert!(stream_retryable(&PgError::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(stream_retryable(&server(
+            "57P01",
+            "terminating connection due to administrator command"
+        )));
+        assert!(stream_retryable(&server(
+            "57P03",
+            "the database system is starting up"
+        )));
+        assert!(stream_retryable(&server(
+            "53300",
+            "sorry, too many clients already"
+        )));
+        assert!(stream_retryable(&server(
+            "55006",
+            "replication slot \"x\" is active for PID 12"
+        )));
+        assert!(stream_retryable(&server(
+            "XX000",
+            "requested starting point 0/5000000 is ahead of the WAL flush position of this server 0/4000000"
+        )));
+        assert!(!stream_retryable(&server(
+            "28000",
+            "no pg_hba.conf entry for replication connection"
+        )));
+        assert!(!stream_retryable(&server(
+            "42704",
+            "replication slot \"x\" does not exist"
+        )));
+        assert!(!stream_retryable(&server(
+            "58P01",
+            "requested WAL segment 000000010000000000000003 has already been removed"
+        )));
+        assert!(!stream_retryable(&PgError::Protocol("garbage".into())));
+        let removed = server(
+            "58P01",
+            "requested WAL segment 000000010000000000000003 has already been removed",
+        );
+        assert!(wal_removed(&removed).is_some());
+        assert!(wal_removed(&server("57P01", "terminating")).is_none());
+        assert!(replication_disabled(&server(
+            "53300",
+            "number of requested standby connections exceeds max_wal_senders (currently 0)"
+        )));
+        assert!(!replication_disabled(&server(
+            "53300",
+            "number of requested standby connections exceeds max_wal_senders (currently 5)"
+        )));
+    }
 
     fn lsn(s: &str) -> Lsn {
         s.parse().unwrap()

@@ -20,6 +20,25 @@ impl fmt::Display for TimelineId {
     }
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid timeline {0:?}: expected a positive decimal number")]
+pub struct TimelineParseError(String);
+
+/// A timeline as the server prints it (`timeline_id`, IDENTIFY_SYSTEM,
+/// TIMELINE_HISTORY, `pg_control_checkpoint()`): decimal, at least 1;
+/// surrounding white space is ignored.
+impl std::str::FromStr for TimelineId {
+    type Err = TimelineParseError;
+    fn from_str(s: &str) -> Result<TimelineId, TimelineParseError> {
+        s.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&t| t > 0)
+            .map(TimelineId)
+            .ok_or_else(|| TimelineParseError(s.to_string()))
+    }
+}
+
 /// A WAL segment file name: timeline, log and segment number
 /// (`000000010000000A000000FF`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,6 +184,15 @@ impl fmt::Display for WalFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timelines_parse() {
+        assert_eq!("1".parse::<TimelineId>(), Ok(TimelineId(1)));
+        assert_eq!(" 12\n".parse::<TimelineId>(), Ok(TimelineId(12)));
+        for bad in ["", "0", "-1", "x", "1/2", "4294967296"] {
+            assert!(bad.parse::<TimelineId>().is_err(), "{bad}");
+        }
+    }
 
     const MB16: u64 = 16 * 1024 * 1024;
     const MB64: u64 = 64 * 1024 * 1024;

@@ -24,7 +24,7 @@ use super::progress::{report, Progress};
 use super::tar_split::{Step, TarSplitter};
 use crate::codec::{Codec, Compression};
 pub use crate::config::CompressOn;
-use crate::error::{Error, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{BackendMessage, ConnParams, PgConn, Replication};
 use crate::pg::{Lsn, TimelineId, WalFile, WalSegmentName};
 use crate::repo::catalog::{ArchiveRecord, BackupRecord};
@@ -79,7 +79,7 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     repo.prepare_write().await?;
     let mut conn = PgConn::connect(&opts.conn, Replication::Physical)
         .await
-        .map_err(pg_err)?;
+        .context("connecting for a base backup")?;
     let version = conn.server_version_num();
     if version < 130000 {
         return Err(Error::Usage(format!(
@@ -87,14 +87,20 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
             version / 10000
         )));
     }
-    let ident = conn.query_one("IDENTIFY_SYSTEM").await.map_err(pg_err)?;
-    let system_identifier = ident.get(0).unwrap_or_default().to_string();
+    let ident = conn
+        .query_one("IDENTIFY_SYSTEM")
+        .await
+        .context("IDENTIFY_SYSTEM")?;
+    let system_identifier = ident
+        .get_str("systemid")
+        .context("IDENTIFY_SYSTEM")?
+        .to_string();
     let segment_size = parse_size_setting(
         conn.query_one("SHOW wal_segment_size")
             .await
-            .map_err(pg_err)?
-            .get(0)
-            .unwrap_or_default(),
+            .and_then(|r| r.get_str("wal_segment_size").map(str::to_string))
+            .context("SHOW wal_segment_size")?
+            .as_str(),
     )?;
 
     let server_compression = super::compress_on::server_compression(
@@ -126,7 +132,9 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     } else {
         format!("BASE_BACKUP LABEL '{label}' PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP")
     };
-    conn.send_query(&command).await.map_err(pg_err)?;
+    conn.send_query(&command)
+        .await
+        .context("starting BASE_BACKUP")?;
 
     let mut stream = BackupStream::new(
         repo.clone(),
@@ -262,10 +270,6 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-fn pg_err(e: crate::pg::conn::PgError) -> Error {
-    Error::Postgres(e.to_string())
-}
-
 /// The archive's name in the repository: "base" or the tablespace's OID,
 /// from the server's "base.tar", "base.tar.lz4", "16384.tar.zst"...
 fn archive_name(sent: &str) -> String {
@@ -283,29 +287,16 @@ pub fn parse_size_setting(text: &str) -> Result<u64> {
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| Error::Internal(format!("unexpected size setting {text:?}")))?;
+        .map_err(|_| Error::Server(format!("unexpected size setting {text:?}")))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "kB" => 1024,
         "MB" => 1024 * 1024,
         "GB" => 1024 * 1024 * 1024,
-        other => return Err(Error::Internal(format!("unexpected size unit {other:?}"))),
+        other => return Err(Error::Server(format!("unexpected size unit {other:?}"))),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| Error::Internal(format!("size setting {text:?} is impossibly large")))
-}
-
-fn parse_lsn(text: Option<&str>) -> Result<Lsn> {
-    text.unwrap_or_default()
-        .parse()
-        .map_err(|e| Error::Postgres(format!("the server sent a bad LSN: {e}")))
-}
-
-fn parse_tli(text: Option<&str>) -> Result<TimelineId> {
-    text.unwrap_or_default()
-        .parse()
-        .map(TimelineId)
-        .map_err(|_| Error::Postgres("the server sent a bad timeline".into()))
+        .ok_or_else(|| Error::Server(format!("size setting {text:?} is impossibly large")))
 }
 
 /// One CopyData message of BASE_BACKUP's reply (PostgreSQL 15's protocol).
@@ -428,7 +419,10 @@ impl BackupStream {
         });
         loop {
             let t = Instant::now();
-            let message = conn.next_message().await.map_err(pg_err)?;
+            let message = conn
+                .next_message()
+                .await
+                .context("receiving the base backup")?;
             self.waited.server += t.elapsed();
             match message {
                 BackendMessage::RowDescription(cols) => columns = cols.to_vec(),
@@ -441,7 +435,15 @@ impl BackupStream {
                     };
                     if columns.first().map(String::as_str) == Some("spcoid") {
                         // size is in kB, with PROGRESS.
-                        let kb = text(2).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+                        // NULL without PROGRESS.
+                        let kb = match text(2) {
+                            None => 0,
+                            Some(t) => t.parse::<u64>().map_err(|_| {
+                                Error::Server(format!(
+                                    "the server sent a bad tablespace size {t:?}"
+                                ))
+                            })?,
+                        };
                         total = total.saturating_add(kb.saturating_mul(1024));
                         if let Some(b) = &bar {
                             b.set_length(total);
@@ -449,9 +451,12 @@ impl BackupStream {
                         report(&self.progress, |p| p.set_total(total));
                         tablespaces.push((text(0).unwrap_or_default(), text(1)));
                     } else if columns.first().map(String::as_str) == Some("recptr") {
-                        let pos = (
-                            parse_lsn(text(0).as_deref())?,
-                            parse_tli(text(1).as_deref())?,
+                        let bad = |e: &dyn std::fmt::Display| {
+                            Error::Server(format!("the server sent a bad position: {e}"))
+                        };
+                        let pos: (Lsn, TimelineId) = (
+                            text(0).unwrap_or_default().parse().map_err(|e| bad(&e))?,
+                            text(1).unwrap_or_default().parse().map_err(|e| bad(&e))?,
                         );
                         if start.is_none() {
                             start = Some(pos);
@@ -535,12 +540,11 @@ impl BackupStream {
         );
         let manifest_bytes = match self.manifest.take() {
             Some(m) => m.finish().await?.plain,
-            None => return Err(Error::Postgres("the server sent no backup manifest".into())),
+            None => return Err(Error::Server("the server sent no backup manifest".into())),
         };
         let start =
-            start.ok_or_else(|| Error::Postgres("the server sent no start position".into()))?;
-        let stop =
-            stop.ok_or_else(|| Error::Postgres("the server sent no stop position".into()))?;
+            start.ok_or_else(|| Error::Server("the server sent no start position".into()))?;
+        let stop = stop.ok_or_else(|| Error::Server("the server sent no stop position".into()))?;
         Ok((start, stop, std::mem::take(&mut self.done), manifest_bytes))
     }
 
@@ -589,7 +593,7 @@ impl BackupStream {
             return m.send(data).await;
         }
         let Some(a) = self.current.as_mut() else {
-            return Err(Error::Postgres(
+            return Err(Error::Server(
                 "the server sent data before an archive header".into(),
             ));
         };
@@ -606,7 +610,7 @@ impl BackupStream {
                 let step = a
                     .splitter
                     .next(&mut data)
-                    .map_err(|e| Error::Postgres(format!("the server's tar stream: {e}")))?;
+                    .map_err(|e| Error::Server(format!("the server's tar stream: {e}")))?;
                 match step {
                     None => continue,
                     Some(Step::Pass(bytes)) => bytes,
@@ -852,7 +856,7 @@ pub(crate) async fn wait_for_wal(
 ) -> Result<()> {
     let first = WalSegmentName::from_lsn(start.1, start.0, segment_size);
     // The stop LSN may sit at the very start of a segment it does not need.
-    let stop_lsn = Lsn(stop.0 .0.saturating_sub(1).max(start.0 .0));
+    let stop_lsn = stop.0.saturating_sub(1).max(start.0);
     let last = WalSegmentName::from_lsn(stop.1, stop_lsn, segment_size);
     let deadline = Instant::now() + timeout;
     let mut next = first;

@@ -12,7 +12,7 @@
 
 use crate::codec::{Codec, Compression};
 use crate::config::CompressOn;
-use crate::error::{Error, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{ConnParams, PgConn, Replication};
 use crate::repo::Repo;
 
@@ -102,7 +102,7 @@ const SAMPLE_SQL: &str = "WITH f AS ( \
   WHERE d ~ '^[0-9]+$' AND n ~ '^[0-9]+(\\.[0-9]+)?$'), \
  s AS (SELECT path, (pg_catalog.pg_stat_file(path, true)).size AS size FROM f), \
  big AS (SELECT path, size FROM s WHERE size >= {bytes} ORDER BY size DESC LIMIT {files}) \
-SELECT path, size, pg_catalog.pg_read_binary_file(path, (size - {bytes}) * k / {last}, {bytes}, true) \
+SELECT path, size, pg_catalog.pg_read_binary_file(path, (size - {bytes}) * k / {last}, {bytes}, true) AS data \
 FROM big, pg_catalog.generate_series(0, {last}) k";
 
 /// Compresses samples of the largest relation files; their overall ratio,
@@ -110,17 +110,23 @@ FROM big, pg_catalog.generate_series(0, {last}) k";
 async fn sample_ratio(conn: &ConnParams, codec: &Codec) -> Result<Option<f64>> {
     let mut c = PgConn::connect(conn, Replication::Off)
         .await
-        .map_err(|e| Error::Postgres(e.to_string()))?;
+        .context("connecting to sample the data files")?;
     let sql = SAMPLE_SQL
         .replace("{bytes}", &SAMPLE_BYTES.to_string())
         .replace("{files}", &SAMPLE_FILES.to_string())
         .replace("{last}", &(SAMPLES_PER_FILE - 1).to_string());
     let rows = c.simple_query(&sql).await;
     c.close().await;
-    let rows = rows.map_err(|e| Error::Postgres(e.to_string()))?;
+    let rows = rows.context("sampling the data files")?;
     let mut files: Vec<FileSample> = Vec::new();
     for row in &rows {
-        let (Some(path), Some(size), Some(data)) = (row.get(0), row.get(1), row.get(2)) else {
+        // A file removed meanwhile reads as NULL (missing_ok).
+        let what = "sampling the data files";
+        let (Some(path), Some(size), Some(data)) = (
+            row.get_opt("path").context(what)?,
+            row.parse_opt::<u64>("size").context(what)?,
+            row.get_opt("data").context(what)?,
+        ) else {
             continue;
         };
         let Some(data) = data.strip_prefix("\\x").and_then(|h| hex::decode(h).ok()) else {
@@ -130,7 +136,6 @@ async fn sample_ratio(conn: &ConnParams, codec: &Codec) -> Result<Option<f64>> {
             .encode("sample", &data)
             .map_err(|e| Error::Internal(format!("compressing a sample: {e}")))?
             .len() as u64;
-        let size: u64 = size.parse().unwrap_or(0);
         match files.iter_mut().find(|f| f.path == path) {
             Some(f) => f.add(data.len() as u64, compressed),
             None => {

@@ -17,6 +17,7 @@ use super::manifest::{Manifest, ManifestFile};
 use super::progress::{report, Progress};
 use super::tar_split::piece_of;
 use crate::error::{Error, Result};
+use crate::pg::conf::quote_value;
 use crate::pg::{Lsn, WalFile, WalSegmentName};
 use crate::repo::catalog::BackupRecord;
 use crate::repo::{layout, Repo};
@@ -193,7 +194,7 @@ async fn check_wal(repo: &Repo, backup: &BackupRecord, upto: Option<Lsn>) -> Res
     let end = upto.unwrap_or(backup.stop_lsn).max(backup.stop_lsn);
     let last = WalSegmentName::from_lsn(
         backup.stop_timeline,
-        Lsn(end.0.saturating_sub(1).max(backup.start_lsn.0)),
+        end.saturating_sub(1).max(backup.start_lsn),
         size,
     );
     let archived: HashSet<String> = repo
@@ -863,10 +864,6 @@ fn rewrite_tablespace_map(
         .map_err(|e| Error::io("writing tablespace_map", e))
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 fn write_recovery_settings(
     dir: &Path,
     opts: &RestoreOptions,
@@ -875,28 +872,30 @@ fn write_recovery_settings(
     let mut conf = String::from("\n# Added by cbdr restore\n");
     conf.push_str(&format!(
         "restore_command = {}\n",
-        quote(&opts.restore_command)
+        quote_value(&opts.restore_command)
     ));
     match &opts.target {
         RecoveryTarget::Latest => {}
         RecoveryTarget::Immediate => conf.push_str("recovery_target = 'immediate'\n"),
         RecoveryTarget::RestorePoint(n) => {
-            conf.push_str(&format!("recovery_target_name = {}\n", quote(n)))
+            conf.push_str(&format!("recovery_target_name = {}\n", quote_value(n)))
         }
         RecoveryTarget::Time(t) => conf.push_str(&format!(
             "recovery_target_time = {}\n",
-            quote(&t.to_rfc3339())
+            quote_value(&t.to_rfc3339())
         )),
         RecoveryTarget::Lsn(l) => conf.push_str(&format!(
             "recovery_target_lsn = {}\n",
-            quote(&l.to_string())
+            quote_value(&l.to_string())
         )),
-        RecoveryTarget::Xid(x) => conf.push_str(&format!("recovery_target_xid = {}\n", quote(x))),
+        RecoveryTarget::Xid(x) => {
+            conf.push_str(&format!("recovery_target_xid = {}\n", quote_value(x)))
+        }
     }
     if opts.target != RecoveryTarget::Latest {
         conf.push_str(&format!(
             "recovery_target_action = {}\n",
-            quote(opts.action.as_str())
+            quote_value(opts.action.as_str())
         ));
     }
     match timeline {

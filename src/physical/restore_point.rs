@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{ConnParams, PgConn, Replication};
+use crate::pg::quote::quote_literal;
 use crate::pg::{Lsn, TimelineId};
 use crate::repo::catalog::{validate_restore_point_name, RestorePointRecord};
 use crate::repo::{layout, Repo};
@@ -24,7 +25,7 @@ pub async fn create_restore_point(
     repo.prepare_write().await?;
     let mut conn = PgConn::connect(conn, Replication::Off)
         .await
-        .map_err(|e| Error::Postgres(e.to_string()))?;
+        .context("connecting to create a restore point")?;
     let point = create_point(&mut conn, name).await?;
     switch_wal(&mut conn).await?;
     conn.close().await;
@@ -56,22 +57,17 @@ pub async fn create_point(conn: &mut PgConn, name: &str) -> Result<PointPosition
     validate_restore_point_name(name)?;
     let row = conn
         .query_one(&format!(
-            "select lsn::text, ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::int::text, current_setting('wal_segment_size') from (select pg_create_restore_point('{name}') as lsn) s"
+            "select lsn::text as lsn, ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::int::text as timeline, current_setting('wal_segment_size') as wal_segment_size from (select pg_create_restore_point({}) as lsn) s",
+            quote_literal(name)
         ))
         .await
-        .map_err(|e| Error::Postgres(e.to_string()))?;
-    let lsn: Lsn = row
-        .get(0)
-        .unwrap_or_default()
-        .parse()
-        .map_err(|e| Error::Postgres(format!("pg_create_restore_point returned {e}")))?;
-    let timeline = TimelineId(
-        row.get(1)
-            .unwrap_or_default()
-            .parse()
-            .map_err(|_| Error::Postgres("bad timeline".into()))?,
-    );
-    let wal_segment_size = super::backup::parse_size_setting(row.get(2).unwrap_or_default())?;
+        .context("pg_create_restore_point")?;
+    let lsn: Lsn = row.parse("lsn").context("pg_create_restore_point")?;
+    let timeline: TimelineId = row.parse("timeline").context("pg_create_restore_point")?;
+    let wal_segment_size = super::backup::parse_size_setting(
+        row.get_str("wal_segment_size")
+            .context("pg_create_restore_point")?,
+    )?;
     Ok(PointPosition {
         lsn,
         timeline,
@@ -83,7 +79,7 @@ pub async fn create_point(conn: &mut PgConn, name: &str) -> Result<PointPosition
 pub async fn switch_wal(conn: &mut PgConn) -> Result<()> {
     conn.simple_query("select pg_switch_wal()")
         .await
-        .map_err(|e| Error::Postgres(e.to_string()))?;
+        .context("pg_switch_wal")?;
     Ok(())
 }
 
@@ -106,7 +102,7 @@ pub async fn record_point(
         repo,
         content_id,
         (point.lsn, point.timeline),
-        (Lsn(point.lsn.0 + 1), point.timeline),
+        (point.lsn + 1, point.timeline),
         point.wal_segment_size,
         wal_wait,
     )

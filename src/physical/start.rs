@@ -51,7 +51,7 @@ pub fn start_and_wait(
         .output()
         .map_err(|e| Error::io(format!("running {} (give --pg-bin)", pg_ctl.display()), e))?;
     if !out.status.success() {
-        return Err(Error::Postgres(format!(
+        return Err(Error::Server(format!(
             "pg_ctl start failed: {}{}",
             String::from_utf8_lossy(&out.stderr),
             log_tail(&log)
@@ -91,7 +91,7 @@ pub fn start_and_wait(
             .unwrap_or_default();
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains("recovery ended before configured recovery target was reached") {
-            return Err(Error::Postgres(format!(
+            return Err(Error::Server(format!(
                 "recovery failed:\n{}",
                 log_tail(&log)
             )));
@@ -116,13 +116,13 @@ pub fn start_and_wait(
             && (seen_running || Instant::now() > started_by)
             && action != TargetAction::Shutdown
         {
-            return Err(Error::Postgres(format!(
+            return Err(Error::Server(format!(
                 "the server stopped during recovery (cluster state: {state}); its log:\n{}",
                 log_tail(&log)
             )));
         }
         if Instant::now() >= deadline {
-            return Err(Error::Postgres(format!(
+            return Err(Error::Server(format!(
                 "recovery did not reach its target within {} s (cluster state: {state}; the server is still running):\n{}",
                 timeout.as_secs(),
                 log_tail(&log)
@@ -178,7 +178,7 @@ pub fn end_of_recovery(data_dir: &Path) -> Result<(TimelineId, Lsn)> {
         })
         .max()
         .ok_or_else(|| {
-            Error::Postgres(format!(
+            Error::Server(format!(
                 "the server promoted but {} holds no timeline history file",
                 pg_wal.display()
             ))
@@ -187,11 +187,11 @@ pub fn end_of_recovery(data_dir: &Path) -> Result<(TimelineId, Lsn)> {
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let history =
-        parse_history(&text).map_err(|e| Error::Postgres(format!("{}: {e}", path.display())))?;
+        parse_history(&text).map_err(|e| Error::Server(format!("{}: {e}", path.display())))?;
     history
         .last()
         .map(|e| (e.timeline, e.end))
-        .ok_or_else(|| Error::Postgres(format!("{}: no timeline switch in it", path.display())))
+        .ok_or_else(|| Error::Server(format!("{}: no timeline switch in it", path.display())))
 }
 
 /// Whether replay that ended at `end` on `timeline` replayed the archive

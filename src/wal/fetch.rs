@@ -301,7 +301,7 @@ async fn absence(repo: &Repo, missing: WalSegmentName, opts: &FetchOptions) -> R
     // a group).
     let next_group = WalSegmentName::from_lsn(
         missing.timeline,
-        Lsn(((missing.start_lsn(size).0 >> 32) + 1) << 32),
+        missing.start_lsn(size).next_log_start(),
         size,
     );
     let mut later = None;

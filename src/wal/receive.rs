@@ -201,33 +201,30 @@ impl Session<'_> {
         move |e| self.pg_failure(&what, e)
     }
 
+    /// A failed request: fatal with advice for the known dead ends, a retry
+    /// when reconnecting later may help, else fatal.
     fn pg_failure(&self, what: &str, e: PgError) -> Failure {
-        if let PgError::Server(s) = &e {
-            if s.message.contains("has already been removed") {
-                return Failure::Fatal(Error::Postgres(format!(
-                    "{} no longer has the WAL the receiver needs ({}): the archive now has a gap. \
-                     Slot {slot} was not holding it: it was dropped and created again, or \
-                     invalidated because its WAL exceeded max_slot_wal_keep_size. Take a new base \
-                     backup (cbdr backup-push) so that restores do not need the missing WAL, and \
-                     keep the receiver running (check pg_replication_slots.wal_status; raise \
-                     max_slot_wal_keep_size if the receiver may be down longer)",
-                    self.opts.conn.target(),
-                    s.message,
-                    slot = self.opts.slot
-                )));
-            }
+        if let Some(s) = repl::wal_removed(&e) {
+            return Failure::Fatal(Error::Server(format!(
+                "{} no longer has the WAL the receiver needs ({s}): the archive now has a gap. \
+                 Slot {slot} was not holding it: it was dropped and created again, or \
+                 invalidated because its WAL exceeded max_slot_wal_keep_size. Take a new base \
+                 backup (cbdr backup-push) so that restores do not need the missing WAL, and \
+                 keep the receiver running (check pg_replication_slots.wal_status; raise \
+                 max_slot_wal_keep_size if the receiver may be down longer)",
+                self.opts.conn.target(),
+                slot = self.opts.slot
+            )));
         }
-        if let PgError::Server(s) = &e {
-            if s.message.contains("max_wal_senders (currently 0)") {
-                return Failure::Fatal(Error::Postgres(format!(
-                    "{} does not allow replication connections (max_wal_senders = 0): set \
-                     max_wal_senders (and wal_level = replica) and restart it",
-                    self.opts.conn.target()
-                )));
-            }
+        if repl::replication_disabled(&e) {
+            return Failure::Fatal(Error::Server(format!(
+                "{} does not allow replication connections (max_wal_senders = 0): set \
+                 max_wal_senders (and wal_level = replica) and restart it",
+                self.opts.conn.target()
+            )));
         }
-        let retry = retryable(&e);
-        let err = Error::Postgres(format!("{what} on {}: {e}", self.opts.conn.target()));
+        let retry = repl::stream_retryable(&e);
+        let err = Error::postgres(format!("{what} on {}", self.opts.conn.target()), e);
         if retry {
             Failure::Retry(err)
         } else {
@@ -266,7 +263,7 @@ impl Session<'_> {
         let seg_size = self.segment_size(conn).await?;
         let slot = self.slot(conn).await?;
         let restart = slot.restart_lsn.ok_or_else(|| {
-            Failure::Fatal(Error::Postgres(format!(
+            Failure::Fatal(Error::Server(format!(
                 "replication slot {slot} on {target} reserves no WAL: it was invalidated (its WAL \
                  exceeded max_slot_wal_keep_size and was removed) or created without reserving \
                  WAL. Drop it (SELECT pg_drop_replication_slot('{slot}')), start wal-receive \
@@ -281,7 +278,7 @@ impl Session<'_> {
                 .await
                 .map_err(self.pg("TIMELINE_HISTORY"))?;
             TimelineHistory::parse(ident.timeline, &text).map_err(|e| {
-                Failure::Fatal(Error::Postgres(format!(
+                Failure::Fatal(Error::Server(format!(
                     "the history file of timeline {} on {}: {e}",
                     ident.timeline,
                     self.opts.conn.target()
@@ -291,7 +288,7 @@ impl Session<'_> {
             TimelineHistory::first(ident.timeline)
         };
 
-        let mut pos = segment_floor(restart, seg_size);
+        let mut pos = restart.segment_start(seg_size);
         if let Some(d) = *self.durable {
             pos = pos.min(d);
         }
@@ -315,7 +312,7 @@ impl Session<'_> {
                 StreamEnd::Shutdown => return Ok(()),
                 StreamEnd::Timeline { next, start } => {
                     if next <= tli || start < pos {
-                        return Err(Failure::Fatal(Error::Postgres(format!(
+                        return Err(Failure::Fatal(Error::Server(format!(
                             "{} ended timeline {tli} with an impossible next timeline {next} at \
                              {start}",
                             self.opts.conn.target()
@@ -325,7 +322,7 @@ impl Session<'_> {
                         "wal-receive: timeline {tli} ended at {start}; following timeline {next}"
                     );
                     tli = next;
-                    pos = segment_floor(start, seg_size);
+                    pos = start.segment_start(seg_size);
                 }
             }
         }
@@ -336,10 +333,12 @@ impl Session<'_> {
             .query_one("SHOW wal_segment_size")
             .await
             .map_err(self.pg("SHOW wal_segment_size"))?;
-        let size = crate::physical::backup::parse_size_setting(row.get(0).unwrap_or_default())
-            .map_err(Failure::Fatal)?;
+        let size = row
+            .get_str("wal_segment_size")
+            .map_err(self.pg("SHOW wal_segment_size"))?;
+        let size = crate::physical::backup::parse_size_setting(size).map_err(Failure::Fatal)?;
         if !size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&size) {
-            return Err(Failure::Fatal(Error::Postgres(format!(
+            return Err(Failure::Fatal(Error::Server(format!(
                 "{} reports wal_segment_size {size}: expected a power of two from 1 MB to 1 GB",
                 self.opts.conn.target()
             ))));
@@ -421,7 +420,7 @@ impl Session<'_> {
             {
                 break;
             }
-            pos = Lsn(pos.0 + seg_size);
+            pos += seg_size;
         }
         if pos != first {
             tracing::info!("wal-receive: the repository already has the WAL from {first} to {pos}");
@@ -471,13 +470,13 @@ impl Session<'_> {
                     .map_err(self.pg("START_REPLICATION"))?
                 {
                     Some((next, start)) => Ok(StreamEnd::Timeline { next, start }),
-                    None => Err(Failure::Fatal(Error::Postgres(
+                    None => Err(Failure::Fatal(Error::Server(
                         "START_REPLICATION returned no next timeline".into(),
                     ))),
                 };
             }
             Ok(other) => {
-                return Err(Failure::Fatal(Error::Postgres(format!(
+                return Err(Failure::Fatal(Error::Server(format!(
                     "unexpected answer to START_REPLICATION: {other:?}"
                 ))))
             }
@@ -574,7 +573,7 @@ struct Receiver {
 
 impl Receiver {
     fn received(&self) -> Lsn {
-        Lsn(self.seg_start.0 + self.buf.len() as u64)
+        self.seg_start + self.buf.len() as u64
     }
 
     async fn run(
@@ -616,7 +615,7 @@ impl Receiver {
                     // minutes).
                     let silent = self.last_message.elapsed();
                     if silent > dead_after(self.status_interval) {
-                        return Err(Failure::Retry(Error::Postgres(format!(
+                        return Err(Failure::Retry(Error::Server(format!(
                             "no message from {} for {}s: the connection seems dead",
                             session.opts.conn.target(),
                             silent.as_secs()
@@ -633,7 +632,7 @@ impl Receiver {
                         WalMessage::XLogData(x) => {
                             self.server_end = self.server_end.max(x.wal_end);
                             if x.start != self.received() {
-                                return Err(Failure::Fatal(Error::Postgres(format!(
+                                return Err(Failure::Fatal(Error::Server(format!(
                                     "the server sent WAL from {} where {} was expected",
                                     x.start,
                                     self.received()
@@ -657,13 +656,13 @@ impl Receiver {
                 Event::Message(Ok(BackendMessage::CommandComplete(_))) => {
                     // The server ends streaming without CopyDone when it
                     // shuts down.
-                    return Err(Failure::Retry(Error::Postgres(format!(
+                    return Err(Failure::Retry(Error::Server(format!(
                         "{} ended the replication stream (is it shutting down?)",
                         session.opts.conn.target()
                     ))));
                 }
                 Event::Message(Ok(other)) => {
-                    return Err(Failure::Fatal(Error::Postgres(format!(
+                    return Err(Failure::Fatal(Error::Server(format!(
                         "unexpected message in a replication stream: {other:?}"
                     ))))
                 }
@@ -701,7 +700,7 @@ impl Receiver {
         self.wait_upload(session, Some(conn), ticker).await?;
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.seg_size as usize));
         let name = WalSegmentName::from_lsn(self.tli, self.seg_start, self.seg_size);
-        let end = Lsn(self.seg_start.0 + self.seg_size);
+        let end = self.seg_start + self.seg_size;
         let repo = self.repo.clone();
         let content_id = self.content_id;
         let handle = tokio::spawn(async move {
@@ -843,7 +842,7 @@ impl Receiver {
         }
         match next {
             Some((next, start)) => Ok(StreamEnd::Timeline { next, start }),
-            None => Err(Failure::Retry(Error::Postgres(format!(
+            None => Err(Failure::Retry(Error::Server(format!(
                 "{} ended the replication stream on timeline {}",
                 session.opts.conn.target(),
                 self.tli
@@ -911,88 +910,15 @@ fn status_update(
     }
 }
 
-/// Whether trying again later may help: connection losses, operator
-/// intervention (shutdown, starting up), too many connections, the slot
-/// still held by an old connection, a standby that has not yet received the
-/// slot's position.
-fn retryable(e: &PgError) -> bool {
-    match e {
-        PgError::Connect { .. } | PgError::Closed | PgError::Io(_) => true,
-        PgError::Server(s) => {
-            s.code.starts_with("57")
-                || s.code.starts_with("53")
-                || s.code.starts_with("08")
-                || s.code == "55006"
-                || s.message.contains("ahead of the WAL flush position")
-        }
-        _ => false,
-    }
-}
-
 /// How long a streaming connection may stay silent, while asked to answer,
 /// before it is given up as dead.
 fn dead_after(status_interval: Duration) -> Duration {
     (status_interval * 6).max(Duration::from_secs(10))
 }
 
-/// The start of the segment holding `lsn`.
-fn segment_floor(lsn: Lsn, seg_size: u64) -> Lsn {
-    Lsn(lsn.0 - lsn.0 % seg_size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::conn::ServerError;
-
-    fn server(code: &str, message: &str) -> PgError {
-        PgError::Server(ServerError {
-            severity: "ERROR".into(),
-            code: code.into(),
-            message: message.into(),
-            ..Default::default()
-        })
-    }
-
-    #[test]
-    fn what_is_retried() {
-        assert!(retryable(&PgError::Closed));
-        assert!(retryable(&PgError::Io(std::io::Error::other("reset"))));
-        assert!(retryable(&server(
-            "57P01",
-            "terminating connection due to administrator command"
-        )));
-        assert!(retryable(&server(
-            "57P03",
-            "the database system is starting up"
-        )));
-        assert!(retryable(&server(
-            "53300",
-            "sorry, too many clients already"
-        )));
-        assert!(retryable(&server(
-            "55006",
-            "replication slot \"x\" is active for PID 12"
-        )));
-        assert!(retryable(&server(
-            "XX000",
-            "requested starting point 0/5000000 is ahead of the WAL flush position of this server 0/4000000"
-        )));
-        assert!(!retryable(&server(
-            "28000",
-            "no pg_hba.conf entry for replication connection"
-        )));
-        assert!(!retryable(&server(
-            "42704",
-            "replication slot \"x\" does not exist"
-        )));
-        assert!(!retryable(&server(
-            "58P01",
-            "requested WAL segment 000000010000000000000003 has already been removed"
-        )));
-        assert!(!retryable(&PgError::Protocol("garbage".into())));
-    }
-
     #[test]
     fn the_flush_position_is_only_what_is_stored() {
         let (seg, mid, end) = (Lsn(0x0300_0000), Lsn(0x0300_4000), Lsn(0x0300_8000));
@@ -1016,13 +942,6 @@ mod tests {
 
     #[test]
     fn positions() {
-        let mb = 1 << 20;
-        assert_eq!(segment_floor(Lsn(0x0300_0028), mb), Lsn(0x0300_0000));
-        assert_eq!(segment_floor(Lsn(0x0300_0000), mb), Lsn(0x0300_0000));
-        assert_eq!(
-            segment_floor(Lsn(0x1_0FFF_FFFF), 16 * mb),
-            Lsn(0x1_0F00_0000)
-        );
         assert_eq!(dead_after(Duration::from_secs(10)), Duration::from_secs(60));
         assert_eq!(dead_after(Duration::from_secs(1)), Duration::from_secs(10));
     }

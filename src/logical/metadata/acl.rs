@@ -124,7 +124,7 @@ pub(crate) fn add_acl(
 
 /// A role name as quote_ident printed it, back to the catalog name.
 pub(crate) fn unquote_role(quoted: &str) -> String {
-    match super::quote::parse_ident(quoted) {
+    match crate::pg::quote::parse_ident(quoted) {
         Some((name, "")) => name,
         _ => quoted.to_string(),
     }
@@ -171,7 +171,7 @@ pub(crate) async fn collect_default_privileges(conn: &mut PgConn, g: &mut Graph)
                 continue;
             }
         };
-        let schema = r.opt("nspname");
+        let schema = r.opt("nspname")?;
         let items: Vec<AclRow> = r.opt_json("acl")?.unwrap_or_default();
         let prefix = match &schema {
             Some(s) => format!(
@@ -217,7 +217,7 @@ pub(crate) async fn collect_default_privileges(conn: &mut PgConn, g: &mut Graph)
         )
         .statement(stmts.join("\n"))
         .dep(Dep::Role(role.clone()));
-        if let Some(nsp) = r.opt("nspoid") {
+        if let Some(nsp) = r.opt("nspoid")? {
             if let Ok(oid) = nsp.parse() {
                 node = node.dep(Dep::Obj(ObjRef::new(class::PG_NAMESPACE, oid)));
             }

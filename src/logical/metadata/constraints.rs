@@ -93,7 +93,7 @@ pub(crate) async fn collect(
             g.bind(ObjRef::new(class::PG_CLASS, index), node);
         }
         let t = constraint_target(node, Section::PostData, &table.name, &table.sql, &name);
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
         if let Some(x) = extras.filter(|x| x.comment.is_some()) {
             let it = Target {
                 word: "INDEX",

@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
-use crate::logical::toc::{QualifiedName, Section, TocEntry};
+use crate::logical::toc::{ObjectKind, QualifiedName, Section, TocEntry};
 
 /// System OIDs of the catalogs whose rows appear in `pg_depend` (fixed
 /// since they were assigned; the same in Greenplum and Cloudberry).
@@ -60,7 +60,7 @@ pub(crate) enum Dep {
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
     pub section: Section,
-    pub kind: &'static str,
+    pub kind: ObjectKind,
     pub schema: String,
     pub name: String,
     pub owner_table: Option<QualifiedName>,
@@ -69,10 +69,10 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    pub fn new(section: Section, kind: &'static str, schema: &str, name: &str) -> Node {
+    pub fn new(section: Section, kind: impl Into<ObjectKind>, schema: &str, name: &str) -> Node {
         Node {
             section,
-            kind,
+            kind: kind.into(),
             schema: schema.to_string(),
             name: name.to_string(),
             owner_table: None,
@@ -217,7 +217,7 @@ impl Graph {
                 TocEntry {
                     id: id_of[i],
                     section: node.section,
-                    kind: node.kind.to_string(),
+                    kind: node.kind,
                     schema: node.schema,
                     name: node.name,
                     owner_table: node.owner_table,
@@ -231,8 +231,11 @@ impl Graph {
 
 /// Kinds a table's data needs before the COPY: these (and what they depend
 /// on) stay in pre-data whatever depends on them.
-fn needed_for_data(kind: &str) -> bool {
-    matches!(kind, "TABLE" | "TABLE ATTACH" | "SEQUENCE SET")
+fn needed_for_data(kind: &ObjectKind) -> bool {
+    matches!(
+        kind,
+        ObjectKind::Table | ObjectKind::TableAttach | ObjectKind::SequenceSet
+    )
 }
 
 /// An entry in an earlier section must not depend on one in a later
@@ -244,7 +247,9 @@ fn needed_for_data(kind: &str) -> bool {
 fn fix_sections(nodes: &mut [Node], edges: &[Vec<usize>]) {
     let n = nodes.len();
     let mut must_pre = vec![false; n];
-    let mut stack: Vec<usize> = (0..n).filter(|&i| needed_for_data(nodes[i].kind)).collect();
+    let mut stack: Vec<usize> = (0..n)
+        .filter(|&i| needed_for_data(&nodes[i].kind))
+        .collect();
     while let Some(i) = stack.pop() {
         if must_pre[i] {
             continue;
@@ -296,40 +301,40 @@ fn fix_sections(nodes: &mut [Node], edges: &[Vec<usize>]) {
 }
 
 /// Natural order of kinds, to break ties between independent entries.
-pub(crate) fn kind_rank(kind: &str) -> u8 {
+pub(crate) fn kind_rank(kind: &ObjectKind) -> u8 {
     match kind {
-        "ROLE" => 0,
-        "ROLE GRANT" => 1,
-        "TABLESPACE" => 2,
-        "SCHEMA" => 10,
-        "EXTENSION" => 11,
-        "COLLATION" => 12,
-        "TYPE" => 13,
-        "DOMAIN" => 14,
-        "FUNCTION" | "PROCEDURE" => 15,
-        "AGGREGATE" => 16,
-        "SEQUENCE" => 17,
-        "TABLE" => 18,
-        "TABLE ATTACH" => 19,
-        "SEQUENCE OWNED BY" => 20,
-        "DEFAULT" => 20,
-        "SEQUENCE SET" => 21,
-        "VIEW" => 22,
-        "MATERIALIZED VIEW" => 23,
-        "INDEX" => 30,
-        "CONSTRAINT" => 31,
-        "INDEX ATTACH" => 32,
-        "FK CONSTRAINT" => 33,
-        "TRIGGER" => 34,
-        "RULE" => 35,
-        "POLICY" => 36,
-        "ROW SECURITY" => 37,
-        "STATISTICS" => 38,
-        "MATERIALIZED VIEW DATA" => 39,
-        "DEFAULT ACL" => 40,
-        "OWNER" => 50,
-        "COMMENT" => 51,
-        "ACL" => 52,
+        ObjectKind::Role => 0,
+        ObjectKind::RoleGrant => 1,
+        ObjectKind::Tablespace => 2,
+        ObjectKind::Schema => 10,
+        ObjectKind::Extension => 11,
+        ObjectKind::Collation => 12,
+        ObjectKind::Type => 13,
+        ObjectKind::Domain => 14,
+        ObjectKind::Function | ObjectKind::Procedure => 15,
+        ObjectKind::Aggregate => 16,
+        ObjectKind::Sequence => 17,
+        ObjectKind::Table => 18,
+        ObjectKind::TableAttach => 19,
+        ObjectKind::SequenceOwnedBy => 20,
+        ObjectKind::Default => 20,
+        ObjectKind::SequenceSet => 21,
+        ObjectKind::View => 22,
+        ObjectKind::MaterializedView => 23,
+        ObjectKind::Index => 30,
+        ObjectKind::Constraint => 31,
+        ObjectKind::IndexAttach => 32,
+        ObjectKind::FkConstraint => 33,
+        ObjectKind::Trigger => 34,
+        ObjectKind::Rule => 35,
+        ObjectKind::Policy => 36,
+        ObjectKind::RowSecurity => 37,
+        ObjectKind::Statistics => 38,
+        ObjectKind::MaterializedViewData => 39,
+        ObjectKind::DefaultAcl => 40,
+        ObjectKind::Owner => 50,
+        ObjectKind::Comment => 51,
+        ObjectKind::Acl => 52,
         _ => 60,
     }
 }
@@ -340,7 +345,7 @@ pub(crate) fn kind_rank(kind: &str) -> u8 {
 /// first entry in that order, with a warning.
 fn sort(nodes: &[Node], edges: &[Vec<usize>]) -> Vec<usize> {
     let n = nodes.len();
-    let key = |i: usize| (nodes[i].section, kind_rank(nodes[i].kind), i);
+    let key = |i: usize| (nodes[i].section, kind_rank(&nodes[i].kind), i);
     let mut missing: Vec<usize> = edges.iter().map(|e| e.len()).collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, e) in edges.iter().enumerate() {

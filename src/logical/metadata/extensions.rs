@@ -45,7 +45,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
             name,
             owner_table: None,
         };
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     let members = query(
         conn,

@@ -28,9 +28,9 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::deps::sort_entries;
-use super::quote::parse_ident;
 use crate::error::{Error, Result};
-use crate::logical::toc::{QualifiedName, Section, TocEntry};
+use crate::logical::toc::{ObjectKind, QualifiedName, Section, TocEntry};
+use crate::pg::quote::parse_ident;
 
 /// Which schemas and tables a backup or restore takes (gpbackup
 /// semantics). Empty lists do not restrict; names are as in the catalogs
@@ -122,18 +122,26 @@ pub fn parse_table_name(s: &str) -> Result<QualifiedName> {
 }
 
 /// Kinds the table filters apply to (when not owned by a table).
-fn is_relation_kind(kind: &str) -> bool {
+fn is_relation_kind(kind: &ObjectKind) -> bool {
     matches!(
         kind,
-        "TABLE" | "VIEW" | "MATERIALIZED VIEW" | "SEQUENCE" | "FOREIGN TABLE"
+        ObjectKind::Table
+            | ObjectKind::View
+            | ObjectKind::MaterializedView
+            | ObjectKind::Sequence
+            | ObjectKind::ForeignTable
     )
 }
 
 /// Kinds that only follow the object they are attached to.
-fn is_attached_kind(kind: &str) -> bool {
+fn is_attached_kind(kind: &ObjectKind) -> bool {
     matches!(
         kind,
-        "OWNER" | "COMMENT" | "ACL" | "SEQUENCE SET" | "MATERIALIZED VIEW DATA"
+        ObjectKind::Owner
+            | ObjectKind::Comment
+            | ObjectKind::Acl
+            | ObjectKind::SequenceSet
+            | ObjectKind::MaterializedViewData
     )
 }
 
@@ -167,14 +175,14 @@ fn compute(entries: &[TocEntry], filter: &ObjectFilter) -> Selection {
     }
     let mut parent: HashMap<QualifiedName, QualifiedName> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
-        if e.kind != "TABLE ATTACH" {
+        if e.kind != ObjectKind::TableAttach {
             continue;
         }
         let Some(child) = &e.owner_table else {
             continue;
         };
         if let Some(p) = deps(i)
-            .filter(|&j| entries[j].kind == "TABLE")
+            .filter(|&j| entries[j].kind == ObjectKind::Table)
             .map(name_of)
             .find(|p| p != child)
         {
@@ -205,7 +213,7 @@ fn compute(entries: &[TocEntry], filter: &ObjectFilter) -> Selection {
             rel_excluded(&name_of(i))
         } else if let Some(t) = &e.owner_table {
             rel_excluded(t)
-        } else if e.kind == "SCHEMA" {
+        } else if e.kind == ObjectKind::Schema {
             filter.exclude_schemas.contains(&e.name)
         } else {
             !e.schema.is_empty() && filter.exclude_schemas.contains(&e.schema)
@@ -241,7 +249,7 @@ fn compute(entries: &[TocEntry], filter: &ObjectFilter) -> Selection {
         if is_relation(i) {
             return rel_included(&name_of(i));
         }
-        if e.kind == "SCHEMA" {
+        if e.kind == ObjectKind::Schema {
             return filter.include_tables.is_empty() && filter.matches_schema(&e.name);
         }
         if e.schema.is_empty() {
@@ -258,7 +266,7 @@ fn compute(entries: &[TocEntry], filter: &ObjectFilter) -> Selection {
     for &i in &order {
         if direct(i) {
             roots.push(i);
-            if entries[i].kind == "TABLE" {
+            if entries[i].kind == ObjectKind::Table {
                 direct_tables.push(name_of(i));
             }
         }
@@ -321,7 +329,7 @@ fn compute(entries: &[TocEntry], filter: &ObjectFilter) -> Selection {
             } else if let Some(t) = &e.owner_table {
                 rel_excluded(t)
             } else {
-                e.kind == "SCHEMA" || filter.exclude_schemas.contains(&e.schema)
+                e.kind == ObjectKind::Schema || filter.exclude_schemas.contains(&e.schema)
             };
             if !excluded_itself {
                 tracing::warn!(
@@ -364,7 +372,7 @@ pub fn selected_tables(entries: &[TocEntry], filter: &ObjectFilter) -> Vec<Quali
     let mut tables = if filter.is_empty() {
         entries
             .iter()
-            .filter(|e| e.kind == "TABLE" && e.owner_table.is_none())
+            .filter(|e| e.kind == ObjectKind::Table && e.owner_table.is_none())
             .map(|e| QualifiedName {
                 schema: e.schema.clone(),
                 name: e.name.clone(),

@@ -85,7 +85,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         };
         let acl: Option<Vec<AclRow>> = r.opt_json("acl")?;
         add_owner_and_acl(g, &t, &r.text("owner")?, acl.as_deref(), &[]);
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }
@@ -119,7 +119,7 @@ fn aggregate_sql(r: &Row, qname: &str) -> Result<String> {
     if r.int("sspace")? > 0 {
         opts.push(format!("SSPACE = {}", r.text("sspace")?));
     }
-    if let Some(f) = r.opt("finalfunc") {
+    if let Some(f) = r.opt("finalfunc")? {
         opts.push(format!("FINALFUNC = {f}"));
         if r.flag("finalextra")? {
             opts.push("FINALFUNC_EXTRA".into());
@@ -134,25 +134,25 @@ fn aggregate_sql(r: &Row, qname: &str) -> Result<String> {
         ("serialfunc", "SERIALFUNC"),
         ("deserialfunc", "DESERIALFUNC"),
     ] {
-        if let Some(f) = r.opt(col) {
+        if let Some(f) = r.opt(col)? {
             opts.push(format!("{word} = {f}"));
         }
     }
-    if let Some(init) = r.opt("initcond") {
+    if let Some(init) = r.opt("initcond")? {
         opts.push(format!("INITCOND = {}", quote_literal(&init)));
     }
-    if let Some(f) = r.opt("msfunc") {
+    if let Some(f) = r.opt("msfunc")? {
         opts.push(format!("MSFUNC = {f}"));
-        if let Some(f) = r.opt("minvfunc") {
+        if let Some(f) = r.opt("minvfunc")? {
             opts.push(format!("MINVFUNC = {f}"));
         }
-        if let Some(t) = r.opt("mstype") {
+        if let Some(t) = r.opt("mstype")? {
             opts.push(format!("MSTYPE = {t}"));
         }
         if r.int("msspace")? > 0 {
             opts.push(format!("MSSPACE = {}", r.text("msspace")?));
         }
-        if let Some(f) = r.opt("mfinalfunc") {
+        if let Some(f) = r.opt("mfinalfunc")? {
             opts.push(format!("MFINALFUNC = {f}"));
             if r.flag("mfinalextra")? {
                 opts.push("MFINALFUNC_EXTRA".into());
@@ -162,11 +162,11 @@ fn aggregate_sql(r: &Row, qname: &str) -> Result<String> {
                 modify_word(&r.text("mfinalmodify")?)
             ));
         }
-        if let Some(init) = r.opt("minitcond") {
+        if let Some(init) = r.opt("minitcond")? {
             opts.push(format!("MINITCOND = {}", quote_literal(&init)));
         }
     }
-    if let Some(op) = r.opt("sortop") {
+    if let Some(op) = r.opt("sortop")? {
         opts.push(format!("SORTOP = {}", operator_sql(&op)));
     }
     match r.text("parallel")?.as_str() {
@@ -174,7 +174,7 @@ fn aggregate_sql(r: &Row, qname: &str) -> Result<String> {
         "r" => opts.push("PARALLEL = RESTRICTED".into()),
         _ => {}
     }
-    if r.opt("aggkind").as_deref() == Some("h") {
+    if r.opt("aggkind")?.as_deref() == Some("h") {
         opts.push("HYPOTHETICAL".into());
     }
     let opts: Vec<String> = opts.into_iter().map(|o| format!("    {o}")).collect();

@@ -20,12 +20,13 @@ use super::acl::{add_acl, AclRow};
 use super::comments::add_comment;
 use super::deps::Dep;
 use super::{
-    acl_json, class, query, query_one, quote::dollar_quote, quote_ident, quote_literal,
-    reloptions_sql, Graph, Node, ObjRef, RowExt, Target,
+    acl_json, class, query, query_one, quote_ident, quote_literal, reloptions_sql, Graph, Node,
+    ObjRef, RowExt, Target,
 };
 use crate::error::Result;
 use crate::logical::toc::Section;
 use crate::pg::conn::PgConn;
+use crate::pg::quote::dollar_quote;
 
 /// Settings whose stored value is already a quoted list.
 const LIST_SETTINGS: &[&str] = &[
@@ -107,10 +108,10 @@ async fn collect_roles(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         if limit != -1 {
             attrs.push(format!("CONNECTION LIMIT {limit}"));
         }
-        if let Some(v) = r.opt("validuntil") {
+        if let Some(v) = r.opt("validuntil")? {
             attrs.push(format!("VALID UNTIL {}", quote_literal(&v)));
         }
-        if let Some(p) = r.opt("password") {
+        if let Some(p) = r.opt("password")? {
             attrs.push(format!("PASSWORD {}", quote_literal(&p)));
         }
         let mut body = vec![
@@ -142,7 +143,7 @@ async fn collect_roles(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
             name,
             owner_table: None,
         };
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }
@@ -175,7 +176,7 @@ async fn collect_memberships(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         )
         .dep(Dep::Role(role.clone()))
         .dep(Dep::Role(member.clone()));
-        if let Some(grantor) = r.opt("grantor") {
+        if let Some(grantor) = r.opt("grantor")? {
             sql.push_str(&format!(" GRANTED BY {}", quote_ident(&grantor)));
             node = node.dep(Dep::Role(grantor));
         }
@@ -203,7 +204,7 @@ async fn collect_tablespaces(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         let mut sql = format!(
             "CREATE TABLESPACE {q} OWNER {} LOCATION {}",
             quote_ident(&owner),
-            quote_literal(&r.opt("location").unwrap_or_default())
+            quote_literal(&r.opt("location")?.unwrap_or_default())
         );
         let options: Vec<String> = r.opt_json("options")?.unwrap_or_default();
         if !options.is_empty() {
@@ -228,7 +229,7 @@ async fn collect_tablespaces(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         };
         let acl: Option<Vec<AclRow>> = r.opt_json("acl")?;
         add_acl(g, &t, &owner, None, acl.as_deref(), &[]);
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }

@@ -91,14 +91,14 @@ pub(crate) async fn collect(
                 IndexExtras {
                     qname,
                     statements: extras,
-                    comment: r.opt("comment"),
+                    comment: r.opt("comment")?,
                     reloptions: r.opt_json("reloptions")?.unwrap_or_default(),
                 },
             );
             continue;
         }
         let create = format!("{};", r.text("def")?);
-        let mut stmts = match r.opt("spcname") {
+        let mut stmts = match r.opt("spcname")? {
             Some(ts) => vec![
                 format!("SET default_tablespace = {};", quote_literal(&ts)),
                 create,
@@ -111,7 +111,7 @@ pub(crate) async fn collect(
             .owner_table(Some(table.name.clone()))
             .statement(stmts.join("\n"))
             .dep(Dep::Node(table.node));
-        if r.opt("spcname").is_some() {
+        if r.opt("spcname")?.is_some() {
             node = node.dep(Dep::Obj(ObjRef::new(
                 class::PG_TABLESPACE,
                 r.oid("reltablespace")?,
@@ -129,7 +129,7 @@ pub(crate) async fn collect(
             name,
             owner_table: Some(table.name.clone()),
         };
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(constraint_indexes)
 }

@@ -33,7 +33,6 @@ mod filter;
 mod functions;
 mod globals;
 mod indexes;
-mod quote;
 mod redirect;
 mod rules;
 mod schemas;
@@ -46,12 +45,12 @@ mod views;
 
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::logical::toc::{QualifiedName, Section, TocEntry};
-use crate::pg::conn::{PgConn, Row};
+use crate::pg::conn::{PgConn, PgError, Row};
 
+pub use crate::pg::quote::{quote_ident, quote_literal};
 pub use filter::{parse_table_name, select, selected_tables, ObjectFilter};
-pub use quote::{quote_ident, quote_literal, quote_qualified};
 pub use redirect::redirect_schema;
 pub use tablelist::{list_tables, TableInfo};
 
@@ -323,24 +322,26 @@ async fn warn_unsupported(conn: &mut PgConn) -> Result<()> {
 pub(crate) async fn query(conn: &mut PgConn, what: &str, sql: &str) -> Result<Vec<Row>> {
     conn.simple_query(sql)
         .await
-        .map_err(|e| Error::Postgres(format!("reading the catalogs ({what}): {e}")))
+        .with_context(|| format!("reading the catalogs ({what})"))
 }
 
 pub(crate) async fn query_one(conn: &mut PgConn, what: &str, sql: &str) -> Result<Row> {
     let mut rows = query(conn, what, sql).await?;
     if rows.len() != 1 {
-        return Err(Error::Internal(format!(
-            "{what}: expected one row, got {}",
-            rows.len()
-        )));
+        return Err(Error::postgres(
+            format!("reading the catalogs ({what})"),
+            PgError::RowCount(rows.len()),
+        ));
     }
     Ok(rows.remove(0))
 }
 
-/// Typed access to the text columns of catalog rows.
+/// The by-name accessors of [`Row`], with errors that say a catalog query
+/// was being read.
 pub(crate) trait RowExt {
     fn text(&self, col: &str) -> Result<String>;
-    fn opt(&self, col: &str) -> Option<String>;
+    /// `None` when NULL; an error when the result has no such column.
+    fn opt(&self, col: &str) -> Result<Option<String>>;
     fn oid(&self, col: &str) -> Result<u32>;
     fn int(&self, col: &str) -> Result<i64>;
     fn flag(&self, col: &str) -> Result<bool>;
@@ -348,53 +349,40 @@ pub(crate) trait RowExt {
     fn opt_json<T: DeserializeOwned>(&self, col: &str) -> Result<Option<T>>;
 }
 
+const CATALOG_QUERY: &str = "catalog query";
+
 impl RowExt for Row {
     fn text(&self, col: &str) -> Result<String> {
-        self.try_get(col)
-            .map(str::to_string)
-            .map_err(|e| Error::Internal(format!("catalog query: {e}")))
+        self.get_str(col).map(str::to_string).context(CATALOG_QUERY)
     }
 
-    fn opt(&self, col: &str) -> Option<String> {
-        self.get_by_name(col).map(str::to_string)
+    fn opt(&self, col: &str) -> Result<Option<String>> {
+        Ok(self
+            .get_opt(col)
+            .context(CATALOG_QUERY)?
+            .map(str::to_string))
     }
 
     fn oid(&self, col: &str) -> Result<u32> {
-        let v = self.text(col)?;
-        v.parse().map_err(|_| {
-            Error::Internal(format!("catalog query: column {col} is not an OID: {v:?}"))
-        })
+        self.parse(col).context(CATALOG_QUERY)
     }
 
     fn int(&self, col: &str) -> Result<i64> {
-        let v = self.text(col)?;
-        v.parse().map_err(|_| {
-            Error::Internal(format!(
-                "catalog query: column {col} is not an integer: {v:?}"
-            ))
-        })
+        self.parse(col).context(CATALOG_QUERY)
     }
 
     fn flag(&self, col: &str) -> Result<bool> {
-        match self.text(col)?.as_str() {
-            "t" => Ok(true),
-            "f" => Ok(false),
-            v => Err(Error::Internal(format!(
-                "catalog query: column {col} is not a boolean: {v:?}"
-            ))),
-        }
+        self.get_bool(col).context(CATALOG_QUERY)
     }
 
     fn json<T: DeserializeOwned>(&self, col: &str) -> Result<T> {
-        let v = self.text(col)?;
-        serde_json::from_str(&v)
-            .map_err(|e| Error::Internal(format!("catalog query: column {col}: {e}: {v:?}")))
+        self.get_json(col).context(CATALOG_QUERY)
     }
 
     fn opt_json<T: DeserializeOwned>(&self, col: &str) -> Result<Option<T>> {
-        match self.get_by_name(col) {
-            None => Ok(None),
-            Some(_) => self.json(col).map(Some),
+        match self.get_json_opt(col) {
+            Err(PgError::Column { .. }) if self.get_by_name(col).is_none() => Ok(None),
+            r => r.context(CATALOG_QUERY),
         }
     }
 }

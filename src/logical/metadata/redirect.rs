@@ -17,8 +17,8 @@
 //! too; PostgreSQL's deparsed views use table names as aliases, so this
 //! only happens when a table is named like the schema being moved.
 
-use super::quote::{is_ident_char, is_ident_start, parse_ident, quote_ident, quote_literal};
-use crate::logical::toc::{QualifiedName, TocEntry};
+use crate::logical::toc::{ObjectKind, QualifiedName, TocEntry};
+use crate::pg::quote::{is_ident_char, is_ident_start, parse_ident, quote_ident, quote_literal};
 
 /// Rewrite `entry` for a restore into schema `to` instead of `from`: the
 /// statement's references to `from`, the entry's schema and owner table,
@@ -38,7 +38,7 @@ pub fn redirect_schema(entry: &TocEntry, from: &str, to: &str) -> TocEntry {
             };
         }
     }
-    if e.kind == "SCHEMA" && e.name == from {
+    if e.kind == ObjectKind::Schema && e.name == from {
         e.name = to.to_string();
     } else if e.name == format!("SCHEMA {from}") {
         e.name = format!("SCHEMA {to}");

@@ -70,7 +70,7 @@ async fn collect_rules(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -> Res
             name,
             owner_table: Some(table.name.clone()),
         };
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }
@@ -114,10 +114,10 @@ async fn collect_policies(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -> 
         if !roles.is_empty() {
             sql.push_str(&format!(" TO {}", roles.join(", ")));
         }
-        if let Some(qual) = r.opt("qual") {
+        if let Some(qual) = r.opt("qual")? {
             sql.push_str(&format!(" USING ({qual})"));
         }
-        if let Some(check) = r.opt("withcheck") {
+        if let Some(check) = r.opt("withcheck")? {
             sql.push_str(&format!(" WITH CHECK ({check})"));
         }
         sql.push(';');
@@ -140,7 +140,7 @@ async fn collect_policies(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -> 
             name,
             owner_table: Some(table.name.clone()),
         };
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }
@@ -190,7 +190,7 @@ async fn collect_statistics(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
             owner_table: Some(table.name.clone()),
         };
         add_owner(g, &t, &r.text("owner")?);
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         };
         let acl: Option<Vec<AclRow>> = r.opt_json("acl")?;
         add_owner_and_acl(g, &t, &r.text("owner")?, acl.as_deref(), &[]);
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }

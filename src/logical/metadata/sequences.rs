@@ -68,10 +68,10 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
         let name = r.text("relname")?;
         let qname = r.text("qname")?;
         let table = r
-            .opt("table_oid")
+            .opt("table_oid")?
             .and_then(|t| t.parse::<u32>().ok())
             .and_then(|t| tables.get(&t));
-        let deptype = r.opt("deptype").unwrap_or_default();
+        let deptype = r.opt("deptype")?.unwrap_or_default();
         let acl: Option<Vec<AclRow>> = r.opt_json("acl")?;
         let owner = r.text("owner")?;
         if let (Some(table), "i") = (table, deptype.as_str()) {
@@ -88,7 +88,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
                 owner_table: Some(table.name.clone()),
             };
             add_acl(g, &t, &owner, Some(table.owner_node), acl.as_deref(), &[]);
-            add_comment(g, &t, r.opt("comment").as_deref());
+            add_comment(g, &t, r.opt("comment")?.as_deref());
             values.push(SequenceValue {
                 qname,
                 node: table.node,
@@ -154,7 +154,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
             }
             None => add_owner_and_acl(g, &t, &owner, acl.as_deref(), &[]),
         }
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
         values.push(SequenceValue {
             qname,
             node,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::filter::ObjectFilter;
-use super::{not_extension_member, query, quote_ident, quote_qualified, user_schema, RowExt};
+use super::{not_extension_member, query, quote_ident, user_schema, RowExt};
 use crate::error::Result;
 use crate::logical::toc::QualifiedName;
 use crate::pg::conn::PgConn;
@@ -32,7 +32,7 @@ pub struct TableInfo {
 impl TableInfo {
     /// `schema.table`, quoted for SQL.
     pub fn qualified(&self) -> String {
-        quote_qualified(&self.name)
+        self.name.quoted()
     }
 
     /// `(a, "B", c)`: the column list for COPY.
@@ -90,7 +90,7 @@ pub async fn list_tables(
                     columns: r.opt_json("columns")?.unwrap_or_default(),
                     estimated_bytes: r.int("bytes")?.max(0) as u64,
                 },
-                parent: r.opt("parent").and_then(|p| p.parse().ok()),
+                parent: r.opt("parent")?.and_then(|p| p.parse().ok()),
             },
         );
     }

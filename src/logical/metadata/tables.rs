@@ -274,7 +274,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         let is_partition = r.flag("relispartition")?;
         let cols = columns.get(&oid).unwrap_or(&empty);
         let parents: Vec<u32> = r.opt_json("parents")?.unwrap_or_default();
-        let oftype = r.opt("oftype");
+        let oftype = r.opt("oftype")?;
         let checks: Vec<Check> = r.opt_json("checks")?.unwrap_or_default();
         let identities: Vec<Identity> = r.opt_json("identities")?.unwrap_or_default();
 
@@ -395,10 +395,10 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 sql.push_str(&format!("\nINHERITS ({})", inherit_names.join(", ")));
             }
         }
-        if let Some(k) = r.opt("partkey") {
+        if let Some(k) = r.opt("partkey")? {
             sql.push_str(&format!("\nPARTITION BY {k}"));
         }
-        if let Some(am) = r.opt("amname") {
+        if let Some(am) = r.opt("amname")? {
             if am != "heap" {
                 sql.push_str(&format!("\nUSING {}", quote_ident(&am)));
             }
@@ -415,11 +415,11 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         if !with.is_empty() {
             sql.push_str(&format!("\nWITH ({})", with.join(", ")));
         }
-        let tablespace = r.opt("spcname");
+        let tablespace = r.opt("spcname")?;
         if let Some(ts) = &tablespace {
             sql.push_str(&format!("\nTABLESPACE {}", quote_ident(ts)));
         }
-        if let Some(d) = r.opt("distributed") {
+        if let Some(d) = r.opt("distributed")? {
             if !d.is_empty() {
                 sql.push_str(&format!("\n{d}"));
             }
@@ -498,7 +498,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         }
 
         if is_partition {
-            if let (Some(parent), Some(bound)) = (parents.first(), r.opt("partbound")) {
+            if let (Some(parent), Some(bound)) = (parents.first(), r.opt("partbound")?) {
                 attaches.push((oid, *parent, bound));
             }
         }
@@ -527,7 +527,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         add_comments(
             g,
             &target,
-            r.opt("comment").as_deref(),
+            r.opt("comment")?.as_deref(),
             &column_comments(cols),
         );
         for ck in inline_checks.iter().filter(|c| c.comment.is_some()) {

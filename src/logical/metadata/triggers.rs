@@ -64,7 +64,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
             name,
             owner_table: Some(table.name.clone()),
         };
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }

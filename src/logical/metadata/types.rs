@@ -60,9 +60,9 @@ async fn collect_collations(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         if !r.flag("deterministic")? {
             opts.push("deterministic = false".into());
         }
-        let collate = r.opt("collcollate").unwrap_or_default();
-        let ctype = r.opt("collctype").unwrap_or_default();
-        match r.opt("iculocale") {
+        let collate = r.opt("collcollate")?.unwrap_or_default();
+        let ctype = r.opt("collctype")?.unwrap_or_default();
+        match r.opt("iculocale")? {
             Some(locale) if provider == "icu" => {
                 opts.push(format!("locale = {}", quote_literal(&locale)))
             }
@@ -89,7 +89,7 @@ async fn collect_collations(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
             owner_table: None,
         };
         add_owner_and_acl(g, &t, &r.text("owner")?, None, &[]);
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
     }
     Ok(())
 }
@@ -179,19 +179,19 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
             }
             "r" => {
                 let mut opts = vec![format!("    subtype = {}", r.text("rng_subtype")?)];
-                if let Some(m) = r.opt("rng_multirange") {
+                if let Some(m) = r.opt("rng_multirange")? {
                     opts.push(format!("    multirange_type_name = {m}"));
                 }
-                if let Some(o) = r.opt("rng_opclass") {
+                if let Some(o) = r.opt("rng_opclass")? {
                     opts.push(format!("    subtype_opclass = {o}"));
                 }
-                if let Some(c) = r.opt("rng_collation") {
+                if let Some(c) = r.opt("rng_collation")? {
                     opts.push(format!("    collation = {c}"));
                 }
-                if let Some(f) = r.opt("rng_canonical") {
+                if let Some(f) = r.opt("rng_canonical")? {
                     opts.push(format!("    canonical = {f}"));
                 }
-                if let Some(f) = r.opt("rng_subdiff") {
+                if let Some(f) = r.opt("rng_subdiff")? {
                     opts.push(format!("    subtype_diff = {f}"));
                 }
                 (
@@ -201,12 +201,12 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
             }
             _ => {
                 let mut sql = format!("CREATE DOMAIN {qname} AS {}", r.text("dom_base")?);
-                if let Some(c) = r.opt("dom_collation") {
+                if let Some(c) = r.opt("dom_collation")? {
                     sql.push_str(&format!(" COLLATE {c}"));
                 }
-                if let Some(d) = r.opt("dom_default_expr") {
+                if let Some(d) = r.opt("dom_default_expr")? {
                     sql.push_str(&format!(" DEFAULT {d}"));
-                } else if let Some(d) = r.opt("dom_default") {
+                } else if let Some(d) = r.opt("dom_default")? {
                     sql.push_str(&format!(" DEFAULT {}", quote_literal(&d)));
                 }
                 if r.flag("typnotnull")? {
@@ -239,7 +239,7 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         if typtype == "c" {
             g.bind(ObjRef::new(class::PG_CLASS, r.oid("typrelid")?), node);
         }
-        if let Some(m) = r.opt("rngmultitypid") {
+        if let Some(m) = r.opt("rngmultitypid")? {
             if let Ok(m) = m.parse::<u32>() {
                 if m != 0 {
                     g.bind(ObjRef::new(class::PG_TYPE, m), node);
@@ -261,7 +261,7 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         };
         let acl: Option<Vec<AclRow>> = r.opt_json("acl")?;
         add_owner_and_acl(g, &t, &r.text("owner")?, acl.as_deref(), &[]);
-        add_comment(g, &t, r.opt("comment").as_deref());
+        add_comment(g, &t, r.opt("comment")?.as_deref());
         for (cname, comment) in check_comments {
             let ct = Target {
                 node,

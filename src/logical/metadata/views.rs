@@ -58,7 +58,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &mut Table
         if matview {
             kind = "MATERIALIZED VIEW";
             let mut sql = format!("CREATE MATERIALIZED VIEW {qn}");
-            if let Some(am) = r.opt("amname") {
+            if let Some(am) = r.opt("amname")? {
                 if am != "heap" {
                     sql.push_str(&format!(" USING {}", quote_ident(&am)));
                 }
@@ -66,7 +66,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &mut Table
             if !options.is_empty() {
                 sql.push_str(&format!(" WITH ({})", reloptions_sql(&options, "")));
             }
-            if let Some(ts) = r.opt("spcname") {
+            if let Some(ts) = r.opt("spcname")? {
                 sql.push_str(&format!(" TABLESPACE {}", quote_ident(&ts)));
             }
             sql.push_str(&format!(" AS\n{def}\n  WITH NO DATA;"));
@@ -99,7 +99,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &mut Table
         let mut node = Node::new(Section::PreData, kind, &schema, &name)
             .statement(stmts.join("\n"))
             .dep(Dep::Obj(ObjRef::new(class::PG_NAMESPACE, r.oid("nspoid")?)));
-        if r.opt("spcname").is_some() {
+        if r.opt("spcname")?.is_some() {
             node = node.dep(Dep::Obj(ObjRef::new(
                 class::PG_TABLESPACE,
                 r.oid("reltablespace")?,
@@ -107,7 +107,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &mut Table
         }
         let node = g.add(node);
         g.bind(ObjRef::new(class::PG_CLASS, oid), node);
-        if let Some(rule) = r.opt("rule_oid") {
+        if let Some(rule) = r.opt("rule_oid")? {
             if let Ok(rule) = rule.parse() {
                 g.bind(ObjRef::new(class::PG_REWRITE, rule), node);
             }
@@ -141,7 +141,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &mut Table
         add_comments(
             g,
             &target,
-            r.opt("comment").as_deref(),
+            r.opt("comment")?.as_deref(),
             &column_comments(cols),
         );
         if matview && r.flag("relispopulated")? {

@@ -33,6 +33,10 @@ pub enum PgError {
     /// [`super::PgConn::query_one`] got another number of rows than one.
     #[error("expected exactly one row, got {0}")]
     RowCount(usize),
+    /// A column of a result is missing, NULL where a value was expected,
+    /// or not of its type ([`super::Row::get_str`], [`super::Row::parse`]).
+    #[error("column {column}: {problem}")]
+    Column { column: String, problem: String },
     #[error("connection to PostgreSQL: {0}")]
     Io(#[from] io::Error),
 }
@@ -56,6 +60,43 @@ impl PgError {
     /// The SQLSTATE of a server error.
     pub fn code(&self) -> Option<&str> {
         self.server_error().map(|e| e.code.as_str())
+    }
+
+    /// Whether connecting and trying again later may succeed: the
+    /// connection could not be made or broke (I/O errors, a closed
+    /// connection, SQLSTATE class 08), the server is shutting down, crashed
+    /// or is starting up (class 57: 57P01 admin_shutdown, 57P02
+    /// crash_shutdown, 57P03 cannot_connect_now...), it lacks resources
+    /// (class 53, e.g. 53300 too_many_connections), or the transaction
+    /// lost a race ([`PgError::is_transient`]). TLS, authentication and
+    /// protocol failures, and other server errors, are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PgError::Connect { .. } | PgError::Closed | PgError::Io(_) => true,
+            PgError::Server(s) => {
+                s.code.starts_with("08")
+                    || s.code.starts_with("53")
+                    || s.code.starts_with("57")
+                    || self.is_transient()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether running the same statement again may succeed: it lost a
+    /// race with a concurrent one: 40001 serialization_failure, 40P01
+    /// deadlock_detected, or "tuple concurrently updated" (two sessions
+    /// changing one catalog row at once, e.g. parallel GRANTs; the server
+    /// raises it as XX000 internal_error, so only its message tells).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PgError::Server(s) => {
+                s.code == "40001"
+                    || s.code == "40P01"
+                    || (s.code == "XX000" && s.message.contains("tuple concurrently updated"))
+            }
+            _ => false,
+        }
     }
 
     /// What to do about common connection and replication failures (also
@@ -281,5 +322,41 @@ mod tests {
         assert!(refused.to_string().contains(
             "is PostgreSQL running on 127.0.0.1:1? (check PGHOST/PGPORT or --host/--port)"
         ));
+    }
+
+    #[test]
+    fn retryable_and_transient_by_sqlstate() {
+        let server = |code: &str, message: &str| {
+            PgError::Server(ServerError {
+                severity: "FATAL".into(),
+                code: code.into(),
+                message: message.into(),
+                ..Default::default()
+            })
+        };
+        for code in [
+            "08006", "08001", "57P01", "57P02", "57P03", "53300", "40001", "40P01",
+        ] {
+            assert!(server(code, "x").is_retryable(), "{code}");
+        }
+        for code in ["42P01", "28P01", "42501", "XX000", "55P03"] {
+            assert!(!server(code, "x").is_retryable(), "{code}");
+        }
+        assert!(PgError::Closed.is_retryable());
+        assert!(PgError::Io(io::Error::from(io::ErrorKind::ConnectionReset)).is_retryable());
+        assert!(PgError::Connect {
+            target: "h:1".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        }
+        .is_retryable());
+        assert!(!PgError::Auth("no password".into()).is_retryable());
+        assert!(!PgError::Protocol("x".into()).is_retryable());
+
+        assert!(server("40P01", "deadlock detected").is_transient());
+        assert!(server("40001", "could not serialize access").is_transient());
+        assert!(server("XX000", "tuple concurrently updated").is_transient());
+        assert!(!server("XX000", "something else").is_transient());
+        assert!(!server("57P01", "terminating connection").is_transient());
+        assert!(!PgError::Closed.is_transient());
     }
 }

@@ -78,18 +78,77 @@ impl Row {
         self.get(i)
     }
 
-    /// The non-NULL value of column `name`, or a [`PgError::Protocol`]
-    /// naming the missing column.
+    /// The non-NULL value of column `name`, or a [`PgError::Column`]
+    /// saying it is missing or NULL.
+    pub fn get_str(&self, name: &str) -> Result<&str, PgError> {
+        self.get_opt(name)?.ok_or_else(|| PgError::Column {
+            column: name.to_string(),
+            problem: "NULL where a value was expected".into(),
+        })
+    }
+
+    /// The same as [`Row::get_str`].
     pub fn try_get(&self, name: &str) -> Result<&str, PgError> {
+        self.get_str(name)
+    }
+
+    /// The value of column `name`, `None` when NULL; a
+    /// [`PgError::Column`] when the result has no such column.
+    pub fn get_opt(&self, name: &str) -> Result<Option<&str>, PgError> {
         match self.columns.iter().position(|c| c == name) {
-            None => Err(PgError::Protocol(format!(
-                "the result has no column {name:?} (columns: {})",
-                self.columns.join(", ")
-            ))),
-            Some(i) => self
-                .get(i)
-                .ok_or_else(|| PgError::Protocol(format!("column {name:?} is NULL"))),
+            None => Err(PgError::Column {
+                column: name.to_string(),
+                problem: format!("not in the result (columns: {})", self.columns.join(", ")),
+            }),
+            Some(i) => Ok(self.get(i)),
         }
+    }
+
+    /// Column `name` parsed as a `T` (a number, an [`crate::pg::Lsn`], a
+    /// [`crate::pg::TimelineId`]...); the error names the column and the
+    /// value.
+    pub fn parse<T>(&self, name: &str) -> Result<T, PgError>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        parse_value(name, self.get_str(name)?)
+    }
+
+    /// Like [`Row::parse`], `None` when the value is NULL.
+    pub fn parse_opt<T>(&self, name: &str) -> Result<Option<T>, PgError>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.get_opt(name)?
+            .map(|v| parse_value(name, v))
+            .transpose()
+    }
+
+    /// A boolean column (`t` / `f`).
+    pub fn get_bool(&self, name: &str) -> Result<bool, PgError> {
+        match self.get_str(name)? {
+            "t" => Ok(true),
+            "f" => Ok(false),
+            other => Err(PgError::Column {
+                column: name.to_string(),
+                problem: format!("{other:?} is not a boolean"),
+            }),
+        }
+    }
+
+    /// A `json` column, deserialised.
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, PgError> {
+        json_value(name, self.get_str(name)?)
+    }
+
+    /// Like [`Row::get_json`], `None` when the value is NULL.
+    pub fn get_json_opt<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, PgError> {
+        self.get_opt(name)?.map(|v| json_value(name, v)).transpose()
     }
 
     /// Number of columns.
@@ -105,6 +164,28 @@ impl Row {
     pub fn columns(&self) -> &[String] {
         &self.columns
     }
+}
+
+fn parse_value<T>(column: &str, value: &str) -> Result<T, PgError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| {
+        let ty = std::any::type_name::<T>();
+        let ty = ty.rsplit("::").next().unwrap_or(ty);
+        PgError::Column {
+            column: column.to_string(),
+            problem: format!("{value:?} is not a valid {ty}: {e}"),
+        }
+    })
+}
+
+fn json_value<T: serde::de::DeserializeOwned>(column: &str, value: &str) -> Result<T, PgError> {
+    serde_json::from_str(value).map_err(|e| PgError::Column {
+        column: column.to_string(),
+        problem: format!("unexpected JSON ({e}): {value}"),
+    })
 }
 
 /// A message from the server, as returned by [`PgConn::next_message`].
@@ -532,6 +613,13 @@ impl PgConn {
         self.transaction_status
     }
 
+    /// [`PgConn::simple_query`], its error an [`crate::Error::Postgres`]
+    /// saying what was being done (`what`: "exporting the snapshot").
+    pub async fn run(&mut self, what: &str, sql: &str) -> crate::Result<Vec<Row>> {
+        use crate::error::PgResultExt;
+        self.simple_query(sql).await.context(what)
+    }
+
     /// Run `sql` (one or more statements) with the simple query protocol;
     /// all rows of all result sets, in text format. On an error the rest
     /// of the reply is read, so the connection stays usable.
@@ -846,6 +934,54 @@ fn parse_server_version(v: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(cols: &[&str], values: &[Option<&str>]) -> Row {
+        Row {
+            columns: Arc::new(cols.iter().map(|c| c.to_string()).collect()),
+            values: values.iter().map(|v| v.map(str::to_string)).collect(),
+        }
+    }
+
+    #[test]
+    fn rows_are_read_by_name_with_errors_naming_the_column() {
+        let r = row(
+            &["lsn", "tli", "n", "note", "ok", "j"],
+            &[
+                Some("0/16B3748"),
+                Some("3"),
+                Some("x12"),
+                None,
+                Some("t"),
+                Some("[1,2]"),
+            ],
+        );
+        assert_eq!(r.get_str("lsn").unwrap(), "0/16B3748");
+        assert_eq!(
+            r.parse::<crate::pg::Lsn>("lsn").unwrap(),
+            crate::pg::Lsn(0x16B_3748)
+        );
+        assert_eq!(
+            r.parse::<crate::pg::TimelineId>("tli").unwrap(),
+            crate::pg::TimelineId(3)
+        );
+        assert_eq!(r.get_opt("note").unwrap(), None);
+        assert_eq!(r.parse_opt::<u32>("note").unwrap(), None);
+        assert!(r.get_bool("ok").unwrap());
+        assert_eq!(r.get_json::<Vec<u8>>("j").unwrap(), vec![1, 2]);
+        assert_eq!(r.get_json_opt::<Vec<u8>>("note").unwrap(), None);
+
+        let e = r.parse::<u32>("n").unwrap_err().to_string();
+        assert!(e.starts_with("column n: \"x12\" is not a valid u32"), "{e}");
+        let e = r.get_str("note").unwrap_err().to_string();
+        assert_eq!(e, "column note: NULL where a value was expected");
+        let e = r.get_opt("nope").unwrap_err().to_string();
+        assert!(
+            e.starts_with("column nope: not in the result (columns: lsn, tli"),
+            "{e}"
+        );
+        assert!(r.get_bool("lsn").is_err());
+        assert!(r.parse::<crate::pg::Lsn>("tli").is_err());
+    }
 
     #[test]
     fn server_versions() {
