@@ -45,7 +45,7 @@ pub fn coverage<'a>(
                 if expected != w[1] {
                     let before_next = WalSegmentName::from_lsn(
                         timeline,
-                        crate::pg::Lsn(w[1].start_lsn(segment_size).0 - segment_size),
+                        w[1].start_lsn(segment_size) - segment_size,
                         segment_size,
                     );
                     gaps.push(Gap {
@@ -89,7 +89,7 @@ pub fn last_segment<'a>(
 /// no record starts at or after this LSN: a target there is never reached.
 pub fn end_of_written_wal(segment: WalSegmentName, bytes: &[u8], segment_size: u64) -> Lsn {
     let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    Lsn(segment.start_lsn(segment_size).0 + used as u64)
+    segment.start_lsn(segment_size) + used as u64
 }
 
 #[cfg(test)]
