@@ -13,6 +13,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use crate::pg::conn::Row;
+
 use super::acl::{add_acl, add_owner, AclRow};
 use super::comments::add_comments;
 use super::deps::Dep;
@@ -189,6 +191,196 @@ struct Identity {
     cycle: bool,
 }
 
+/// The column lines of a CREATE TABLE, and what goes after it.
+struct ColumnLines<'a> {
+    lines: Vec<String>,
+    /// ALTER TABLE statements run right after the CREATE.
+    after: Vec<String>,
+    /// Defaults that call functions: set once those exist.
+    separate_defaults: Vec<(&'a Column, String)>,
+}
+
+/// Columns printed in CREATE TABLE (all of a partition's, the local ones
+/// otherwise; a typed table lists only columns with options), and the
+/// differences of inherited columns from what the parents give.
+fn column_lines<'a>(
+    cols: &'a [Column],
+    parents: &[u32],
+    columns: &HashMap<u32, Vec<Column>>,
+    typed: bool,
+    is_partition: bool,
+    only: &str,
+) -> ColumnLines<'a> {
+    let mut lines = Vec::new();
+    let mut after = Vec::new();
+    let mut separate_defaults: Vec<(&Column, String)> = Vec::new();
+    for col in cols {
+        let printed = if typed {
+            col.default.is_some() || col.notnull
+        } else {
+            is_partition || col.islocal
+        };
+        if printed {
+            let mut line = if typed {
+                format!("    {} WITH OPTIONS", col.qname)
+            } else {
+                format!("    {} {}", col.qname, col.type_sql)
+            };
+            if let Some(c) = &col.collation {
+                if !typed {
+                    line.push_str(&format!(" COLLATE {c}"));
+                }
+            }
+            match (&col.default, col.generated.as_str()) {
+                (Some(expr), "s") => {
+                    line.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"))
+                }
+                (Some(expr), _) if col.default_calls_function => {
+                    separate_defaults.push((col, expr.clone()));
+                }
+                (Some(expr), _) => line.push_str(&format!(" DEFAULT {expr}")),
+                _ => {}
+            }
+            if col.notnull {
+                line.push_str(" NOT NULL");
+            }
+            lines.push(line);
+        } else if !typed {
+            // Inherited column: differences from what the parents give.
+            let parent_cols = parents
+                .iter()
+                .filter_map(|p| columns.get(p))
+                .filter_map(|pc| pc.iter().find(|c| c.name == col.name));
+            let mut parent_default = None;
+            let mut parent_notnull = false;
+            for pc in parent_cols {
+                if parent_default.is_none() {
+                    parent_default = pc.default.clone();
+                }
+                parent_notnull |= pc.notnull;
+            }
+            if col.generated.is_empty() && col.default != parent_default {
+                match &col.default {
+                    Some(expr) if col.default_calls_function => {
+                        separate_defaults.push((col, expr.clone()))
+                    }
+                    Some(expr) => after.push(format!(
+                        "{only} ALTER COLUMN {} SET DEFAULT {expr};",
+                        col.qname
+                    )),
+                    None => after.push(format!("{only} ALTER COLUMN {} DROP DEFAULT;", col.qname)),
+                }
+            }
+            if col.notnull && !parent_notnull {
+                after.push(format!("{only} ALTER COLUMN {} SET NOT NULL;", col.qname));
+            } else if !col.notnull && parent_notnull {
+                after.push(format!("{only} ALTER COLUMN {} DROP NOT NULL;", col.qname));
+            }
+        }
+        column_settings(only, col, &mut after);
+    }
+    ColumnLines {
+        lines,
+        after,
+        separate_defaults,
+    }
+}
+
+/// The CREATE TABLE statement and the table's tablespace.
+fn create_table_sql(
+    r: &Row,
+    qn: &str,
+    oftype: Option<&str>,
+    lines: &[String],
+    parents: &[u32],
+    names: &HashMap<u32, (QualifiedName, String)>,
+    is_partition: bool,
+) -> Result<(String, Option<String>)> {
+    let mut sql = String::from("CREATE ");
+    if r.text("persistence")? == "u" {
+        sql.push_str("UNLOGGED ");
+    }
+    sql.push_str(&format!("TABLE {qn}"));
+    if let Some(t) = oftype {
+        sql.push_str(&format!(" OF {t}"));
+    }
+    if lines.is_empty() {
+        sql.push_str(if oftype.is_some() { "" } else { " (\n)" });
+    } else {
+        sql.push_str(&format!(" (\n{}\n)", lines.join(",\n")));
+    }
+    let mut inherit_names = Vec::new();
+    if !is_partition && !parents.is_empty() {
+        for p in parents {
+            if let Some((_, pq)) = names.get(p) {
+                inherit_names.push(pq.clone());
+            }
+        }
+        if !inherit_names.is_empty() {
+            sql.push_str(&format!("\nINHERITS ({})", inherit_names.join(", ")));
+        }
+    }
+    if let Some(k) = r.opt("partkey")? {
+        sql.push_str(&format!("\nPARTITION BY {k}"));
+    }
+    if let Some(am) = r.opt("amname")? {
+        if am != "heap" {
+            sql.push_str(&format!("\nUSING {}", quote_ident(&am)));
+        }
+    }
+    let mut with = Vec::new();
+    let reloptions: Vec<String> = r.opt_json("reloptions")?.unwrap_or_default();
+    if !reloptions.is_empty() {
+        with.push(reloptions_sql(&reloptions, ""));
+    }
+    let toast: Vec<String> = r.opt_json("toast_options")?.unwrap_or_default();
+    if !toast.is_empty() {
+        with.push(reloptions_sql(&toast, "toast."));
+    }
+    if !with.is_empty() {
+        sql.push_str(&format!("\nWITH ({})", with.join(", ")));
+    }
+    let tablespace = r.opt("spcname")?;
+    if let Some(ts) = &tablespace {
+        sql.push_str(&format!("\nTABLESPACE {}", quote_ident(ts)));
+    }
+    if let Some(d) = r.opt("distributed")? {
+        if !d.is_empty() {
+            sql.push_str(&format!("\n{d}"));
+        }
+    }
+    sql.push(';');
+    Ok((sql, tablespace))
+}
+
+/// ALTER TABLE ... ADD GENERATED ... AS IDENTITY for each identity column.
+fn identity_statements(qn: &str, cols: &[Column], identities: &[Identity]) -> Vec<String> {
+    let mut stmts = Vec::new();
+    for id in identities {
+        let Some(col) = cols.iter().find(|c| c.attnum == id.attnum) else {
+            continue;
+        };
+        let how = if col.identity == "a" {
+            "ALWAYS"
+        } else {
+            "BY DEFAULT"
+        };
+        stmts.push(format!(
+            "ALTER TABLE {qn} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {}\n    \
+             START WITH {}\n    INCREMENT BY {}\n    MINVALUE {}\n    MAXVALUE {}\n    CACHE {}{}\n);",
+            col.qname,
+            id.seqname,
+            id.start,
+            id.increment,
+            id.min,
+            id.max,
+            id.cache,
+            if id.cycle { "\n    CYCLE" } else { "" }
+        ));
+    }
+    stmts
+}
+
 pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> {
     let distributed = {
         let r = query(
@@ -278,79 +470,19 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         let checks: Vec<Check> = r.opt_json("checks")?.unwrap_or_default();
         let identities: Vec<Identity> = r.opt_json("identities")?.unwrap_or_default();
 
-        // Columns printed in CREATE TABLE: all of a partition's, the local
-        // ones otherwise; typed tables list only columns with options.
-        let mut lines = Vec::new();
-        let mut after = Vec::new();
-        let mut separate_defaults: Vec<(&Column, String)> = Vec::new();
         let only = format!("ALTER TABLE ONLY {qn}");
-        for col in cols {
-            let printed = if oftype.is_some() {
-                col.default.is_some() || col.notnull
-            } else {
-                is_partition || col.islocal
-            };
-            if printed {
-                let mut line = if oftype.is_some() {
-                    format!("    {} WITH OPTIONS", col.qname)
-                } else {
-                    format!("    {} {}", col.qname, col.type_sql)
-                };
-                if let Some(c) = &col.collation {
-                    if oftype.is_none() {
-                        line.push_str(&format!(" COLLATE {c}"));
-                    }
-                }
-                match (&col.default, col.generated.as_str()) {
-                    (Some(expr), "s") => {
-                        line.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"))
-                    }
-                    (Some(expr), _) if col.default_calls_function => {
-                        separate_defaults.push((col, expr.clone()));
-                    }
-                    (Some(expr), _) => line.push_str(&format!(" DEFAULT {expr}")),
-                    _ => {}
-                }
-                if col.notnull {
-                    line.push_str(" NOT NULL");
-                }
-                lines.push(line);
-            } else if oftype.is_none() {
-                // Inherited column: differences from what the parents give.
-                let parent_cols = parents
-                    .iter()
-                    .filter_map(|p| columns.get(p))
-                    .filter_map(|pc| pc.iter().find(|c| c.name == col.name));
-                let mut parent_default = None;
-                let mut parent_notnull = false;
-                for pc in parent_cols {
-                    if parent_default.is_none() {
-                        parent_default = pc.default.clone();
-                    }
-                    parent_notnull |= pc.notnull;
-                }
-                if col.generated.is_empty() && col.default != parent_default {
-                    match &col.default {
-                        Some(expr) if col.default_calls_function => {
-                            separate_defaults.push((col, expr.clone()))
-                        }
-                        Some(expr) => after.push(format!(
-                            "{only} ALTER COLUMN {} SET DEFAULT {expr};",
-                            col.qname
-                        )),
-                        None => {
-                            after.push(format!("{only} ALTER COLUMN {} DROP DEFAULT;", col.qname))
-                        }
-                    }
-                }
-                if col.notnull && !parent_notnull {
-                    after.push(format!("{only} ALTER COLUMN {} SET NOT NULL;", col.qname));
-                } else if !col.notnull && parent_notnull {
-                    after.push(format!("{only} ALTER COLUMN {} DROP NOT NULL;", col.qname));
-                }
-            }
-            column_settings(&only, col, &mut after);
-        }
+        let ColumnLines {
+            mut lines,
+            after,
+            separate_defaults,
+        } = column_lines(
+            cols,
+            &parents,
+            &columns,
+            oftype.is_some(),
+            is_partition,
+            &only,
+        );
         let mut inline_checks = Vec::new();
         let mut separate_checks = Vec::new();
         for ck in &checks {
@@ -371,84 +503,18 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
             }
         }
 
-        let mut sql = String::from("CREATE ");
-        if r.text("persistence")? == "u" {
-            sql.push_str("UNLOGGED ");
-        }
-        sql.push_str(&format!("TABLE {qn}"));
-        if let Some(t) = &oftype {
-            sql.push_str(&format!(" OF {t}"));
-        }
-        if lines.is_empty() {
-            sql.push_str(if oftype.is_some() { "" } else { " (\n)" });
-        } else {
-            sql.push_str(&format!(" (\n{}\n)", lines.join(",\n")));
-        }
-        let mut inherit_names = Vec::new();
-        if !is_partition && !parents.is_empty() {
-            for p in &parents {
-                if let Some((_, pq)) = names.get(p) {
-                    inherit_names.push(pq.clone());
-                }
-            }
-            if !inherit_names.is_empty() {
-                sql.push_str(&format!("\nINHERITS ({})", inherit_names.join(", ")));
-            }
-        }
-        if let Some(k) = r.opt("partkey")? {
-            sql.push_str(&format!("\nPARTITION BY {k}"));
-        }
-        if let Some(am) = r.opt("amname")? {
-            if am != "heap" {
-                sql.push_str(&format!("\nUSING {}", quote_ident(&am)));
-            }
-        }
-        let mut with = Vec::new();
-        let reloptions: Vec<String> = r.opt_json("reloptions")?.unwrap_or_default();
-        if !reloptions.is_empty() {
-            with.push(reloptions_sql(&reloptions, ""));
-        }
-        let toast: Vec<String> = r.opt_json("toast_options")?.unwrap_or_default();
-        if !toast.is_empty() {
-            with.push(reloptions_sql(&toast, "toast."));
-        }
-        if !with.is_empty() {
-            sql.push_str(&format!("\nWITH ({})", with.join(", ")));
-        }
-        let tablespace = r.opt("spcname")?;
-        if let Some(ts) = &tablespace {
-            sql.push_str(&format!("\nTABLESPACE {}", quote_ident(ts)));
-        }
-        if let Some(d) = r.opt("distributed")? {
-            if !d.is_empty() {
-                sql.push_str(&format!("\n{d}"));
-            }
-        }
-        sql.push(';');
+        let (sql, tablespace) = create_table_sql(
+            r,
+            &qn,
+            oftype.as_deref(),
+            &lines,
+            &parents,
+            &names,
+            is_partition,
+        )?;
         let mut stmts = vec![sql];
         stmts.extend(after);
-        for id in &identities {
-            let Some(col) = cols.iter().find(|c| c.attnum == id.attnum) else {
-                continue;
-            };
-            let how = if col.identity == "a" {
-                "ALWAYS"
-            } else {
-                "BY DEFAULT"
-            };
-            stmts.push(format!(
-                "ALTER TABLE {qn} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {}\n    \
-                 START WITH {}\n    INCREMENT BY {}\n    MINVALUE {}\n    MAXVALUE {}\n    CACHE {}{}\n);",
-                col.qname,
-                id.seqname,
-                id.start,
-                id.increment,
-                id.min,
-                id.max,
-                id.cache,
-                if id.cycle { "\n    CYCLE" } else { "" }
-            ));
-        }
+        stmts.extend(identity_statements(&qn, cols, &identities));
         match r.text("replident")?.as_str() {
             "f" => stmts.push(format!("{only} REPLICA IDENTITY FULL;")),
             "n" => stmts.push(format!("{only} REPLICA IDENTITY NOTHING;")),
