@@ -7,7 +7,7 @@ use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::free_port;
 use super::pg::{chown_to_pg, pg_command, pg_user_dir, PgServer};
@@ -175,15 +175,14 @@ impl TestCluster {
             .spawn()
             .expect("start cbdr agent");
         self.agents[i] = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "agent {addr} did not start:\n{}",
-                self.agent_log_text(i)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_for(
+            &format!("agent {addr} to start"),
+            Duration::from_secs(20),
+            || match TcpStream::connect(&addr) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("{e}\n{}", self.agent_log_text(i))),
+            },
+        );
     }
 
     pub fn start_agents(&mut self) {
