@@ -55,6 +55,11 @@ pub struct Output {
 }
 
 impl Output {
+    /// `(code, stdout, stderr)`.
+    pub fn parts(self) -> (i32, String, String) {
+        (self.code, self.stdout, self.stderr)
+    }
+
     fn of(out: std::process::Output) -> Output {
         Output {
             code: out.status.code().unwrap_or(-1),
@@ -145,10 +150,7 @@ impl CbdrEnvBuilder {
         };
         let mut s3 = None;
         let storage = match &self.storage {
-            Storage::Fs => format!(
-                "[storage]\npath = \"{}\"\n",
-                dir.path().join("repo").display()
-            ),
+            Storage::Fs => fs_storage(&dir.path().join("repo")),
             Storage::S3(prefix) => {
                 let t = garage::bucket(&self.name);
                 let toml = t.config_toml(prefix);
@@ -157,26 +159,13 @@ impl CbdrEnvBuilder {
             }
             Storage::Toml(t) => t.clone(),
         };
-        let mut text = storage;
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        let key_file = match &self.key {
-            Key::Raw(k) | Key::Passphrase(k) => {
-                let path = dir.path().join(&self.key_file);
-                fs::write(&path, format!("{k}\n")).unwrap();
-                text.push_str(&format!(
-                    "[encryption]\nkey_file = \"{}\"\n",
-                    path.display()
-                ));
-                Some(path)
-            }
-            Key::None => None,
-        };
+        let mut rest = String::new();
         if let Some(size) = self.wal_segment_size {
-            text.push_str(&format!("[archive]\nwal_segment_size = {size}\n"));
+            rest.push_str(&format!("[archive]\nwal_segment_size = {size}\n"));
         }
-        text.push_str(&self.extra);
+        rest.push_str(&self.extra);
+        let (text, key_file) =
+            config_text(dir.path(), &storage, &self.key, &self.key_file, &rest);
         let config = dir.path().join(&self.config_file);
         fs::write(&config, text).unwrap();
         if self.pg_owned {
@@ -194,6 +183,35 @@ impl CbdrEnvBuilder {
         }
         env
     }
+}
+
+/// A config file's text: `storage`, the `[encryption]` of `key` (written
+/// to `dir/key_file`), then `rest`; and the key file's path.
+fn config_text(
+    dir: &Path,
+    storage: &str,
+    key: &Key,
+    key_file: &str,
+    rest: &str,
+) -> (String, Option<PathBuf>) {
+    let mut text = storage.to_string();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let key_file = match key {
+        Key::Raw(k) | Key::Passphrase(k) => {
+            let path = dir.join(key_file);
+            fs::write(&path, format!("{k}\n")).unwrap();
+            text.push_str(&format!(
+                "[encryption]\nkey_file = \"{}\"\n",
+                path.display()
+            ));
+            Some(path)
+        }
+        Key::None => None,
+    };
+    text.push_str(rest);
+    (text, key_file)
 }
 
 /// A directory with a cbdr config (see the module doc).
@@ -222,7 +240,7 @@ impl CbdrEnv {
         }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: impl AsRef<Path>) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -239,6 +257,22 @@ impl CbdrEnv {
             chown_to_pg(&path);
         }
         path
+    }
+
+    /// Another config in the directory: `NAME.toml` with `storage`, `key`
+    /// (in `NAME.key`) and `rest`, owned like the directory.
+    pub fn write_config(&self, name: &str, storage: &str, key: Key, rest: &str) -> PathBuf {
+        let (text, key_file) =
+            config_text(self.dir.path(), storage, &key, &format!("{name}.key"), rest);
+        if let (Some(k), true) = (key_file, self.pg_owned) {
+            chown_to_pg(&k);
+        }
+        self.write(&format!("{name}.toml"), &text)
+    }
+
+    /// The `[storage]` section of the filesystem repository [`Self::repo`].
+    pub fn fs_storage(&self) -> String {
+        fs_storage(&self.repo())
     }
 
     /// `cbdr --config CONFIG wal-push %p`, for archive_command.
@@ -306,6 +340,11 @@ impl CbdrEnv {
     }
 }
 
+/// The `[storage]` section of a filesystem repository at `repo`.
+pub fn fs_storage(repo: &Path) -> String {
+    format!("[storage]\npath = \"{}\"\n", repo.display())
+}
+
 /// The `name` of each listed backup.
 pub fn backup_names(backups: &[serde_json::Value]) -> Vec<String> {
     backups
@@ -351,6 +390,13 @@ impl Cmd {
 
     pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), None));
+        self
+    }
+
+    /// Runs cbdr as the test's own user, not the PostgreSQL OS user (so
+    /// that a signal to the child reaches cbdr itself).
+    pub fn own_user(mut self) -> Self {
+        self.pg_owned = false;
         self
     }
 

@@ -18,7 +18,8 @@ pub mod garage;
 pub mod pg;
 pub mod proxy;
 
-pub use env::{CbdrEnv, Key, Storage, CBDR};
+#[allow(unused_imports)]
+pub use env::{CbdrEnv, Cmd, Key, Output, Storage, CBDR};
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
