@@ -291,12 +291,9 @@ impl CbdrEnv {
 
     /// A runner with this environment's config and no PostgreSQL env.
     pub fn cmd(&self) -> Cmd {
-        Cmd {
-            config: self.config.clone(),
-            pg_owned: self.pg_owned,
-            envs: Vec::new(),
-            current_dir: None,
-        }
+        let mut cmd = Cmd::new(&self.config);
+        cmd.pg_owned = self.pg_owned;
+        cmd
     }
 
     /// A runner whose PGHOST/PGPORT/PGUSER name `server`.
@@ -363,6 +360,17 @@ pub struct Cmd {
 }
 
 impl Cmd {
+    /// `cbdr --config CONFIG` as the PostgreSQL OS user, without an
+    /// environment around it.
+    pub fn new(config: &Path) -> Cmd {
+        Cmd {
+            config: config.to_path_buf(),
+            pg_owned: true,
+            envs: Vec::new(),
+            current_dir: None,
+        }
+    }
+
     pub fn config(mut self, config: &Path) -> Self {
         self.config = config.to_path_buf();
         self
