@@ -60,7 +60,8 @@ impl Output {
         (self.code, self.stdout, self.stderr)
     }
 
-    fn of(out: std::process::Output) -> Output {
+    /// The output of a finished cbdr child.
+    pub fn of(out: std::process::Output) -> Output {
         Output {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
