@@ -16,108 +16,61 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::garage;
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
+use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
 use common::proxy::Proxy;
-use tempfile::TempDir;
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+use common::{garage, CbdrEnv, Cmd, Key, Output, CBDR};
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const KILLED: &str = "cbdr fault injection: killed at point";
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+/// Whether the process was killed at `point` (`name` or `name:N`).
+fn killed_at(out: &Output, point: &str) -> bool {
+    let name = point.split(':').next().unwrap_or(point);
+    out.code != 0 && out.stderr.contains(&format!("{KILLED} {name} "))
 }
 
-impl Out {
-    /// Whether the process was killed at `point` (`name` or `name:N`).
-    fn killed_at(&self, point: &str) -> bool {
-        let name = point.split(':').next().unwrap_or(point);
-        self.code != 0 && self.stderr.contains(&format!("{KILLED} {name} "))
+/// The shared environment (owned by the PostgreSQL OS user) with this
+/// file's key.
+struct Place(CbdrEnv);
+
+impl std::ops::Deref for Place {
+    type Target = CbdrEnv;
+    fn deref(&self) -> &CbdrEnv {
+        &self.0
     }
-}
-
-/// A directory (owned by the PostgreSQL OS user) with a key and a config.
-struct Place {
-    dir: TempDir,
-    config: PathBuf,
 }
 
 impl Place {
     /// `storage`: a `[storage]` section, or None for an fs repository in
     /// `repo/`.
     fn new(name: &str, storage: Option<String>) -> Place {
-        let dir = pg_user_dir(name);
-        let key = dir.path().join("key");
-        fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-        let storage = storage.unwrap_or_else(|| {
-            format!(
-                "[storage]\npath = \"{}\"\n",
-                dir.path().join("repo").display()
-            )
-        });
-        let config = dir.path().join("cbdr.toml");
-        fs::write(
-            &config,
-            format!(
-                "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n",
-                key.display()
-            ),
+        Place(
+            CbdrEnv::builder(name)
+                .storage_toml(storage)
+                .key(Key::Raw(KEY_HEX.into()))
+                .build(),
         )
-        .unwrap();
-        chown_to_pg(dir.path());
-        common::init_repo(CBDR, &config);
-        Place { dir, config }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+    fn run(&self, server: Option<&PgServer>, fault: Option<&str>, args: &[&str]) -> Output {
+        self.fault_cmd(server, fault).run(args)
     }
 
-    fn run(&self, server: Option<&PgServer>, fault: Option<&str>, args: &[&str]) -> Out {
-        let mut cmd = self.command(server, fault, args);
-        let out = cmd.output().unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    /// cbdr with `CBDR_FAULT` set to `fault` (or removed).
+    fn fault_cmd(&self, server: Option<&PgServer>, fault: Option<&str>) -> Cmd {
+        let cmd = self.cmd().pg(server).env_remove("CBDR_FAULT");
+        match fault {
+            Some(f) => cmd.env("CBDR_FAULT", f),
+            None => cmd,
         }
-    }
-
-    fn command(&self, server: Option<&PgServer>, fault: Option<&str>, args: &[&str]) -> Command {
-        let mut cmd = pg_command(CBDR);
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd.env_remove("CBDR_FAULT");
-        if let Some(f) = fault {
-            cmd.env("CBDR_FAULT", f);
-        }
-        if let Some(s) = server {
-            cmd.env("PGHOST", "127.0.0.1")
-                .env("PGPORT", s.port().to_string())
-                .env("PGUSER", "postgres");
-        }
-        cmd
     }
 
     fn ok(&self, server: Option<&PgServer>, args: &[&str]) -> String {
-        let out = self.run(server, None, args);
-        assert_eq!(out.code, 0, "cbdr {args:?}: {}", out.stderr);
-        out.stdout
+        self.fault_cmd(server, None).ok(args)
     }
 
     /// Names of the backups `list --json` shows (complete ones only).
     fn backups(&self) -> Vec<String> {
-        let out = self.ok(None, &["list", "--json", "--content-id", "-1"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["segments"][0]["backups"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap_or_default().to_string())
-            .collect()
+        self.backup_names()
     }
 
     /// The archived bytes of a WAL file, or the exit code of `wal-fetch`.
@@ -249,7 +202,7 @@ fn wal_push_killed(place: &Place, point: &str, size: usize) {
     let data = segment("000000010000000000000002", size, 2);
     let p = wal_file(place, "000000010000000000000002", &data);
     let out = place.run(None, Some(point), &["wal-push", p.to_str().unwrap()]);
-    assert!(out.killed_at(point), "{point}: {} {}", out.code, out.stderr);
+    assert!(killed_at(&out, point), "{point}: {} {}", out.code, out.stderr);
     // (b) nothing half-stored is served.
     let (code, err) = place.fetch("000000010000000000000002").unwrap_err();
     assert_eq!(code, 1, "{point}: {err}");
@@ -322,7 +275,8 @@ fn duplicate_and_racing(place: &Place) {
             .iter()
             .map(|p| {
                 place
-                    .command(None, None, &["wal-push", p.to_str().unwrap()])
+                    .fault_cmd(None, None)
+                    .command(&["wal-push", p.to_str().unwrap()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -360,7 +314,8 @@ fn racing_different(place: &Place) {
             .iter()
             .map(|p| {
                 place
-                    .command(None, None, &["wal-push", p.to_str().unwrap()])
+                    .fault_cmd(None, None)
+                    .command(&["wal-push", p.to_str().unwrap()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -469,13 +424,8 @@ fn wal_push_into_a_full_repository_names_the_cause_and_leaves_nothing() {
 // ---------------------------------------------------------------------
 
 fn server_archiving_to(place: &Place) -> PgServer {
-    PgServer::builder()
-        .initdb_arg("--wal-segsize=1")
-        .conf("archive_mode = on")
-        .conf(format!(
-            "archive_command = '{CBDR} --config {} wal-push %p'",
-            place.config.display()
-        ))
+    place
+        .archiving_server()
         .conf("max_wal_size = '256MB'")
         .start()
 }
@@ -509,24 +459,6 @@ fn digest(server: &PgServer) -> String {
     )
 }
 
-/// Switches WAL and waits until PostgreSQL archived everything.
-fn archive_everything(server: &PgServer) {
-    server.psql("select pg_switch_wal()");
-    let status = server.data_dir().join("pg_wal/archive_status");
-    common::wait_for("every WAL file archived", Duration::from_secs(120), || {
-        let ready: Vec<String> = fs::read_dir(&status)
-            .map_err(|e| e.to_string())?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".ready"))
-            .collect();
-        if ready.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{ready:?}"))
-        }
-    });
-}
 
 /// Restores to latest into `dir`, starts it, returns its digest.
 fn restore_and_digest(place: &Place, dir: &Path, extra: &[&str]) -> String {
@@ -587,7 +519,7 @@ fn backup_and_restore_killed_or_out_of_space() {
         // backup-part:2 = the part's second batch (1 MiB) has reached the
         // encoder: the part is neither complete nor empty.
         let out = place.run(Some(&server), Some(point), &["backup-push"]);
-        assert!(out.killed_at(point), "{point}: {} {}", out.code, out.stderr);
+        assert!(killed_at(&out, point), "{point}: {} {}", out.code, out.stderr);
         assert_eq!(place.backups(), good, "{point}: nothing new is listed");
     }
     run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
@@ -595,7 +527,7 @@ fn backup_and_restore_killed_or_out_of_space() {
     let listed = place.backups();
     assert_eq!(listed.len(), 2, "{listed:?}");
     run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
-    archive_everything(&server);
+    server.archive_everything();
     let committed = digest(&server);
 
     // restore killed mid-unpack: the directory holds no pg_control and
@@ -607,7 +539,7 @@ fn backup_and_restore_killed_or_out_of_space() {
         &["restore", "--target-dir", dir.to_str().unwrap()],
     );
     assert!(
-        out.killed_at("restore-unpack"),
+        killed_at(&out, "restore-unpack"),
         "{} {}",
         out.code,
         out.stderr
@@ -714,7 +646,7 @@ fn storage_down_or_stalled_fails_clearly_and_archiving_catches_up() {
     let server = server_archiving_to(&place);
     run_pgbench(&server, &["-i", "-s", "2", "-q"]);
     place.ok(Some(&server), &["backup-push"]);
-    archive_everything(&server);
+    server.archive_everything();
 
     // Down under load: wal-push fails and PostgreSQL keeps the files.
     proxy.down();
@@ -736,7 +668,7 @@ fn storage_down_or_stalled_fails_clearly_and_archiving_catches_up() {
     // Back: archiving catches up, and every segment arrives once.
     proxy.resume();
     run_pgbench(&server, &["-c", "2", "-t", "100", "-n"]);
-    archive_everything(&server);
+    server.archive_everything();
     let committed = digest(&server);
 
     // Stalled during backup-push and during restore: a clear error
@@ -813,7 +745,7 @@ fn gprestore_killed_mid_table_leaves_no_partial_table_and_the_rerun_works() {
     // one piece), whichever table goes first.
     let out = place.run(Some(&server), Some("gprestore-table:3"), &restore);
     assert!(
-        out.killed_at("gprestore-table"),
+        killed_at(&out, "gprestore-table"),
         "{} {}",
         out.code,
         out.stderr
