@@ -560,7 +560,7 @@ fn single_backup(c: &TestCluster, round: usize, runs: &mut usize) -> SingleRun {
     cmd.args(["backup-push", "--content-id", "0"])
         .env("PGPORT", c.servers[1].port().to_string());
     let load_before = loadavg();
-    let t = timed(cmd, c.dir.path(), &format!("run{runs}-single"));
+    let t = timed(cmd, c.env.dir.path(), &format!("run{runs}-single"));
     let load_after = loadavg();
     // "backup NAME complete: A to B, P MB, stored S MB"
     let plain_mb = t
@@ -605,7 +605,7 @@ fn cluster_backup(c: &TestCluster, round: usize, runs: &mut usize) -> ClusterRun
     let mut cmd = cbdr_cmd(c);
     cmd.arg("backup-push");
     let load_before = loadavg();
-    let t = timed(cmd, c.dir.path(), &format!("run{runs}-cluster"));
+    let t = timed(cmd, c.env.dir.path(), &format!("run{runs}-cluster"));
     let load_after = loadavg();
     let mut r = ClusterRun {
         round,

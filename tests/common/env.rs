@@ -180,7 +180,7 @@ impl CbdrEnvBuilder {
             pg_owned: self.pg_owned,
         };
         if self.init {
-            super::init_repo(CBDR, &env.config);
+            env.init_repo();
         }
         env
     }
@@ -274,6 +274,19 @@ impl CbdrEnv {
     /// The `[storage]` section of the filesystem repository [`Self::repo`].
     pub fn fs_storage(&self) -> String {
         fs_storage(&self.repo())
+    }
+
+    /// Appends `toml` to the config (for sections that need what was made
+    /// after the environment, e.g. the ports of servers archiving into it).
+    pub fn append_toml(&self, toml: &str) {
+        let mut text = fs::read_to_string(&self.config).unwrap();
+        text.push_str(toml);
+        fs::write(&self.config, text).unwrap();
+    }
+
+    /// `cbdr repo-init` (when built with `init(false)`).
+    pub fn init_repo(&self) {
+        super::init_repo(CBDR, &self.config);
     }
 
     /// `cbdr --config CONFIG wal-push %p`, for archive_command.
