@@ -24,6 +24,8 @@
 //! `target/bench-logical.json`. Skipped (with a message) when PostgreSQL
 //! 15 is not installed.
 
+#[path = "common.rs"]
+mod bench_common;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -32,36 +34,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use bench_common::{copy_cbdr, env_or, run};
 use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
 use serde_json::json;
 
 const KEY_HEX: &str = "6a3f0c9e2b7d41f8a5c3e1d9b7f02468ace13579bdf02468ace13579bdf02468";
 const MB: f64 = 1_000_000.0;
 const GOAL: f64 = 1.5;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
 
 fn du(dir: &Path) -> u64 {
     let mut total = 0;
@@ -147,9 +126,7 @@ fn main() {
     let fsync = env_or("CBDR_BENCH_FSYNC", "on");
     let source = PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr")));
     let dir = pg_user_dir("bench-logical");
-    // A copy: a rebuild during the run cannot change the binary measured.
-    let cbdr = dir.path().join("cbdr");
-    fs::copy(&source, &cbdr).expect("copy cbdr");
+    let cbdr = copy_cbdr(&source, dir.path());
     let key = dir.path().join("key");
     fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
     let config = dir.path().join("cbdr.toml");
