@@ -81,7 +81,7 @@ impl Env {
     fn try_agent(&self, config: &Path) -> Result<AgentProc, String> {
         for attempt in 0.. {
             let port = free_port();
-            let log = self.path(&format!("agent-{port}.log"));
+            let log = self.path(format!("agent-{port}.log"));
             let child = pg_command(CBDR)
                 .process_group(0)
                 .arg("--config")
@@ -205,7 +205,6 @@ fn psql_port(port: u16, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
-
 
 fn pgbench_init(server: &PgServer) {
     let out = pg_command(pg_bin("pgbench"))
@@ -717,12 +716,14 @@ fn a_dropped_connection_aborts_the_backup() {
     job.abort();
     let log = agent.wait_log("aborted after");
     assert!(log.contains("the caller closed the connection"), "{log}");
-    common::wait_for("the job to be uncounted", Duration::from_secs(10), || {
-        match rt.block_on(pinger.ping()).unwrap().jobs_running {
+    common::wait_for(
+        "the job to be uncounted",
+        Duration::from_secs(10),
+        || match rt.block_on(pinger.ping()).unwrap().jobs_running {
             0 => Ok(()),
             n => Err(format!("{n} job(s) still counted")),
-        }
-    });
+        },
+    );
     // Fixing archiving now must not complete the aborted backup.
     server.psql("alter system reset archive_command");
     server.psql("select pg_reload_conf()");
@@ -780,11 +781,13 @@ fn a_dropped_connection_aborts_the_backup() {
         log.contains("SIGTERM: stopping") && log.contains("1 running job(s) aborted"),
         "{log}"
     );
-    common::wait_for("the agent to exit", Duration::from_secs(20), || {
-        match agent.child.try_wait().unwrap() {
-            Some(_) => Ok(()),
-            None => Err(log.clone()),
-        }
+    common::wait_for("the agent to exit", Duration::from_secs(20), || match agent
+        .child
+        .try_wait()
+        .unwrap()
+    {
+        Some(_) => Ok(()),
+        None => Err(log.clone()),
     });
     server.psql("alter system reset archive_command");
     server.psql("select pg_reload_conf()");

@@ -118,7 +118,6 @@ fn write_rows(server: &PgServer, from: u32, to: u32) {
     ));
 }
 
-
 /// Starts a restored directory on a new port, waits for recovery, and
 /// returns the table's digest.
 fn restored_digest(dir: &Path) -> String {
@@ -287,10 +286,7 @@ fn backup_faults_on_filesystem() {
     let r = s.restore(&s.path("bad_backup"), &["--backup", &newest]);
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains(&record_key), "{}", r.stderr);
-    let r = s.restore(
-        &s.path("bad_point"),
-        &["--restore-point", "rp_one"],
-    );
+    let r = s.restore(&s.path("bad_point"), &["--restore-point", "rp_one"]);
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("rp_one.json"), "{}", r.stderr);
 

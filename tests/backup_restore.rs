@@ -295,7 +295,7 @@ fn interrupted_or_damaged_backups_never_restore_as_good() {
     assert!(!dir.join("global/pg_control").exists());
 
     // A corrupted part, then a missing part.
-    let parts = s.path(&format!("repo/seg-1/basebackups/{newest}/parts/base"));
+    let parts = s.path(format!("repo/seg-1/basebackups/{newest}/parts/base"));
     // The first part: 000000.tar.lz4, as the server compressed this
     // backup (pgbench data compresses well).
     let part = parts.join("000000.tar.lz4");

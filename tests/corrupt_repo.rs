@@ -154,7 +154,6 @@ fn fixture(storage: Storage, extra: &str) -> Fixture {
     fx
 }
 
-
 impl Fixture {
     fn cbdr(&self, args: &[&str]) -> (i32, String, String) {
         self.env.on(&self.server).run(args).parts()

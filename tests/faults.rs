@@ -75,7 +75,7 @@ impl Place {
 
     /// The archived bytes of a WAL file, or the exit code of `wal-fetch`.
     fn fetch(&self, name: &str) -> Result<Vec<u8>, (i32, String)> {
-        let dest = self.path(&format!("fetched-{name}"));
+        let dest = self.path(format!("fetched-{name}"));
         let _ = fs::remove_file(&dest);
         let out = self.run(None, None, &["wal-fetch", name, dest.to_str().unwrap()]);
         if out.code != 0 {
@@ -202,7 +202,12 @@ fn wal_push_killed(place: &Place, point: &str, size: usize) {
     let data = segment("000000010000000000000002", size, 2);
     let p = wal_file(place, "000000010000000000000002", &data);
     let out = place.run(None, Some(point), &["wal-push", p.to_str().unwrap()]);
-    assert!(killed_at(&out, point), "{point}: {} {}", out.code, out.stderr);
+    assert!(
+        killed_at(&out, point),
+        "{point}: {} {}",
+        out.code,
+        out.stderr
+    );
     // (b) nothing half-stored is served.
     let (code, err) = place.fetch("000000010000000000000002").unwrap_err();
     assert_eq!(code, 1, "{point}: {err}");
@@ -266,7 +271,7 @@ fn duplicate_and_racing(place: &Place) {
         let name = format!("0000000100000000000000{:02X}", 0x20 + round);
         let data = segment(&name, 1 << 20, 20 + round);
         let a = wal_file(place, &name, &data);
-        let dir_b = place.path(&format!("other-{round}"));
+        let dir_b = place.path(format!("other-{round}"));
         fs::create_dir_all(&dir_b).unwrap();
         let b = dir_b.join(&name);
         fs::write(&b, &data).unwrap();
@@ -305,7 +310,7 @@ fn racing_different(place: &Place) {
             segment(&name, 1 << 20, 50 + round),
         );
         let a = wal_file(place, &name, &x);
-        let dir_b = place.path(&format!("rival-{round}"));
+        let dir_b = place.path(format!("rival-{round}"));
         fs::create_dir_all(&dir_b).unwrap();
         let b = dir_b.join(&name);
         fs::write(&b, &y).unwrap();
@@ -459,7 +464,6 @@ fn digest(server: &PgServer) -> String {
     )
 }
 
-
 /// Restores to latest into `dir`, starts it, returns its digest.
 fn restore_and_digest(place: &Place, dir: &Path, extra: &[&str]) -> String {
     let mut args = vec!["restore", "--target-dir", dir.to_str().unwrap()];
@@ -510,7 +514,7 @@ fn backup_and_restore_killed_or_out_of_space() {
     place.ok(Some(&server), &["backup-push"]);
     let good = place.backups();
     assert_eq!(good.len(), 1);
-    let parts_of = |name: &str| files_under(&place.path(&format!("repo/seg-1/basebackups/{name}")));
+    let parts_of = |name: &str| files_under(&place.path(format!("repo/seg-1/basebackups/{name}")));
 
     // backup-push killed mid-part, then between its last part and its
     // record: neither is listed; the next backup works.
@@ -519,7 +523,12 @@ fn backup_and_restore_killed_or_out_of_space() {
         // backup-part:2 = the part's second batch (1 MiB) has reached the
         // encoder: the part is neither complete nor empty.
         let out = place.run(Some(&server), Some(point), &["backup-push"]);
-        assert!(killed_at(&out, point), "{point}: {} {}", out.code, out.stderr);
+        assert!(
+            killed_at(&out, point),
+            "{point}: {} {}",
+            out.code,
+            out.stderr
+        );
         assert_eq!(place.backups(), good, "{point}: nothing new is listed");
     }
     run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);

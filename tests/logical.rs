@@ -986,12 +986,14 @@ fn killed_backup_is_never_listed_and_bad_data_is_refused() {
     let ts = first.trim_start_matches("Backup Timestamp = ").to_string();
     // Wait until rows are being stored, then kill it mid-COPY.
     let data_dir = e.repo().join("logical").join(&ts).join("data");
-    common::wait_for("data stored", Duration::from_secs(30), || {
-        match fs::read_dir(&data_dir).map(|d| d.count()) {
+    common::wait_for(
+        "data stored",
+        Duration::from_secs(30),
+        || match fs::read_dir(&data_dir).map(|d| d.count()) {
             Ok(n) if n > 0 => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "the backup ended before the kill"

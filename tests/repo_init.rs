@@ -50,7 +50,12 @@ impl Place {
 
     /// A config named `name` with `storage` and `key`.
     fn config(&self, name: &str, storage: &str, key: Key) -> PathBuf {
-        self.write_config(name, storage, key, "[archive]\nwal_segment_size = 1048576\n")
+        self.write_config(
+            name,
+            storage,
+            key,
+            "[archive]\nwal_segment_size = 1048576\n",
+        )
     }
 
     fn seg(&self, name: &str) -> String {
@@ -149,7 +154,11 @@ fn a_missing_repository_is_refused_and_never_created_on_fs_and_s3() {
 
     // On S3: an empty prefix of an existing bucket is no repository.
     let target = garage::bucket("repo-init-missing");
-    let s3 = place.config("s3", &target.config_toml("typo/prefix"), Key::Raw(KEY_A.into()));
+    let s3 = place.config(
+        "s3",
+        &target.config_toml("typo/prefix"),
+        Key::Raw(KEY_A.into()),
+    );
     every_command_refuses_a_missing_repository(&place, &s3);
     let out = ok("repo-init on S3", cbdr(&s3, &["repo-init"]));
     assert!(out.contains("created a cbdr repository"), "{out}");
@@ -229,7 +238,11 @@ fn a_writer_or_reader_with_another_key_is_refused_before_writing() {
         "no key",
         &["uses a raw 256-bit key", "gives no encryption"],
     );
-    let pass = place.config("pass", &storage, Key::Passphrase("a passphrase, not the key".into()));
+    let pass = place.config(
+        "pass",
+        &storage,
+        Key::Passphrase("a passphrase, not the key".into()),
+    );
     wrong_key_refused(
         &place,
         &pass,
@@ -257,7 +270,11 @@ fn a_writer_or_reader_with_another_key_is_refused_before_writing() {
     let plain = place.config("s3-plain", &target.config_toml("plain"), Key::None);
     let out = ok("repo-init plain", cbdr(&plain, &["repo-init"]));
     assert!(out.contains("no encryption"), "{out}");
-    let keyed = place.config("s3-keyed", &target.config_toml("plain"), Key::Raw(KEY_A.into()));
+    let keyed = place.config(
+        "s3-keyed",
+        &target.config_toml("plain"),
+        Key::Raw(KEY_A.into()),
+    );
     wrong_key_refused(
         &place,
         &keyed,

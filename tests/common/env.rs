@@ -165,8 +165,7 @@ impl CbdrEnvBuilder {
             rest.push_str(&format!("[archive]\nwal_segment_size = {size}\n"));
         }
         rest.push_str(&self.extra);
-        let (text, key_file) =
-            config_text(dir.path(), &storage, &self.key, &self.key_file, &rest);
+        let (text, key_file) = config_text(dir.path(), &storage, &self.key, &self.key_file, &rest);
         let config = dir.path().join(&self.config_file);
         fs::write(&config, text).unwrap();
         if self.pg_owned {

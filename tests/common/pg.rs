@@ -616,7 +616,10 @@ impl PgServer {
             if cond(self) {
                 Ok(())
             } else {
-                Err(format!("not met\n--- server log tail ---\n{}", self.log_tail()))
+                Err(format!(
+                    "not met\n--- server log tail ---\n{}",
+                    self.log_tail()
+                ))
             }
         })
     }
@@ -636,7 +639,10 @@ impl PgServer {
             if ready.is_empty() {
                 Ok(())
             } else {
-                Err(format!("{ready:?}\n--- server log tail ---\n{}", self.log_tail()))
+                Err(format!(
+                    "{ready:?}\n--- server log tail ---\n{}",
+                    self.log_tail()
+                ))
             }
         });
     }
