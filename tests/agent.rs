@@ -30,12 +30,7 @@ const SILENCE: Duration = Duration::from_secs(30);
 /// file's key and the given `[agent]` lines.
 struct Env(CbdrEnv);
 
-impl std::ops::Deref for Env {
-    type Target = CbdrEnv;
-    fn deref(&self) -> &CbdrEnv {
-        &self.0
-    }
-}
+deref_env!(Env);
 
 impl Env {
     fn new(name: &str, storage: Storage, agent_toml: &str) -> Env {

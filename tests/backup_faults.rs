@@ -18,12 +18,7 @@ const SEGMENT: u64 = 1 << 20;
 /// The shared environment with this file's key.
 struct Setup(CbdrEnv);
 
-impl std::ops::Deref for Setup {
-    type Target = CbdrEnv;
-    fn deref(&self) -> &CbdrEnv {
-        &self.0
-    }
-}
+deref_env!(Setup);
 
 fn setup(storage: Storage) -> Setup {
     Setup(

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
@@ -17,12 +17,7 @@ const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbc
 /// The shared environment with this file's key, and its restores.
 struct Setup(CbdrEnv);
 
-impl std::ops::Deref for Setup {
-    type Target = CbdrEnv;
-    fn deref(&self) -> &CbdrEnv {
-        &self.0
-    }
-}
+deref_env!(Setup);
 
 fn setup(storage: Storage) -> Setup {
     setup_with(storage, "")
@@ -61,33 +56,6 @@ impl Setup {
         let (code, _, err) = self.cbdr(None, &all);
         (code, err, dir)
     }
-}
-
-fn pgbench(server: &PgServer, args: &[&str]) -> Child {
-    pg_command(pg_bin("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &server.port().to_string(),
-        ])
-        .args(args)
-        .arg("postgres")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn run_pgbench(server: &PgServer, args: &[&str]) {
-    let out = pgbench(server, args).wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn dump(server: &PgServer) -> String {
@@ -143,14 +111,14 @@ fn verify_backup(dir: &Path) {
 fn point_in_time_restore_on_filesystem() {
     let s = setup(Storage::Fs);
     let server = s.server();
-    run_pgbench(&server, &["-i", "-s", "3", "-q"]);
+    server.run_pgbench(&["-i", "-s", "3", "-q"]);
 
     // A backup while pgbench writes.
-    let writer = pgbench(&server, &["-c", "2", "-T", "4", "-n"]);
+    let writer = server.pgbench(&["-c", "2", "-T", "4", "-n"]);
     let out = s.on(&server).ok(&["backup-push"]);
     assert!(out.contains("complete"), "{out}");
     assert!(writer.wait_with_output().unwrap().status.success());
-    run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
 
     // A quiet moment: a restore point, its time and LSN, and a dump.
     s.on(&server).ok(&["create-restore-point", "quiet_point"]);
@@ -161,7 +129,7 @@ fn point_in_time_restore_on_filesystem() {
     let at_point = dump(&server);
 
     // More writes after it.
-    run_pgbench(&server, &["-c", "2", "-t", "300", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "300", "-n"]);
     let at_end = dump(&server);
     assert_ne!(at_point, at_end);
     server.archive_everything();
@@ -239,7 +207,7 @@ fn point_in_time_restore_on_filesystem() {
 fn interrupted_or_damaged_backups_never_restore_as_good() {
     let s = setup(Storage::Fs);
     let mut server = s.server();
-    run_pgbench(&server, &["-i", "-s", "1", "-q"]);
+    server.run_pgbench(&["-i", "-s", "1", "-q"]);
     s.on(&server).ok(&["backup-push"]);
     assert_eq!(s.backups().len(), 1);
 
@@ -336,10 +304,10 @@ fn backup_and_restore_on_garage() {
         "[compression]\ncompress_on = \"client\"\n",
     );
     let server = s.server();
-    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
+    server.run_pgbench(&["-i", "-s", "2", "-q"]);
     s.on(&server).ok(&["backup-push"]);
     assert_eq!(compressed_by(&s.backups()[0]), None);
-    run_pgbench(&server, &["-c", "2", "-t", "100", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "100", "-n"]);
     let expected = dump(&server);
     server.archive_everything();
     let (code, err, dir) = s.restore("from_s3", &[]);
@@ -366,7 +334,7 @@ fn compressed_by(backup: &serde_json::Value) -> Option<String> {
 fn auto_lets_the_server_compress_only_what_compresses_well() {
     let s = setup(Storage::Fs);
     let server = s.server();
-    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
+    server.run_pgbench(&["-i", "-s", "2", "-q"]);
     s.on(&server).ok(&["backup-push"]);
     let listed = s.backups();
     assert_eq!(compressed_by(&listed[0]).as_deref(), Some("lz4"));

@@ -32,12 +32,7 @@ fn killed_at(out: &Output, point: &str) -> bool {
 /// file's key.
 struct Place(CbdrEnv);
 
-impl std::ops::Deref for Place {
-    type Target = CbdrEnv;
-    fn deref(&self) -> &CbdrEnv {
-        &self.0
-    }
-}
+deref_env!(Place);
 
 impl Place {
     /// `storage`: a `[storage]` section, or None for an fs repository in
@@ -435,27 +430,6 @@ fn server_archiving_to(place: &Place) -> PgServer {
         .start()
 }
 
-fn pgbench(server: &PgServer, args: &[&str]) -> std::process::Child {
-    pg_command(pg_bin("pgbench"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
-        .arg(server.port().to_string())
-        .args(args)
-        .arg("postgres")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn run_pgbench(server: &PgServer, args: &[&str]) {
-    let out = pgbench(server, args).wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A digest of what pgbench committed.
 fn digest(server: &PgServer) -> String {
     server.psql(
@@ -510,7 +484,7 @@ fn starts(dir: &Path) -> bool {
 fn backup_and_restore_killed_or_out_of_space() {
     let place = Place::new("faults-backup", None);
     let server = server_archiving_to(&place);
-    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
+    server.run_pgbench(&["-i", "-s", "2", "-q"]);
     place.ok(Some(&server), &["backup-push"]);
     let good = place.backups();
     assert_eq!(good.len(), 1);
@@ -519,7 +493,7 @@ fn backup_and_restore_killed_or_out_of_space() {
     // backup-push killed mid-part, then between its last part and its
     // record: neither is listed; the next backup works.
     for point in ["backup-part:2", "backup-record"] {
-        run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
+        server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
         // backup-part:2 = the part's second batch (1 MiB) has reached the
         // encoder: the part is neither complete nor empty.
         let out = place.run(Some(&server), Some(point), &["backup-push"]);
@@ -531,11 +505,11 @@ fn backup_and_restore_killed_or_out_of_space() {
         );
         assert_eq!(place.backups(), good, "{point}: nothing new is listed");
     }
-    run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
     place.ok(Some(&server), &["backup-push"]);
     let listed = place.backups();
     assert_eq!(listed.len(), 2, "{listed:?}");
-    run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
     server.archive_everything();
     let committed = digest(&server);
 
@@ -653,13 +627,13 @@ fn storage_down_or_stalled_fails_clearly_and_archiving_catches_up() {
     );
     let place = Place::new("faults-proxy", Some(storage));
     let server = server_archiving_to(&place);
-    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
+    server.run_pgbench(&["-i", "-s", "2", "-q"]);
     place.ok(Some(&server), &["backup-push"]);
     server.archive_everything();
 
     // Down under load: wal-push fails and PostgreSQL keeps the files.
     proxy.down();
-    run_pgbench(&server, &["-c", "2", "-t", "300", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "300", "-n"]);
     server.psql("select pg_switch_wal()");
     let failed = |s: &PgServer| {
         s.psql("select failed_count from pg_stat_archiver")
@@ -676,7 +650,7 @@ fn storage_down_or_stalled_fails_clearly_and_archiving_catches_up() {
     });
     // Back: archiving catches up, and every segment arrives once.
     proxy.resume();
-    run_pgbench(&server, &["-c", "2", "-t", "100", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "100", "-n"]);
     server.archive_everything();
     let committed = digest(&server);
 

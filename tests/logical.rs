@@ -75,12 +75,7 @@ struct Env {
     server: PgServer,
 }
 
-impl std::ops::Deref for Env {
-    type Target = CbdrEnv;
-    fn deref(&self) -> &CbdrEnv {
-        &self.env
-    }
-}
+deref_env!(Env, env);
 
 fn env_with(storage: Storage) -> Env {
     let env = CbdrEnv::builder("logical")

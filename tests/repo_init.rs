@@ -25,12 +25,7 @@ const SEG2: &str = "000000010000000000000002";
 /// more configs.
 struct Place(CbdrEnv);
 
-impl std::ops::Deref for Place {
-    type Target = CbdrEnv;
-    fn deref(&self) -> &CbdrEnv {
-        &self.0
-    }
-}
+deref_env!(Place);
 
 impl Place {
     fn new(name: &str) -> Place {

@@ -18,12 +18,7 @@ const SEG3: &str = "000000010000000000000003";
 /// config: each command gives its key in `CBDR_ENCRYPTION_KEY`.
 struct Env(CbdrEnv);
 
-impl std::ops::Deref for Env {
-    type Target = CbdrEnv;
-    fn deref(&self) -> &CbdrEnv {
-        &self.0
-    }
-}
+deref_env!(Env);
 
 impl Env {
     fn new(storage: Storage) -> Env {

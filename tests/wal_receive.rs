@@ -30,12 +30,7 @@ struct Setup {
     fs_repo: Option<PathBuf>,
 }
 
-impl std::ops::Deref for Setup {
-    type Target = CbdrEnv;
-    fn deref(&self) -> &CbdrEnv {
-        &self.env
-    }
-}
+deref_env!(Setup, env);
 
 fn setup(storage: Storage) -> Setup {
     let fs = matches!(storage, Storage::Fs);

@@ -23,6 +23,24 @@ use super::pg::{chown_to_pg, pg_command, pg_user_dir, PgBuilder, PgServer};
 
 pub const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 
+/// `impl Deref<Target = CbdrEnv>` for a test file's own wrapper of the
+/// environment: `deref_env!(Setup)` for `struct Setup(CbdrEnv)`,
+/// `deref_env!(Setup, env)` for a struct whose field `env` holds it.
+#[macro_export]
+macro_rules! deref_env {
+    ($t:ty) => {
+        $crate::deref_env!($t, 0);
+    };
+    ($t:ty, $field:tt) => {
+        impl std::ops::Deref for $t {
+            type Target = $crate::common::CbdrEnv;
+            fn deref(&self) -> &Self::Target {
+                &self.$field
+            }
+        }
+    };
+}
+
 /// Where the repository lives.
 #[derive(Clone, Debug)]
 pub enum Storage {

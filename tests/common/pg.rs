@@ -624,6 +624,30 @@ impl PgServer {
         })
     }
 
+    /// Starts `pgbench ARGS postgres` against this server as the
+    /// PostgreSQL OS user (stdout dropped, stderr piped).
+    pub fn pgbench(&self, args: &[&str]) -> Child {
+        pg_command(pg_bin("pgbench"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port().to_string())
+            .args(args)
+            .arg("postgres")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs [`PgServer::pgbench`] to the end; panics unless it succeeded.
+    pub fn run_pgbench(&self, args: &[&str]) {
+        let out = self.pgbench(args).wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `pg_switch_wal()`, then waits (up to 120 s) until no WAL file is
     /// left `.ready` in `pg_wal/archive_status`: everything is archived.
     pub fn archive_everything(&self) {
