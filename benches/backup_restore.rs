@@ -1229,12 +1229,7 @@ fn main() {
     .unwrap();
     print!("{report}");
 
-    let target_dir = Path::new(env!("CARGO_BIN_EXE_cbdr"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("the cbdr binary is in target/<profile>/")
-        .to_path_buf();
-    let json_path = target_dir.join("bench-backup-restore.json");
+    let json_path = bench_common::report_path("bench-backup-restore.json");
     let doc = json!({
         "scale": opts.scale,
         "repeat": opts.repeat,

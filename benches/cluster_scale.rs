@@ -59,7 +59,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -875,12 +874,7 @@ fn main() {
     .unwrap();
     print!("{report}");
 
-    let target_dir = Path::new(CBDR)
-        .parent()
-        .and_then(Path::parent)
-        .expect("the cbdr binary is in target/<profile>/")
-        .to_path_buf();
-    let json_path = target_dir.join("bench-cluster-scale.json");
+    let json_path = bench_common::report_path("bench-cluster-scale.json");
     let doc = json!({
         "scale": opts.scale,
         "repeat": opts.repeat,

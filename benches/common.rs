@@ -89,6 +89,16 @@ pub fn copy_cbdr(source: &Path, dir: &Path) -> PathBuf {
     cbdr
 }
 
+/// Where a bench writes its JSON report `name`: `target/NAME` (the cbdr
+/// binary is in `target/<profile>/`).
+pub fn report_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_cbdr"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("the cbdr binary is in target/<profile>/")
+        .join(name)
+}
+
 /// Seconds of a `timeval`.
 pub fn timeval_secs(t: libc::timeval) -> f64 {
     t.tv_sec as f64 + t.tv_usec as f64 / 1e6

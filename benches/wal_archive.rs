@@ -1060,12 +1060,7 @@ fn main() {
     .unwrap();
     print!("{report}");
 
-    let target_dir = Path::new(env!("CARGO_BIN_EXE_cbdr"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("the cbdr binary is in target/<profile>/")
-        .to_path_buf();
-    let json_path = target_dir.join("bench-wal-archive.json");
+    let json_path = bench_common::report_path("bench-wal-archive.json");
     let doc = json!({
         "wal_mb_target": bench.opts.wal_mb,
         "repeat": bench.opts.repeat,
