@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::pg::{chown_to_pg, PgServer};
-use common::{CbdrEnv, Cmd, Key, CBDR};
+use common::{CbdrEnv, Cmd, Key};
 
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const DIGEST_SQL: &str =
@@ -157,7 +157,7 @@ fn a_bad_config_file_is_refused_naming_the_key_and_the_fix() {
     // Repaired: the same commands work.
     fs::write(&config, format!("{storage}{encryption}")).unwrap();
     chown_to_pg(dir.path());
-    common::init_repo(CBDR, &config);
+    env.init_repo();
     let (code, err) = cbdr(&config, None, &["list"]);
     assert_eq!(code, 0, "{err}");
 }

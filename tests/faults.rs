@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
 use common::proxy::Proxy;
-use common::{garage, CbdrEnv, Cmd, Key, Output, CBDR};
+use common::{garage, CbdrEnv, Cmd, Key, Output};
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const KILLED: &str = "cbdr fault injection: killed at point";
 
@@ -44,6 +44,21 @@ impl Place {
                 .key(Key::Raw(KEY_HEX.into()))
                 .build(),
         )
+    }
+
+    /// Moves the repository to `repo` (on a small tmpfs): the config is
+    /// rewritten (without `[archive]`) and the repository made there.
+    fn on_tmpfs(&self, repo: &Path) {
+        let key = self.key_file.as_ref().unwrap();
+        self.write(
+            "cbdr.toml",
+            &format!(
+                "{}[encryption]\nkey_file = \"{}\"\n",
+                common::env::fs_storage(repo),
+                key.display()
+            ),
+        );
+        self.init_repo();
     }
 
     fn run(&self, server: Option<&PgServer>, fault: Option<&str>, args: &[&str]) -> Output {
@@ -371,17 +386,7 @@ fn wal_push_into_a_full_repository_names_the_cause_and_leaves_nothing() {
     let place = Place::new("faults-full-wal", None);
     let mount = Tmpfs::mount(place.path("small"), "3m");
     let repo = mount.path.join("repo");
-    fs::write(
-        &place.config,
-        format!(
-            "[storage]\npath = \"{}\"\n[encryption]\nkey_file = \"{}\"\n",
-            repo.display(),
-            place.path("key").display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(&place.config);
-    common::init_repo(CBDR, &place.config);
+    place.on_tmpfs(&repo);
     let first = segment("000000010000000000000001", 1 << 20, 70);
     let p = wal_file(&place, "000000010000000000000001", &first);
     place.ok(None, &["wal-push", p.to_str().unwrap()]);
@@ -544,17 +549,7 @@ fn backup_and_restore_killed_or_out_of_space() {
     // parts removed, nothing listed; WAL archiving is not affected.
     let full_place = Place::new("faults-backup-full", None);
     let mount = Tmpfs::mount(full_place.path("small"), "4m");
-    fs::write(
-        &full_place.config,
-        format!(
-            "[storage]\npath = \"{}\"\n[encryption]\nkey_file = \"{}\"\n",
-            mount.path.join("repo").display(),
-            full_place.path("key").display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(&full_place.config);
-    common::init_repo(CBDR, &full_place.config);
+    full_place.on_tmpfs(&mount.path.join("repo"));
     let out = full_place.run(Some(&server), None, &["backup-push"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(
