@@ -35,7 +35,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use bench_common::{copy_cbdr, env_or, run};
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
+use common::pg::{pg_bin, pg_command, PgServer};
+use common::{CbdrEnv, Key};
 use serde_json::json;
 
 const KEY_HEX: &str = "6a3f0c9e2b7d41f8a5c3e1d9b7f02468ace13579bdf02468ace13579bdf02468";
@@ -59,8 +60,7 @@ fn du(dir: &Path) -> u64 {
 
 struct Bench {
     server: PgServer,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    env: CbdrEnv,
     cbdr: PathBuf,
 }
 
@@ -78,14 +78,7 @@ impl Bench {
     }
 
     fn cbdr(&self, args: &[&str]) -> Command {
-        let mut c = pg_command(&self.cbdr);
-        c.arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", self.server.port().to_string())
-            .env("PGUSER", "postgres");
-        c
+        self.env.on(&self.server).binary(&self.cbdr).command(args)
     }
 
     fn timed(&self, what: &str, mut cmd: Command) -> (f64, String) {
@@ -125,22 +118,13 @@ fn main() {
     let wal_level = env_or("CBDR_BENCH_WAL_LEVEL", "replica");
     let fsync = env_or("CBDR_BENCH_FSYNC", "on");
     let source = PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr")));
-    let dir = pg_user_dir("bench-logical");
-    let cbdr = copy_cbdr(&source, dir.path());
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let config = dir.path().join("cbdr.toml");
-    fs::write(
-        &config,
-        format!(
-            "[storage]\npath = \"{}\"\n[encryption]\nkey_file = \"{}\"\n",
-            dir.path().join("repo").display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(dir.path());
-    common::init_repo(&cbdr.to_string_lossy(), &config);
+    let env = CbdrEnv::builder("bench-logical")
+        .key(Key::Raw(KEY_HEX.into()))
+        .wal_segment_size(None)
+        .init(false)
+        .build();
+    let cbdr = copy_cbdr(&source, env.dir.path());
+    common::init_repo(&cbdr.to_string_lossy(), &env.config);
 
     let mut builder = PgServer::builder()
         .conf("shared_buffers = 512MB")
@@ -158,12 +142,7 @@ fn main() {
             .conf("archive_mode = off");
     }
     let server = builder.start();
-    let b = Bench {
-        server,
-        dir,
-        config,
-        cbdr,
-    };
+    let b = Bench { server, env, cbdr };
     println!(
         "logical bench: pgbench scale {scale} + {random_mb} MB random rows, wal_level = {wal_level}, load average {}",
         fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
@@ -216,13 +195,13 @@ fn main() {
         .expect("timestamp")
         .trim()
         .to_string();
-    let dump_dir = b.dir.path().join("dump");
+    let dump_dir = b.env.path("dump");
     let mut dump = b.pg("pg_dump");
     dump.args(["-Fd", "-j", "2", "-f"])
         .arg(&dump_dir)
         .arg("bench");
     let (pg_dump_secs, _) = b.timed("pg_dump -Fd -j 2", dump);
-    let cbdr_stored = du(&b.dir.path().join("repo"));
+    let cbdr_stored = du(&b.env.path("repo"));
     let dump_stored = du(&dump_dir);
 
     // Restores, alternating, `CBDR_BENCH_ROUNDS` rounds (default 2), the

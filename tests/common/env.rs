@@ -384,6 +384,8 @@ pub fn backup_names(backups: &[serde_json::Value]) -> Vec<String> {
 /// One way to run cbdr: a config, the OS user, environment variables.
 #[derive(Clone, Debug)]
 pub struct Cmd {
+    /// The cbdr binary ([`CBDR`] unless [`Cmd::binary`]).
+    binary: PathBuf,
     config: PathBuf,
     pg_owned: bool,
     envs: Vec<(OsString, Option<OsString>)>,
@@ -395,6 +397,7 @@ impl Cmd {
     /// environment around it.
     pub fn new(config: &Path) -> Cmd {
         Cmd {
+            binary: PathBuf::from(CBDR),
             config: config.to_path_buf(),
             pg_owned: true,
             envs: Vec::new(),
@@ -404,6 +407,12 @@ impl Cmd {
 
     pub fn config(mut self, config: &Path) -> Self {
         self.config = config.to_path_buf();
+        self
+    }
+
+    /// Another cbdr binary (a bench's copy of the one it measures).
+    pub fn binary(mut self, binary: &Path) -> Self {
+        self.binary = binary.to_path_buf();
         self
     }
 
@@ -447,9 +456,9 @@ impl Cmd {
     /// The `Command` (`cbdr --config CONFIG ARGS`), to spawn or change.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = if self.pg_owned {
-            pg_command(CBDR)
+            pg_command(&self.binary)
         } else {
-            Command::new(CBDR)
+            Command::new(&self.binary)
         };
         cmd.arg("--config").arg(&self.config).args(args);
         for (k, v) in &self.envs {
