@@ -73,6 +73,8 @@
 //! Output: tables on stdout and the same as JSON in
 //! `target/bench-backup-restore.json`.
 
+#[path = "common.rs"]
+mod bench_common;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -81,11 +83,10 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bench_common::{copy_cbdr, env_num, env_or, fmt_opt, loadavg, run, sql_literal, timed};
 use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
 use serde_json::{json, Value};
 
@@ -191,20 +192,6 @@ impl Op {
     }
 }
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn env_num(name: &str, default: &str) -> usize {
-    env_or(name, default)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{name}: a number"))
-}
-
 fn opts() -> Opts {
     let kinds = env_or("CBDR_BENCH_KINDS", "pgbench,random")
         .split(',')
@@ -222,34 +209,6 @@ fn opts() -> Opts {
         gen_jobs: env_num("CBDR_BENCH_GEN_JOBS", "2").max(1),
         cbdr_source: PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr"))),
     }
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// Runs a command; panics with its output when it fails.
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
-
-fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Total size and count of the regular files under `dir`, skipping the
@@ -286,128 +245,6 @@ fn all_files(_: &str) -> bool {
 /// relation cache init files).
 fn backed_up_file(name: &str) -> bool {
     name != "pg_internal.init" && !name.starts_with("pgsql_tmp")
-}
-
-/// Sum of the RSS of `root` and all its descendants, in bytes.
-fn tree_rss(root: u32, page_size: u64) -> u64 {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for pid in entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-    {
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": the name may hold spaces and ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-            children.entry(ppid).or_default().push(pid);
-        }
-    }
-    let mut total = 0;
-    let mut todo = vec![root];
-    let mut seen = HashSet::new();
-    while let Some(pid) = todo.pop() {
-        if !seen.insert(pid) {
-            continue;
-        }
-        if let Ok(statm) = fs::read_to_string(format!("/proc/{pid}/statm")) {
-            let resident: u64 = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0);
-            total += resident * page_size;
-        }
-        if let Some(c) = children.get(&pid) {
-            todo.extend(c);
-        }
-    }
-    total
-}
-
-/// What one timed command did.
-struct Timed {
-    seconds: f64,
-    success: bool,
-    status: String,
-    /// ru_maxrss of the command (its largest process), bytes.
-    max_rss: u64,
-    /// Peak sampled sum of RSS over its process tree, bytes.
-    tree_rss: u64,
-    /// User + system CPU time of the command and its waited-for children.
-    cpu_seconds: f64,
-    output: String,
-}
-
-/// Runs `cmd` with its output in files under `log_dir` (named `tag`),
-/// timing it and recording its peak memory.
-fn timed(mut cmd: Command, log_dir: &Path, tag: &str) -> Timed {
-    let out_path = log_dir.join(format!("{tag}.out"));
-    let out = fs::File::create(&out_path).expect("create output file");
-    let err = out.try_clone().expect("dup output file");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err));
-    // SAFETY: sysconf has no preconditions.
-    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    let t0 = Instant::now();
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("{tag}: cannot run: {e}"));
-    let pid = child.id();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(Ordering::Relaxed) {
-                peak = peak.max(tree_rss(pid, page_size));
-                std::thread::sleep(SAMPLE);
-            }
-            peak
-        })
-    };
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child's pid with valid out-pointers; the
-    // child is reaped here (std's Child is dropped without waiting).
-    let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-    let seconds = t0.elapsed().as_secs_f64();
-    assert_eq!(
-        rc,
-        pid as libc::pid_t,
-        "wait4: {}",
-        std::io::Error::last_os_error()
-    );
-    drop(child);
-    stop.store(true, Ordering::Relaxed);
-    let tree_rss = sampler.join().unwrap_or(0);
-    let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    let status = if libc::WIFEXITED(status) {
-        format!("exit code {}", libc::WEXITSTATUS(status))
-    } else {
-        format!("signal {}", libc::WTERMSIG(status))
-    };
-    Timed {
-        seconds,
-        success,
-        status,
-        max_rss: usage.ru_maxrss.max(0) as u64 * 1024,
-        tree_rss,
-        cpu_seconds: timeval_secs(usage.ru_utime) + timeval_secs(usage.ru_stime),
-        output: fs::read_to_string(&out_path).unwrap_or_default(),
-    }
-}
-
-fn timeval_secs(t: libc::timeval) -> f64 {
-    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
 /// CPU seconds of the exited (reaped) children of `pid`: for the
@@ -508,10 +345,7 @@ struct Bench<'a> {
 impl<'a> Bench<'a> {
     fn start(opts: &'a Opts, kind: Kind, target_bytes: u64) -> Bench<'a> {
         let dir = pg_user_dir(&format!("brbench-{}", kind.name()));
-        let cbdr = dir.path().join("cbdr");
-        fs::copy(&opts.cbdr_source, &cbdr)
-            .unwrap_or_else(|e| panic!("copy the cbdr binary {}: {e}", opts.cbdr_source.display()));
-        fs::set_permissions(&cbdr, fs::Permissions::from_mode(0o755)).unwrap();
+        let cbdr = copy_cbdr(&opts.cbdr_source, dir.path());
         let pg = PgServer::builder()
             // Loading: no WAL for tables created in the loading transaction.
             .conf("wal_level = minimal")
@@ -929,7 +763,7 @@ impl<'a> Bench<'a> {
         std::thread::sleep(Duration::from_millis(300));
         let server_cpu_before = reaped_children_cpu(postmaster);
         o.load_before = loadavg();
-        let t = timed(cmd, self.dir.path(), &tag);
+        let t = timed(cmd, self.dir.path(), &tag, Some(SAMPLE));
         o.load_after = loadavg();
         std::thread::sleep(Duration::from_millis(300));
         if let (Some(a), Some(b)) = (server_cpu_before, reaped_children_cpu(postmaster)) {
@@ -1075,11 +909,6 @@ impl<'a> Bench<'a> {
         }
         notes
     }
-}
-
-fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|v| format!("{v:.prec$}"))
-        .unwrap_or_else(|| "-".into())
 }
 
 /// One table row: a contender on a data set over its rounds.
@@ -1400,12 +1229,7 @@ fn main() {
     .unwrap();
     print!("{report}");
 
-    let target_dir = Path::new(env!("CARGO_BIN_EXE_cbdr"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("the cbdr binary is in target/<profile>/")
-        .to_path_buf();
-    let json_path = target_dir.join("bench-backup-restore.json");
+    let json_path = bench_common::report_path("bench-backup-restore.json");
     let doc = json!({
         "scale": opts.scale,
         "repeat": opts.repeat,

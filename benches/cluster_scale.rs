@@ -51,16 +51,18 @@
 //! as root (PostgreSQL, the agents and cbdr then run as the OS user
 //! `postgres`) or as an ordinary user.
 
+#[path = "common.rs"]
+mod bench_common;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bench_common::{env_num, env_or, fmt_opt, loadavg, run, timed};
 use common::cluster::{TestCluster, CBDR};
 use common::pg::{pg_bin, pg_command};
 use serde_json::{json, Value};
@@ -72,20 +74,6 @@ struct Opts {
     scale: u32,
     repeat: usize,
     series: Vec<char>,
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn env_num(name: &str, default: &str) -> usize {
-    env_or(name, default)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{name}: a number"))
 }
 
 fn opts() -> Opts {
@@ -105,12 +93,6 @@ fn opts() -> Opts {
         repeat: env_num("CBDR_BENCH_REPEAT", "3").max(1),
         series,
     }
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// One cluster shape: the pgbench scale of each segment (content 0 first,
@@ -180,81 +162,6 @@ fn plan(opts: &Opts) -> (Vec<Layout>, Vec<Series>) {
     }
     // Run in order of size within each series' first appearance.
     (layouts, series)
-}
-
-/// Runs a command; panics with its output when it fails.
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
-
-/// What one timed command did.
-struct Timed {
-    seconds: f64,
-    success: bool,
-    status: String,
-    /// ru_maxrss of the command (its largest process), bytes.
-    max_rss: u64,
-    cpu_seconds: f64,
-    output: String,
-}
-
-/// Runs `cmd` with its output in `log_dir/tag.out`, timing it; peak RSS and
-/// CPU time from wait4(2) (the command and the children it waited for:
-/// `runuser` and the cbdr it runs).
-fn timed(mut cmd: Command, log_dir: &Path, tag: &str) -> Timed {
-    let out_path = log_dir.join(format!("{tag}.out"));
-    let out = fs::File::create(&out_path).expect("create output file");
-    let err = out.try_clone().expect("dup output file");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err));
-    let t0 = Instant::now();
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("{tag}: cannot run: {e}"));
-    let pid = child.id();
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child's pid with valid out-pointers; the
-    // child is reaped here (std's Child is dropped without waiting).
-    let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-    let seconds = t0.elapsed().as_secs_f64();
-    assert_eq!(
-        rc,
-        pid as libc::pid_t,
-        "wait4: {}",
-        std::io::Error::last_os_error()
-    );
-    drop(child);
-    let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    let status = if libc::WIFEXITED(status) {
-        format!("exit code {}", libc::WEXITSTATUS(status))
-    } else {
-        format!("signal {}", libc::WTERMSIG(status))
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Timed {
-        seconds,
-        success,
-        status,
-        max_rss: usage.ru_maxrss.max(0) as u64 * 1024,
-        cpu_seconds: tv(usage.ru_utime) + tv(usage.ru_stime),
-        output: fs::read_to_string(&out_path).unwrap_or_default(),
-    }
 }
 
 fn comm(pid: u32) -> String {
@@ -560,7 +467,7 @@ fn single_backup(c: &TestCluster, round: usize, runs: &mut usize) -> SingleRun {
     cmd.args(["backup-push", "--content-id", "0"])
         .env("PGPORT", c.servers[1].port().to_string());
     let load_before = loadavg();
-    let t = timed(cmd, c.dir.path(), &format!("run{runs}-single"));
+    let t = timed(cmd, c.env.dir.path(), &format!("run{runs}-single"), None);
     let load_after = loadavg();
     // "backup NAME complete: A to B, P MB, stored S MB"
     let plain_mb = t
@@ -605,7 +512,7 @@ fn cluster_backup(c: &TestCluster, round: usize, runs: &mut usize) -> ClusterRun
     let mut cmd = cbdr_cmd(c);
     cmd.arg("backup-push");
     let load_before = loadavg();
-    let t = timed(cmd, c.dir.path(), &format!("run{runs}-cluster"));
+    let t = timed(cmd, c.env.dir.path(), &format!("run{runs}-cluster"), None);
     let load_after = loadavg();
     let mut r = ClusterRun {
         round,
@@ -749,11 +656,6 @@ fn measure(opts: &Opts, layout: &Layout) -> LayoutResult {
     }
     // Dropping the cluster stops its agents and servers and removes it.
     res
-}
-
-fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|v| format!("{v:.prec$}"))
-        .unwrap_or_else(|| "-".into())
 }
 
 fn mb(b: Option<u64>) -> Option<f64> {
@@ -972,12 +874,7 @@ fn main() {
     .unwrap();
     print!("{report}");
 
-    let target_dir = Path::new(CBDR)
-        .parent()
-        .and_then(Path::parent)
-        .expect("the cbdr binary is in target/<profile>/")
-        .to_path_buf();
-    let json_path = target_dir.join("bench-cluster-scale.json");
+    let json_path = bench_common::report_path("bench-cluster-scale.json");
     let doc = json!({
         "scale": opts.scale,
         "repeat": opts.repeat,

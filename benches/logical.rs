@@ -24,6 +24,8 @@
 //! `target/bench-logical.json`. Skipped (with a message) when PostgreSQL
 //! 15 is not installed.
 
+#[path = "common.rs"]
+mod bench_common;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -32,36 +34,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
+use bench_common::{copy_cbdr, env_or, run};
+use common::pg::{pg_bin, pg_command, PgServer};
+use common::{CbdrEnv, Key};
 use serde_json::json;
 
 const KEY_HEX: &str = "6a3f0c9e2b7d41f8a5c3e1d9b7f02468ace13579bdf02468ace13579bdf02468";
 const MB: f64 = 1_000_000.0;
 const GOAL: f64 = 1.5;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
 
 fn du(dir: &Path) -> u64 {
     let mut total = 0;
@@ -80,8 +60,7 @@ fn du(dir: &Path) -> u64 {
 
 struct Bench {
     server: PgServer,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    env: CbdrEnv,
     cbdr: PathBuf,
 }
 
@@ -99,14 +78,7 @@ impl Bench {
     }
 
     fn cbdr(&self, args: &[&str]) -> Command {
-        let mut c = pg_command(&self.cbdr);
-        c.arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", self.server.port().to_string())
-            .env("PGUSER", "postgres");
-        c
+        self.env.on(&self.server).binary(&self.cbdr).command(args)
     }
 
     fn timed(&self, what: &str, mut cmd: Command) -> (f64, String) {
@@ -146,24 +118,13 @@ fn main() {
     let wal_level = env_or("CBDR_BENCH_WAL_LEVEL", "replica");
     let fsync = env_or("CBDR_BENCH_FSYNC", "on");
     let source = PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr")));
-    let dir = pg_user_dir("bench-logical");
-    // A copy: a rebuild during the run cannot change the binary measured.
-    let cbdr = dir.path().join("cbdr");
-    fs::copy(&source, &cbdr).expect("copy cbdr");
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let config = dir.path().join("cbdr.toml");
-    fs::write(
-        &config,
-        format!(
-            "[storage]\npath = \"{}\"\n[encryption]\nkey_file = \"{}\"\n",
-            dir.path().join("repo").display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(dir.path());
-    common::init_repo(&cbdr.to_string_lossy(), &config);
+    let env = CbdrEnv::builder("bench-logical")
+        .key(Key::Raw(KEY_HEX.into()))
+        .wal_segment_size(None)
+        .init(false)
+        .build();
+    let cbdr = copy_cbdr(&source, env.dir.path());
+    common::init_repo(&cbdr.to_string_lossy(), &env.config);
 
     let mut builder = PgServer::builder()
         .conf("shared_buffers = 512MB")
@@ -181,12 +142,7 @@ fn main() {
             .conf("archive_mode = off");
     }
     let server = builder.start();
-    let b = Bench {
-        server,
-        dir,
-        config,
-        cbdr,
-    };
+    let b = Bench { server, env, cbdr };
     println!(
         "logical bench: pgbench scale {scale} + {random_mb} MB random rows, wal_level = {wal_level}, load average {}",
         fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
@@ -239,13 +195,13 @@ fn main() {
         .expect("timestamp")
         .trim()
         .to_string();
-    let dump_dir = b.dir.path().join("dump");
+    let dump_dir = b.env.path("dump");
     let mut dump = b.pg("pg_dump");
     dump.args(["-Fd", "-j", "2", "-f"])
         .arg(&dump_dir)
         .arg("bench");
     let (pg_dump_secs, _) = b.timed("pg_dump -Fd -j 2", dump);
-    let cbdr_stored = du(&b.dir.path().join("repo"));
+    let cbdr_stored = du(&b.env.path("repo"));
     let dump_stored = du(&dump_dir);
 
     // Restores, alternating, `CBDR_BENCH_ROUNDS` rounds (default 2), the

@@ -54,6 +54,8 @@
 //! records the load average and CPU/I/O pressure before and after it;
 //! on a busy machine use `CBDR_BENCH_REPEAT=3` and read the medians.
 
+#[path = "common.rs"]
+mod bench_common;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -65,6 +67,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bench_common::{copy_cbdr, env_or, fmt_opt, pressure, run, sql_literal};
 use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
 use serde_json::{json, Value};
 
@@ -150,13 +153,6 @@ impl Contender {
     }
 }
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
 fn opts() -> Opts {
     let wal_mb: u64 = env_or("CBDR_BENCH_WAL_MB", "1024")
         .parse()
@@ -220,43 +216,11 @@ fn opts() -> Opts {
 /// 10 s in which some task waited for a CPU or for I/O: on a shared 2-core
 /// machine they tell whether other work competed with the contenders.
 fn loadavg() -> String {
-    let load = fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    let psi = |what: &str| -> Option<String> {
-        let text = fs::read_to_string(format!("/proc/pressure/{what}")).ok()?;
-        let some = text.lines().find(|l| l.starts_with("some"))?;
-        let avg10 = some
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("avg10="))?;
-        Some(format!("{what} {avg10}%"))
-    };
-    match (psi("cpu"), psi("io")) {
+    let load = bench_common::loadavg();
+    match (pressure("cpu"), pressure("io")) {
         (Some(cpu), Some(io)) => format!("{load} (pressure {cpu}, {io})"),
         _ => load,
     }
-}
-
-/// Runs a command; panics with its output when it fails.
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
-
-fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Total size and count of the regular files under `dir` whose name passes
@@ -553,9 +517,7 @@ struct Bench {
 impl Bench {
     fn new(opts: Opts) -> Bench {
         let dir = pg_user_dir("walbench");
-        let cbdr = dir.path().join("cbdr");
-        fs::copy(env!("CARGO_BIN_EXE_cbdr"), &cbdr).expect("copy the cbdr binary");
-        fs::set_permissions(&cbdr, fs::Permissions::from_mode(0o755)).unwrap();
+        let cbdr = copy_cbdr(Path::new(env!("CARGO_BIN_EXE_cbdr")), dir.path());
         Bench {
             opts,
             dir,
@@ -858,11 +820,6 @@ fn log_text(path: &Path, from: u64) -> String {
         .unwrap_or_default()
 }
 
-fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|v| format!("{v:.prec$}"))
-        .unwrap_or_else(|| "-".into())
-}
-
 /// One table row: a contender on a data kind, over its repeated runs.
 struct Row<'a> {
     kind: Kind,
@@ -1103,12 +1060,7 @@ fn main() {
     .unwrap();
     print!("{report}");
 
-    let target_dir = Path::new(env!("CARGO_BIN_EXE_cbdr"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("the cbdr binary is in target/<profile>/")
-        .to_path_buf();
-    let json_path = target_dir.join("bench-wal-archive.json");
+    let json_path = bench_common::report_path("bench-wal-archive.json");
     let doc = json!({
         "wal_mb_target": bench.opts.wal_mb,
         "repeat": bench.opts.repeat,

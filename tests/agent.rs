@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cbdr::cluster::client::AgentClient;
 use cbdr::cluster::proto::{
@@ -17,86 +17,44 @@ use cbdr::cluster::proto::{
 };
 use cbdr::config::AgentConfig;
 use cbdr::ExitCode;
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
-use common::{free_port, garage};
-use tempfile::TempDir;
+use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::{free_port, CbdrEnv, Key, Storage, CBDR};
 
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 const KEY_HEX: &str = "5a1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddee02";
 const TOKEN: &str = "agent-test-token-5b9c1f0e7d2a4c68";
 const WRONG_TOKEN: &str = "not-the-token-9f8e7d6c5b4a3210";
 const CONNECT: Duration = Duration::from_secs(10);
 const SILENCE: Duration = Duration::from_secs(30);
 
-/// A test directory (owned by the PostgreSQL OS user) with a config file:
-/// the repository, the key and the given `[agent]` lines.
-struct Env {
-    dir: TempDir,
-    config: PathBuf,
-}
+/// The shared environment (owned by the PostgreSQL OS user) with this
+/// file's key and the given `[agent]` lines.
+struct Env(CbdrEnv);
+
+deref_env!(Env);
 
 impl Env {
-    fn new(name: &str, storage_toml: Option<&str>, agent_toml: &str) -> Env {
-        let dir = pg_user_dir(name);
-        let key = dir.path().join("key");
-        fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-        let storage = storage_toml.map(String::from).unwrap_or_else(|| {
-            format!(
-                "[storage]\npath = \"{}\"",
-                dir.path().join("repo").display()
-            )
-        });
-        let config = dir.path().join("cbdr.toml");
-        fs::write(
-            &config,
-            format!(
-                "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n[agent]\n{agent_toml}\n",
-                key.display()
-            ),
-        )
-        .unwrap();
-        chown_to_pg(dir.path());
-        common::init_repo(CBDR, &config);
-        Env { dir, config }
+    fn new(name: &str, storage: Storage, agent_toml: &str) -> Env {
+        Env(CbdrEnv::builder(name)
+            .storage(storage)
+            .key(Key::Raw(KEY_HEX.into()))
+            .extra_toml(format!("[agent]\n{agent_toml}\n"))
+            .build())
     }
 
     /// A token file (mode 0600, owned by the PostgreSQL OS user).
     fn token_file(&self, token: &str) -> PathBuf {
-        let path = self.dir.path().join("agent.token");
-        fs::write(&path, format!("{token}\n")).unwrap();
-        chown_to_pg(&path);
+        let path = self.write("agent.token", &format!("{token}\n"));
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         path
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     fn server(&self) -> PgServer {
-        PgServer::builder()
-            .initdb_arg("--wal-segsize=1")
-            .conf("archive_mode = on")
-            .conf(format!(
-                "archive_command = '{CBDR} --config {} wal-push %p'",
-                self.config.display()
-            ))
-            .start()
+        self.archiving_server().start()
     }
 
     /// `cbdr --config … ARGS` as the PostgreSQL OS user.
     fn cbdr(&self, args: &[&str]) -> (i32, String, String) {
-        let out = pg_command(CBDR)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.run(args).parts()
     }
 
     /// Names of the complete backups of content -1, from `cbdr list`.
@@ -105,17 +63,7 @@ impl Env {
     }
 
     fn listed_backups_of(&self, content_id: i32) -> Vec<String> {
-        let id = content_id.to_string();
-        let (code, out, err) = self.cbdr(&["list", "--json", "--content-id", &id]);
-        assert_eq!(code, 0, "cbdr list: {err}");
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["segments"][0]["backups"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap().to_string())
-            .collect()
+        common::env::backup_names(&self.backups_of(content_id))
     }
 
     fn agent(&self) -> AgentProc {
@@ -128,7 +76,7 @@ impl Env {
     fn try_agent(&self, config: &Path) -> Result<AgentProc, String> {
         for attempt in 0.. {
             let port = free_port();
-            let log = self.path(&format!("agent-{port}.log"));
+            let log = self.path(format!("agent-{port}.log"));
             let child = pg_command(CBDR)
                 .process_group(0)
                 .arg("--config")
@@ -143,20 +91,21 @@ impl Env {
                 addr: format!("127.0.0.1:{port}"),
                 log,
             };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
+            let started = common::wait_for("the agent to start", Duration::from_secs(30), || {
                 let text = agent.log_text();
                 if text.contains("listening on") {
-                    return Ok(agent);
+                    return Ok(Ok(()));
                 }
-                if let Some(status) = agent.child.try_wait().unwrap() {
-                    if text.contains("in use") && attempt < 5 {
-                        break;
-                    }
-                    return Err(format!("{status}\n{text}"));
+                match agent.child.try_wait().unwrap() {
+                    Some(_) if text.contains("in use") && attempt < 5 => Ok(Err(None)),
+                    Some(status) => Ok(Err(Some(format!("{status}\n{text}")))),
+                    None => Err(text),
                 }
-                assert!(Instant::now() < deadline, "agent start timed out:\n{text}");
-                std::thread::sleep(Duration::from_millis(50));
+            });
+            match started {
+                Ok(()) => return Ok(agent),
+                Err(Some(log)) => return Err(log),
+                Err(None) => continue,
             }
         }
         unreachable!()
@@ -177,18 +126,18 @@ impl AgentProc {
 
     /// Waits until the log contains `needle`.
     fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = self.log_text();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent log never said {needle:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_for(
+            &format!("the agent log to say {needle:?}"),
+            Duration::from_secs(30),
+            || {
+                let text = self.log_text();
+                if text.contains(needle) {
+                    Ok(text)
+                } else {
+                    Err(text)
+                }
+            },
+        )
     }
 }
 
@@ -252,21 +201,6 @@ fn psql_port(port: u16, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn archive_everything(server: &PgServer) {
-    server.psql("select pg_switch_wal()");
-    server.wait_until(
-        |s| {
-            fs::read_dir(s.data_dir().join("pg_wal/archive_status"))
-                .map(|d| {
-                    d.filter_map(|e| e.ok())
-                        .all(|e| !e.file_name().to_string_lossy().ends_with(".ready"))
-                })
-                .unwrap_or(false)
-        },
-        Duration::from_secs(60),
-    );
-}
-
 fn pgbench_init(server: &PgServer) {
     let out = pg_command(pg_bin("pgbench"))
         .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
@@ -283,7 +217,7 @@ fn pgbench_init(server: &PgServer) {
 
 #[test]
 fn backup_and_point_in_time_restore_through_the_agent() {
-    let env = Env::new("agent-backup", None, "");
+    let env = Env::new("agent-backup", Storage::Fs, "");
     let token = env.token_file(TOKEN);
     fs::write(
         &env.config,
@@ -340,7 +274,7 @@ fn backup_and_point_in_time_restore_through_the_agent() {
     server.psql("create table marker as select 1 as v");
     let lsn = server.psql("select pg_current_wal_lsn()");
     server.psql("insert into marker values (2)");
-    archive_everything(&server);
+    server.archive_everything();
 
     let target_dir = env.path("restored");
     let port = free_port();
@@ -406,7 +340,7 @@ fn backup_and_point_in_time_restore_through_the_agent() {
 #[test]
 fn callers_without_the_token_are_refused() {
     use std::io::{Read, Write};
-    let env = Env::new("agent-auth", None, &format!("token = \"{TOKEN}\""));
+    let env = Env::new("agent-auth", Storage::Fs, &format!("token = \"{TOKEN}\""));
     let agent = env.agent();
     let rt = rt();
 
@@ -586,7 +520,7 @@ fn make_pki(env: &Env) -> Pki {
 
 #[test]
 fn mutual_tls_and_tls_with_a_token() {
-    let env = Env::new("agent-tls", None, "");
+    let env = Env::new("agent-tls", Storage::Fs, "");
     let pki = make_pki(&env);
     let base = fs::read_to_string(&env.config).unwrap();
     let mtls_config = env.path("mtls.toml");
@@ -703,7 +637,7 @@ fn mutual_tls_and_tls_with_a_token() {
 
 #[test]
 fn a_dropped_connection_aborts_the_backup() {
-    let env = Env::new("agent-abort", None, &format!("token = \"{TOKEN}\""));
+    let env = Env::new("agent-abort", Storage::Fs, &format!("token = \"{TOKEN}\""));
     let server = env.server();
     pgbench_init(&server);
     let agent = env.agent();
@@ -777,15 +711,18 @@ fn a_dropped_connection_aborts_the_backup() {
     job.abort();
     let log = agent.wait_log("aborted after");
     assert!(log.contains("the caller closed the connection"), "{log}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rt.block_on(pinger.ping()).unwrap().jobs_running != 0 {
-        assert!(Instant::now() < deadline, "the job is still counted");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for(
+        "the job to be uncounted",
+        Duration::from_secs(10),
+        || match rt.block_on(pinger.ping()).unwrap().jobs_running {
+            0 => Ok(()),
+            n => Err(format!("{n} job(s) still counted")),
+        },
+    );
     // Fixing archiving now must not complete the aborted backup.
     server.psql("alter system reset archive_command");
     server.psql("select pg_reload_conf()");
-    archive_everything(&server);
+    server.archive_everything();
     std::thread::sleep(Duration::from_secs(1));
     assert!(
         env.listed_backups().is_empty(),
@@ -839,23 +776,25 @@ fn a_dropped_connection_aborts_the_backup() {
         log.contains("SIGTERM: stopping") && log.contains("1 running job(s) aborted"),
         "{log}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the agent did not exit:\n{log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for("the agent to exit", Duration::from_secs(20), || match agent
+        .child
+        .try_wait()
+        .unwrap()
+    {
+        Some(_) => Ok(()),
+        None => Err(log.clone()),
+    });
     server.psql("alter system reset archive_command");
     server.psql("select pg_reload_conf()");
-    archive_everything(&server);
+    server.archive_everything();
     assert_eq!(env.listed_backups().len(), 1, "an aborted backup is listed");
 }
 
 #[test]
 fn backup_and_restore_through_the_agent_on_garage() {
-    let target = garage::bucket("agent");
     let env = Env::new(
         "agent-garage",
-        Some(&target.config_toml("cluster1")),
+        Storage::S3("cluster1".into()),
         &format!("token = \"{TOKEN}\""),
     );
     let server = env.server();
@@ -873,7 +812,7 @@ fn backup_and_restore_through_the_agent_on_garage() {
         .block_on(client.backup(backup_request(&server, 60), SILENCE, |_| {}))
         .unwrap();
     assert_eq!(env.listed_backups(), vec![record.name.clone()]);
-    archive_everything(&server);
+    server.archive_everything();
 
     // Restore without starting: the directory is ready for recovery.
     let target_dir = env.path("restored");

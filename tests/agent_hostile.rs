@@ -22,11 +22,7 @@ use cbdr::cluster::auth::{new_nonce, Token};
 use cbdr::cluster::client::AgentClient;
 use cbdr::cluster::proto::{MAX_FRAME, MAX_HANDSHAKE_FRAME};
 use cbdr::config::AgentConfig;
-use common::pg::{chown_to_pg, pg_command, pg_user_dir};
-use common::{free_port, wait_for};
-use tempfile::TempDir;
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+use common::{free_port, wait_for, CbdrEnv};
 const TOKEN: &str = "hostile-test-token-7c1d9e0f2b3a4c5d";
 const WRONG_TOKEN: &str = "not-the-token-0a1b2c3d4e5f6a7b";
 /// `[agent] handshake_timeout` and `write_timeout` of the test agents.
@@ -43,7 +39,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// and short handshake and write timeouts; killed (its process group) on
 /// drop.
 struct Agent {
-    _dir: TempDir,
+    _env: CbdrEnv,
     child: Child,
     addr: String,
     log: PathBuf,
@@ -53,26 +49,19 @@ struct Agent {
 
 impl Agent {
     fn start(name: &str) -> Agent {
-        let dir = pg_user_dir(name);
-        let config = dir.path().join("cbdr.toml");
-        fs::write(
-            &config,
-            format!(
-                "[storage]\npath = \"{}\"\n[agent]\ntoken = \"{TOKEN}\"\nhandshake_timeout = {HANDSHAKE_SECS}\nwrite_timeout = {WRITE_SECS}\n",
-                dir.path().join("repo").display()
-            ),
-        )
-        .unwrap();
-        chown_to_pg(dir.path());
-        common::init_repo(CBDR, &config);
+        let env = CbdrEnv::builder(name)
+            .wal_segment_size(None)
+            .extra_toml(format!(
+                "[agent]\ntoken = \"{TOKEN}\"\nhandshake_timeout = {HANDSHAKE_SECS}\nwrite_timeout = {WRITE_SECS}\n"
+            ))
+            .build();
         for attempt in 0.. {
             let port = free_port();
-            let log = dir.path().join(format!("agent-{port}.log"));
-            let mut child = pg_command(CBDR)
+            let log = env.path(format!("agent-{port}.log"));
+            let mut child = env
+                .cmd()
+                .command(&["-v", "agent", "--listen", &format!("127.0.0.1:{port}")])
                 .process_group(0)
-                .arg("--config")
-                .arg(&config)
-                .args(["-v", "agent", "--listen", &format!("127.0.0.1:{port}")])
                 .stdout(Stdio::null())
                 .stderr(fs::File::create(&log).unwrap())
                 .spawn()
@@ -92,7 +81,7 @@ impl Agent {
                 continue;
             }
             let mut agent = Agent {
-                _dir: dir,
+                _env: env,
                 child,
                 addr: format!("127.0.0.1:{port}"),
                 log,

@@ -6,111 +6,44 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use cbdr::storage::{body_from_bytes, get_bytes, S3Storage, Storage};
-use common::garage;
-use common::pg::{chown_to_pg, pg_command, pg_user_dir, PgServer};
-use tempfile::TempDir;
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+use cbdr::storage::{body_from_bytes, get_bytes, S3Storage, Storage as _};
+use common::pg::{chown_to_pg, PgServer};
+use common::{garage, CbdrEnv, Key, Output, Storage};
 const KEY_HEX: &str = "1f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const SEGMENT: u64 = 1 << 20;
 
-struct Setup {
-    dir: TempDir,
-    config: PathBuf,
-}
+/// The shared environment with this file's key.
+struct Setup(CbdrEnv);
 
-fn setup(storage_toml: Option<String>) -> Setup {
-    let dir = pg_user_dir("cbdr-faults");
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let storage = storage_toml.unwrap_or_else(|| {
-        format!(
-            "[storage]\npath = \"{}\"",
-            dir.path().join("repo").display()
-        )
-    });
-    let config = dir.path().join("cbdr.toml");
-    fs::write(
-        &config,
-        format!(
-            "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = {SEGMENT}\n",
-            key.display()
-        ),
+deref_env!(Setup);
+
+fn setup(storage: Storage) -> Setup {
+    Setup(
+        CbdrEnv::builder("faults")
+            .storage(storage)
+            .key(Key::Raw(KEY_HEX.into()))
+            .wal_segment_size(Some(SEGMENT))
+            .build(),
     )
-    .unwrap();
-    chown_to_pg(dir.path());
-    common::init_repo(CBDR, &config);
-    Setup { dir, config }
-}
-
-struct Run {
-    code: i32,
-    out: String,
-    err: String,
-}
-
-fn run_of(o: Output) -> Run {
-    Run {
-        code: o.status.code().unwrap_or(-1),
-        out: String::from_utf8_lossy(&o.stdout).into_owned(),
-        err: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
 }
 
 impl Setup {
     fn server(&self) -> PgServer {
-        PgServer::builder()
-            .initdb_arg("--wal-segsize=1")
-            .conf("archive_mode = on")
-            .conf(format!(
-                "archive_command = '{CBDR} --config {} wal-push %p'",
-                self.config.display()
-            ))
-            .start()
+        self.archiving_server().start()
     }
 
-    fn command(&self, server: Option<&PgServer>, args: &[&str]) -> Command {
-        let mut cmd = pg_command(CBDR);
-        cmd.arg("--config").arg(&self.config).args(args);
-        if let Some(s) = server {
-            cmd.env("PGHOST", "127.0.0.1")
-                .env("PGPORT", s.port().to_string())
-                .env("PGUSER", "postgres");
-        }
-        cmd
-    }
-
-    fn cbdr(&self, server: Option<&PgServer>, args: &[&str]) -> Run {
-        run_of(self.command(server, args).output().unwrap())
-    }
-
-    fn ok(&self, server: Option<&PgServer>, args: &[&str]) -> String {
-        let r = self.cbdr(server, args);
-        assert_eq!(r.code, 0, "cbdr {args:?}: {}", r.err);
-        r.out
+    fn cbdr(&self, server: Option<&PgServer>, args: &[&str]) -> Output {
+        self.cmd().pg(server).run(args)
     }
 
     fn listing(&self) -> serde_json::Value {
-        serde_json::from_str(&self.ok(None, &["list", "--json", "--content-id", "-1"])).unwrap()
+        self.json(&["list", "--json", "--content-id", "-1"])
     }
 
-    /// Names of the listed backups, oldest first.
-    fn backup_names(&self) -> Vec<String> {
-        self.listing()["segments"][0]["backups"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    fn restore(&self, dir: &Path, args: &[&str]) -> Run {
+    fn restore(&self, dir: &Path, args: &[&str]) -> Output {
         let mut all = vec!["restore", "--target-dir", dir.to_str().unwrap()];
         all.extend_from_slice(args);
         self.cbdr(None, &all)
@@ -124,23 +57,24 @@ impl Setup {
     /// As `refused`, with the exit code expected (1: the named thing is
     /// not in the repository).
     fn refused_with(&self, code: i32, what: &str, args: &[&str], needle: &str) -> String {
-        let dir = self.dir.path().join(format!("refused_{what}"));
+        let dir = self.path(format!("refused_{what}"));
         let r = self.restore(&dir, args);
-        assert_eq!(r.code, code, "{what}: {}", r.err);
-        assert!(r.err.contains(needle), "{what}: {}", r.err);
+        assert_eq!(r.code, code, "{what}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{what}: {}", r.stderr);
         // Targets and LSNs as a DBA writes them, not Debug forms.
         for debug in ["Lsn(", "Time(", "Xid(", "RestorePoint("] {
-            assert!(!r.err.contains(debug), "{what}: {}", r.err);
+            assert!(!r.stderr.contains(debug), "{what}: {}", r.stderr);
         }
         assert!(!dir.exists(), "{what}: {} was created", dir.display());
-        eprintln!("refused ({what}): {}", r.err.trim());
-        r.err
+        eprintln!("refused ({what}): {}", r.stderr.trim());
+        r.stderr
     }
 
     /// Two `backup-push` at once: both complete, under different names.
     fn two_backups_at_once(&self, server: &PgServer) -> [String; 2] {
         let spawn = || {
-            self.command(Some(server), &["backup-push"])
+            self.on(server)
+                .command(&["backup-push"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -148,13 +82,13 @@ impl Setup {
         };
         let (a, b) = (spawn(), spawn());
         let names = [a, b].map(|c| {
-            let r = run_of(c.wait_with_output().unwrap());
-            assert_eq!(r.code, 0, "backup-push: {}", r.err);
+            let r = Output::of(c.wait_with_output().unwrap());
+            assert_eq!(r.code, 0, "backup-push: {}", r.stderr);
             // "backup NAME complete: ..."
-            r.out
+            r.stdout
                 .split_whitespace()
                 .nth(1)
-                .unwrap_or_else(|| panic!("no name in {:?}", r.out))
+                .unwrap_or_else(|| panic!("no name in {:?}", r.stdout))
                 .to_string()
         });
         eprintln!("two backups at once: {names:?}");
@@ -179,21 +113,6 @@ fn write_rows(server: &PgServer, from: u32, to: u32) {
     ));
 }
 
-fn archive_everything(server: &PgServer) {
-    server.psql("select pg_switch_wal()");
-    server.wait_until(
-        |s| {
-            fs::read_dir(s.data_dir().join("pg_wal/archive_status"))
-                .map(|d| {
-                    d.filter_map(|e| e.ok())
-                        .all(|e| !e.file_name().to_string_lossy().ends_with(".ready"))
-                })
-                .unwrap_or(false)
-        },
-        Duration::from_secs(60),
-    );
-}
-
 /// Starts a restored directory on a new port, waits for recovery, and
 /// returns the table's digest.
 fn restored_digest(dir: &Path) -> String {
@@ -209,7 +128,7 @@ fn flip_a_byte(bytes: &mut [u8]) {
 
 #[test]
 fn backup_faults_on_filesystem() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let server = s.server();
     server.psql("create table t (i int primary key, s text)");
     write_rows(&server, 1, 20_000);
@@ -217,13 +136,13 @@ fn backup_faults_on_filesystem() {
     // 3: two backups at once.
     let names = s.two_backups_at_once(&server);
     let at_backup = digest(&server);
-    s.ok(Some(&server), &["create-restore-point", "rp_one"]);
-    s.ok(Some(&server), &["create-restore-point", "rp_two"]);
+    s.on(&server).ok(&["create-restore-point", "rp_one"]);
+    s.on(&server).ok(&["create-restore-point", "rp_two"]);
     write_rows(&server, 20_001, 30_000);
     let at_end = digest(&server);
     // A target in the last archived segment, before its end.
     let in_last_segment = server.psql("select pg_current_wal_lsn()");
-    archive_everything(&server);
+    server.archive_everything();
 
     // 10: targets the archive cannot reach, refused before anything is
     // written. The segment after the last archived one...
@@ -271,12 +190,12 @@ fn backup_faults_on_filesystem() {
     // segment (accepted, and reached), the second as it was...
     let oldest = s.backup_names()[0].clone();
     let newest = s.backup_names()[1].clone();
-    let dir = s.dir.path().join("to_lsn");
+    let dir = s.path("to_lsn");
     let r = s.restore(
         &dir,
         &["--backup", &oldest, "--target-lsn", &in_last_segment],
     );
-    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         restored_digest(&dir),
         at_end,
@@ -285,7 +204,7 @@ fn backup_faults_on_filesystem() {
 
     // 4: ... into a directory with a stale postmaster.pid (a dead PID),
     // which --force replaces.
-    let dir = s.dir.path().join("stale_pid");
+    let dir = s.path("stale_pid");
     fs::create_dir(&dir).unwrap();
     let mut dead = Command::new("true").spawn().unwrap();
     let dead_pid = dead.id();
@@ -298,7 +217,7 @@ fn backup_faults_on_filesystem() {
     fs::write(dir.join("junk"), "old").unwrap();
     chown_to_pg(&dir);
     let r = s.restore(&dir, &["--backup", &newest, "--immediate", "--force"]);
-    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!dir.join("junk").exists());
     assert_eq!(restored_digest(&dir), at_backup, "restore of {newest}");
     assert!(names.contains(&oldest) && names.contains(&newest));
@@ -308,9 +227,9 @@ fn backup_faults_on_filesystem() {
     let sentinel = server.data_dir().join("cbdr_sentinel");
     fs::write(&sentinel, "still here").unwrap();
     let r = s.restore(server.data_dir(), &["--force"]);
-    assert_eq!(r.code, 2, "{}", r.err);
-    assert!(r.err.contains("running server"), "{}", r.err);
-    assert!(r.err.contains("Stop the server first"), "{}", r.err);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("running server"), "{}", r.stderr);
+    assert!(r.stderr.contains("Stop the server first"), "{}", r.stderr);
     assert_eq!(fs::read_to_string(&sentinel).unwrap(), "still here");
     assert!(server.data_dir().join("global/pg_control").exists());
     assert!(server.data_dir().join("PG_VERSION").exists());
@@ -319,7 +238,7 @@ fn backup_faults_on_filesystem() {
 
     // 6: the newest backup's record and one restore point's record
     // damaged (one flipped byte).
-    let repo = s.dir.path().join("repo/seg-1");
+    let repo = s.path("repo/seg-1");
     let record_key = format!("seg-1/basebackups/{newest}/backup.json");
     for path in [
         repo.join(format!("basebackups/{newest}/backup.json")),
@@ -330,9 +249,9 @@ fn backup_faults_on_filesystem() {
         fs::write(&path, bytes).unwrap();
     }
     let r = s.cbdr(None, &["list", "--json", "--content-id", "-1"]);
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert!(r.err.contains(&record_key), "{}", r.err);
-    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains(&record_key), "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let seg = &v["segments"][0];
     assert_eq!(seg["backups"].as_array().unwrap().len(), 1);
     assert_eq!(seg["backups"][0]["name"], oldest.as_str());
@@ -350,31 +269,28 @@ fn backup_faults_on_filesystem() {
     );
     // The text listing shows the good one and names the bad.
     let r = s.cbdr(None, &["list"]);
-    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.out.contains(&oldest) && !r.out.contains(&newest),
+        r.stdout.contains(&oldest) && !r.stdout.contains(&newest),
         "{}",
-        r.out
+        r.stdout
     );
-    assert!(r.err.contains(&record_key), "{}", r.err);
+    assert!(r.stderr.contains(&record_key), "{}", r.stderr);
 
     // Named explicitly, a damaged record is an error naming it.
-    let r = s.restore(&s.dir.path().join("bad_backup"), &["--backup", &newest]);
-    assert_eq!(r.code, 4, "{}", r.err);
-    assert!(r.err.contains(&record_key), "{}", r.err);
-    let r = s.restore(
-        &s.dir.path().join("bad_point"),
-        &["--restore-point", "rp_one"],
-    );
-    assert_eq!(r.code, 4, "{}", r.err);
-    assert!(r.err.contains("rp_one.json"), "{}", r.err);
+    let r = s.restore(&s.path("bad_backup"), &["--backup", &newest]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains(&record_key), "{}", r.stderr);
+    let r = s.restore(&s.path("bad_point"), &["--restore-point", "rp_one"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("rp_one.json"), "{}", r.stderr);
 
     // To latest: the good backup, and every committed row.
-    let dir = s.dir.path().join("latest");
+    let dir = s.path("latest");
     let r = s.restore(&dir, &[]);
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert!(r.out.contains(&oldest), "{}", r.out);
-    assert!(r.err.contains(&record_key), "{}", r.err);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(&oldest), "{}", r.stdout);
+    assert!(r.stderr.contains(&record_key), "{}", r.stderr);
     assert_eq!(restored_digest(&dir), at_end, "restore to latest");
 }
 
@@ -402,8 +318,8 @@ fn tamper_s3(t: &garage::S3Target, key: &str, change: impl FnOnce(&mut Vec<u8>))
 
 #[test]
 fn backup_faults_on_garage() {
-    let bucket = garage::bucket("backup_faults");
-    let s = setup(Some(bucket.config_toml("")));
+    let s = setup(Storage::S3(String::new()));
+    let bucket = s.s3.clone().unwrap();
     let server = s.server();
     server.psql("create table t (i int primary key, s text)");
     write_rows(&server, 1, 10_000);
@@ -412,16 +328,16 @@ fn backup_faults_on_garage() {
     let at_backup = digest(&server);
     write_rows(&server, 10_001, 15_000);
     let at_end = digest(&server);
-    archive_everything(&server);
+    server.archive_everything();
     let listed = s.backup_names();
     let (oldest, newest) = (listed[0].clone(), listed[1].clone());
     assert!(names.contains(&oldest) && names.contains(&newest));
 
     // Both restore, each as it was.
     for name in [&oldest, &newest] {
-        let dir = s.dir.path().join(format!("as_of_{name}"));
+        let dir = s.path(format!("as_of_{name}"));
         let r = s.restore(&dir, &["--backup", name, "--immediate"]);
-        assert_eq!(r.code, 0, "{}", r.err);
+        assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(restored_digest(&dir), at_backup, "restore of {name}");
     }
 
@@ -437,12 +353,12 @@ fn backup_faults_on_garage() {
     );
     assert_eq!(v["segments"][0]["backups"][0]["name"], oldest.as_str());
     assert_eq!(v["unreadable"][0]["key"], record_key.as_str());
-    let r = s.restore(&s.dir.path().join("bad"), &["--backup", &newest]);
-    assert_eq!(r.code, 4, "{}", r.err);
-    assert!(r.err.contains(&record_key), "{}", r.err);
-    let dir = s.dir.path().join("latest");
+    let r = s.restore(&s.path("bad"), &["--backup", &newest]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains(&record_key), "{}", r.stderr);
+    let dir = s.path("latest");
     let r = s.restore(&dir, &[]);
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert!(r.out.contains(&oldest), "{}", r.out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(&oldest), "{}", r.stdout);
     assert_eq!(restored_digest(&dir), at_end, "restore to latest");
 }

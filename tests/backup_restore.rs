@@ -6,138 +6,56 @@ mod common;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::garage;
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
-use tempfile::TempDir;
+use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::{CbdrEnv, Key, Storage, CBDR};
 
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 
-struct Setup {
-    dir: TempDir,
-    config: PathBuf,
-}
+/// The shared environment with this file's key, and its restores.
+struct Setup(CbdrEnv);
 
-fn setup(storage_toml: Option<&str>) -> Setup {
-    setup_with(storage_toml, "")
+deref_env!(Setup);
+
+fn setup(storage: Storage) -> Setup {
+    setup_with(storage, "")
 }
 
 /// `extra`: more config sections.
-fn setup_with(storage_toml: Option<&str>, extra: &str) -> Setup {
-    let dir = pg_user_dir("cbdr-backup");
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let storage = storage_toml.map(String::from).unwrap_or_else(|| {
-        format!(
-            "[storage]\npath = \"{}\"",
-            dir.path().join("repo").display()
-        )
-    });
-    let config = dir.path().join("cbdr.toml");
-    fs::write(
-        &config,
-        format!(
-            "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n{extra}",
-            key.display()
-        ),
+fn setup_with(storage: Storage, extra: &str) -> Setup {
+    Setup(
+        CbdrEnv::builder("backup")
+            .storage(storage)
+            .key(Key::Raw(KEY_HEX.into()))
+            .extra_toml(extra)
+            .build(),
     )
-    .unwrap();
-    chown_to_pg(dir.path());
-    common::init_repo(CBDR, &config);
-    Setup { dir, config }
 }
 
 impl Setup {
     fn server(&self) -> PgServer {
-        PgServer::builder()
-            .initdb_arg("--wal-segsize=1")
-            .conf("archive_mode = on")
-            .conf(format!(
-                "archive_command = '{CBDR} --config {} wal-push %p'",
-                self.config.display()
-            ))
+        self.archiving_server()
             .conf("max_wal_size = '256MB'")
             .start()
     }
 
     fn cbdr(&self, server: Option<&PgServer>, args: &[&str]) -> (i32, String, String) {
-        self.cbdr_with(&self.config, server, args)
-    }
-
-    /// cbdr with another config file.
-    fn cbdr_with(
-        &self,
-        config: &Path,
-        server: Option<&PgServer>,
-        args: &[&str],
-    ) -> (i32, String, String) {
-        let mut cmd = pg_command(CBDR);
-        cmd.arg("--config").arg(config).args(args);
-        if let Some(s) = server {
-            cmd.env("PGHOST", "127.0.0.1")
-                .env("PGPORT", s.port().to_string())
-                .env("PGUSER", "postgres");
-        }
-        let out = cmd.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, server: Option<&PgServer>, args: &[&str]) -> String {
-        let (code, out, err) = self.cbdr(server, args);
-        assert_eq!(code, 0, "cbdr {args:?}: {err}");
-        out
+        self.cmd().pg(server).run(args).parts()
     }
 
     fn backups(&self) -> Vec<serde_json::Value> {
-        let out = self.ok(None, &["list", "--json", "--content-id", "-1"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["segments"][0]["backups"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.backups_of(-1)
     }
 
     fn restore(&self, name: &str, args: &[&str]) -> (i32, String, PathBuf) {
-        let dir = self.dir.path().join(name);
+        let dir = self.path(name);
         let mut all = vec!["restore", "--target-dir", dir.to_str().unwrap()];
         all.extend_from_slice(args);
         let (code, _, err) = self.cbdr(None, &all);
         (code, err, dir)
     }
-}
-
-fn pgbench(server: &PgServer, args: &[&str]) -> Child {
-    pg_command(pg_bin("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &server.port().to_string(),
-        ])
-        .args(args)
-        .arg("postgres")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn run_pgbench(server: &PgServer, args: &[&str]) {
-    let out = pgbench(server, args).wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn dump(server: &PgServer) -> String {
@@ -167,21 +85,6 @@ fn dump(server: &PgServer) -> String {
         .join("\n")
 }
 
-fn archive_everything(server: &PgServer) {
-    server.psql("select pg_switch_wal()");
-    server.wait_until(
-        |s| {
-            fs::read_dir(s.data_dir().join("pg_wal/archive_status"))
-                .map(|d| {
-                    d.filter_map(|e| e.ok())
-                        .all(|e| !e.file_name().to_string_lossy().ends_with(".ready"))
-                })
-                .unwrap_or(false)
-        },
-        Duration::from_secs(60),
-    );
-}
-
 /// Starts a restored directory on a new port and waits for recovery.
 fn start_restored(dir: &Path) -> PgServer {
     let s = PgServer::start_existing(dir, PgServer::builder().conf("archive_mode = off"));
@@ -206,19 +109,19 @@ fn verify_backup(dir: &Path) {
 
 #[test]
 fn point_in_time_restore_on_filesystem() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let server = s.server();
-    run_pgbench(&server, &["-i", "-s", "3", "-q"]);
+    server.run_pgbench(&["-i", "-s", "3", "-q"]);
 
     // A backup while pgbench writes.
-    let writer = pgbench(&server, &["-c", "2", "-T", "4", "-n"]);
-    let out = s.ok(Some(&server), &["backup-push"]);
+    let writer = server.pgbench(&["-c", "2", "-T", "4", "-n"]);
+    let out = s.on(&server).ok(&["backup-push"]);
     assert!(out.contains("complete"), "{out}");
     assert!(writer.wait_with_output().unwrap().status.success());
-    run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
 
     // A quiet moment: a restore point, its time and LSN, and a dump.
-    s.ok(Some(&server), &["create-restore-point", "quiet_point"]);
+    s.on(&server).ok(&["create-restore-point", "quiet_point"]);
     let lsn = server.psql("select pg_current_wal_lsn()");
     std::thread::sleep(Duration::from_millis(1100));
     let time = server.psql("select now()");
@@ -226,10 +129,10 @@ fn point_in_time_restore_on_filesystem() {
     let at_point = dump(&server);
 
     // More writes after it.
-    run_pgbench(&server, &["-c", "2", "-t", "300", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "300", "-n"]);
     let at_end = dump(&server);
     assert_ne!(at_point, at_end);
-    archive_everything(&server);
+    server.archive_everything();
 
     // The same name again is refused.
     let (code, _, err) = s.cbdr(Some(&server), &["create-restore-point", "quiet_point"]);
@@ -293,7 +196,7 @@ fn point_in_time_restore_on_filesystem() {
     assert_eq!(code, 2, "{err}");
     assert!(!dir.join("PG_VERSION").exists());
 
-    let listing = s.ok(None, &["list"]);
+    let listing = s.ok(&["list"]);
     assert!(
         listing.contains("quiet_point") && listing.contains("base_"),
         "{listing}"
@@ -302,10 +205,10 @@ fn point_in_time_restore_on_filesystem() {
 
 #[test]
 fn interrupted_or_damaged_backups_never_restore_as_good() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let mut server = s.server();
-    run_pgbench(&server, &["-i", "-s", "1", "-q"]);
-    s.ok(Some(&server), &["backup-push"]);
+    server.run_pgbench(&["-i", "-s", "1", "-q"]);
+    s.on(&server).ok(&["backup-push"]);
     assert_eq!(s.backups().len(), 1);
 
     // Archiving broken: the backup waits for its WAL; killed there, it is
@@ -338,42 +241,29 @@ fn interrupted_or_damaged_backups_never_restore_as_good() {
     assert_eq!(s.backups().len(), 1, "an interrupted backup is listed");
     server.psql("alter system reset archive_command");
     server.restart();
-    s.ok(Some(&server), &["backup-push"]);
+    s.on(&server).ok(&["backup-push"]);
     let backups = s.backups();
     assert_eq!(backups.len(), 2);
-    archive_everything(&server);
+    server.archive_everything();
     let newest = backups[1]["name"].as_str().unwrap().to_string();
 
     // Wrong key: refused, and nothing that could start is left.
-    let mut cmd = pg_command(CBDR);
-    let other_cfg = s.dir.path().join("other.toml");
     let text = fs::read_to_string(&s.config)
         .unwrap()
         .replace("key_file", "# key_file");
-    fs::write(&other_cfg, text).unwrap();
-    chown_to_pg(&other_cfg);
-    let dir = s.dir.path().join("wrong_key");
-    let out = cmd
-        .arg("--config")
-        .arg(&other_cfg)
-        .args(["restore", "--target-dir", dir.to_str().unwrap()])
+    let other_cfg = s.write("other.toml", &text);
+    let dir = s.path("wrong_key");
+    s.with_config(&other_cfg)
         .env("CBDR_ENCRYPTION_KEY", "ff".repeat(32))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not the repository's key"));
+        .refused(
+            &["restore", "--target-dir", dir.to_str().unwrap()],
+            4,
+            &["not the repository's key"],
+        );
     assert!(!dir.join("global/pg_control").exists());
 
     // A corrupted part, then a missing part.
-    let parts = s
-        .dir
-        .path()
-        .join(format!("repo/seg-1/basebackups/{newest}/parts/base"));
+    let parts = s.path(format!("repo/seg-1/basebackups/{newest}/parts/base"));
     // The first part: 000000.tar.lz4, as the server compressed this
     // backup (pgbench data compresses well).
     let part = parts.join("000000.tar.lz4");
@@ -409,18 +299,17 @@ fn interrupted_or_damaged_backups_never_restore_as_good() {
 /// larger than a part cut into pieces (pgbench_accounts is 26 MB).
 #[test]
 fn backup_and_restore_on_garage() {
-    let target = garage::bucket("backup-restore");
     let s = setup_with(
-        Some(&target.config_toml("c")),
+        Storage::S3("c".into()),
         "[compression]\ncompress_on = \"client\"\n",
     );
     let server = s.server();
-    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
-    s.ok(Some(&server), &["backup-push"]);
+    server.run_pgbench(&["-i", "-s", "2", "-q"]);
+    s.on(&server).ok(&["backup-push"]);
     assert_eq!(compressed_by(&s.backups()[0]), None);
-    run_pgbench(&server, &["-c", "2", "-t", "100", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "100", "-n"]);
     let expected = dump(&server);
-    archive_everything(&server);
+    server.archive_everything();
     let (code, err, dir) = s.restore("from_s3", &[]);
     assert_eq!(code, 0, "{err}");
     verify_backup(&dir);
@@ -443,10 +332,10 @@ fn compressed_by(backup: &serde_json::Value) -> Option<String> {
 /// both restore.
 #[test]
 fn auto_lets_the_server_compress_only_what_compresses_well() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let server = s.server();
-    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
-    s.ok(Some(&server), &["backup-push"]);
+    server.run_pgbench(&["-i", "-s", "2", "-q"]);
+    s.on(&server).ok(&["backup-push"]);
     let listed = s.backups();
     assert_eq!(compressed_by(&listed[0]).as_deref(), Some("lz4"));
     let plain = listed[0]["archives"][0]["plain_bytes"].as_u64().unwrap();
@@ -460,27 +349,29 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
          from generate_series(1, 20000) g, generate_series(1, 64) k group by g",
     );
     let with_noise = dump(&server);
-    s.ok(Some(&server), &["backup-push"]);
+    s.on(&server).ok(&["backup-push"]);
     let listed = s.backups();
     assert_eq!(compressed_by(&listed[1]), None, "random data left to cbdr");
-    let listing = s.ok(None, &["list"]);
+    let listing = s.ok(&["list"]);
     assert!(listing.contains("lz4 by the server"), "{listing}");
     assert!(listing.contains("lz4 by cbdr"), "{listing}");
 
     // "server" insists (here with zstd); restores of every kind come back
     // whole.
-    let forced = s.dir.path().join("server.toml");
+    let forced = s.path("server.toml");
     let text = fs::read_to_string(&s.config).unwrap();
-    fs::write(
-        &forced,
-        format!("{text}[compression]\nmethod = \"zstd\"\ncompress_on = \"server\"\n"),
-    )
-    .unwrap();
-    chown_to_pg(&forced);
-    let (code, _, err) = s.cbdr_with(&forced, Some(&server), &["backup-push"]);
+    s.write(
+        "server.toml",
+        &format!("{text}[compression]\nmethod = \"zstd\"\ncompress_on = \"server\"\n"),
+    );
+    let (code, _, err) = s
+        .with_config(&forced)
+        .pg(Some(&server))
+        .run(&["backup-push"])
+        .parts();
     assert_eq!(code, 0, "{err}");
     assert_eq!(compressed_by(&s.backups()[2]).as_deref(), Some("zstd"));
-    archive_everything(&server);
+    server.archive_everything();
     for (i, expected) in [(0, &with_pgbench), (1, &with_noise), (2, &with_noise)] {
         let name = s.backups()[i]["name"].as_str().unwrap().to_string();
         let (code, err, dir) = s.restore(
@@ -495,13 +386,13 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
 
 #[test]
 fn a_promoted_copy_archives_a_new_timeline_that_latest_follows() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let server = s.server();
     server.psql("create table t (v text)");
     server.psql("insert into t values ('before backup')");
-    s.ok(Some(&server), &["backup-push"]);
+    s.on(&server).ok(&["backup-push"]);
     server.psql("insert into t values ('on timeline 1')");
-    archive_everything(&server);
+    server.archive_everything();
     drop(server);
 
     // Restored with archiving kept, started and promoted: timeline 2.
@@ -526,10 +417,10 @@ fn a_promoted_copy_archives_a_new_timeline_that_latest_follows() {
         "before backup,on timeline 1"
     );
     copy.psql("insert into t values ('on timeline 2')");
-    archive_everything(&copy);
-    let listing = s.ok(None, &["list"]);
+    copy.archive_everything();
+    let listing = s.ok(&["list"]);
     assert!(listing.contains("timeline 2"), "{listing}");
-    let history = s.dir.path().join("repo/seg-1/wal/history/00000002.history");
+    let history = s.path("repo/seg-1/wal/history/00000002.history");
     assert!(history.exists(), "history file not archived");
     drop(copy);
 
@@ -545,9 +436,9 @@ fn a_promoted_copy_archives_a_new_timeline_that_latest_follows() {
 
 #[test]
 fn tablespaces_are_restored_to_new_locations() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let server = s.server();
-    let ts_dir = s.dir.path().join("ts_original");
+    let ts_dir = s.path("ts_original");
     fs::create_dir(&ts_dir).unwrap();
     chown_to_pg(&ts_dir);
     server.psql(&format!(
@@ -557,10 +448,10 @@ fn tablespaces_are_restored_to_new_locations() {
     server.psql("create table far (id int, v text) tablespace extra");
     server.psql("insert into far select g, md5(g::text) from generate_series(1, 20000) g");
     server.psql("create table near as select 1 as one");
-    s.ok(Some(&server), &["backup-push"]);
+    s.on(&server).ok(&["backup-push"]);
     let expected =
         server.psql("select count(*) || ':' || md5(string_agg(v, ',' order by id)) from far");
-    archive_everything(&server);
+    server.archive_everything();
 
     // A target beyond the archived WAL is refused before anything is written.
     let (code, err, dir) = s.restore("beyond", &["--target-lsn", "FF/0"]);
@@ -575,7 +466,7 @@ fn tablespaces_are_restored_to_new_locations() {
     assert!(!dir.exists(), "a refused restore created its target");
 
     // ...and moves it where it is told.
-    let new_ts = s.dir.path().join("ts_moved");
+    let new_ts = s.path("ts_moved");
     let map = format!("{}={}", ts_dir.display(), new_ts.display());
     let (code, err, dir) = s.restore(
         "moved",

@@ -16,26 +16,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::pg::{chown_to_pg, pg_command, pg_user_dir, PgServer};
+use common::pg::{chown_to_pg, PgServer};
+use common::{CbdrEnv, Cmd, Key};
 
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const DIGEST_SQL: &str =
     "select count(*) || ':' || md5(string_agg(g || '=' || v, ',' order by g)) from t";
 
 fn cbdr(config: &Path, server: Option<&PgServer>, args: &[&str]) -> (i32, String) {
-    let mut cmd = pg_command(CBDR);
-    cmd.arg("--config").arg(config).args(args);
-    if let Some(s) = server {
-        cmd.env("PGHOST", "127.0.0.1")
-            .env("PGPORT", s.port().to_string())
-            .env("PGUSER", "postgres");
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Cmd::new(config).pg(server).run(args);
+    (out.code, out.stderr)
 }
 
 /// Every file under `dir` with its contents (the state "nothing written"
@@ -80,14 +70,18 @@ fn refused(case: &str, (code, err): (i32, String), want: i32, needles: &[&str]) 
 
 #[test]
 fn a_bad_config_file_is_refused_naming_the_key_and_the_fix() {
-    let dir = pg_user_dir("cbdr-bad-config");
-    let repo = dir.path().join("repo");
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let wal = dir.path().join("000000010000000000000001");
+    // The environment's config is replaced by each bad one in turn.
+    let env = CbdrEnv::builder("bad-config")
+        .key(Key::Raw(KEY_HEX.into()))
+        .init(false)
+        .build();
+    let dir = &env.dir;
+    let repo = env.repo();
+    let key = env.key_file.clone().unwrap();
+    let wal = env.path("000000010000000000000001");
     fs::write(&wal, vec![0u8; 1 << 20]).unwrap();
-    let config = dir.path().join("cbdr.toml");
-    let storage = format!("[storage]\npath = \"{}\"\n", repo.display());
+    let config = env.config.clone();
+    let storage = env.fs_storage();
     let encryption = format!("[encryption]\nkey_file = \"{}\"\n", key.display());
     let cfg = config.display().to_string();
     // Each config is tried with a reader (list) and a writer (wal-push):
@@ -112,7 +106,7 @@ fn a_bad_config_file_is_refused_naming_the_key_and_the_fix() {
         format!("{storage}paht = \"/x\"\n{encryption}"),
         &[&cfg, "unknown field `paht`", "expected one of", "`path`"],
     );
-    let missing = dir.path().join("no-such-key");
+    let missing = env.path("no-such-key");
     try_config(
         "missing key file",
         format!(
@@ -128,7 +122,7 @@ fn a_bad_config_file_is_refused_naming_the_key_and_the_fix() {
     );
     // Readable by root only: cbdr runs as PostgreSQL's user, as
     // archive_command does.
-    let private = dir.path().join("private-key");
+    let private = env.path("private-key");
     fs::write(&private, format!("{KEY_HEX}\n")).unwrap();
     let text = format!(
         "{storage}[encryption]\nkey_file = \"{}\"\n",
@@ -151,7 +145,7 @@ fn a_bad_config_file_is_refused_naming_the_key_and_the_fix() {
         );
         assert!(!repo.exists());
     }
-    let file = dir.path().join("a-file");
+    let file = env.path("a-file");
     fs::write(&file, "not a repository").unwrap();
     try_config(
         "repository path is a file",
@@ -163,60 +157,25 @@ fn a_bad_config_file_is_refused_naming_the_key_and_the_fix() {
     // Repaired: the same commands work.
     fs::write(&config, format!("{storage}{encryption}")).unwrap();
     chown_to_pg(dir.path());
-    common::init_repo(CBDR, &config);
+    env.init_repo();
     let (code, err) = cbdr(&config, None, &["list"]);
     assert_eq!(code, 0, "{err}");
 }
 
 #[test]
 fn bad_restore_input_is_refused_and_nothing_is_written() {
-    let dir = pg_user_dir("cbdr-bad-input");
-    let repo = dir.path().join("repo");
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let config = dir.path().join("cbdr.toml");
-    fs::write(
-        &config,
-        format!(
-            "[storage]\npath = \"{}\"\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n",
-            repo.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(dir.path());
-    common::init_repo(CBDR, &config);
-    let server = PgServer::builder()
-        .initdb_arg("--wal-segsize=1")
-        .conf("archive_mode = on")
-        .conf(format!(
-            "archive_command = '{CBDR} --config {} wal-push %p'",
-            config.display()
-        ))
-        .start();
+    let env = CbdrEnv::builder("bad-input")
+        .key(Key::Raw(KEY_HEX.into()))
+        .build();
+    let repo = env.repo();
+    let config = env.config.clone();
+    let server = env.archiving_server().start();
     server.psql("create table t as select g, md5(g::text) as v from generate_series(1, 20000) g");
     let before_backup = server.psql("select now()");
     std::thread::sleep(Duration::from_millis(1100));
-    let (code, err) = cbdr(&config, Some(&server), &["backup-push"]);
-    assert_eq!(code, 0, "{err}");
+    env.on(&server).ok(&["backup-push"]);
     server.psql("insert into t values (0, 'after the backup')");
-    server.psql("select pg_switch_wal()");
-    common::wait_for(
-        "every WAL segment archived",
-        Duration::from_secs(60),
-        || {
-            let ready = fs::read_dir(server.data_dir().join("pg_wal/archive_status"))
-                .map_err(|e| e.to_string())?
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
-                .count();
-            if ready == 0 {
-                Ok(())
-            } else {
-                Err(format!("{ready} segments ready"))
-            }
-        },
-    );
+    server.archive_everything();
     let digest = server.psql(DIGEST_SQL);
     let repo_files = repo_snapshot(&repo);
     assert!(!repo_files.is_empty());
@@ -227,7 +186,7 @@ fn bad_restore_input_is_refused_and_nothing_is_written() {
     };
 
     // A target directory that is not empty: refused, left as it was.
-    let busy = dir.path().join("busy");
+    let busy = env.path("busy");
     fs::create_dir(&busy).unwrap();
     fs::write(busy.join("precious.txt"), "keep me").unwrap();
     chown_to_pg(&busy);
@@ -242,7 +201,7 @@ fn bad_restore_input_is_refused_and_nothing_is_written() {
 
     // Things that are not in the repository: exit 1 (README: "not found"),
     // naming what is missing and where to look; no directory created.
-    let fresh = dir.path().join("fresh");
+    let fresh = env.path("fresh");
     let cases: [(&str, Vec<&str>, i32, Vec<&str>); 4] = [
         (
             "restore point that does not exist",

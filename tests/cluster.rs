@@ -176,20 +176,17 @@ fn cluster_backup_aborts_when_an_agent_fails() {
     c.start_agents();
 
     // A request with a wrong token is refused, and nothing is recorded.
-    let bad = c.path("bad.toml");
     let text = std::fs::read_to_string(&c.config).unwrap();
-    let bad_token = c.path("bad.token");
-    std::fs::write(&bad_token, "a-wrong-token-of-sufficient-length\n").unwrap();
-    std::fs::write(
-        &bad,
-        text.replace(
+    let bad_token = c
+        .env
+        .write("bad.token", "a-wrong-token-of-sufficient-length\n");
+    let bad = c.env.write(
+        "bad.toml",
+        &text.replace(
             &c.path("agent.token").display().to_string(),
             &bad_token.display().to_string(),
         ),
-    )
-    .unwrap();
-    common::pg::chown_to_pg(&bad);
-    common::pg::chown_to_pg(&bad_token);
+    );
     let (code, _, err) = c.cbdr_with(&bad, &["backup-push"]);
     assert_eq!(code, 7, "agent refusals exit 7: {err}");
     assert!(err.contains("refused") || err.contains("token"), "{err}");
@@ -218,11 +215,11 @@ fn cluster_backup_aborts_when_an_agent_fails() {
     );
 
     // The agent of segment 1 dies in the middle of its backup.
-    let child = common::pg::pg_command(common::cluster::CBDR)
-        .arg("--config")
-        .arg(&c.config)
-        .arg("backup-push")
+    let child = c
+        .env
+        .cmd()
         .env("PGUSER", "postgres")
+        .command(&["backup-push"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

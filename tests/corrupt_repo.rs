@@ -13,14 +13,10 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use cbdr::repo::layout;
-use common::garage;
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
-use tempfile::TempDir;
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::{CbdrEnv, Key, Storage};
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const DIGEST_SQL: &str =
     "select count(*) || ':' || md5(string_agg(g || '=' || v, ',' order by g)) from t";
@@ -98,8 +94,7 @@ impl Store {
 }
 
 struct Fixture {
-    dir: TempDir,
-    config: PathBuf,
+    env: CbdrEnv,
     server: PgServer,
     store: Store,
     /// The newest backup (the one damaged) and an older one.
@@ -112,40 +107,17 @@ struct Fixture {
     items: String,
 }
 
-fn fixture(storage_toml: Option<String>, extra: &str) -> Fixture {
-    let dir = pg_user_dir("cbdr-corrupt");
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let storage = storage_toml.unwrap_or_else(|| {
-        format!(
-            "[storage]\npath = \"{}\"",
-            dir.path().join("repo").display()
-        )
-    });
-    let config = dir.path().join("cbdr.toml");
-    fs::write(
-        &config,
-        format!(
-            "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n{extra}",
-            key.display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(dir.path());
-    common::init_repo(CBDR, &config);
-    let server = PgServer::builder()
-        .initdb_arg("--wal-segsize=1")
-        .conf("archive_mode = on")
-        .conf(format!(
-            "archive_command = '{CBDR} --config {} wal-push %p'",
-            config.display()
-        ))
-        .start();
+fn fixture(storage: Storage, extra: &str) -> Fixture {
+    let env = CbdrEnv::builder("corrupt")
+        .storage(storage)
+        .key(Key::Raw(KEY_HEX.into()))
+        .extra_toml(extra)
+        .build();
+    let server = env.archiving_server().start();
     server.psql("create table t as select g, md5(g::text) as v from generate_series(1, 150000) g");
     let mut fx = Fixture {
-        store: Store::open(&config),
-        dir,
-        config,
+        store: Store::open(&env.config),
+        env,
         server,
         newest: String::new(),
         older: String::new(),
@@ -159,7 +131,7 @@ fn fixture(storage_toml: Option<String>, extra: &str) -> Fixture {
     fx.ok(&["backup-push"]);
     fx.server
         .psql("insert into t values (0, 'after the backups')");
-    archive_everything(&fx.server);
+    fx.server.archive_everything();
     let names = fx.backup_names();
     assert_eq!(names.len(), 2, "{names:?}");
     fx.older = names[0].clone();
@@ -182,61 +154,17 @@ fn fixture(storage_toml: Option<String>, extra: &str) -> Fixture {
     fx
 }
 
-fn archive_everything(server: &PgServer) {
-    server.psql("select pg_switch_wal()");
-    common::wait_for(
-        "every WAL segment archived",
-        Duration::from_secs(60),
-        || {
-            let ready: Vec<String> = fs::read_dir(server.data_dir().join("pg_wal/archive_status"))
-                .map_err(|e| e.to_string())?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".ready"))
-                .collect();
-            if ready.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("still ready: {ready:?}"))
-            }
-        },
-    );
-}
-
 impl Fixture {
     fn cbdr(&self, args: &[&str]) -> (i32, String, String) {
-        let out = pg_command(CBDR)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", self.server.port().to_string())
-            .env("PGUSER", "postgres")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.env.on(&self.server).run(args).parts()
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.cbdr(args);
-        assert_eq!(code, 0, "cbdr {args:?}:\n{out}\n{err}");
-        out
+        self.env.on(&self.server).ok(args)
     }
 
     fn backup_names(&self) -> Vec<String> {
-        let out = self.ok(&["list", "--json", "--content-id", "-1"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["segments"][0]["backups"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap().to_string())
-            .collect()
+        self.env.backup_names()
     }
 
     fn part_keys(&self) -> Vec<String> {
@@ -257,7 +185,7 @@ impl Fixture {
     /// created (the fault was found before anything was written).
     fn restore_refused(&self, case: &str, needles: &[&str], nothing_written: bool) -> PathBuf {
         let before = self.backup_names();
-        let dir = self.dir.path().join(case);
+        let dir = self.env.path(case);
         let (code, _, err) = self.cbdr(&[
             "restore",
             "--target-dir",
@@ -393,7 +321,7 @@ impl Fixture {
         self.store.put_raw(&manifest, manifest_raw);
 
         // Repaired: the ordinary restore works, verifies and has the data.
-        let dir = self.dir.path().join("repaired");
+        let dir = self.env.path("repaired");
         self.restore_ok(&dir, &[]);
         chown_to_pg(&dir);
         let out = pg_command(pg_bin("pg_verifybackup"))
@@ -495,7 +423,7 @@ impl Fixture {
 
 #[test]
 fn a_damaged_fs_repository_is_refused_naming_the_object() {
-    let fx = fixture(None, "[compression]\ncompress_on = \"server\"\n");
+    let fx = fixture(Storage::Fs, "[compression]\ncompress_on = \"server\"\n");
     fx.physical_cases(false);
     fx.logical_cases();
 }
@@ -503,9 +431,8 @@ fn a_damaged_fs_repository_is_refused_naming_the_object() {
 /// On Garage, compressed by cbdr (each part a tar of its own).
 #[test]
 fn a_damaged_garage_repository_is_refused_naming_the_object() {
-    let target = garage::bucket("corrupt-repo");
     let fx = fixture(
-        Some(target.config_toml("c")),
+        Storage::S3("c".into()),
         "[compression]\ncompress_on = \"client\"\n",
     );
     fx.physical_cases(true);

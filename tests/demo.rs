@@ -5,11 +5,8 @@
 
 mod common;
 
-use std::fs;
-
-use common::pg::{chown_to_pg, pg_command, pg_user_dir, PgServer};
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+use common::pg::PgServer;
+use common::{CbdrEnv, Key};
 
 fn step(what: &str) {
     println!("\n=== {what}");
@@ -17,37 +14,18 @@ fn step(what: &str) {
 
 #[test]
 fn demo() {
-    let dir = pg_user_dir("cbdr-demo");
-    let config = dir.path().join("cbdr.toml");
-    let key = dir.path().join("cbdr.key");
-    fs::write(&key, "demo passphrase, keep it safe\n").unwrap();
-    fs::write(
-        &config,
-        format!(
-            "[storage]\ntype = \"fs\"\npath = \"{}\"\n[compression]\nmethod = \"lz4\"\n[encryption]\nkey_file = \"{}\"\n",
-            dir.path().join("repo").display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(dir.path());
+    // repo-init is the demo's first step, not the environment's.
+    let env = CbdrEnv::builder("demo")
+        .key(Key::Passphrase("demo passphrase, keep it safe".into()))
+        .file_names("cbdr.key", "cbdr.toml")
+        .wal_segment_size(None)
+        .extra_toml("[compression]\nmethod = \"lz4\"\n")
+        .init(false)
+        .build();
     let run = |server: Option<&PgServer>, args: &[&str]| -> String {
         println!("$ cbdr {}", args.join(" "));
-        let mut cmd = pg_command(CBDR);
-        cmd.arg("--config").arg(&config).args(args);
-        if let Some(s) = server {
-            cmd.env("PGHOST", "127.0.0.1")
-                .env("PGPORT", s.port().to_string())
-                .env("PGUSER", "postgres");
-        }
-        let out = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stdout = env.cmd().pg(server).ok(args);
         print!("{stdout}");
-        assert!(
-            out.status.success(),
-            "cbdr {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         stdout
     };
 
@@ -55,15 +33,14 @@ fn demo() {
     run(None, &["repo-init"]);
 
     step("A PostgreSQL 15 server with archive_command = 'cbdr wal-push %p'");
-    let archive = format!("{CBDR} --config {} wal-push %p", config.display());
     let server = PgServer::builder()
         .conf("archive_mode = on")
-        .conf(format!("archive_command = '{archive}'"))
+        .conf(format!("archive_command = '{}'", env.archive_command()))
         .start();
     println!(
         "server on port {}, repository {}",
         server.port(),
-        dir.path().join("repo").display()
+        env.repo().display()
     );
     server.psql("create table accounts (id int primary key, owner text, balance numeric)");
     server
@@ -91,7 +68,7 @@ fn demo() {
     run(None, &["list"]);
 
     step("Restore to the restore point into a new directory");
-    let target = dir.path().join("restored");
+    let target = env.path("restored");
     run(
         None,
         &[

@@ -16,113 +16,76 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::garage;
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
+use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
 use common::proxy::Proxy;
-use tempfile::TempDir;
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+use common::{garage, CbdrEnv, Cmd, Key, Output};
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const KILLED: &str = "cbdr fault injection: killed at point";
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+/// Whether the process was killed at `point` (`name` or `name:N`).
+fn killed_at(out: &Output, point: &str) -> bool {
+    let name = point.split(':').next().unwrap_or(point);
+    out.code != 0 && out.stderr.contains(&format!("{KILLED} {name} "))
 }
 
-impl Out {
-    /// Whether the process was killed at `point` (`name` or `name:N`).
-    fn killed_at(&self, point: &str) -> bool {
-        let name = point.split(':').next().unwrap_or(point);
-        self.code != 0 && self.stderr.contains(&format!("{KILLED} {name} "))
-    }
-}
+/// The shared environment (owned by the PostgreSQL OS user) with this
+/// file's key.
+struct Place(CbdrEnv);
 
-/// A directory (owned by the PostgreSQL OS user) with a key and a config.
-struct Place {
-    dir: TempDir,
-    config: PathBuf,
-}
+deref_env!(Place);
 
 impl Place {
     /// `storage`: a `[storage]` section, or None for an fs repository in
     /// `repo/`.
     fn new(name: &str, storage: Option<String>) -> Place {
-        let dir = pg_user_dir(name);
-        let key = dir.path().join("key");
-        fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-        let storage = storage.unwrap_or_else(|| {
-            format!(
-                "[storage]\npath = \"{}\"\n",
-                dir.path().join("repo").display()
-            )
-        });
-        let config = dir.path().join("cbdr.toml");
-        fs::write(
-            &config,
-            format!(
-                "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n",
+        Place(
+            CbdrEnv::builder(name)
+                .storage_toml(storage)
+                .key(Key::Raw(KEY_HEX.into()))
+                .build(),
+        )
+    }
+
+    /// Moves the repository to `repo` (on a small tmpfs): the config is
+    /// rewritten (without `[archive]`) and the repository made there.
+    fn on_tmpfs(&self, repo: &Path) {
+        let key = self.key_file.as_ref().unwrap();
+        self.write(
+            "cbdr.toml",
+            &format!(
+                "{}[encryption]\nkey_file = \"{}\"\n",
+                common::env::fs_storage(repo),
                 key.display()
             ),
-        )
-        .unwrap();
-        chown_to_pg(dir.path());
-        common::init_repo(CBDR, &config);
-        Place { dir, config }
+        );
+        self.init_repo();
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+    fn run(&self, server: Option<&PgServer>, fault: Option<&str>, args: &[&str]) -> Output {
+        self.fault_cmd(server, fault).run(args)
     }
 
-    fn run(&self, server: Option<&PgServer>, fault: Option<&str>, args: &[&str]) -> Out {
-        let mut cmd = self.command(server, fault, args);
-        let out = cmd.output().unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    /// cbdr with `CBDR_FAULT` set to `fault` (or removed).
+    fn fault_cmd(&self, server: Option<&PgServer>, fault: Option<&str>) -> Cmd {
+        let cmd = self.cmd().pg(server).env_remove("CBDR_FAULT");
+        match fault {
+            Some(f) => cmd.env("CBDR_FAULT", f),
+            None => cmd,
         }
-    }
-
-    fn command(&self, server: Option<&PgServer>, fault: Option<&str>, args: &[&str]) -> Command {
-        let mut cmd = pg_command(CBDR);
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd.env_remove("CBDR_FAULT");
-        if let Some(f) = fault {
-            cmd.env("CBDR_FAULT", f);
-        }
-        if let Some(s) = server {
-            cmd.env("PGHOST", "127.0.0.1")
-                .env("PGPORT", s.port().to_string())
-                .env("PGUSER", "postgres");
-        }
-        cmd
     }
 
     fn ok(&self, server: Option<&PgServer>, args: &[&str]) -> String {
-        let out = self.run(server, None, args);
-        assert_eq!(out.code, 0, "cbdr {args:?}: {}", out.stderr);
-        out.stdout
+        self.fault_cmd(server, None).ok(args)
     }
 
     /// Names of the backups `list --json` shows (complete ones only).
     fn backups(&self) -> Vec<String> {
-        let out = self.ok(None, &["list", "--json", "--content-id", "-1"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["segments"][0]["backups"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap_or_default().to_string())
-            .collect()
+        self.backup_names()
     }
 
     /// The archived bytes of a WAL file, or the exit code of `wal-fetch`.
     fn fetch(&self, name: &str) -> Result<Vec<u8>, (i32, String)> {
-        let dest = self.path(&format!("fetched-{name}"));
+        let dest = self.path(format!("fetched-{name}"));
         let _ = fs::remove_file(&dest);
         let out = self.run(None, None, &["wal-fetch", name, dest.to_str().unwrap()]);
         if out.code != 0 {
@@ -249,7 +212,12 @@ fn wal_push_killed(place: &Place, point: &str, size: usize) {
     let data = segment("000000010000000000000002", size, 2);
     let p = wal_file(place, "000000010000000000000002", &data);
     let out = place.run(None, Some(point), &["wal-push", p.to_str().unwrap()]);
-    assert!(out.killed_at(point), "{point}: {} {}", out.code, out.stderr);
+    assert!(
+        killed_at(&out, point),
+        "{point}: {} {}",
+        out.code,
+        out.stderr
+    );
     // (b) nothing half-stored is served.
     let (code, err) = place.fetch("000000010000000000000002").unwrap_err();
     assert_eq!(code, 1, "{point}: {err}");
@@ -313,7 +281,7 @@ fn duplicate_and_racing(place: &Place) {
         let name = format!("0000000100000000000000{:02X}", 0x20 + round);
         let data = segment(&name, 1 << 20, 20 + round);
         let a = wal_file(place, &name, &data);
-        let dir_b = place.path(&format!("other-{round}"));
+        let dir_b = place.path(format!("other-{round}"));
         fs::create_dir_all(&dir_b).unwrap();
         let b = dir_b.join(&name);
         fs::write(&b, &data).unwrap();
@@ -322,7 +290,8 @@ fn duplicate_and_racing(place: &Place) {
             .iter()
             .map(|p| {
                 place
-                    .command(None, None, &["wal-push", p.to_str().unwrap()])
+                    .fault_cmd(None, None)
+                    .command(&["wal-push", p.to_str().unwrap()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -351,7 +320,7 @@ fn racing_different(place: &Place) {
             segment(&name, 1 << 20, 50 + round),
         );
         let a = wal_file(place, &name, &x);
-        let dir_b = place.path(&format!("rival-{round}"));
+        let dir_b = place.path(format!("rival-{round}"));
         fs::create_dir_all(&dir_b).unwrap();
         let b = dir_b.join(&name);
         fs::write(&b, &y).unwrap();
@@ -360,7 +329,8 @@ fn racing_different(place: &Place) {
             .iter()
             .map(|p| {
                 place
-                    .command(None, None, &["wal-push", p.to_str().unwrap()])
+                    .fault_cmd(None, None)
+                    .command(&["wal-push", p.to_str().unwrap()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -416,17 +386,7 @@ fn wal_push_into_a_full_repository_names_the_cause_and_leaves_nothing() {
     let place = Place::new("faults-full-wal", None);
     let mount = Tmpfs::mount(place.path("small"), "3m");
     let repo = mount.path.join("repo");
-    fs::write(
-        &place.config,
-        format!(
-            "[storage]\npath = \"{}\"\n[encryption]\nkey_file = \"{}\"\n",
-            repo.display(),
-            place.path("key").display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(&place.config);
-    common::init_repo(CBDR, &place.config);
+    place.on_tmpfs(&repo);
     let first = segment("000000010000000000000001", 1 << 20, 70);
     let p = wal_file(&place, "000000010000000000000001", &first);
     place.ok(None, &["wal-push", p.to_str().unwrap()]);
@@ -469,36 +429,10 @@ fn wal_push_into_a_full_repository_names_the_cause_and_leaves_nothing() {
 // ---------------------------------------------------------------------
 
 fn server_archiving_to(place: &Place) -> PgServer {
-    PgServer::builder()
-        .initdb_arg("--wal-segsize=1")
-        .conf("archive_mode = on")
-        .conf(format!(
-            "archive_command = '{CBDR} --config {} wal-push %p'",
-            place.config.display()
-        ))
+    place
+        .archiving_server()
         .conf("max_wal_size = '256MB'")
         .start()
-}
-
-fn pgbench(server: &PgServer, args: &[&str]) -> std::process::Child {
-    pg_command(pg_bin("pgbench"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
-        .arg(server.port().to_string())
-        .args(args)
-        .arg("postgres")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn run_pgbench(server: &PgServer, args: &[&str]) {
-    let out = pgbench(server, args).wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A digest of what pgbench committed.
@@ -507,25 +441,6 @@ fn digest(server: &PgServer) -> String {
         "select count(*) || ' ' || md5(string_agg(aid || ':' || abalance, ',' order by aid)) \
          || ' ' || (select count(*) from pgbench_history) from pgbench_accounts",
     )
-}
-
-/// Switches WAL and waits until PostgreSQL archived everything.
-fn archive_everything(server: &PgServer) {
-    server.psql("select pg_switch_wal()");
-    let status = server.data_dir().join("pg_wal/archive_status");
-    common::wait_for("every WAL file archived", Duration::from_secs(120), || {
-        let ready: Vec<String> = fs::read_dir(&status)
-            .map_err(|e| e.to_string())?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".ready"))
-            .collect();
-        if ready.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{ready:?}"))
-        }
-    });
 }
 
 /// Restores to latest into `dir`, starts it, returns its digest.
@@ -574,28 +489,33 @@ fn starts(dir: &Path) -> bool {
 fn backup_and_restore_killed_or_out_of_space() {
     let place = Place::new("faults-backup", None);
     let server = server_archiving_to(&place);
-    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
+    server.run_pgbench(&["-i", "-s", "2", "-q"]);
     place.ok(Some(&server), &["backup-push"]);
     let good = place.backups();
     assert_eq!(good.len(), 1);
-    let parts_of = |name: &str| files_under(&place.path(&format!("repo/seg-1/basebackups/{name}")));
+    let parts_of = |name: &str| files_under(&place.path(format!("repo/seg-1/basebackups/{name}")));
 
     // backup-push killed mid-part, then between its last part and its
     // record: neither is listed; the next backup works.
     for point in ["backup-part:2", "backup-record"] {
-        run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
+        server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
         // backup-part:2 = the part's second batch (1 MiB) has reached the
         // encoder: the part is neither complete nor empty.
         let out = place.run(Some(&server), Some(point), &["backup-push"]);
-        assert!(out.killed_at(point), "{point}: {} {}", out.code, out.stderr);
+        assert!(
+            killed_at(&out, point),
+            "{point}: {} {}",
+            out.code,
+            out.stderr
+        );
         assert_eq!(place.backups(), good, "{point}: nothing new is listed");
     }
-    run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
     place.ok(Some(&server), &["backup-push"]);
     let listed = place.backups();
     assert_eq!(listed.len(), 2, "{listed:?}");
-    run_pgbench(&server, &["-c", "2", "-t", "200", "-n"]);
-    archive_everything(&server);
+    server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
+    server.archive_everything();
     let committed = digest(&server);
 
     // restore killed mid-unpack: the directory holds no pg_control and
@@ -607,7 +527,7 @@ fn backup_and_restore_killed_or_out_of_space() {
         &["restore", "--target-dir", dir.to_str().unwrap()],
     );
     assert!(
-        out.killed_at("restore-unpack"),
+        killed_at(&out, "restore-unpack"),
         "{} {}",
         out.code,
         out.stderr
@@ -629,17 +549,7 @@ fn backup_and_restore_killed_or_out_of_space() {
     // parts removed, nothing listed; WAL archiving is not affected.
     let full_place = Place::new("faults-backup-full", None);
     let mount = Tmpfs::mount(full_place.path("small"), "4m");
-    fs::write(
-        &full_place.config,
-        format!(
-            "[storage]\npath = \"{}\"\n[encryption]\nkey_file = \"{}\"\n",
-            mount.path.join("repo").display(),
-            full_place.path("key").display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(&full_place.config);
-    common::init_repo(CBDR, &full_place.config);
+    full_place.on_tmpfs(&mount.path.join("repo"));
     let out = full_place.run(Some(&server), None, &["backup-push"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(
@@ -712,13 +622,13 @@ fn storage_down_or_stalled_fails_clearly_and_archiving_catches_up() {
     );
     let place = Place::new("faults-proxy", Some(storage));
     let server = server_archiving_to(&place);
-    run_pgbench(&server, &["-i", "-s", "2", "-q"]);
+    server.run_pgbench(&["-i", "-s", "2", "-q"]);
     place.ok(Some(&server), &["backup-push"]);
-    archive_everything(&server);
+    server.archive_everything();
 
     // Down under load: wal-push fails and PostgreSQL keeps the files.
     proxy.down();
-    run_pgbench(&server, &["-c", "2", "-t", "300", "-n"]);
+    server.run_pgbench(&["-c", "2", "-t", "300", "-n"]);
     server.psql("select pg_switch_wal()");
     let failed = |s: &PgServer| {
         s.psql("select failed_count from pg_stat_archiver")
@@ -735,8 +645,8 @@ fn storage_down_or_stalled_fails_clearly_and_archiving_catches_up() {
     });
     // Back: archiving catches up, and every segment arrives once.
     proxy.resume();
-    run_pgbench(&server, &["-c", "2", "-t", "100", "-n"]);
-    archive_everything(&server);
+    server.run_pgbench(&["-c", "2", "-t", "100", "-n"]);
+    server.archive_everything();
     let committed = digest(&server);
 
     // Stalled during backup-push and during restore: a clear error
@@ -813,7 +723,7 @@ fn gprestore_killed_mid_table_leaves_no_partial_table_and_the_rerun_works() {
     // one piece), whichever table goes first.
     let out = place.run(Some(&server), Some("gprestore-table:3"), &restore);
     assert!(
-        out.killed_at("gprestore-table"),
+        killed_at(&out, "gprestore-table"),
         "{} {}",
         out.code,
         out.stderr

@@ -8,15 +8,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cbdr::logical::copy_format::CopyFormat;
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
-use tempfile::TempDir;
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::{CbdrEnv, Key, Storage};
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const OTHER_KEY_HEX: &str = "ffeeddccbbaa99887766554433221100f0e1d2c3b4a5968778695a4b3c2d1e0f";
 const ZOO: &str = include_str!("fixtures/logical_zoo.sql");
@@ -71,80 +69,44 @@ INSERT INTO data.part SELECT g, '2023-01-01'::date + (g % 700), md5(g::text) FRO
 CREATE TABLE data.empty (x int);
 "#;
 
+/// The shared environment (this file's key) and a server.
 struct Env {
-    dir: TempDir,
-    config: PathBuf,
+    env: CbdrEnv,
     server: PgServer,
 }
 
-fn write_config(dir: &Path, name: &str, storage: &str, key_hex: &str) -> PathBuf {
-    let key = dir.join(format!("{name}.key"));
-    fs::write(&key, format!("{key_hex}\n")).unwrap();
-    let config = dir.join(format!("{name}.toml"));
-    fs::write(
-        &config,
-        format!(
-            "{storage}\n[encryption]\nkey_file = \"{}\"\n",
-            key.display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(dir);
-    config
-}
+deref_env!(Env, env);
 
-fn env_with(storage: Option<String>) -> Env {
-    let dir = pg_user_dir("cbdr-logical");
-    let storage = storage.unwrap_or_else(|| {
-        format!(
-            "[storage]\npath = \"{}\"",
-            dir.path().join("repo").display()
-        )
-    });
-    let config = write_config(dir.path(), "cbdr", &storage, KEY_HEX);
-    common::init_repo(CBDR, &config);
+fn env_with(storage: Storage) -> Env {
+    let env = CbdrEnv::builder("logical")
+        .storage(storage)
+        .key(Key::Raw(KEY_HEX.into()))
+        .wal_segment_size(None)
+        .build();
     let server = PgServer::builder().start();
-    Env {
-        dir,
-        config,
-        server,
-    }
+    Env { env, server }
 }
 
 fn env() -> Env {
-    env_with(None)
+    env_with(Storage::Fs)
 }
 
 impl Env {
-    fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
+    /// cbdr with PGHOST/PGPORT/PGUSER naming the server.
+    fn pg(&self) -> common::Cmd {
+        self.env.on(&self.server)
     }
 
     fn cbdr_with(&self, config: &Path, args: &[&str]) -> (i32, String, String) {
-        let out = pg_command(CBDR)
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", self.server.port().to_string())
-            .env("PGUSER", "postgres")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.pg().config(config).run(args).parts()
     }
 
     fn cbdr(&self, args: &[&str]) -> (i32, String, String) {
-        self.cbdr_with(&self.config, args)
+        self.pg().run(args).parts()
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.cbdr(args);
-        assert_eq!(code, 0, "cbdr {args:?}:\n{out}\n{err}");
-        out
+        self.pg().ok(args)
     }
 
     /// Runs gpbackup; returns the timestamp it printed.
@@ -162,13 +124,7 @@ impl Env {
     }
 
     fn fails(&self, args: &[&str], code: i32, needle: &str) -> String {
-        let (c, out, err) = self.cbdr(args);
-        assert_eq!(c, code, "cbdr {args:?}:\n{out}\n{err}");
-        assert!(
-            err.contains(needle),
-            "cbdr {args:?}: expected {needle:?} in:\n{err}"
-        );
-        err
+        self.pg().refused(args, code, &[needle])
     }
 
     fn create_db(&self, db: &str, sql: &str) {
@@ -179,9 +135,10 @@ impl Env {
     }
 
     fn logical_listing(&self) -> Vec<serde_json::Value> {
-        let out = self.ok(&["list", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["logical"].as_array().cloned().unwrap_or_default()
+        self.pg().json(&["list", "--json"])["logical"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The record of a backup, read through the library.
@@ -477,7 +434,7 @@ fn single_data_file_leaf_partitions_and_filtered_restores() {
 fn backup_filters_metadata_only_and_data_only() {
     let e = env();
     load_zoo(&e.server, "zoo");
-    let exclude = e.dir.path().join("exclude.txt");
+    let exclude = e.path("exclude.txt");
     fs::write(&exclude, "data.mixed\n\ndata.empty\n").unwrap();
     chown_to_pg(&exclude);
 
@@ -907,14 +864,11 @@ fn binary_rows_convert_into_changed_columns_and_text_stays_available() {
     assert_eq!(e.server.psql_db("narrow", "SELECT count(*) FROM b"), "0");
 
     // copy_format = "text": every table in text.
-    let text = write_config(
-        e.dir.path(),
+    let text = e.write_config(
         "text",
-        &format!(
-            "[storage]\npath = \"{}\"\n[logical]\ncopy_format = \"text\"",
-            e.repo().display()
-        ),
-        KEY_HEX,
+        &format!("{}[logical]\ncopy_format = \"text\"", e.fs_storage()),
+        Key::Raw(KEY_HEX.into()),
+        "",
     );
     let (code, out, err) = e.cbdr_with(&text, &["gpbackup", "--dbname", "src"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -970,19 +924,8 @@ fn on_error_continue_lists_what_failed() {
     // Another server has no role only_here: the ownership fails.
     let other = PgServer::builder().start();
     let run = |args: &[&str]| {
-        let out = pg_command(CBDR)
-            .arg("--config")
-            .arg(&e.config)
-            .args(args)
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", other.port().to_string())
-            .env("PGUSER", "postgres")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = e.on(&other).run(args);
+        (out.code, out.stderr)
     };
     let (code, err) = run(&["gprestore", "--timestamp", &ts, "--create-db"]);
     assert_eq!(code, 6, "{err}");
@@ -1025,13 +968,10 @@ fn killed_backup_is_never_listed_and_bad_data_is_refused() {
          INSERT INTO small SELECT generate_series(1, 10);",
     );
     // Run as this user (not through runuser): the kill reaches cbdr itself.
-    let mut child = std::process::Command::new(CBDR)
-        .arg("--config")
-        .arg(&e.config)
-        .args(["gpbackup", "--dbname", "big", "--no-compression"])
-        .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", e.server.port().to_string())
-        .env("PGUSER", "postgres")
+    let mut child = e
+        .pg()
+        .own_user()
+        .command(&["gpbackup", "--dbname", "big", "--no-compression"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -1040,15 +980,15 @@ fn killed_backup_is_never_listed_and_bad_data_is_refused() {
     let first = lines.next().unwrap().unwrap();
     let ts = first.trim_start_matches("Backup Timestamp = ").to_string();
     // Wait until rows are being stored, then kill it mid-COPY.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let data_dir = e.repo().join("logical").join(&ts).join("data");
-    while !fs::read_dir(&data_dir)
-        .map(|d| d.count() > 0)
-        .unwrap_or(false)
-    {
-        assert!(Instant::now() < deadline, "no data stored");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for(
+        "data stored",
+        Duration::from_secs(30),
+        || match fs::read_dir(&data_dir).map(|d| d.count()) {
+            Ok(n) if n > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "the backup ended before the kill"
@@ -1072,11 +1012,11 @@ fn killed_backup_is_never_listed_and_bad_data_is_refused() {
 
     // A complete backup of the small table, then a wrong key and damage.
     let ts = e.backup(&["--dbname", "big", "--include-table", "public.small"]);
-    let other = write_config(
-        e.dir.path(),
+    let other = e.write_config(
         "otherkey",
-        &format!("[storage]\npath = \"{}\"", e.repo().display()),
-        OTHER_KEY_HEX,
+        &e.fs_storage(),
+        Key::Raw(OTHER_KEY_HEX.into()),
+        "",
     );
     let (code, _, err) = e.cbdr_with(
         &other,
@@ -1182,7 +1122,7 @@ fn flags_are_checked_as_gpbackup_and_gprestore_do() {
         "small",
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);",
     );
-    let dir = e.dir.path().join("bdir");
+    let dir = e.path("bdir");
     let ts = e.backup(&[
         "--dbname",
         "small",
@@ -1219,8 +1159,7 @@ fn flags_are_checked_as_gpbackup_and_gprestore_do() {
 
 #[test]
 fn garage_round_trip_with_ranged_reads() {
-    let t = common::garage::bucket("logical-round-trip");
-    let e = env_with(Some(t.config_toml("lg")));
+    let e = env_with(Storage::S3("lg".into()));
     load_zoo(&e.server, "zoo");
     let ts = e.backup(&["--dbname", "zoo", "--single-data-file"]);
     e.restore(&ts, &["--create-db", "--redirect-db", "zoo_s3"]);

@@ -26,18 +26,15 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::pg::{chown_to_pg, pg_command, pg_user_dir, PgServer};
-use common::{garage, wait_for};
+use common::pg::{chown_to_pg, pg_command, PgServer};
+use common::{wait_for, CbdrEnv, Cmd, CBDR};
 use serde_json::Value;
-use tempfile::TempDir;
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 const SEG: u64 = 1 << 20;
 const GROUP: &str = "seg-1/wal/0000000100000000";
 
 /// The archived source: created once per test binary.
 struct Source {
-    _dir: TempDir,
+    _env: CbdrEnv,
     repo: PathBuf,
     /// count:md5 of the table, as committed.
     digest: String,
@@ -47,28 +44,23 @@ struct Source {
     backups: Vec<String>,
 }
 
-fn config_text(repo: &Path, budget: u64) -> String {
-    format!(
-        "[storage]\npath = \"{}\"\n[archive]\nwal_segment_size = 1048576\nfetch_retry_budget = {budget}\n",
-        repo.display()
-    )
+/// The shared environment: an fs repository, 1 MiB segments, and a fetch
+/// retry budget of 3 s; the repository made unless `init` is false.
+fn env(name: &str, init: bool) -> CbdrEnv {
+    CbdrEnv::builder(name)
+        .wal_segment_size(None)
+        .extra_toml("[archive]\nwal_segment_size = 1048576\nfetch_retry_budget = 3\n")
+        .init(init)
+        .build()
 }
 
-/// Runs cbdr as the PostgreSQL OS user with `config`; exit code, stdout,
-/// stderr.
+/// Runs cbdr as the PostgreSQL OS user with `config` (also in
+/// `CBDR_CONFIG`); exit code, stdout, stderr.
 fn cbdr(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = pg_command(CBDR)
-        .arg("--config")
-        .arg(config)
-        .args(args)
+    Cmd::new(config)
         .env("CBDR_CONFIG", config)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .run(args)
+        .parts()
 }
 
 fn digest(server: &PgServer) -> String {
@@ -126,12 +118,9 @@ fn timelines(listing: &Value) -> Vec<u64> {
 fn source() -> &'static Source {
     static SOURCE: OnceLock<Source> = OnceLock::new();
     SOURCE.get_or_init(|| {
-        let dir = pg_user_dir("recovery-faults-src");
-        let repo = dir.path().join("repo");
-        let config = dir.path().join("cbdr.toml");
-        fs::write(&config, config_text(&repo, 3)).unwrap();
-        common::init_repo(CBDR, &config);
-        chown_to_pg(dir.path());
+        let env = env("recovery-faults-src", true);
+        let repo = env.repo();
+        let config = env.config.clone();
         // archive_command without --config: each restored copy archives
         // where its own CBDR_CONFIG says (its case's repository).
         let mut server = PgServer::builder()
@@ -142,20 +131,7 @@ fn source() -> &'static Source {
             .start();
         server.psql("create table t (id int primary key, v text)");
         server.psql("insert into t select g, md5(g::text) from generate_series(1, 1000) g");
-        let out = pg_command(CBDR)
-            .arg("--config")
-            .arg(&config)
-            .arg("backup-push")
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", server.port().to_string())
-            .env("PGUSER", "postgres")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "backup-push: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        env.on(&server).ok(&["backup-push"]);
         let backup_end = switch_wal(&server);
         // Committed rows over several segments after the backup.
         let mut last = backup_end.clone();
@@ -185,7 +161,7 @@ fn source() -> &'static Source {
         let backups = backup_names(&list_json(&config));
         assert_eq!(backups.len(), 1, "{backups:?}");
         Source {
-            _dir: dir,
+            _env: env,
             repo,
             digest,
             after_backup,
@@ -196,7 +172,7 @@ fn source() -> &'static Source {
 
 /// One fault: a copy of the source repository and a config for it.
 struct Case {
-    dir: TempDir,
+    env: CbdrEnv,
     repo: PathBuf,
     config: PathBuf,
 }
@@ -204,8 +180,8 @@ struct Case {
 impl Case {
     fn new(name: &str) -> Case {
         let src = source();
-        let dir = pg_user_dir(&format!("recovery-faults-{name}"));
-        let repo = dir.path().join("repo");
+        let env = env(&format!("recovery-faults-{name}"), false);
+        let repo = env.repo();
         let status = std::process::Command::new("cp")
             .arg("-a")
             .arg(&src.repo)
@@ -213,10 +189,9 @@ impl Case {
             .status()
             .unwrap();
         assert!(status.success());
-        let config = dir.path().join("cbdr.toml");
-        fs::write(&config, config_text(&repo, 3)).unwrap();
-        chown_to_pg(dir.path());
-        Case { dir, repo, config }
+        chown_to_pg(env.dir.path());
+        let config = env.config.clone();
+        Case { env, repo, config }
     }
 
     fn object(&self, segment: &str) -> PathBuf {
@@ -236,7 +211,7 @@ impl Case {
     }
 
     fn data_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.env.path(name)
     }
 
     /// `cbdr restore` to the latest WAL, started: exit code and stderr.
@@ -318,7 +293,7 @@ impl Case {
         let seg = switch_wal(&server);
         assert!(seg.starts_with("00000002"), "{seg}");
         wait_archived(&server, &seg);
-        let dest = self.dir.path().join("fetched");
+        let dest = self.env.path("fetched");
         let (code, _, err) = cbdr(&self.config, &["wal-fetch", &seg, dest.to_str().unwrap()]);
         assert_eq!(code, 0, "wal-fetch {seg}: {err}");
         assert_eq!(fs::metadata(&dest).unwrap().len(), SEG);
@@ -405,7 +380,7 @@ fn a_deleted_segment_is_a_hole_not_the_end_of_the_archive() {
     let last = source().after_backup.last().unwrap();
     let n = u64::from_str_radix(&last[16..], 16).unwrap();
     let past = |k: u64| format!("{}{:08X}", &last[..16], n + k);
-    let work = case.dir.path().join("old-primary");
+    let work = case.env.path("old-primary");
     fs::create_dir_all(work.join("archive_status")).unwrap();
     fs::write(work.join(past(3)), fake_segment(&past(3))).unwrap();
     chown_to_pg(&work);
@@ -468,7 +443,7 @@ fn an_unreadable_object_is_retried_then_stops_recovery() {
 fn a_restore_to_latest_that_ends_before_the_archive_does_is_reported() {
     let case = Case::new("zeroed");
     let (m, _) = middle();
-    let work = case.dir.path().join("work");
+    let work = case.env.path("work");
     fs::create_dir_all(work.join("archive_status")).unwrap();
     chown_to_pg(&work);
     let file = work.join(&m);
@@ -528,7 +503,7 @@ fn a_restore_to_latest_that_ends_before_the_archive_does_is_reported() {
 fn an_unreadable_repository_or_a_dead_s3_endpoint_exits_131_after_retrying() {
     let case = Case::new("down");
     let (m, _) = middle();
-    let dest_dir = case.dir.path().join("pg_wal");
+    let dest_dir = case.env.path("pg_wal");
     fs::create_dir(&dest_dir).unwrap();
     chown_to_pg(&dest_dir);
     let dest = dest_dir.join("RECOVERYXLOG");
@@ -551,7 +526,7 @@ fn an_unreadable_repository_or_a_dead_s3_endpoint_exits_131_after_retrying() {
     // S3 where nothing listens, a 2 s budget: 131, the endpoint named, no
     // secret in the message.
     let port = common::free_port();
-    let s3 = case.dir.path().join("s3.toml");
+    let s3 = case.env.path("s3.toml");
     fs::write(
         &s3,
         format!(
@@ -587,15 +562,14 @@ fn fake_segment(name: &str) -> Vec<u8> {
 #[tokio::test]
 async fn on_garage_a_hole_exits_129_a_swap_132_and_the_end_1() {
     use cbdr::storage::{body_from_bytes, get_bytes, S3Storage, Storage};
-    let target = garage::bucket("recovery-faults");
-    let dir = pg_user_dir("recovery-faults-garage");
-    let config = dir.path().join("cbdr.toml");
-    let text = format!(
-        "{}[archive]\nwal_segment_size = 1048576\nfetch_retry_budget = 2\nfetch_concurrency = 1\n",
-        target.config_toml("c")
-    );
-    fs::write(&config, &text).unwrap();
-    common::init_repo(CBDR, &config);
+    let env = CbdrEnv::builder("recovery-faults-garage")
+        .storage(common::Storage::S3("c".into()))
+        .wal_segment_size(None)
+        .extra_toml("[archive]\nwal_segment_size = 1048576\nfetch_retry_budget = 2\nfetch_concurrency = 1\n")
+        .build();
+    let target = env.s3.clone().unwrap();
+    let config = env.config.clone();
+    let dir = &env.dir;
     let wal = dir.path().join("pg_wal");
     fs::create_dir_all(wal.join("archive_status")).unwrap();
     let names: Vec<String> = (1..=4)

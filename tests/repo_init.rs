@@ -13,24 +13,24 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::garage;
-use common::pg::{chown_to_pg, pg_command, pg_user_dir};
+use common::pg::chown_to_pg;
+use common::{garage, CbdrEnv, Cmd, Key};
 
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 const KEY_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 const SEG1: &str = "000000010000000000000001";
 const SEG2: &str = "000000010000000000000002";
 
-/// A directory of the PostgreSQL OS user with segments to push and configs.
-struct Place {
-    dir: tempfile::TempDir,
-}
+/// The shared environment (no repository made) with segments to push and
+/// more configs.
+struct Place(CbdrEnv);
+
+deref_env!(Place);
 
 impl Place {
     fn new(name: &str) -> Place {
-        let dir = pg_user_dir(name);
-        let wal = dir.path().join("pg_wal");
+        let env = CbdrEnv::builder(name).init(false).build();
+        let wal = env.path("pg_wal");
         fs::create_dir_all(wal.join("archive_status")).unwrap();
         for (i, name) in [SEG1, SEG2].iter().enumerate() {
             let mut data: Vec<u8> = (0..1usize << 20)
@@ -39,30 +39,18 @@ impl Place {
             common::with_page_header(name, &mut data);
             fs::write(wal.join(name), data).unwrap();
         }
-        chown_to_pg(dir.path());
-        Place { dir }
+        chown_to_pg(env.dir.path());
+        Place(env)
     }
 
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    /// A config named `name` with `storage` and `key` ("" = no encryption,
-    /// 64 hex digits = raw key, else a passphrase).
-    fn config(&self, name: &str, storage: &str, key: &str) -> PathBuf {
-        let mut text = format!("{storage}\n[archive]\nwal_segment_size = 1048576\n");
-        if !key.is_empty() {
-            let key_file = self.path(&format!("{name}.key"));
-            fs::write(&key_file, format!("{key}\n")).unwrap();
-            text.push_str(&format!(
-                "[encryption]\nkey_file = \"{}\"\n",
-                key_file.display()
-            ));
-        }
-        let config = self.path(&format!("{name}.toml"));
-        fs::write(&config, text).unwrap();
-        chown_to_pg(self.dir.path());
-        config
+    /// A config named `name` with `storage` and `key`.
+    fn config(&self, name: &str, storage: &str, key: Key) -> PathBuf {
+        self.write_config(
+            name,
+            storage,
+            key,
+            "[archive]\nwal_segment_size = 1048576\n",
+        )
     }
 
     fn seg(&self, name: &str) -> String {
@@ -74,21 +62,11 @@ impl Place {
 /// server is running: PGPORT names a closed port, so a command that got as
 /// far as PostgreSQL would fail with exit 6, not the code expected here.
 fn cbdr(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = pg_command(CBDR)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", common::free_port().to_string())
-        .env("PGUSER", "postgres")
+    Cmd::new(config)
+        .pg_port(common::free_port())
         .env("PGCONNECT_TIMEOUT", "2")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .run(args)
+        .parts()
 }
 
 fn refused(case: &str, (code, _, err): (i32, String, String), want: i32, needles: &[&str]) {
@@ -140,7 +118,7 @@ fn a_missing_repository_is_refused_and_never_created_on_fs_and_s3() {
     let config = place.config(
         "fs",
         &format!("[storage]\npath = \"{}\"", typo.display()),
-        KEY_A,
+        Key::Raw(KEY_A.into()),
     );
     every_command_refuses_a_missing_repository(&place, &config);
     assert!(!place.path("mnt").exists(), "the mistyped path was created");
@@ -171,7 +149,11 @@ fn a_missing_repository_is_refused_and_never_created_on_fs_and_s3() {
 
     // On S3: an empty prefix of an existing bucket is no repository.
     let target = garage::bucket("repo-init-missing");
-    let s3 = place.config("s3", &target.config_toml("typo/prefix"), KEY_A);
+    let s3 = place.config(
+        "s3",
+        &target.config_toml("typo/prefix"),
+        Key::Raw(KEY_A.into()),
+    );
     every_command_refuses_a_missing_repository(&place, &s3);
     let out = ok("repo-init on S3", cbdr(&s3, &["repo-init"]));
     assert!(out.contains("created a cbdr repository"), "{out}");
@@ -232,26 +214,30 @@ fn a_writer_or_reader_with_another_key_is_refused_before_writing() {
     let place = Place::new("repo-init-key");
     let repo = place.path("repo");
     let storage = format!("[storage]\npath = \"{}\"", repo.display());
-    let right = place.config("right", &storage, KEY_A);
+    let right = place.config("right", &storage, Key::Raw(KEY_A.into()));
     ok("repo-init", cbdr(&right, &["repo-init"]));
     ok("wal-push", cbdr(&right, &["wal-push", &place.seg(SEG1)]));
     let before = files(&repo);
 
-    let other = place.config("other", &storage, KEY_B);
+    let other = place.config("other", &storage, Key::Raw(KEY_B.into()));
     wrong_key_refused(
         &place,
         &other,
         "another raw key",
         &["not the repository's key", "nothing was written"],
     );
-    let none = place.config("none", &storage, "");
+    let none = place.config("none", &storage, Key::None);
     wrong_key_refused(
         &place,
         &none,
         "no key",
         &["uses a raw 256-bit key", "gives no encryption"],
     );
-    let pass = place.config("pass", &storage, "a passphrase, not the key");
+    let pass = place.config(
+        "pass",
+        &storage,
+        Key::Passphrase("a passphrase, not the key".into()),
+    );
     wrong_key_refused(
         &place,
         &pass,
@@ -276,10 +262,14 @@ fn a_writer_or_reader_with_another_key_is_refused_before_writing() {
     // A plain repository on S3 refuses a writer that brings a key, and a
     // passphrase repository refuses another passphrase.
     let target = garage::bucket("repo-init-key");
-    let plain = place.config("s3-plain", &target.config_toml("plain"), "");
+    let plain = place.config("s3-plain", &target.config_toml("plain"), Key::None);
     let out = ok("repo-init plain", cbdr(&plain, &["repo-init"]));
     assert!(out.contains("no encryption"), "{out}");
-    let keyed = place.config("s3-keyed", &target.config_toml("plain"), KEY_A);
+    let keyed = place.config(
+        "s3-keyed",
+        &target.config_toml("plain"),
+        Key::Raw(KEY_A.into()),
+    );
     wrong_key_refused(
         &place,
         &keyed,
@@ -289,7 +279,7 @@ fn a_writer_or_reader_with_another_key_is_refused_before_writing() {
     let phrase = place.config(
         "s3-phrase",
         &target.config_toml("phrase"),
-        "first passphrase",
+        Key::Passphrase("first passphrase".into()),
     );
     ok("repo-init passphrase", cbdr(&phrase, &["repo-init"]));
     ok(
@@ -299,7 +289,7 @@ fn a_writer_or_reader_with_another_key_is_refused_before_writing() {
     let wrong = place.config(
         "s3-wrong",
         &target.config_toml("phrase"),
-        "second passphrase",
+        Key::Passphrase("second passphrase".into()),
     );
     wrong_key_refused(
         &place,
@@ -316,7 +306,7 @@ fn a_repository_of_an_older_cbdr_is_upgraded_once_with_its_key() {
     let place = Place::new("repo-init-upgrade");
     let repo = place.path("repo");
     let storage = format!("[storage]\npath = \"{}\"", repo.display());
-    let config = place.config("old", &storage, KEY_A);
+    let config = place.config("old", &storage, Key::Raw(KEY_A.into()));
     // What cbdr wrote before format 2: no key identity.
     fs::create_dir_all(&repo).unwrap();
     fs::write(
@@ -352,7 +342,7 @@ fn a_repository_of_an_older_cbdr_is_upgraded_once_with_its_key() {
         "writer after the upgrade",
         cbdr(&config, &["wal-push", &place.seg(SEG1)]),
     );
-    let other = place.config("other", &storage, KEY_B);
+    let other = place.config("other", &storage, Key::Raw(KEY_B.into()));
     refused(
         "another key after the upgrade",
         cbdr(&other, &["wal-push", &place.seg(SEG2)]),

@@ -310,14 +310,19 @@ async fn cancelled_put_aborts_its_upload() {
     assert!(tokio::time::timeout(Duration::from_secs(2), put)
         .await
         .is_err());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while multipart_uploads(&s).await != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the cancelled upload was not aborted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // common::wait_for is synchronous: the polls block this worker thread
+    // (block_in_place) and run the listing on the runtime.
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        common::wait_for(
+            "the cancelled upload to be aborted",
+            Duration::from_secs(10),
+            || match rt.block_on(multipart_uploads(&s)) {
+                0 => Ok(()),
+                n => Err(format!("{n} multipart upload(s) left")),
+            },
+        )
+    });
     assert_eq!(s.head("stuck").await.unwrap(), None);
 }
 

@@ -5,59 +5,20 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::garage;
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
-use tempfile::TempDir;
+use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::{CbdrEnv, Key, Storage, CBDR};
 
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 const KEY_HEX: &str = "6f1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff0";
 
-/// A config file and key readable by the postgres user.
-struct Setup {
-    dir: TempDir,
-    config: PathBuf,
-}
-
-fn setup(storage_toml: &str) -> Setup {
-    let dir = pg_user_dir("cbdr-wal");
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let config = dir.path().join("cbdr.toml");
-    fs::write(
-        &config,
-        format!(
-            "{storage_toml}\n[compression]\nmethod = \"lz4\"\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n",
-            key.display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(dir.path());
-    common::init_repo(CBDR, &config);
-    Setup { dir, config }
-}
-
-fn fs_storage(dir: &Path) -> String {
-    format!(
-        "[storage]\ntype = \"fs\"\npath = \"{}\"",
-        dir.join("repo").display()
-    )
-}
-
-/// Runs cbdr as the postgres user; returns (exit code, stderr).
-fn cbdr(config: &Path, args: &[&str]) -> (i32, String) {
-    let out = pg_command(CBDR)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run cbdr");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// A config file and key readable by the postgres user, lz4-compressed.
+fn setup(storage: Storage) -> CbdrEnv {
+    CbdrEnv::builder("wal")
+        .storage(storage)
+        .key(Key::Raw(KEY_HEX.into()))
+        .extra_toml("[compression]\nmethod = \"lz4\"\n")
+        .build()
 }
 
 fn ready_files(server: &PgServer) -> Vec<String> {
@@ -78,20 +39,17 @@ fn table_digest(server: &PgServer) -> String {
 /// Archives a server's WAL through PostgreSQL's archiver, fetches every
 /// archived segment back byte-identical, and recovers a base backup with
 /// `wal-fetch` as restore_command to the same data.
-fn archive_and_recover(storage_toml: &str) {
-    let s = setup(storage_toml);
-    let archive = format!("{CBDR} --config {} wal-push %p", s.config.display());
-    let mut server = PgServer::builder()
-        .initdb_arg("--wal-segsize=1")
-        .conf("archive_mode = on")
-        .conf(format!("archive_command = '{archive}'"))
+fn archive_and_recover(storage: Storage) {
+    let s = setup(storage);
+    let mut server = s
+        .archiving_server()
         .conf("wal_keep_size = '512MB'")
         .conf("max_wal_size = '1GB'")
         .start();
 
     // A base backup taken before the writes, without WAL: recovery needs
     // every segment from the archive.
-    let base = s.dir.path().join("base");
+    let base = s.path("base");
     let out = pg_command(pg_bin("pg_basebackup"))
         .args([
             "-h",
@@ -142,7 +100,7 @@ fn archive_and_recover(storage_toml: &str) {
     );
 
     // Every archived segment still in pg_wal comes back byte-identical.
-    let fetched_dir = s.dir.path().join("fetched");
+    let fetched_dir = s.path("fetched");
     fs::create_dir(&fetched_dir).unwrap();
     chown_to_pg(&fetched_dir);
     let mut compared = 0;
@@ -163,8 +121,7 @@ fn archive_and_recover(storage_toml: &str) {
             continue;
         }
         let dest = fetched_dir.join(name);
-        let (code, err) = cbdr(&s.config, &["wal-fetch", name, dest.to_str().unwrap()]);
-        assert_eq!(code, 0, "wal-fetch {name}: {err}");
+        s.ok(&["wal-fetch", name, dest.to_str().unwrap()]);
         assert_eq!(
             fs::read(&dest).unwrap(),
             fs::read(&original).unwrap(),
@@ -190,12 +147,10 @@ fn archive_and_recover(storage_toml: &str) {
 
 #[test]
 fn archive_and_recover_on_filesystem() {
-    let dir = pg_user_dir("cbdr-fsrepo");
-    archive_and_recover(&fs_storage(dir.path()));
+    archive_and_recover(Storage::Fs);
 }
 
 #[test]
 fn archive_and_recover_on_garage() {
-    let target = garage::bucket("wal-archive");
-    archive_and_recover(&target.config_toml("cluster1"));
+    archive_and_recover(Storage::S3("cluster1".into()));
 }

@@ -5,40 +5,29 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::garage;
-use tempfile::TempDir;
+use common::{CbdrEnv, Storage};
 
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 const SEG1: &str = "000000010000000000000001";
 const SEG2: &str = "000000010000000000000002";
 const SEG3: &str = "000000010000000000000003";
 
-struct Env {
-    dir: TempDir,
-    config: PathBuf,
-}
+/// The shared environment of the test's own user, without a key in the
+/// config: each command gives its key in `CBDR_ENCRYPTION_KEY`.
+struct Env(CbdrEnv);
+
+deref_env!(Env);
 
 impl Env {
-    fn new(storage_toml: Option<&str>) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = storage_toml.map(String::from).unwrap_or_else(|| {
-            format!(
-                "[storage]\npath = \"{}\"",
-                dir.path().join("repo").display()
-            )
-        });
-        let config = dir.path().join("cbdr.toml");
-        fs::write(
-            &config,
-            format!("{storage}\n[archive]\nwal_segment_size = 1048576\n"),
-        )
-        .unwrap();
-        fs::create_dir_all(dir.path().join("pg_wal/archive_status")).unwrap();
-        let env = Env { dir, config };
+    fn new(storage: Storage) -> Env {
+        let env = Env(CbdrEnv::builder("walerr")
+            .storage(storage)
+            .own_user()
+            .init(false)
+            .build());
+        fs::create_dir_all(env.path("pg_wal/archive_status")).unwrap();
         // The repository's key is the one every push gives.
         let (code, err) = env.run(Some(KEY), &["repo-init"]);
         assert_eq!(code, 0, "repo-init: {err}");
@@ -46,7 +35,7 @@ impl Env {
     }
 
     fn wal(&self, name: &str) -> PathBuf {
-        self.dir.path().join("pg_wal").join(name)
+        self.path("pg_wal").join(name)
     }
 
     /// A WAL-named file with pseudo-random content after a first page
@@ -61,25 +50,17 @@ impl Env {
     }
 
     fn repo_file(&self, name: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("repo/seg-1/wal/0000000100000000")
-            .join(name)
+        self.path("repo/seg-1/wal/0000000100000000").join(name)
     }
 
     fn run(&self, key: Option<&str>, args: &[&str]) -> (i32, String) {
-        let mut cmd = Command::new(CBDR);
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd.current_dir(self.dir.path());
-        match key {
+        let cmd = self.cmd().current_dir(self.dir.path());
+        let cmd = match key {
             Some(k) => cmd.env("CBDR_ENCRYPTION_KEY", k),
             None => cmd.env_remove("CBDR_ENCRYPTION_KEY"),
         };
-        let out = cmd.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = cmd.run(args);
+        (out.code, out.stderr)
     }
 
     fn push(&self, name: &str) -> (i32, String) {
@@ -87,7 +68,7 @@ impl Env {
     }
 
     fn fetch_with(&self, key: Option<&str>, name: &str) -> (i32, String, PathBuf) {
-        let dest = self.dir.path().join("restored").join(name);
+        let dest = self.path("restored").join(name);
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         let (code, err) = self.run(key, &["wal-fetch", name, dest.to_str().unwrap()]);
         (code, err, dest)
@@ -96,7 +77,7 @@ impl Env {
     /// Files in the restore directory, temp files and prefetch included.
     fn restored_entries(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let root = self.dir.path().join("restored");
+        let root = self.path("restored");
         for e in walk(&root) {
             out.push(e.strip_prefix(&root).unwrap().display().to_string());
         }
@@ -121,7 +102,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn pushing_again_same_content_succeeds_different_content_fails_and_keeps_the_archive() {
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     let original = env.make_wal(SEG1, 1);
     assert_eq!(env.push(SEG1).0, 0);
     let stored = fs::read(env.repo_file(SEG1)).unwrap();
@@ -160,7 +141,7 @@ fn pushing_again_same_content_succeeds_different_content_fails_and_keeps_the_arc
 
 #[test]
 fn wrong_or_missing_key_is_named_and_writes_nothing() {
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     env.make_wal(SEG1, 1);
     assert_eq!(env.push(SEG1).0, 0);
 
@@ -187,7 +168,7 @@ fn wrong_or_missing_key_is_named_and_writes_nothing() {
 
 #[test]
 fn corrupted_and_truncated_objects_are_refused() {
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     let data1 = env.make_wal(SEG1, 1);
     env.make_wal(SEG2, 2);
     assert_eq!(env.push(SEG1).0, 0);
@@ -230,7 +211,7 @@ fn corrupted_and_truncated_objects_are_refused() {
 
 #[test]
 fn a_missing_segment_exits_1_quietly() {
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     env.make_wal(SEG1, 1);
     assert_eq!(env.push(SEG1).0, 0);
     let (code, err, dest) = env.fetch_with(Some(KEY), SEG3);
@@ -244,7 +225,7 @@ fn a_missing_segment_exits_1_quietly() {
 
 #[test]
 fn bad_config_and_arguments_exit_2_naming_the_problem() {
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     env.make_wal(SEG1, 1);
     let cases = [
         ("[storage]\npaht = \"/tmp/x\"\n", "paht"),
@@ -272,7 +253,7 @@ fn bad_config_and_arguments_exit_2_naming_the_problem() {
         .collect();
     assert!(written.is_empty(), "a bad config wrote {written:?}");
 
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     fs::write(env.wal("notawalfile"), b"x").unwrap();
     let (code, err) = env.push("notawalfile");
     assert_eq!(code, 2);
@@ -290,7 +271,7 @@ fn bad_config_and_arguments_exit_2_naming_the_problem() {
 
 #[test]
 fn ready_files_are_pushed_ahead_and_later_calls_need_no_storage() {
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     for (i, name) in [SEG1, SEG2, SEG3].iter().enumerate() {
         env.make_wal(name, i as u8);
         fs::write(
@@ -341,7 +322,7 @@ fn ready_files_are_pushed_ahead_and_later_calls_need_no_storage() {
 
 #[test]
 fn prefetched_segments_serve_later_calls() {
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     let mut originals = Vec::new();
     for (i, name) in [SEG1, SEG2, SEG3].iter().enumerate() {
         originals.push(env.make_wal(name, i as u8));
@@ -368,8 +349,8 @@ fn prefetched_segments_serve_later_calls() {
 #[tokio::test]
 async fn damaged_objects_on_s3_are_refused() {
     use cbdr::storage::{body_from_bytes, get_bytes, S3Storage, Storage};
-    let target = garage::bucket("wal-errors");
-    let env = Env::new(Some(&target.config_toml("c")));
+    let env = Env::new(common::Storage::S3("c".into()));
+    let target = env.s3.clone().unwrap();
     let data = env.make_wal(SEG1, 1);
     env.make_wal(SEG2, 2);
     assert_eq!(env.push(SEG1).0, 0);
@@ -406,7 +387,7 @@ async fn damaged_objects_on_s3_are_refused() {
 
 #[test]
 fn incompressible_wal_is_stored_uncompressed_and_reads_back() {
-    let env = Env::new(None);
+    let env = Env::new(Storage::Fs);
     // Pseudo-random bytes: lz4 gains nothing.
     let mut x: u64 = 0x2545F4914F6CDD1D;
     let mut random: Vec<u8> = (0..1_048_576)

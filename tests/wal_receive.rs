@@ -12,82 +12,47 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::garage;
-use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
-use tempfile::TempDir;
-
-const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+use common::pg::{pg_bin, pg_command, PgServer};
+use common::{CbdrEnv, Key, Storage, CBDR};
 const KEY_HEX: &str = "3a1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeef1";
 /// The test servers' WAL segment size (initdb --wal-segsize=1).
 const SEG: u64 = 1 << 20;
 const SLOT: &str = "cbdr_test";
 const WAIT: Duration = Duration::from_secs(120);
 
+/// The shared environment (lz4, this file's key) and, on the filesystem,
+/// its repository.
 struct Setup {
-    dir: TempDir,
-    config: PathBuf,
+    env: CbdrEnv,
     /// The filesystem repository, if that is the storage.
     fs_repo: Option<PathBuf>,
 }
 
-fn setup(storage_toml: Option<String>) -> Setup {
-    let dir = pg_user_dir("cbdr-walrecv");
-    let key = dir.path().join("key");
-    fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    let fs_repo = storage_toml.is_none().then(|| dir.path().join("repo"));
-    let storage = storage_toml.unwrap_or_else(|| {
-        format!(
-            "[storage]\ntype = \"fs\"\npath = \"{}\"",
-            fs_repo.as_ref().unwrap().display()
-        )
-    });
-    let config = dir.path().join("cbdr.toml");
-    fs::write(
-        &config,
-        format!(
-            "{storage}\n[compression]\nmethod = \"lz4\"\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = {SEG}\n",
-            key.display()
-        ),
-    )
-    .unwrap();
-    chown_to_pg(dir.path());
-    common::init_repo(CBDR, &config);
-    Setup {
-        dir,
-        config,
-        fs_repo,
-    }
+deref_env!(Setup, env);
+
+fn setup(storage: Storage) -> Setup {
+    let fs = matches!(storage, Storage::Fs);
+    let env = CbdrEnv::builder("walrecv")
+        .storage(storage)
+        .key(Key::Raw(KEY_HEX.into()))
+        .wal_segment_size(Some(SEG))
+        .extra_toml("[compression]\nmethod = \"lz4\"\n")
+        .build();
+    let fs_repo = fs.then(|| env.repo());
+    Setup { env, fs_repo }
 }
 
 impl Setup {
     /// Runs cbdr as the PostgreSQL OS user; (exit code, stdout, stderr).
     fn cbdr(&self, server: Option<&PgServer>, args: &[&str]) -> (i32, String, String) {
-        let mut cmd = pg_command(CBDR);
-        cmd.arg("--config").arg(&self.config).args(args);
-        if let Some(s) = server {
-            cmd.env("PGHOST", "127.0.0.1")
-                .env("PGPORT", s.port().to_string())
-                .env("PGUSER", "postgres");
-        }
-        let out = cmd.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, server: Option<&PgServer>, args: &[&str]) -> String {
-        let (code, out, err) = self.cbdr(server, args);
-        assert_eq!(code, 0, "cbdr {args:?}: {err}");
-        out
+        self.cmd().pg(server).run(args).parts()
     }
 
     /// The archived file through `wal-fetch`; `None` when not archived.
     fn fetch(&self, name: &str) -> Option<Vec<u8>> {
-        let dest = self.dir.path().join(format!("fetched-{name}"));
+        let dest = self.path(format!("fetched-{name}"));
         let (code, _, err) = self.cbdr(None, &["wal-fetch", name, dest.to_str().unwrap()]);
         match code {
             0 => {
@@ -115,7 +80,7 @@ impl Setup {
     fn receiver(&self, server: &PgServer, extra: &[&str]) -> Receiver {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.dir.path().join(format!("receiver-{n}.log"));
+        let log = self.path(format!("receiver-{n}.log"));
         let mut cmd = Command::new(CBDR);
         cmd.arg("--config")
             .arg(&self.config)
@@ -175,18 +140,12 @@ impl Receiver {
     }
 
     fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
+        common::wait_for("wal-receive to stop", WAIT, || {
+            match self.child.try_wait().unwrap() {
+                Some(status) => Ok(status.code().unwrap_or(-1)),
+                None => Err(self.log()),
             }
-            assert!(
-                Instant::now() < deadline,
-                "wal-receive did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// SIGTERM: a clean stop; the exit code.
@@ -216,17 +175,18 @@ impl Drop for Receiver {
     }
 }
 
+/// [`common::wait_for`] a condition, with the receiver's log on timeout.
 fn wait_for(what: &str, rx: Option<&Receiver>, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out waiting for {what}\n--- wal-receive log ---\n{}",
+    common::wait_for(what, WAIT, || {
+        if cond() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not yet\n--- wal-receive log ---\n{}",
                 rx.map(|r| r.log()).unwrap_or_default()
-            );
+            ))
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 fn lsn(text: &str) -> u64 {
@@ -336,8 +296,8 @@ fn new_server() -> PgServer {
 
 /// (1) A server without archive_command: the receiver alone archives its
 /// WAL, a base backup waits for it, and a restore replays it.
-fn streams_and_restores(storage_toml: Option<String>, restore: bool) {
-    let s = setup(storage_toml);
+fn streams_and_restores(storage: Storage, restore: bool) {
+    let s = setup(storage);
     let server = new_server();
     let first = redo_segno(&server);
     let rx = s.receiver(&server, &["--create-slot"]);
@@ -359,7 +319,7 @@ fn streams_and_restores(storage_toml: Option<String>, restore: bool) {
     if restore {
         // No archive_command: backup-push's wait for its WAL is served by
         // the receiver.
-        let out = s.ok(Some(&server), &["backup-push", "--wal-wait", "120"]);
+        let out = s.on(&server).ok(&["backup-push", "--wal-wait", "120"]);
         assert!(out.contains("complete"), "{out}");
         insert(&server, id, 4000);
     }
@@ -385,7 +345,7 @@ fn streams_and_restores(storage_toml: Option<String>, restore: bool) {
     assert!(!log.contains("ERROR"), "{log}");
 
     if restore {
-        let dir = s.dir.path().join("restored");
+        let dir = s.path("restored");
         let (code, _, err) = s.cbdr(
             None,
             &[
@@ -407,20 +367,19 @@ fn streams_and_restores(storage_toml: Option<String>, restore: bool) {
 
 #[test]
 fn receiver_alone_archives_every_segment_and_a_backup_restores_from_it() {
-    streams_and_restores(None, true);
+    streams_and_restores(Storage::Fs, true);
 }
 
 #[test]
 fn receiver_archives_into_garage() {
-    let target = garage::bucket("wal-receive");
-    streams_and_restores(Some(target.config_toml("cluster1")), false);
+    streams_and_restores(Storage::S3("cluster1".into()), false);
 }
 
 /// (2) Side by side with archive_command = wal-push: the same objects, no
 /// conflict.
 #[test]
 fn receiver_and_archive_command_side_by_side() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let server = PgServer::builder()
         .initdb_arg("--wal-segsize=1")
         .conf("wal_keep_size = '256MB'")
@@ -509,7 +468,7 @@ fn receiver_and_archive_command_side_by_side() {
 fn primary_and_standby(s: &Setup) -> (PgServer, PgServer) {
     let primary = new_server();
     primary.psql("create table t (id int primary key, payload text)");
-    let dir = s.dir.path().join("standby");
+    let dir = s.path("standby");
     let out = pg_command(pg_bin("pg_basebackup"))
         .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R"])
         .args(["-c", "fast", "-p", &primary.port().to_string(), "-D"])
@@ -539,10 +498,10 @@ fn wait_replayed(primary: &PgServer, standby: &PgServer) {
 /// the rest of timeline 1, stores 00000002.history, then timeline 2.
 #[test]
 fn receiver_follows_a_timeline_switch_from_an_old_slot_position() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let (primary, standby) = primary_and_standby(&s);
     let first = redo_segno(&standby);
-    let base = s.dir.path().join("base");
+    let base = s.path("base");
     let out = pg_command(pg_bin("pg_basebackup"))
         .args([
             "-h",
@@ -654,7 +613,7 @@ fn receiver_follows_a_timeline_switch_from_an_old_slot_position() {
 /// of timeline 1 ends at the switch and the receiver goes on with 2.
 #[test]
 fn receiver_follows_a_standby_promoted_while_streaming() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let (primary, standby) = primary_and_standby(&s);
     let first = redo_segno(&standby);
     let rx = s.receiver(&standby, &["--create-slot"]);
@@ -697,7 +656,7 @@ fn receiver_follows_a_standby_promoted_while_streaming() {
 /// it: no gap, no conflict, the slot held the WAL meanwhile.
 #[test]
 fn receiver_killed_and_server_restarted_leave_no_gap() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     // No wal_keep_size: only the slot keeps WAL for the receiver.
     let mut server = PgServer::builder()
         .initdb_arg("--wal-segsize=1")
@@ -778,7 +737,7 @@ fn receiver_killed_and_server_restarted_leave_no_gap() {
 /// behind a broken network) is given up and established again.
 #[test]
 fn receiver_gives_up_a_silent_connection() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let server = new_server();
     let first = redo_segno(&server);
     let rx = s.receiver(&server, &["--create-slot"]);
@@ -821,7 +780,7 @@ fn receiver_gives_up_a_silent_connection() {
 /// (5) No slot and no --create-slot: a clear error, at once.
 #[test]
 fn missing_slot_is_a_clear_error() {
-    let s = setup(None);
+    let s = setup(Storage::Fs);
     let server = new_server();
     let (code, _, err) = s.cbdr(Some(&server), &["wal-receive", "--slot", "no_such_slot"]);
     assert_eq!(code, 2, "{err}");

@@ -114,14 +114,18 @@ impl Bank {
     /// Waits until at least `n` more transfers have committed.
     pub fn wait_for(&self, n: u64) {
         let start = self.committed.load(Ordering::SeqCst);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while self.committed.load(Ordering::SeqCst) < start + n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the bank workload made no progress"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_for(
+            "the bank workload to make progress",
+            Duration::from_secs(60),
+            || {
+                let now = self.committed.load(Ordering::SeqCst);
+                if now >= start + n {
+                    Ok(())
+                } else {
+                    Err(format!("{} of {n} more transfers", now - start))
+                }
+            },
+        );
     }
 
     pub fn stop(self) -> u64 {

@@ -7,19 +7,21 @@ use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::free_port;
-use super::pg::{chown_to_pg, pg_command, pg_user_dir, PgServer};
-use tempfile::TempDir;
+use super::pg::{chown_to_pg, pg_command, PgServer};
+use super::{CbdrEnv, Key};
 
-pub const CBDR: &str = env!("CARGO_BIN_EXE_cbdr");
+pub use super::CBDR;
 pub const KEY_HEX: &str = "4f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddee01";
 pub const AGENT_TOKEN: &str = "test-token-0123456789abcdef-cluster";
 pub const BARRIER_KEY: i64 = 7300;
 
 pub struct TestCluster {
-    pub dir: TempDir,
+    /// The directory, config (with the cluster sections), key and
+    /// repository.
+    pub env: CbdrEnv,
     pub config: PathBuf,
     /// Index 0 is the coordinator (content -1), then segments 0..N-1.
     pub servers: Vec<PgServer>,
@@ -49,16 +51,22 @@ impl TestCluster {
         storage_toml: Option<&str>,
         stream_wal: bool,
     ) -> TestCluster {
-        let dir = pg_user_dir(name);
-        let config = dir.path().join("cbdr.toml");
+        // The config is finished (and the repository made) once the
+        // servers' ports and data directories are known.
+        let env = CbdrEnv::builder(name)
+            .storage_toml(storage_toml)
+            .key(Key::Raw(KEY_HEX.into()))
+            .init(false)
+            .build();
+        let config = env.config.clone();
         let mut servers: Vec<PgServer> = (0..=segments)
             .map(|i| {
                 let archive = if stream_wal {
                     "archive_mode = off".to_string()
                 } else {
                     format!(
-                        "archive_mode = on\narchive_command = '{CBDR} --config {} wal-push %p --content-id {}'",
-                        config.display(),
+                        "archive_mode = on\narchive_command = '{} --content-id {}'",
+                        env.archive_command(),
                         i as i32 - 1
                     )
                 };
@@ -71,19 +79,10 @@ impl TestCluster {
             })
             .collect();
         let agent_ports: Vec<u16> = (0..=segments).map(|_| free_port()).collect();
-        let key = dir.path().join("key");
-        fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-        let token = dir.path().join("agent.token");
-        fs::write(&token, format!("{AGENT_TOKEN}\n")).unwrap();
-        let storage = storage_toml.map(String::from).unwrap_or_else(|| {
-            format!(
-                "[storage]\npath = \"{}\"",
-                dir.path().join("repo").display()
-            )
-        });
+        let token = env.write("agent.token", &format!("{AGENT_TOKEN}\n"));
+        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let mut text = format!(
-            "{storage}\n[encryption]\nkey_file = \"{}\"\n[archive]\nwal_segment_size = 1048576\n\n[cluster]\nuser = \"postgres\"\nbarrier_lock_key = {BARRIER_KEY}\nagent_timeout = 15\n",
-            key.display()
+            "\n[cluster]\nuser = \"postgres\"\nbarrier_lock_key = {BARRIER_KEY}\nagent_timeout = 15\n"
         );
         for (i, s) in servers.iter().enumerate() {
             text.push_str(&format!(
@@ -98,16 +97,14 @@ impl TestCluster {
             "\n[agent]\ntoken_file = \"{}\"\n",
             token.display()
         ));
-        fs::write(&config, text).unwrap();
-        chown_to_pg(dir.path());
-        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        super::init_repo(CBDR, &config);
+        env.append_toml(&text);
+        env.init_repo();
         for s in &mut servers {
             s.start();
         }
         let agents = (0..=segments).map(|_| None).collect();
         TestCluster {
-            dir,
+            env,
             config,
             servers,
             agent_ports,
@@ -131,25 +128,15 @@ impl TestCluster {
 
     /// Runs `cbdr --config CONFIG ARGS` as the PostgreSQL OS user.
     pub fn cbdr_with(&self, config: &Path, args: &[&str]) -> (i32, String, String) {
-        let mut cmd = pg_command(CBDR);
-        cmd.arg("--config")
-            .arg(config)
-            .args(args)
-            .env("PGUSER", "postgres")
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", self.coordinator().port().to_string());
-        let out = cmd.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.env
+            .with_config(config)
+            .pg_port(self.coordinator().port())
+            .run(args)
+            .parts()
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.cbdr(args);
-        assert_eq!(code, 0, "cbdr {args:?} exited {code}: {err}");
-        out
+        self.env.on(self.coordinator()).ok(args)
     }
 
     /// Starts the agent of instance `i` (index in `servers`), as the
@@ -175,15 +162,14 @@ impl TestCluster {
             .spawn()
             .expect("start cbdr agent");
         self.agents[i] = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "agent {addr} did not start:\n{}",
-                self.agent_log_text(i)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_for(
+            &format!("agent {addr} to start"),
+            Duration::from_secs(20),
+            || match TcpStream::connect(&addr) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("{e}\n{}", self.agent_log_text(i))),
+            },
+        );
     }
 
     pub fn start_agents(&mut self) {
@@ -210,7 +196,7 @@ impl TestCluster {
     }
 
     pub fn agent_log(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("agent{i}.log"))
+        self.env.path(format!("agent{i}.log"))
     }
 
     pub fn agent_log_text(&self, i: usize) -> String {
@@ -218,7 +204,7 @@ impl TestCluster {
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.env.path(name)
     }
 
     /// Writes a restore config placing every instance in `dir/<name>/segN`

@@ -200,16 +200,14 @@ pub fn bucket(test_name: &str) -> S3Target {
     let g = garage();
     let name = bucket_name(test_name, COUNTER.fetch_add(1, Ordering::Relaxed));
     // Right after the layout is applied the cluster may briefly refuse.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match g.try_cli(&["bucket", "create", &name]) {
-            Ok(_) => break,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{e}\n--- garage log tail ---\n{}", g.log_tail())
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    super::wait_for(
+        &format!("garage to create bucket {name}"),
+        Duration::from_secs(30),
+        || {
+            g.try_cli(&["bucket", "create", &name])
+                .map_err(|e| format!("{e}\n--- garage log tail ---\n{}", g.log_tail()))
+        },
+    );
     g.cli(&[
         "bucket",
         "allow",

@@ -3,6 +3,9 @@
 //! * [`pg`]: throw-away PostgreSQL 15 servers ([`pg::PgServer`]).
 //! * [`garage`]: one Garage S3 server per test binary, a fresh bucket per
 //!   call ([`garage::bucket`]).
+//! * [`env`]: one cbdr environment (directory, config, key, repository,
+//!   command runner): [`CbdrEnv::builder`].
+//! * [`wait_for`]: the one polling loop every test that waits uses.
 //!
 //! Every test binary compiles this module separately and uses a different
 //! subset of it, hence the `dead_code` allowances.
@@ -10,9 +13,13 @@
 
 pub mod bank;
 pub mod cluster;
+pub mod env;
 pub mod garage;
 pub mod pg;
 pub mod proxy;
+
+#[allow(unused_imports)]
+pub use env::{CbdrEnv, Cmd, Key, Output, Storage, CBDR};
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -27,7 +27,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -612,19 +612,63 @@ impl PgServer {
     /// server log tail after `timeout`. Use `try_psql` inside `cond` when
     /// the query may fail transiently.
     pub fn wait_until(&self, mut cond: impl FnMut(&PgServer) -> bool, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        super::wait_for("a condition on the server", timeout, || {
             if cond(self) {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "condition not met within {timeout:?}\n--- server log tail ---\n{}",
+                Ok(())
+            } else {
+                Err(format!(
+                    "not met\n--- server log tail ---\n{}",
                     self.log_tail()
-                );
+                ))
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
+    }
+
+    /// Starts `pgbench ARGS postgres` against this server as the
+    /// PostgreSQL OS user (stdout dropped, stderr piped).
+    pub fn pgbench(&self, args: &[&str]) -> Child {
+        pg_command(pg_bin("pgbench"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port().to_string())
+            .args(args)
+            .arg("postgres")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs [`PgServer::pgbench`] to the end; panics unless it succeeded.
+    pub fn run_pgbench(&self, args: &[&str]) {
+        let out = self.pgbench(args).wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `pg_switch_wal()`, then waits (up to 120 s) until no WAL file is
+    /// left `.ready` in `pg_wal/archive_status`: everything is archived.
+    pub fn archive_everything(&self) {
+        self.psql("select pg_switch_wal()");
+        let status = self.data_dir().join("pg_wal/archive_status");
+        super::wait_for("every WAL file archived", Duration::from_secs(120), || {
+            let ready: Vec<String> = fs::read_dir(&status)
+                .map_err(|e| e.to_string())?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".ready"))
+                .collect();
+            if ready.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{ready:?}\n--- server log tail ---\n{}",
+                    self.log_tail()
+                ))
+            }
+        });
     }
 
     /// Wait (up to 120 s) until the server has left recovery
