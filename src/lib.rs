@@ -13,6 +13,7 @@ pub mod pg;
 pub mod physical;
 pub mod repo;
 pub mod storage;
+pub mod task;
 pub mod wal;
 
 pub use error::{Error, ExitCode, Result};

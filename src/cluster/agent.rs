@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{self, Token};
@@ -43,6 +43,7 @@ use crate::physical::progress::Progress as JobProgress;
 use crate::physical::restore::{restore, RestoreOptions};
 use crate::repo::catalog::BackupRecord;
 use crate::repo::Repo;
+use crate::task::AbortOnDrop;
 
 /// Where the agent listens without `--listen` or `[agent] listen`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7070";
@@ -684,15 +685,6 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// Aborts the task when dropped (the connection ended or the agent stops).
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A running job's place: counted in `jobs`, its content id in `busy`.

@@ -29,6 +29,7 @@ use crate::pg::conn::{BackendMessage, ConnParams, PgConn, Replication};
 use crate::pg::{Lsn, TimelineId, WalFile, WalSegmentName};
 use crate::repo::catalog::{ArchiveRecord, BackupRecord};
 use crate::repo::{layout, Repo, TransferStats};
+use crate::task::AbortOnDrop;
 
 /// The newest backup format this cbdr reads: 3 = some archive is a
 /// stream the server compressed, cut into parts anywhere (see
@@ -258,15 +259,6 @@ async fn discard(repo: &Repo, content_id: i32, name: &str) {
             "backup {name} failed; its {} stored objects were removed",
             objects.len()
         );
-    }
-}
-
-/// Aborts a task when dropped (its caller was cancelled).
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
