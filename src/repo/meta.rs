@@ -114,18 +114,18 @@ pub async fn load(storage: &dyn Storage) -> Result<Option<RepoMeta>> {
 /// one), then reads it back: on a storage that does not honour conditional
 /// creates, a racing `repo-init` with another key is caught here.
 pub async fn create(storage: &dyn Storage, meta: &RepoMeta) -> Result<()> {
-    let json = serde_json::to_vec_pretty(meta).expect("serializable");
-    storage
-        .put_new(REPO_META_KEY, body_from_bytes(json))
-        .await?;
+    storage.put_new(REPO_META_KEY, body(meta)).await?;
     confirm(storage, meta).await
 }
 
 /// Replaces the description (`repo-init --upgrade`).
 pub async fn replace(storage: &dyn Storage, meta: &RepoMeta) -> Result<()> {
-    let json = serde_json::to_vec_pretty(meta).expect("serializable");
-    storage.put(REPO_META_KEY, body_from_bytes(json)).await?;
+    storage.put(REPO_META_KEY, body(meta)).await?;
     confirm(storage, meta).await
+}
+
+fn body(meta: &RepoMeta) -> crate::storage::ByteStream {
+    body_from_bytes(serde_json::to_vec_pretty(meta).expect("serializable"))
 }
 
 async fn confirm(storage: &dyn Storage, meta: &RepoMeta) -> Result<()> {

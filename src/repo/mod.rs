@@ -88,6 +88,12 @@ impl Repo {
                 self.storage.location()
             )));
         };
+        self.accept(meta)
+    }
+
+    /// Checks the configured key against the repository's description
+    /// `meta`, loads the passphrase salt and remembers `meta` as checked.
+    fn accept(&self, meta: RepoMeta) -> Result<RepoMeta> {
         let salt = meta.kdf_salt()?;
         if let Some(recorded) = meta.identity()? {
             let given = KeyIdentity::of(self.codec.key.as_deref(), salt)?;
@@ -126,13 +132,19 @@ impl Repo {
     pub async fn prepare_write(&self) -> Result<RepoMeta> {
         let meta = self.check().await?;
         if meta.identity()?.is_none() {
-            return Err(Error::Usage(format!(
-                "the repository at {} was made by an older cbdr and does not record which key it uses: \
-                 run `cbdr repo-init --upgrade` once, with the repository's key, then retry",
-                self.storage.location()
-            )));
+            return Err(self.not_upgraded(&meta));
         }
         Ok(meta)
+    }
+
+    /// The refusal of a format-1 repository, which records no key.
+    fn not_upgraded(&self, meta: &RepoMeta) -> Error {
+        Error::Usage(format!(
+            "the repository at {} was made by an older cbdr (format {}) and does not record which key it uses: \
+             run `cbdr repo-init --upgrade` once, with the repository's key, then retry",
+            self.storage.location(),
+            meta.format
+        ))
     }
 
     /// `cbdr repo-init`: creates the repository with the configured key, or
@@ -159,19 +171,14 @@ impl Repo {
             Some(mut meta) => {
                 if meta.identity()?.is_none() {
                     if !upgrade {
-                        return Err(Error::Usage(format!(
-                            "the repository at {} was made by an older cbdr (format {}) and does not record which key it uses: \
-                             run `cbdr repo-init --upgrade` with the repository's key",
-                            storage.location(),
-                            meta.format
-                        )));
+                        return Err(self.not_upgraded(&meta));
                     }
                     let identity = KeyIdentity::of(self.codec.key.as_deref(), meta.kdf_salt()?)?;
                     meta.set_identity(identity);
                     meta::replace(storage, &meta).await?;
                     return Ok(InitOutcome::Upgraded(identity.describe()));
                 }
-                let meta = self.check().await?;
+                let meta = self.accept(meta)?;
                 let identity = meta.identity()?.expect("checked above");
                 Ok(InitOutcome::AlreadyThere(identity.describe()))
             }
