@@ -44,6 +44,8 @@ pub struct Config {
     #[serde(default)]
     pub archive: ArchiveConfig,
     #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub agent: AgentConfig,
@@ -99,6 +101,17 @@ pub enum CopyFormatChoice {
     #[default]
     Auto,
     Text,
+}
+
+/// `[backup]`: base backups.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Deltas in a row before `backup-push` takes a full backup again; 0
+    /// (the default): `backup-push` takes full backups, `--delta` allows
+    /// up to 6 in a row.
+    #[serde(default)]
+    pub delta_max_steps: u32,
 }
 
 /// `[logical]`: gpbackup/gprestore.

@@ -184,6 +184,8 @@ fn backup_request(server: &PgServer, wal_wait_secs: u64) -> BackupRequest {
         user: Some("postgres".into()),
         database: None,
         wal_wait_secs,
+        mode: Default::default(),
+        delta_max_steps: 0,
     }
 }
 

@@ -147,6 +147,7 @@ mod seeds {
                     plain_bytes: 23_000_000,
                     stored_bytes: 4_000_000,
                     server_compression: None,
+                    map_parts: 0,
                 },
                 ArchiveRecord {
                     name: "16384".into(),
@@ -155,11 +156,14 @@ mod seeds {
                     plain_bytes: 8192,
                     stored_bytes: 900,
                     server_compression: Some(Compression::Lz4),
+                    map_parts: 0,
                 },
             ],
             compression: "zstd".into(),
             encrypted: false,
             manifest_bytes: 12_345,
+            base: None,
+            chain: Vec::new(),
         }
     }
 

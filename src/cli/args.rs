@@ -50,6 +50,24 @@ pub struct BackupPushArgs {
     /// Seconds to wait for the backup's WAL to reach the archive.
     #[arg(long, default_value_t = 300)]
     pub wal_wait: u64,
+    /// Store only the blocks that changed since the newest backup (a full
+    /// backup when none can serve as the base; see docs/backup-restore.md).
+    #[arg(long, conflicts_with = "full")]
+    pub delta: bool,
+    /// A full backup, whatever `[backup] delta_max_steps` says.
+    #[arg(long)]
+    pub full: bool,
+}
+
+impl BackupPushArgs {
+    pub fn mode(&self) -> crate::physical::blocks::base::BackupMode {
+        use crate::physical::blocks::base::BackupMode;
+        match (self.delta, self.full) {
+            (true, _) => BackupMode::Delta,
+            (_, true) => BackupMode::Full,
+            _ => BackupMode::Auto,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

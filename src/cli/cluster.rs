@@ -111,6 +111,7 @@ pub async fn backup(config: &Config, topo: &Topology, args: &BackupPushArgs) -> 
         wal_wait: Duration::from_secs(args.wal_wait),
         agent_timeout: Duration::from_secs(config.cluster.agent_timeout),
         connect_timeout: CONNECT_TIMEOUT,
+        mode: args.mode(),
     };
     let ticker = Ticker::start("backup", topo.segments().len());
     let started = Instant::now();
@@ -119,8 +120,12 @@ pub async fn backup(config: &Config, topo: &Topology, args: &BackupPushArgs) -> 
     let b = result.inspect_err(|_| {
         tracing::error!("the cluster backup was aborted; no cluster backup was recorded");
     })?;
+    let kind = match &b.base {
+        Some(base) => format!("delta of {base}"),
+        None => "full".to_string(),
+    };
     println!(
-        "cluster backup {} complete in {:.1} s: {} instances, {} MB, stored {} MB, restore point {}",
+        "cluster backup {} complete ({kind}) in {:.1} s: {} instances, {} MB, stored {} MB, restore point {}",
         b.name,
         started.elapsed().as_secs_f64(),
         b.segments.len(),
@@ -129,8 +134,12 @@ pub async fn backup(config: &Config, topo: &Topology, args: &BackupPushArgs) -> 
         b.restore_point
     );
     for s in &b.segments {
+        let chain = match s.chain.len() {
+            0 | 1 => "full".to_string(),
+            n => format!("delta, a chain of {n}"),
+        };
         println!(
-            "  content {:>3}: {} ({} to {})",
+            "  content {:>3}: {} ({chain}, {} to {})",
             s.content_id, s.backup, s.start_lsn, s.stop_lsn
         );
     }

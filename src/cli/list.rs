@@ -214,18 +214,33 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
             println!("  (none)");
         } else {
             println!(
-                "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>6}  COMPRESSED",
-                "NAME", "FINISHED (UTC)", "START LSN", "STOP LSN", "TLI", "SIZE", "STORED", "RATIO"
+                "  {:<24} {:<20} {:>12} {:>12} {:>4} {:<8} {:>10} {:>10} {:>6}  COMPRESSED",
+                "NAME",
+                "FINISHED (UTC)",
+                "START LSN",
+                "STOP LSN",
+                "TLI",
+                "TYPE",
+                "SIZE",
+                "STORED",
+                "RATIO"
             );
             for b in &s.backups {
                 let ratio = b.plain_bytes() as f64 / b.stored_bytes().max(1) as f64;
+                // Full or delta, and the chain a delta needs (SIZE: the
+                // bytes it stands for; STORED: what it stored itself).
+                let kind = match b.base {
+                    Some(_) => format!("delta/{}", b.chain_len()),
+                    None => "full".to_string(),
+                };
                 println!(
-                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>5.1}x  {} by {}",
+                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:<8} {:>10} {:>10} {:>5.1}x  {} by {}{}",
                     b.name,
                     b.stop_time.format("%Y-%m-%d %H:%M:%S"),
                     b.start_lsn.to_string(),
                     b.stop_lsn.to_string(),
                     b.timeline.0,
+                    kind,
                     human(b.plain_bytes()),
                     human(b.stored_bytes()),
                     ratio,
@@ -234,7 +249,11 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
                         "the server"
                     } else {
                         "cbdr"
-                    }
+                    },
+                    b.base
+                        .as_deref()
+                        .map(|base| format!(", base {base}"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -318,13 +337,17 @@ fn print_cluster(c: &ClusterListing) {
     }
     for b in &c.backups {
         println!(
-            "  {:<24} {:<20} {:>8} {:>10} {:>10}  {}",
+            "  {:<24} {:<20} {:>8} {:>10} {:>10}  {}{}",
             b.name,
             b.stop_time.format("%Y-%m-%d %H:%M:%S"),
             b.segments.len(),
             human(b.plain_bytes()),
             human(b.stored_bytes()),
-            b.restore_point
+            b.restore_point,
+            b.base
+                .as_deref()
+                .map(|base| format!(" (delta of {base})"))
+                .unwrap_or_default()
         );
     }
     println!("Cluster restore points:");

@@ -21,10 +21,16 @@ pub async fn backup(config: &Config, content_id: i32, args: BackupPushArgs) -> R
         part_target: PART_TARGET,
         compress_on: config.compression.compress_on,
         progress: None,
+        mode: args.mode(),
+        delta_max_steps: config.backup.delta_max_steps,
     };
     let b = backup_push(&repo, &opts).await?;
+    let kind = match &b.base {
+        Some(base) => format!("delta of {base}, a chain of {}", b.chain_len()),
+        None => "full".to_string(),
+    };
     println!(
-        "backup {} complete: {} to {}, {} MB, stored {} MB",
+        "backup {} complete ({kind}): {} to {}, {} MB, stored {} MB",
         b.name,
         b.start_lsn,
         b.stop_lsn,
@@ -157,17 +163,30 @@ pub async fn restore_cmd(config: &Config, content_id: i32, args: RestoreArgs) ->
             }
         }
         println!(
-            "restored backup {} into {}: {outcome}",
+            "restored backup {}{} into {}: {outcome}",
             b.name,
+            chain_note(&b),
             target_dir.display()
         );
         return Ok(());
     }
     println!(
-        "restored backup {} into {}: start the server to recover (to {})",
+        "restored backup {}{} into {}: start the server to recover (to {})",
         b.name,
+        chain_note(&b),
         target_dir.display(),
         opts.target
     );
     Ok(())
+}
+
+/// " (a delta: blocks read from a chain of N backups)" for a delta.
+fn chain_note(b: &crate::repo::catalog::BackupRecord) -> String {
+    match b.is_delta() {
+        true => format!(
+            " (a delta: blocks read from its chain of {} backups)",
+            b.chain_len()
+        ),
+        false => String::new(),
+    }
 }

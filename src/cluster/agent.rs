@@ -815,6 +815,8 @@ async fn backup_job(
         part_target: PART_TARGET,
         compress_on: config.compression.compress_on,
         progress: Some(progress),
+        mode: req.mode,
+        delta_max_steps: req.delta_max_steps,
     };
     backup_push(&repo, &opts).await
 }

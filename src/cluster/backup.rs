@@ -28,6 +28,8 @@ pub struct ClusterBackupOptions {
     pub agent_timeout: Duration,
     /// Connecting and authenticating to an agent.
     pub connect_timeout: Duration,
+    /// Full or delta, for every instance (each against its own base).
+    pub mode: crate::physical::blocks::base::BackupMode,
 }
 
 /// Per-instance progress, shared with whoever displays it.
@@ -72,12 +74,39 @@ pub async fn cluster_backup_push(
                 stop_lsn: b.stop_lsn,
                 plain_bytes: b.plain_bytes(),
                 stored_bytes: b.stored_bytes(),
+                chain: b.chain.clone(),
             })
             .collect(),
+        base: cluster_base(repo, &records).await?,
     };
     repo.put_json(&layout::cluster_backup_key(&name), &record)
         .await?;
     Ok(record)
+}
+
+/// The cluster backup that holds the bases of the instances' deltas (the
+/// newest, if they are in several).
+async fn cluster_base(
+    repo: &Repo,
+    records: &[crate::repo::catalog::BackupRecord],
+) -> Result<Option<String>> {
+    let bases: Vec<(i32, &str)> = records
+        .iter()
+        .filter_map(|b| b.base.as_deref().map(|base| (b.content_id, base)))
+        .collect();
+    if bases.is_empty() {
+        return Ok(None);
+    }
+    let cluster = repo.cluster_backups().await?;
+    Ok(cluster
+        .iter()
+        .rev()
+        .find(|c| {
+            c.segments
+                .iter()
+                .any(|s| bases.contains(&(s.content_id, s.backup.as_str())))
+        })
+        .map(|c| c.name.clone()))
 }
 
 async fn backup_one(
@@ -96,6 +125,8 @@ async fn backup_one(
         user: config.cluster.user.clone(),
         database: Some(config.cluster.database.clone()),
         wal_wait_secs: opts.wal_wait.as_secs(),
+        mode: opts.mode,
+        delta_max_steps: config.backup.delta_max_steps,
     };
     let id = seg.content_id;
     let record = client

@@ -45,6 +45,11 @@ pub struct SegmentBackup {
     pub stop_lsn: Lsn,
     pub plain_bytes: u64,
     pub stored_bytes: u64,
+    /// The instance's backups this one needs, itself first (a delta's
+    /// chain: the delta, its base, the base's base...); empty for a full
+    /// backup of the tar format.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +61,11 @@ pub struct ClusterBackup {
     /// restore of this backup recovers to it.
     pub restore_point: String,
     pub segments: Vec<SegmentBackup>,
+    /// The cluster backup this one is a delta of: the one that holds the
+    /// bases of the instances' deltas. `None`: every instance took a full
+    /// backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl ClusterBackup {

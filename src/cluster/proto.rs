@@ -156,6 +156,12 @@ pub struct BackupRequest {
     pub database: Option<String>,
     /// Seconds to wait for the backup's WAL to reach the archive.
     pub wal_wait_secs: u64,
+    /// Full or delta (the caller's `--delta`/`--full`).
+    #[serde(default)]
+    pub mode: crate::physical::blocks::base::BackupMode,
+    /// The caller's `[backup] delta_max_steps`.
+    #[serde(default)]
+    pub delta_max_steps: u32,
 }
 
 /// Where recovery stops (the wire form of [`RecoveryTarget`]).

@@ -20,6 +20,9 @@ use chrono::Utc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::blocks::base::{plan, BackupMode, Plan};
+use super::blocks::write::{BaseArchive, BlockArchive};
+use super::blocks::BLOCK_FORMAT;
 use super::progress::{report, Progress};
 use super::tar_split::{Step, TarSplitter};
 use crate::codec::{Codec, Compression};
@@ -31,12 +34,15 @@ use crate::repo::catalog::{ArchiveRecord, BackupRecord};
 use crate::repo::{layout, Repo, TransferStats};
 use crate::task::AbortOnDrop;
 
-/// The newest backup format this cbdr reads: 3 = some archive is a
+/// The newest backup format this cbdr reads: 4 = a block backup (full or
+/// delta: see [`super::blocks`]); 3 = some archive is a
 /// stream the server compressed, cut into parts anywhere (see
 /// [`super::compress_on`]); 2 = files larger than a part may be cut into
 /// pieces (see [`super::tar_split`]); 1 = every file whole. A backup is
 /// written with the oldest format that describes it.
-pub const BACKUP_FORMAT: u32 = 3;
+pub const BACKUP_FORMAT: u32 = BLOCK_FORMAT;
+/// The format of a backup some archive of which the server compressed.
+const FORMAT_SERVER: u32 = 3;
 /// The format of a backup whose archives cbdr compressed.
 const FORMAT_PIECES: u32 = 2;
 
@@ -72,6 +78,10 @@ pub struct BackupOptions {
     pub compress_on: CompressOn,
     /// Bytes received and the phase, for callers that report progress.
     pub progress: Option<Arc<Progress>>,
+    /// Full or delta (see [`super::blocks::base::plan`]).
+    pub mode: BackupMode,
+    /// `[backup] delta_max_steps`.
+    pub delta_max_steps: u32,
 }
 
 /// Takes a base backup; returns its record once it is complete.
@@ -96,6 +106,11 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         .get_str("systemid")
         .context("IDENTIFY_SYSTEM")?
         .to_string();
+    let timeline: TimelineId = ident
+        .get_str("timeline")
+        .context("IDENTIFY_SYSTEM")?
+        .parse()
+        .map_err(|e| Error::Server(format!("IDENTIFY_SYSTEM sent a bad timeline: {e}")))?;
     let segment_size = parse_size_setting(
         conn.query_one("SHOW wal_segment_size")
             .await
@@ -104,14 +119,51 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
             .as_str(),
     )?;
 
-    let server_compression = super::compress_on::server_compression(
-        repo,
-        &opts.conn,
-        opts.content_id,
-        opts.compress_on,
-        version,
-    )
-    .await?;
+    let plan = match (opts.mode, opts.delta_max_steps) {
+        (BackupMode::Auto | BackupMode::Full, 0) => Plan::Tar,
+        _ => plan(
+            opts.mode,
+            opts.delta_max_steps,
+            &repo.backups(opts.content_id).await?,
+            &system_identifier,
+            timeline,
+        ),
+    };
+    let server_compression = match &plan {
+        Plan::Tar => {
+            super::compress_on::server_compression(
+                repo,
+                &opts.conn,
+                opts.content_id,
+                opts.compress_on,
+                version,
+            )
+            .await?
+        }
+        _ => {
+            if opts.compress_on == CompressOn::Server {
+                tracing::info!("compress_on = server does not apply to block backups (full or delta): PostgreSQL sends the plain tar, cbdr hashes it per block and compresses the blocks it stores");
+            }
+            None
+        }
+    };
+    let base = match plan {
+        Plan::Tar => None,
+        Plan::FullBlocks { why } => {
+            if let Some(why) = why {
+                tracing::warn!("taking a full backup, not a delta: {why}");
+            }
+            Some(None)
+        }
+        Plan::Delta { base } => {
+            tracing::info!(
+                "taking a delta against {} (a chain of {} backups)",
+                base.name,
+                base.chain.len() + 1
+            );
+            Some(Some(base))
+        }
+    };
 
     // Unique by construction: see new_backup_name.
     let name = crate::repo::catalog::new_backup_name("base");
@@ -144,6 +196,7 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         opts.part_target,
     );
     stream.server_compression = server_compression;
+    stream.blocks = base.clone();
     stream.progress = opts.progress.clone();
     report(&opts.progress, |p| p.set_phase("streaming"));
     // The receiver runs as a task of its own: on a runtime worker, where
@@ -204,9 +257,18 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         compression: repo.codec.compression.name().to_string(),
         encrypted: repo.codec.key.is_some(),
         manifest_bytes,
+        base: None,
+        chain: Vec::new(),
     };
     if record.server_compressed() {
-        record.format = BACKUP_FORMAT;
+        record.format = FORMAT_SERVER;
+    }
+    if let Some(base) = &base {
+        record.format = BLOCK_FORMAT;
+        record.chain = std::iter::once(name.clone())
+            .chain(base.iter().flat_map(|b| b.chain.iter().cloned()))
+            .collect();
+        record.base = base.as_ref().map(|b| b.name.clone());
     }
     crate::fault::point("backup-record");
     if let Err(e) = repo
@@ -347,6 +409,9 @@ struct BackupStream {
     slots: Arc<Semaphore>,
     storing: Arc<Semaphore>,
     current: Option<ArchiveWriter>,
+    /// A block backup: `Some(base)`, `Some(None)` for a full one.
+    blocks: Option<Option<BackupRecord>>,
+    current_blocks: Option<BlockArchive>,
     done: Vec<ArchiveRecord>,
     manifest: Option<PartSink>,
     progress: Option<Arc<Progress>>,
@@ -374,6 +439,8 @@ impl BackupStream {
             slots: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
             storing: Arc::new(Semaphore::new(PARTS_STORING)),
             current: None,
+            blocks: None,
+            current_blocks: None,
             done: Vec::new(),
             manifest: None,
             progress: None,
@@ -471,7 +538,8 @@ impl BackupStream {
                         } else {
                             oid
                         };
-                        self.start_archive(archive, location.filter(|l| !l.is_empty()));
+                        self.start_archive(archive, location.filter(|l| !l.is_empty()))
+                            .await?;
                     } else {
                         self.start_manifest();
                     }
@@ -486,7 +554,7 @@ impl BackupStream {
                     match parse_copy_data(data) {
                         BaseBackupMessage::NewArchive { archive, location } => {
                             self.finish_archive().await?;
-                            self.start_archive(archive, location);
+                            self.start_archive(archive, location).await?;
                         }
                         BaseBackupMessage::Data(bytes) => self.write(bytes).await?,
                         BaseBackupMessage::Progress(sent) => {
@@ -540,8 +608,23 @@ impl BackupStream {
         Ok((start, stop, std::mem::take(&mut self.done), manifest_bytes))
     }
 
-    fn start_archive(&mut self, archive: String, location: Option<String>) {
+    async fn start_archive(&mut self, archive: String, location: Option<String>) -> Result<()> {
         tracing::debug!("backup {}: archive {archive} ({location:?})", self.name);
+        if let Some(base) = &self.blocks {
+            let base = match base {
+                Some(b) => BaseArchive::load(&self.repo, b, &archive).await?,
+                None => None,
+            };
+            self.current_blocks = Some(BlockArchive::start(
+                &self.repo,
+                self.content_id,
+                &self.name,
+                archive,
+                location,
+                base,
+            ));
+            return Ok(());
+        }
         // A stream the server compressed is stored without compressing it
         // again, in parts that end anywhere.
         let (repo, part_target) = match self.server_compression {
@@ -567,12 +650,14 @@ impl BackupStream {
                 plain_bytes: 0,
                 stored_bytes: 0,
                 server_compression: self.server_compression,
+                map_parts: 0,
             },
             plain_at_start: self.plain_sent,
             splitter: TarSplitter::new(self.part_target),
             part: None,
             uploads: VecDeque::new(),
         });
+        Ok(())
     }
 
     fn start_manifest(&mut self) {
@@ -583,6 +668,9 @@ impl BackupStream {
     async fn write(&mut self, mut data: Bytes) -> Result<()> {
         if let Some(m) = self.manifest.as_mut() {
             return m.send(data).await;
+        }
+        if let Some(b) = self.current_blocks.as_mut() {
+            return b.write(data).await;
         }
         let Some(a) = self.current.as_mut() else {
             return Err(Error::Server(
@@ -653,6 +741,10 @@ impl BackupStream {
     }
 
     async fn finish_archive(&mut self) -> Result<()> {
+        if let Some(b) = self.current_blocks.take() {
+            self.done.push(b.finish().await?);
+            return Ok(());
+        }
         let Some(mut a) = self.current.take() else {
             return Ok(());
         };
@@ -685,6 +777,9 @@ impl BackupStream {
     /// Stops every upload in flight (nothing of this backup becomes
     /// complete: its record is never written).
     async fn abort(&mut self) {
+        if let Some(b) = self.current_blocks.take() {
+            b.abort().await;
+        }
         if let Some(a) = self.current.take() {
             for u in a.uploads {
                 u.abort();

@@ -1,6 +1,7 @@
 //! Physical base backups and restores of one server (or segment).
 
 pub mod backup;
+pub mod blocks;
 pub mod compress_on;
 pub mod manifest;
 pub mod progress;

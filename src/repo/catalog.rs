@@ -25,6 +25,14 @@ pub struct ArchiveRecord {
     /// pieces of one compressed stream, to decode in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_compression: Option<Compression>,
+    /// Block format (4) only: the archive's map packs (`parts` counts its
+    /// block packs). See `physical::blocks`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub map_parts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,9 +53,27 @@ pub struct BackupRecord {
     pub compression: String,
     pub encrypted: bool,
     pub manifest_bytes: u64,
+    /// The backup this one is a delta of (same content id); `None`: a full
+    /// backup. A backup needs its base, and the base's base (its chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Block format (4) only: the backups whose blocks this backup's block
+    /// maps point into, this one first, then its base, the base's base...
+    /// (the maps name a backup by its index here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
 }
 
 impl BackupRecord {
+    /// Whether this is a delta (it needs its base to be restored).
+    pub fn is_delta(&self) -> bool {
+        self.base.is_some()
+    }
+    /// Backups restored together: 1 for a full backup, 2 for a delta of a
+    /// full one...
+    pub fn chain_len(&self) -> usize {
+        self.chain.len().max(1)
+    }
     /// (Sums saturate: the sizes come from a record read from storage.)
     pub fn plain_bytes(&self) -> u64 {
         self.archives

@@ -10,6 +10,13 @@
 //! seg{ID}/basebackups/{NAME}/parts/{ARCHIVE}/{N}.tar.lz4 (or .tar.zst)
 //!                                         the tar stream as the server compressed
 //!                                         it, cut anywhere (compress_on = server)
+//! seg{ID}/basebackups/{NAME}/blocks/{ARCHIVE}/{N}.pack
+//!                                         block backups (format 4): extents of the
+//!                                         blocks this backup stores
+//! seg{ID}/basebackups/{NAME}/maps/{ARCHIVE}/{N}.pack
+//!                                         block backups: each entry's block map
+//! seg{ID}/basebackups/{NAME}/maps/{ARCHIVE}/index.json
+//!                                         block backups: where the large files' maps are
 //! seg{ID}/basebackups/{NAME}/backup_manifest   the server's backup manifest
 //! seg{ID}/basebackups/{NAME}/backup.json  the backup's record, written last:
 //!                                         a backup without it is incomplete
@@ -81,6 +88,30 @@ pub fn backup_part_key(
     };
     format!(
         "{}parts/{archive}/{part:06}.tar{ext}",
+        backup_prefix(content_id, backup)
+    )
+}
+
+/// A block pack of a block backup (see `physical::blocks`).
+pub fn block_pack_key(content_id: i32, backup: &str, archive: &str, pack: u32) -> String {
+    format!(
+        "{}blocks/{archive}/{pack:06}.pack",
+        backup_prefix(content_id, backup)
+    )
+}
+
+/// A map pack of a block backup.
+pub fn map_pack_key(content_id: i32, backup: &str, archive: &str, pack: u32) -> String {
+    format!(
+        "{}maps/{archive}/{pack:06}.pack",
+        backup_prefix(content_id, backup)
+    )
+}
+
+/// The index of a block backup's large files' maps.
+pub fn map_index_key(content_id: i32, backup: &str, archive: &str) -> String {
+    format!(
+        "{}maps/{archive}/index.json",
         backup_prefix(content_id, backup)
     )
 }

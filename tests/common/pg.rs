@@ -671,6 +671,28 @@ impl PgServer {
         });
     }
 
+    /// `pg_dump` of the `postgres` database, without what differs between
+    /// two dumps of the same data (pg_dump 15.14+'s random `\restrict` key).
+    pub fn dump(&self) -> String {
+        let out = pg_command(pg_bin("pg_dump"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port().to_string())
+            .args(["--no-comments", "postgres"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Wait (up to 120 s) until the server has left recovery
     /// (`pg_is_in_recovery()` is false).
     pub fn wait_for_recovery_end(&self) {
@@ -737,3 +759,20 @@ if [ -n "$pid" ] && [ "$(cat /proc/$pid/comm 2>/dev/null)" = postgres ]; then
 fi
 rm -rf "$2"
 "#;
+
+/// `pg_verifybackup -n` of a restored directory (before it is started):
+/// panics with its output unless it passes.
+pub fn verify_backup(dir: &Path) {
+    chown_to_pg(dir);
+    let out = pg_command(pg_bin("pg_verifybackup"))
+        .arg("-n")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -22,6 +22,7 @@ use crate::pg::{Lsn, WalFile, WalSegmentName};
 use crate::repo::catalog::BackupRecord;
 use crate::repo::{layout, Repo};
 
+mod blocks;
 mod checks;
 mod unpack;
 
@@ -215,7 +216,14 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     }
     check_target(repo, opts, &backup).await?;
     check_wal(repo, &backup, target_lsn).await?;
-    check_parts(repo, &backup).await?;
+    // A block backup (full or delta) needs its chain: every record and
+    // pack is checked before anything is written.
+    let chain = if backup.chain.is_empty() {
+        check_parts(repo, &backup).await?;
+        None
+    } else {
+        Some(blocks::check_chain(repo, &backup).await?)
+    };
     // A restore point is on a known timeline: follow that one, not the
     // latest (a copy restored and promoted earlier may have archived a
     // newer timeline that branched off before the point).
@@ -276,12 +284,30 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord>
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let pieces: Arc<Mutex<Pieces>> = Arc::default();
     let stop: Arc<AtomicBool> = Arc::default();
+    if let Some(chain) = chain {
+        let shared = Arc::new(blocks::Shared {
+            repo: repo.clone(),
+            chain,
+            manifest: manifest.clone(),
+            seen: seen.clone(),
+            pieces: pieces.clone(),
+            stop: stop.clone(),
+            progress: opts.progress.clone(),
+        });
+        if let Err(e) = blocks::unpack_blocks(shared, &dirs, opts.parallel).await {
+            return Err(incomplete(&opts.target_dir, damaged(&backup, e)));
+        }
+    }
+    let block_backup = !backup.chain.is_empty();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     // Part keys are made as they are needed: nothing grows with the
     // number of parts. A stream the server compressed is one job (decoded
     // in order), started first: it takes the longest.
     let mut archives: Vec<&crate::repo::catalog::ArchiveRecord> = backup.archives.iter().collect();
     archives.sort_by_key(|a| a.server_compression.is_none());
+    if block_backup {
+        archives.clear();
+    }
     let mut queue = archives.into_iter().flat_map(|a| {
         let (dir, manifest_prefix) = dirs[&a.name].clone();
         let (content_id, name, archive) = (opts.content_id, backup.name.clone(), a.name.clone());

@@ -1,0 +1,471 @@
+//! The unpacking half of a restore of a block backup (full or delta): the
+//! newest backup's file maps read in order, each file cut into chunks
+//! restored on every core, each block read from the backup of the chain
+//! that holds it (ranged reads of its extents, adjacent extents in one
+//! read), checked against its hash in the map, and written in place. No
+//! chain is replayed: every block is written once.
+
+#[allow(unused_imports)]
+use super::*;
+
+use crate::physical::blocks::{
+    block_count, block_len, decode_map, hash, object_name, pack_objects, read_range, ExtentRef,
+    FileMap, Kind, BLOCK_SIZE, CHUNK_BLOCKS,
+};
+use crate::repo::catalog::BackupRecord;
+
+/// Bytes between two extents of one pack below which they are read in one
+/// request (the bytes between are read and dropped).
+const READ_GAP: u64 = 256 * 1024;
+/// Bytes read in one request at most.
+const READ_MAX: u64 = 8 * 1024 * 1024;
+
+/// Reads the records of the backup's chain (itself first) and checks that
+/// every pack they list is in the repository, before anything is written.
+pub(super) async fn check_chain(repo: &Repo, backup: &BackupRecord) -> Result<Vec<BackupRecord>> {
+    if backup.chain.first() != Some(&backup.name) {
+        return Err(Error::Integrity(format!(
+            "backup {}: its record is damaged (its chain does not start with itself)",
+            backup.name
+        )));
+    }
+    let mut chain = vec![backup.clone()];
+    for (i, name) in backup.chain.iter().enumerate().skip(1) {
+        let b = match repo.backup(backup.content_id, name).await {
+            Ok(b) => b,
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Integrity(format!(
+                    "backup {} is a delta that needs backup {name} (its chain: {}), which is not in the repository: it cannot be restored; restore another backup (`cbdr list` shows them)",
+                    backup.name,
+                    backup.chain.join(" <- ")
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        if b.chain[..] != backup.chain[i..] || b.system_identifier != backup.system_identifier {
+            return Err(Error::Integrity(format!(
+                "backup {} needs backup {name}, whose record does not match (another chain or another server): it cannot be restored",
+                backup.name
+            )));
+        }
+        chain.push(b);
+    }
+    let location = repo.storage.location();
+    for (i, b) in chain.iter().enumerate() {
+        let stored: HashSet<String> = repo
+            .storage
+            .list(&layout::backup_prefix(b.content_id, &b.name))
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        for a in &b.archives {
+            let blocks =
+                (0..a.parts).map(|n| layout::block_pack_key(b.content_id, &b.name, &a.name, n));
+            let maps = (0..if i == 0 { a.map_parts } else { 0 })
+                .map(|n| layout::map_pack_key(b.content_id, &b.name, &a.name, n));
+            if let Some(key) = blocks.chain(maps).find(|k| !stored.contains(k)) {
+                return Err(Error::Integrity(format!(
+                    "backup {} is damaged: its object {key} is missing from {location}; {}: restore another backup (`cbdr list` shows them) and take a new full one",
+                    b.name,
+                    if i == 0 {
+                        "it cannot be restored".to_string()
+                    } else {
+                        format!("backup {}, a delta of it, cannot be restored", backup.name)
+                    }
+                )));
+            }
+        }
+    }
+    Ok(chain)
+}
+
+/// What every chunk job shares.
+pub(super) struct Shared {
+    pub(super) repo: Repo,
+    pub(super) chain: Vec<BackupRecord>,
+    pub(super) manifest: Arc<Manifest>,
+    pub(super) seen: Arc<Mutex<HashSet<String>>>,
+    pub(super) pieces: Arc<Mutex<Pieces>>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) progress: Option<Arc<Progress>>,
+}
+
+/// Restores every archive of `shared.chain[0]` into its directory.
+pub(super) async fn unpack_blocks(
+    shared: Arc<Shared>,
+    dirs: &HashMap<String, (PathBuf, String)>,
+    parallel: usize,
+) -> Result<()> {
+    let newest = &shared.chain[0];
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    let mut failure: Option<Error> = None;
+    let early_sync = EarlySync::start(dirs.values().map(|(d, _)| d.clone()).collect());
+    'archives: for a in &newest.archives {
+        let (dir, prefix) = dirs[&a.name].clone();
+        for n in 0..a.map_parts {
+            let key = layout::map_pack_key(newest.content_id, &newest.name, &a.name, n);
+            let pack = match crate::storage::get_bytes(shared.repo.storage.as_ref(), &key).await {
+                Ok(p) => p,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break 'archives;
+                }
+            };
+            let objects = match pack_objects(&key, &pack) {
+                Ok(o) => o,
+                Err(e) => {
+                    failure = Some(e);
+                    break 'archives;
+                }
+            };
+            for (seq, _, range) in objects {
+                let map = decode_map(&shared.repo, &key, seq, pack[range].to_vec()).and_then(|m| {
+                    m.check(shared.chain.len())
+                        .map_err(|e| Error::Integrity(format!("{key}: {e}")))?;
+                    Ok(m)
+                });
+                let map = match map {
+                    Ok(m) => m,
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'archives;
+                    }
+                };
+                let jobs = match place(&map, &dir, &prefix, &shared) {
+                    Ok(Some(out)) => out,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'archives;
+                    }
+                };
+                let map = Arc::new(map);
+                for chunk in 0..block_count(map.size).div_ceil(CHUNK_BLOCKS) {
+                    while tasks.len() >= parallel.max(1) {
+                        if let Some(Err(e)) = join(&mut tasks).await {
+                            failure = Some(e);
+                            break 'archives;
+                        }
+                    }
+                    let (shared, map, archive) = (shared.clone(), map.clone(), a.name.clone());
+                    let (out, manifest_path) = jobs.clone();
+                    let handle = tokio::runtime::Handle::current();
+                    tasks.spawn_blocking(move || {
+                        restore_chunk(
+                            &shared,
+                            &handle,
+                            &archive,
+                            &map,
+                            chunk,
+                            &out,
+                            &manifest_path,
+                        )
+                    });
+                }
+            }
+        }
+    }
+    if failure.is_some() {
+        shared.stop.store(true, Ordering::Relaxed);
+    }
+    while let Some(r) = join(&mut tasks).await {
+        if let Err(e) = r {
+            failure.get_or_insert(e);
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    early_sync.stop();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn join(tasks: &mut JoinSet<Result<()>>) -> Option<Result<()>> {
+    tasks.join_next().await.map(|j| {
+        j.map_err(|e| Error::Internal(format!("restore task: {e}")))
+            .and_then(|r| r)
+    })
+}
+
+/// Makes a directory or link, or creates (empty) the file of a map;
+/// returns the file to fill and its manifest path when it has data.
+fn place(
+    map: &FileMap,
+    dir: &Path,
+    prefix: &str,
+    shared: &Shared,
+) -> Result<Option<(PathBuf, String)>> {
+    let bad = |what: String| Error::Integrity(format!("backup {}: {what}", shared.chain[0].name));
+    let rel = Path::new(&map.path);
+    if map.path.is_empty()
+        || rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(bad(format!("refusing the path {:?}", map.path)));
+    }
+    if through_link(dir, rel) {
+        return Err(bad(format!(
+            "refusing {}: it goes through a symbolic link of the archive",
+            map.path
+        )));
+    }
+    let dest = dir.join(rel);
+    let mkdir = |d: &Path| {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(|e| Error::io(format!("creating {}", d.display()), e))
+    };
+    match map.kind {
+        Kind::Dir => {
+            mkdir(&dest)?;
+            Ok(None)
+        }
+        Kind::Link => {
+            let target = map
+                .link
+                .as_deref()
+                .ok_or_else(|| bad(format!("link {} without a target", map.path)))?;
+            std::os::unix::fs::symlink(target, &dest)
+                .map_err(|e| Error::io(format!("creating link {}", dest.display()), e))?;
+            Ok(None)
+        }
+        Kind::File => {
+            if let Some(parent) = dest.parent() {
+                mkdir(parent)?;
+            }
+            let manifest_path = format!("{prefix}{}", map.path);
+            let out = if manifest_path == "global/pg_control" {
+                dest.with_extension(PARTIAL_EXT)
+            } else {
+                dest
+            };
+            OutFile::open(&out, 0, true)
+                .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+            if map.size == 0 {
+                let done = shared.done();
+                done.file(manifest_path, 0, 0).map_err(bad)?;
+                return Ok(None);
+            }
+            Ok(Some((out, manifest_path)))
+        }
+    }
+}
+
+impl Shared {
+    fn done(&self) -> Done<'_> {
+        Done {
+            manifest: &self.manifest,
+            seen: &self.seen,
+            pieces: &self.pieces,
+            stop: &self.stop,
+        }
+    }
+}
+
+/// The extents one request reads: `(extent, [(position, block)])`, all in
+/// one pack of one backup.
+type Read1 = Vec<(ExtentRef, Vec<(u32, u64)>)>;
+
+/// Groups the blocks of a chunk by extent, and adjacent extents into reads.
+fn plan_reads(map: &FileMap, first: u64, end: u64) -> Vec<Read1> {
+    let mut wanted: Vec<(ExtentRef, u32, u64)> = Vec::new();
+    for r in &map.runs {
+        let (lo, hi) = (r.first.max(first), (r.first + r.count as u64).min(end));
+        for i in lo..hi {
+            wanted.push((r.extent, r.at + (i - r.first) as u32, i));
+        }
+    }
+    wanted.sort_unstable_by_key(|&(e, at, _)| (e.backup, e.pack, e.offset, at));
+    let mut reads: Vec<Read1> = Vec::new();
+    for (e, at, i) in wanted {
+        let Some(read) = reads.last_mut() else {
+            reads.push(vec![(e, vec![(at, i)])]);
+            continue;
+        };
+        let start = read[0].0.offset;
+        let (last, blocks) = read.last_mut().expect("never empty");
+        if *last == e {
+            blocks.push((at, i));
+            continue;
+        }
+        let prev_end = last.offset + last.len as u64;
+        let joins = last.backup == e.backup
+            && last.pack == e.pack
+            && e.offset >= prev_end
+            && e.offset - prev_end <= READ_GAP
+            && e.offset + e.len as u64 - start <= READ_MAX;
+        if joins {
+            read.push((e, vec![(at, i)]));
+        } else {
+            reads.push(vec![(e, vec![(at, i)])]);
+        }
+    }
+    reads
+}
+
+/// Restores blocks `chunk * CHUNK_BLOCKS..` of a file (a blocking thread).
+fn restore_chunk(
+    shared: &Shared,
+    handle: &tokio::runtime::Handle,
+    archive: &str,
+    map: &FileMap,
+    chunk: u64,
+    out: &Path,
+    manifest_path: &str,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let blocks = block_count(map.size);
+    let first = chunk * CHUNK_BLOCKS;
+    let end = (first + CHUNK_BLOCKS).min(blocks);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(out)
+        .map_err(|e| Error::io(format!("opening {}", out.display()), e))?;
+    let mut crcs = vec![0u32; (end - first) as usize];
+    let done = shared.done();
+    for read in plan_reads(map, first, end) {
+        done.check_stop()?;
+        let e0 = read[0].0;
+        let b = &shared.chain[e0.backup as usize];
+        let key = layout::block_pack_key(b.content_id, &b.name, archive, e0.pack);
+        let damaged = |what: String| {
+            Error::Integrity(format!(
+                "backup {} is damaged: {manifest_path}: {what}; backup {} cannot be restored: restore another backup (`cbdr list` shows them) and take a new full one",
+                b.name, shared.chain[0].name
+            ))
+        };
+        let last = read.last().expect("never empty").0;
+        let span = last.offset + last.len as u64 - e0.offset;
+        let bytes = handle
+            .block_on(read_range(&shared.repo, &key, e0.offset, span))
+            .map_err(|e| match e {
+                Error::Storage(s) if s.is_not_found() => damaged(format!("{key} is missing")),
+                Error::Storage(s) => Error::Storage(s),
+                other => damaged(other.to_string()),
+            })?;
+        for (e, wanted) in read {
+            let at = (e.offset - e0.offset) as usize;
+            let name = object_name(&key, e.seq);
+            let plain = shared
+                .repo
+                .codec
+                .decode(&name, bytes[at..at + e.len as usize].to_vec())
+                .map_err(|err| damaged(err.to_string()))?;
+            for (pos, i) in wanted {
+                let len = block_len(map.size, i);
+                let start = pos as usize * BLOCK_SIZE;
+                let data = plain.get(start..start + len).ok_or_else(|| {
+                    damaged(format!("block {i} is missing from the extent {name}"))
+                })?;
+                if hash(data) != map.hashes[i as usize] {
+                    return Err(damaged(format!(
+                        "block {i} (from {name}) does not match its hash in the block map"
+                    )));
+                }
+                file.write_all_at(data, i * BLOCK_SIZE as u64)
+                    .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+                crcs[(i - first) as usize] = crc32c::crc32c(data);
+                if let Some(p) = &shared.progress {
+                    p.add_done(len as u64);
+                }
+            }
+        }
+    }
+    let start = first * BLOCK_SIZE as u64;
+    let len = (end * BLOCK_SIZE as u64).min(map.size) - start;
+    start_writeback(&file, start, len);
+    let mut crc = 0u32;
+    for (k, c) in crcs.iter().enumerate() {
+        crc = crc32c::crc32c_combine(crc, *c, block_len(map.size, first + k as u64));
+    }
+    crate::fault::point("restore-unpack");
+    let bad = |m: String| Error::Integrity(format!("backup {}: {m}", shared.chain[0].name));
+    if blocks <= CHUNK_BLOCKS {
+        return done
+            .file(manifest_path.to_string(), map.size, crc)
+            .map_err(bad);
+    }
+    let complete = shared
+        .pieces
+        .lock()
+        .unwrap()
+        .add(manifest_path, map.size, Run { start, len, crc })
+        .map_err(bad)?;
+    if let Some(crc) = complete {
+        done.file(manifest_path.to_string(), map.size, crc)
+            .map_err(bad)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::physical::blocks::Run as BlockRun;
+
+    fn ext(backup: u16, offset: u64, len: u32) -> ExtentRef {
+        ExtentRef {
+            backup,
+            pack: 0,
+            offset,
+            seq: 0,
+            len,
+        }
+    }
+
+    #[test]
+    fn reads_join_adjacent_extents_of_one_pack_only() {
+        let run = |e, at, first, count| BlockRun {
+            extent: e,
+            at,
+            first,
+            count,
+        };
+        let base = ext(1, 4, 1000);
+        let base2 = ext(1, 1008, 1000);
+        let new = ext(0, 4, 100);
+        let far = ext(1, 4 + 100 * READ_MAX, 10);
+        let m = FileMap {
+            path: "f".into(),
+            kind: Kind::File,
+            size: 6 * BLOCK_SIZE as u64,
+            link: None,
+            runs: vec![
+                run(base, 0, 0, 2),
+                run(new, 0, 2, 1),
+                run(base2, 0, 3, 2),
+                run(far, 0, 5, 1),
+            ],
+            hashes: vec![[0; 32]; 6],
+        };
+        let reads = plan_reads(&m, 0, 6);
+        let shape: Vec<Vec<(u64, Vec<u64>)>> = reads
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|(e, b)| (e.offset, b.iter().map(|x| x.1).collect()))
+                    .collect()
+            })
+            .collect();
+        // The delta's extent alone; the base's two adjacent extents in one
+        // read; the far one alone.
+        assert_eq!(
+            shape,
+            vec![
+                vec![(4, vec![2])],
+                vec![(4, vec![0, 1]), (1008, vec![3, 4])],
+                vec![(far.offset, vec![5])],
+            ]
+        );
+        // A chunk takes only its blocks.
+        let reads = plan_reads(&m, 3, 5);
+        assert_eq!(reads.len(), 1);
+        assert_eq!(reads[0][0].1, vec![(0, 3), (1, 4)]);
+    }
+}
