@@ -337,3 +337,72 @@ fn corrupt_every_extent(dir: &Path) {
         fs::write(&f, bytes).unwrap();
     }
 }
+
+/// A coordinator and 3 segments: a cluster full backup, the bank workload,
+/// a cluster delta (each instance against its own base), a restore point,
+/// a cluster restore: the bank's invariant holds.
+#[test]
+fn cluster_delta_backup_and_restore() {
+    use common::bank::{self, Bank};
+    use common::cluster::{TestCluster, BARRIER_KEY};
+    let mut c = TestCluster::start("cbdr-delta-cluster", 3, None);
+    let ports: Vec<u16> = c.servers[1..].iter().map(|s| s.port()).collect();
+    bank::setup(&ports);
+    c.start_agents();
+    let bank = Bank::start(c.coordinator().port(), &ports, BARRIER_KEY, 3);
+    bank.wait_for(10);
+    // No backup yet: --delta takes a full one (of the block format).
+    let out = c.ok(&["backup-push", "--delta"]);
+    assert!(out.contains("(full)"), "{out}");
+    bank.wait_for(30);
+    let out = c.ok(&["backup-push", "--delta"]);
+    assert!(out.contains("(delta of cluster_"), "{out}");
+    assert_eq!(out.matches("delta, a chain of 2").count(), 4, "{out}");
+    bank.wait_for(20);
+    c.ok(&["create-restore-point", "rp_delta"]);
+    bank.wait_for(10);
+    bank.stop();
+
+    let listing: serde_json::Value = serde_json::from_str(&c.ok(&["list", "--json"])).unwrap();
+    let backups = listing["cluster"]["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 2, "{listing}");
+    assert!(backups[0]["base"].is_null());
+    assert_eq!(backups[1]["base"], backups[0]["name"]);
+    for (full, delta) in backups[0]["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(backups[1]["segments"].as_array().unwrap())
+    {
+        assert_eq!(full["content_id"], delta["content_id"]);
+        let chain = delta["chain"].as_array().unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(
+            chain[1], full["backup"],
+            "each instance against its own base"
+        );
+    }
+
+    let (rc, rports) = c.restore_config("to_rp_delta");
+    let out = c.ok(&[
+        "restore",
+        "--restore-config",
+        rc.to_str().unwrap(),
+        "--start",
+        "--archive-mode",
+        "off",
+        "--restore-point",
+        "rp_delta",
+        "--rollback-prepared",
+    ]);
+    assert!(
+        out.contains("cluster restored to restore point rp_delta (4 instances)"),
+        "{out}"
+    );
+    let state = bank::BankState::read(&rports[1..]);
+    for i in 0..c.servers.len() {
+        common::cluster::stop_data_dir(&c.path("to_rp_delta").join(format!("seg{}", i as i32 - 1)));
+    }
+    state.assert_consistent(3, "restored to rp_delta from the cluster delta");
+    assert!(!state.transfers.is_empty());
+}
