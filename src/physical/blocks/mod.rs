@@ -10,14 +10,14 @@
 //!   server's tar stream, in its order: the file's path, size and, for each
 //!   block, its hash and the extent that holds it, in this backup or in one
 //!   of its chain ([`BackupRecord::chain`](crate::repo::catalog::BackupRecord));
-//! - an index (`maps/{ARCHIVE}/index.json`) of where the map of each file
-//!   larger than [`SMALL_FILE`] lies, so that the next delta finds a file's
-//!   map by its path with one ranged read, whatever the order the server
-//!   sends files in.
+//! - an index (`maps/{ARCHIVE}/index.json`) of every file: the map itself
+//!   for a file up to [`SMALL_FILE`], else where its map lies, so that the
+//!   next delta finds a file's map by its path (with one ranged read for a
+//!   large one), whatever the order the server sends files in.
 //!
 //! A full backup stores every block. A delta stores a block only when its
 //! hash differs from the base's block at the same position of the same
-//! file (files up to [`SMALL_FILE`] are stored whole): the decision is the
+//! file: the decision is the
 //! content's, never page LSNs, modification times or append-only counters,
 //! so every file of every server comes out right. A restore reads each
 //! block from the backup that holds it (see `physical::restore::blocks`).
@@ -46,9 +46,10 @@ pub const EXTENT_BLOCKS: usize = 128;
 /// Blocks per restore job (16 MiB of a file): an extent never holds blocks
 /// of two chunks, so each job reads its own extents.
 pub const CHUNK_BLOCKS: u64 = 2048;
-/// Files up to this size are stored whole in every backup: looking up their
-/// base map would cost more than storing them.
-pub const SMALL_FILE: u64 = 64 * 1024;
+/// The maps of files up to this size are in the index itself (the next
+/// delta reads them with the index); larger files' maps are read one by
+/// one.
+pub const SMALL_FILE: u64 = 32 * 1024;
 /// Bytes of a pack before the next one is started.
 pub const PACK_TARGET: usize = 16 * 1024 * 1024;
 
@@ -191,14 +192,21 @@ impl FileMap {
     }
 }
 
-/// Where the map of a (large) file lies: object `seq` of map pack `pack`.
+/// Where the map of a file lies: object `seq` of map pack `pack`; for a
+/// small file, the map itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
     pub path: String,
+    #[serde(default)]
     pub pack: u32,
+    #[serde(default)]
     pub seq: u32,
+    #[serde(default)]
     pub offset: u64,
+    #[serde(default)]
     pub len: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<FileMap>,
 }
 
 /// The name an object of a pack is encoded under.

@@ -58,6 +58,18 @@ impl BaseArchive {
             return Ok(None);
         };
         let b = &self.record;
+        let index = || layout::map_index_key(b.content_id, &b.name, &self.archive);
+        if let Some(map) = &e.map {
+            map.check(b.chain.len())
+                .map_err(|m| base_damaged(b, Error::Integrity(format!("{}: {m}", index()))))?;
+            if map.path != path || map.kind != Kind::File {
+                return Err(base_damaged(
+                    b,
+                    Error::Integrity(format!("{}: a map of another file", index())),
+                ));
+            }
+            return Ok(Some(map.clone()));
+        }
         let key = layout::map_pack_key(b.content_id, &b.name, &self.archive, e.pack);
         let bytes = read_range(repo, &key, e.offset, e.len as u64)
             .await
@@ -262,7 +274,7 @@ impl BlockArchive {
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let base = match &self.base {
-                    Some(b) if size > SMALL_FILE => b.map(&self.repo, &path).await?,
+                    Some(b) if size > 0 => b.map(&self.repo, &path).await?,
                     _ => None,
                 };
                 self.record.plain_bytes += size;
@@ -649,13 +661,15 @@ fn write_archive(
                     extents.clear();
                     let json = serde_json::to_vec(&map).expect("maps serialize");
                     let at = maps.add(&json)?;
-                    if map.kind == Kind::File && map.size > SMALL_FILE {
+                    if map.kind == Kind::File && map.size > 0 {
+                        let small = map.size <= SMALL_FILE;
                         index.push(IndexEntry {
-                            path: map.path,
+                            path: map.path.clone(),
                             pack: at.pack,
                             seq: at.seq,
                             offset: at.offset,
                             len: at.len,
+                            map: small.then_some(map),
                         });
                     }
                 }

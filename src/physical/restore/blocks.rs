@@ -327,7 +327,9 @@ fn restore_chunk(
         .write(true)
         .open(out)
         .map_err(|e| Error::io(format!("opening {}", out.display()), e))?;
-    let mut crcs = vec![0u32; (end - first) as usize];
+    // (first block, bytes, CRC32C) of each run written, to combine in
+    // file order.
+    let mut written: Vec<(u64, u64, u32)> = Vec::new();
     let done = shared.done();
     for read in plan_reads(map, first, end) {
         done.check_stop()?;
@@ -357,32 +359,69 @@ fn restore_chunk(
                 .codec
                 .decode(&name, bytes[at..at + e.len as usize].to_vec())
                 .map_err(|err| damaged(err.to_string()))?;
-            for (pos, i) in wanted {
-                let len = block_len(map.size, i);
-                let start = pos as usize * BLOCK_SIZE;
-                let data = plain.get(start..start + len).ok_or_else(|| {
-                    damaged(format!("block {i} is missing from the extent {name}"))
-                })?;
-                if hash(data) != map.hashes[i as usize] {
-                    return Err(damaged(format!(
-                        "block {i} (from {name}) does not match its hash in the block map"
-                    )));
+            // Blocks that follow each other in the extent and in the file
+            // are written at once.
+            let mut k = 0;
+            while k < wanted.len() {
+                let (pos, i) = wanted[k];
+                let mut n = 1;
+                while wanted
+                    .get(k + n)
+                    .is_some_and(|&(p, j)| p == pos + n as u32 && j == i + n as u64)
+                {
+                    n += 1;
                 }
+                let start = pos as usize * BLOCK_SIZE;
+                let mut len = 0usize;
+                for j in 0..n as u64 {
+                    let block_len = block_len(map.size, i + j);
+                    let data =
+                        plain
+                            .get(start + len..start + len + block_len)
+                            .ok_or_else(|| {
+                                damaged(format!(
+                                    "block {} is missing from the extent {name}",
+                                    i + j
+                                ))
+                            })?;
+                    if hash(data) != map.hashes[(i + j) as usize] {
+                        return Err(damaged(format!(
+                            "block {} (from {name}) does not match its hash in the block map",
+                            i + j
+                        )));
+                    }
+                    len += block_len;
+                }
+                let data = &plain[start..start + len];
                 file.write_all_at(data, i * BLOCK_SIZE as u64)
                     .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
-                crcs[(i - first) as usize] = crc32c::crc32c(data);
+                written.push((i, len as u64, crc32c::crc32c(data)));
                 if let Some(p) = &shared.progress {
                     p.add_done(len as u64);
                 }
+                k += n;
             }
         }
     }
     let start = first * BLOCK_SIZE as u64;
     let len = (end * BLOCK_SIZE as u64).min(map.size) - start;
     start_writeback(&file, start, len);
+    written.sort_unstable_by_key(|w| w.0);
     let mut crc = 0u32;
-    for (k, c) in crcs.iter().enumerate() {
-        crc = crc32c::crc32c_combine(crc, *c, block_len(map.size, first + k as u64));
+    let mut at = start;
+    for (i, bytes, c) in written {
+        if i * BLOCK_SIZE as u64 != at {
+            return Err(Error::Internal(format!(
+                "{manifest_path}: the chunk at {start} was not written whole"
+            )));
+        }
+        crc = crc32c::crc32c_combine(crc, c, bytes as usize);
+        at += bytes;
+    }
+    if at != start + len {
+        return Err(Error::Internal(format!(
+            "{manifest_path}: the chunk at {start} was not written whole"
+        )));
     }
     crate::fault::point("restore-unpack");
     let bad = |m: String| Error::Integrity(format!("backup {}: {m}", shared.chain[0].name));
