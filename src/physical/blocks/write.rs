@@ -692,3 +692,202 @@ fn write_archive(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Codec, Compression};
+    use crate::pg::{Lsn, TimelineId};
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o700);
+        h.set_cksum();
+        b.append_data(&mut h, "base", &[][..]).unwrap();
+        for (name, data) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn record(name: &str, archive: ArchiveRecord, chain: Vec<String>) -> BackupRecord {
+        BackupRecord {
+            format: BLOCK_FORMAT,
+            name: name.into(),
+            content_id: -1,
+            start_lsn: Lsn(0),
+            stop_lsn: Lsn(0),
+            timeline: TimelineId(1),
+            stop_timeline: TimelineId(1),
+            start_time: chrono::Utc::now(),
+            stop_time: chrono::Utc::now(),
+            server_version: 150000,
+            system_identifier: "1".into(),
+            wal_segment_size: 16 << 20,
+            archives: vec![archive],
+            compression: "lz4".into(),
+            encrypted: false,
+            manifest_bytes: 0,
+            base: chain.get(1).cloned(),
+            chain,
+        }
+    }
+
+    /// Receives `tar` as backup `name` (a delta of `base`); returns its
+    /// record and (new blocks, blocks taken from the base).
+    async fn take(
+        repo: &Repo,
+        name: &str,
+        tar: &[u8],
+        base: Option<&BackupRecord>,
+    ) -> (BackupRecord, u64, u64) {
+        let base_archive = match base {
+            Some(b) => BaseArchive::load(repo, b, "base").await.unwrap(),
+            None => None,
+        };
+        let mut a = BlockArchive::start(repo, -1, name, "base".into(), None, base_archive);
+        for piece in tar.chunks(1000) {
+            a.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        let (new, old) = (a.new_blocks, a.base_blocks);
+        let archive = a.finish().await.unwrap();
+        let mut chain = vec![name.to_string()];
+        chain.extend(base.iter().flat_map(|b| b.chain.clone()));
+        (record(name, archive, chain), new, old)
+    }
+
+    /// Every file of a backup rebuilt from its maps and the extents they
+    /// point at, in any backup of its chain.
+    async fn rebuild(repo: &Repo, chain: &[&BackupRecord]) -> Vec<(String, Vec<u8>)> {
+        let b = chain[0];
+        let mut out = Vec::new();
+        for n in 0..b.archives[0].map_parts {
+            let key = layout::map_pack_key(-1, &b.name, "base", n);
+            let pack = crate::storage::get_bytes(repo.storage.as_ref(), &key)
+                .await
+                .unwrap();
+            for (seq, _, range) in pack_objects(&key, &pack).unwrap() {
+                let map = decode_map(repo, &key, seq, pack[range].to_vec()).unwrap();
+                map.check(chain.len()).unwrap();
+                if map.kind != Kind::File {
+                    continue;
+                }
+                let mut data = vec![0u8; map.size as usize];
+                for i in 0..block_count(map.size) {
+                    let (e, at) = map.locate(i).unwrap();
+                    let owner = chain[e.backup as usize];
+                    let pack_key = layout::block_pack_key(-1, &owner.name, "base", e.pack);
+                    let bytes = read_range(repo, &pack_key, e.offset, e.len as u64)
+                        .await
+                        .unwrap();
+                    let plain = repo
+                        .codec
+                        .decode(&object_name(&pack_key, e.seq), bytes)
+                        .unwrap();
+                    let len = block_len(map.size, i);
+                    let block = &plain[at as usize * BLOCK_SIZE..][..len];
+                    assert_eq!(hash(block), map.hashes[i as usize], "{}: {i}", map.path);
+                    data[i as usize * BLOCK_SIZE..][..len].copy_from_slice(block);
+                }
+                out.push((map.path, data));
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delta_stores_the_blocks_whose_content_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(crate::storage::FsStorage::new(dir.path()).unwrap());
+        let repo = Repo::new(storage, Codec::new(Compression::Lz4, None, None));
+        // 10 distinct blocks and 100 bytes; a small file of 2 blocks; one
+        // that will shrink; pg_control.
+        let blocks = |n: u8, seed: u8| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| vec![i.wrapping_mul(31).wrapping_add(seed); BLOCK_SIZE])
+                .collect()
+        };
+        let mut big = blocks(10, 1);
+        big.extend_from_slice(&[7u8; 100]);
+        let small = blocks(2, 50);
+        let shrink = blocks(8, 90);
+        let control = vec![3u8; 8192];
+        let t1 = tar_of(&[
+            ("base/big", &big),
+            ("base/small", &small),
+            ("base/shrink", &shrink),
+            ("base/empty", &[]),
+            ("global/pg_control", &control),
+        ]);
+        let (full, new, old) = take(&repo, "b1", &t1, None).await;
+        assert_eq!((new, old), (11 + 2 + 8 + 1, 0));
+
+        // Block 3 changed, the partial last block grew by appending; the
+        // small file is the same; `shrink` lost its last 3 blocks; a new
+        // file; `empty` dropped.
+        let mut big2 = big.clone();
+        big2[3 * BLOCK_SIZE + 17] ^= 1;
+        big2.extend_from_slice(&[8u8; 5000]);
+        let shrink2 = shrink[..5 * BLOCK_SIZE].to_vec();
+        let new_file = blocks(1, 200);
+        let t2 = tar_of(&[
+            ("base/big", &big2),
+            ("base/small", &small),
+            ("base/shrink", &shrink2),
+            ("base/new", &new_file),
+            ("global/pg_control", &control),
+        ]);
+        let (d1, new, old) = take(&repo, "b2", &t2, Some(&full)).await;
+        // big: block 3 and the grown last block; new: 1 block.
+        assert_eq!((new, old), (3, 9 + 2 + 5 + 1));
+        assert!(d1.archives[0].stored_bytes < full.archives[0].stored_bytes);
+
+        // A delta of the delta: only the small file changes.
+        let mut small3 = small.clone();
+        small3[0] ^= 1;
+        let t3 = tar_of(&[
+            ("base/big", &big2),
+            ("base/small", &small3),
+            ("base/shrink", &shrink2),
+            ("base/new", &new_file),
+            ("global/pg_control", &control),
+        ]);
+        let (d2, new, old) = take(&repo, "b3", &t3, Some(&d1)).await;
+        assert_eq!((new, old), (1, 11 + 1 + 5 + 1 + 1));
+
+        let want = |files: &[(&str, &Vec<u8>)]| -> Vec<(String, Vec<u8>)> {
+            files
+                .iter()
+                .map(|(n, d)| (n.to_string(), (*d).clone()))
+                .collect()
+        };
+        let empty = Vec::new();
+        assert_eq!(
+            rebuild(&repo, &[&full]).await,
+            want(&[
+                ("base/big", &big),
+                ("base/small", &small),
+                ("base/shrink", &shrink),
+                ("base/empty", &empty),
+                ("global/pg_control", &control)
+            ])
+        );
+        assert_eq!(
+            rebuild(&repo, &[&d2, &d1, &full]).await,
+            want(&[
+                ("base/big", &big2),
+                ("base/small", &small3),
+                ("base/shrink", &shrink2),
+                ("base/new", &new_file),
+                ("global/pg_control", &control)
+            ])
+        );
+    }
+}
