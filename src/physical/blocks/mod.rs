@@ -258,13 +258,49 @@ pub async fn read_range(repo: &Repo, key: &str, offset: u64, len: u64) -> Result
     Ok(out)
 }
 
+/// A file map as a map pack stores it: `[u32 LE length][JSON without the
+/// hashes][32 bytes per block]` (hex would double the hashes, which do not
+/// compress).
+pub fn encode_map(map: &FileMap) -> Vec<u8> {
+    let header = FileMap {
+        hashes: Vec::new(),
+        ..map.clone()
+    };
+    let json = serde_json::to_vec(&header).expect("maps serialize");
+    let mut out = Vec::with_capacity(4 + json.len() + 32 * map.hashes.len());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    for h in &map.hashes {
+        out.extend_from_slice(h);
+    }
+    out
+}
+
+/// The inverse of [`encode_map`].
+pub fn parse_map(bytes: &[u8]) -> std::result::Result<FileMap, String> {
+    let len = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or("truncated")?;
+    let json = bytes.get(4..4 + len).ok_or("truncated")?;
+    let mut map: FileMap = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let hashes = &bytes[4 + len..];
+    if !map.hashes.is_empty() || hashes.len() % 32 != 0 {
+        return Err("bad hashes".into());
+    }
+    map.hashes = hashes
+        .chunks(32)
+        .map(|c| c.try_into().expect("32 bytes"))
+        .collect();
+    Ok(map)
+}
+
 /// Reads and decodes one file map (`bytes`: the object at `seq` of the
 /// map pack `key`).
 pub fn decode_map(repo: &Repo, key: &str, seq: u32, bytes: Vec<u8>) -> Result<FileMap> {
     let name = object_name(key, seq);
     let plain = repo.codec.decode(&name, bytes)?;
-    serde_json::from_slice(&plain)
-        .map_err(|e| Error::Integrity(format!("{name} is not a valid file map: {e}")))
+    parse_map(&plain).map_err(|e| Error::Integrity(format!("{name} is not a valid file map: {e}")))
 }
 
 /// Decodes every object of a pack (the codec authenticates each); returns
@@ -329,6 +365,9 @@ mod tests {
         let json = serde_json::to_vec(&m).unwrap();
         let back: FileMap = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, m);
+        let stored = encode_map(&m);
+        assert_eq!(parse_map(&stored).unwrap(), m);
+        assert!(parse_map(&stored[..stored.len() - 1]).is_err());
         assert_eq!(m.locate(0), Some((ext(1, 0), 0)));
         assert_eq!(m.locate(1), Some((ext(1, 0), 1)));
         assert_eq!(m.locate(3), Some((ext(0, 3), 6)));

@@ -659,8 +659,7 @@ fn write_archive(
                         }
                     }
                     extents.clear();
-                    let json = serde_json::to_vec(&map).expect("maps serialize");
-                    let at = maps.add(&json)?;
+                    let at = maps.add(&encode_map(&map))?;
                     if map.kind == Kind::File && map.size > 0 {
                         let small = map.size <= SMALL_FILE;
                         index.push(IndexEntry {
