@@ -21,6 +21,8 @@ const PENDING: u16 = u16::MAX;
 const QUEUE: usize = 8;
 /// Pack uploads in flight per pack writer.
 const UPLOADS: usize = 2;
+/// Extents encoded at once (on the blocking pool), appended in order.
+const ENCODING: usize = 3;
 
 /// The base of one archive: its backup and the index of its large files.
 pub struct BaseArchive {
@@ -521,6 +523,10 @@ struct PackWriter {
     buf: Vec<u8>,
     uploads: VecDeque<JoinHandle<std::result::Result<u64, StorageError>>>,
     stored: u64,
+    /// [`PackWriter::reserve`]: the place of the next object, and the plain
+    /// bytes reserved in its pack.
+    next: (u32, u32),
+    reserved: usize,
 }
 
 impl PackWriter {
@@ -538,7 +544,49 @@ impl PackWriter {
             buf: Vec::new(),
             uploads: VecDeque::new(),
             stored: 0,
+            next: (0, 0),
+            reserved: 0,
         }
+    }
+
+    /// The place (pack, seq) and name of the next object of `plain_len`
+    /// plain bytes, to encode it before it is appended (a pack holds about
+    /// [`PACK_TARGET`] plain bytes).
+    fn reserve(&mut self, plain_len: usize) -> (u32, u32, String) {
+        if self.next.1 > 0 && self.reserved + plain_len > PACK_TARGET {
+            self.next = (self.next.0 + 1, 0);
+            self.reserved = 0;
+        }
+        let (pack, seq) = self.next;
+        self.next.1 += 1;
+        self.reserved += plain_len;
+        (pack, seq, object_name(&(self.key_of)(pack), seq))
+    }
+
+    /// Appends an object encoded at the place [`PackWriter::reserve`] gave.
+    fn append(&mut self, pack: u32, seq: u32, object: Vec<u8>) -> Result<ExtentRef> {
+        if pack != self.pack {
+            self.flush()?;
+        }
+        if (pack, seq) != (self.pack, self.seq) {
+            return Err(Error::Internal(format!(
+                "an extent out of order: {pack}/{seq}, expected {}/{}",
+                self.pack, self.seq
+            )));
+        }
+        let len = u32::try_from(object.len())
+            .map_err(|_| Error::Internal("an extent larger than 4 GiB".into()))?;
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        let at = ExtentRef {
+            backup: 0,
+            pack,
+            offset: self.buf.len() as u64,
+            seq,
+            len,
+        };
+        self.buf.extend_from_slice(&object);
+        self.seq += 1;
+        Ok(at)
     }
 
     /// Encodes an object into the current pack; returns where it lies.
@@ -637,41 +685,72 @@ fn write_archive(
         &handle,
         Box::new(move |n| layout::map_pack_key(content_id, &b, &a, n)),
     );
+    /// An extent being encoded, or an entry waiting for its extents.
+    enum Pending {
+        Extent(u32, u32, JoinHandle<Result<Vec<u8>>>),
+        Entry(FileMap),
+    }
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let r = (|| -> Result<Stored> {
         let mut index = Vec::new();
         let mut extents: Vec<ExtentRef> = Vec::new();
+        let mut ended = false;
         loop {
-            match rx.blocking_recv() {
-                None => {
-                    return Err(Error::io(
-                        format!("writing archive {archive} of backup {backup}"),
-                        std::io::Error::other("the backup was interrupted"),
-                    ))
+            if !ended {
+                match rx.blocking_recv() {
+                    None => {
+                        return Err(Error::io(
+                            format!("writing archive {archive} of backup {backup}"),
+                            std::io::Error::other("the backup was interrupted"),
+                        ))
+                    }
+                    Some(Msg::End) => ended = true,
+                    Some(Msg::Extent(data)) => {
+                        let (pack, seq, name) = blocks.reserve(data.len());
+                        let codec = repo.codec.clone();
+                        let job = handle.spawn_blocking(move || -> Result<Vec<u8>> {
+                            Ok(codec.encode(&name, &data)?)
+                        });
+                        pending.push_back(Pending::Extent(pack, seq, job));
+                    }
+                    Some(Msg::Entry(map)) => pending.push_back(Pending::Entry(map)),
                 }
-                Some(Msg::End) => break,
-                Some(Msg::Extent(data)) => extents.push(blocks.add(&data)?),
-                Some(Msg::Entry(mut map)) => {
-                    for r in &mut map.runs {
-                        if r.extent.backup == PENDING {
-                            r.extent = *extents.get(r.extent.seq as usize).ok_or_else(|| {
-                                Error::Internal(format!("{}: an extent was not sent", map.path))
-                            })?;
+            }
+            // The oldest pending item is completed when it is an entry
+            // (its extents are all appended), when too many extents are
+            // being encoded, or at the end.
+            while let Some(front) = pending.front() {
+                let ready = ended || pending.len() > ENCODING || matches!(front, Pending::Entry(_));
+                if !ready {
+                    break;
+                }
+                match pending.pop_front().expect("present") {
+                    Pending::Extent(pack, seq, job) => {
+                        let object = handle
+                            .block_on(job)
+                            .map_err(|e| Error::Internal(format!("extent encoder: {e}")))??;
+                        extents.push(blocks.append(pack, seq, object)?);
+                    }
+                    Pending::Entry(map) => {
+                        let map = resolve(map, &extents)?;
+                        extents.clear();
+                        let at = maps.add(&encode_map(&map))?;
+                        if map.kind == Kind::File && map.size > 0 {
+                            let small = map.size <= SMALL_FILE;
+                            index.push(IndexEntry {
+                                path: map.path.clone(),
+                                pack: at.pack,
+                                seq: at.seq,
+                                offset: at.offset,
+                                len: at.len,
+                                map: small.then_some(map),
+                            });
                         }
                     }
-                    extents.clear();
-                    let at = maps.add(&encode_map(&map))?;
-                    if map.kind == Kind::File && map.size > 0 {
-                        let small = map.size <= SMALL_FILE;
-                        index.push(IndexEntry {
-                            path: map.path.clone(),
-                            pack: at.pack,
-                            seq: at.seq,
-                            offset: at.offset,
-                            len: at.len,
-                            map: small.then_some(map),
-                        });
-                    }
                 }
+            }
+            if ended && pending.is_empty() {
+                break;
             }
         }
         let block_packs = blocks.finish()?;
@@ -686,10 +765,27 @@ fn write_archive(
         })
     })();
     if r.is_err() {
+        for p in pending {
+            if let Pending::Extent(_, _, job) = p {
+                let _ = handle.block_on(job);
+            }
+        }
         blocks.drain();
         maps.drain();
     }
     r
+}
+
+/// The entry's runs with the extents of this backup it refers to.
+fn resolve(mut map: FileMap, extents: &[ExtentRef]) -> Result<FileMap> {
+    for r in &mut map.runs {
+        if r.extent.backup == PENDING {
+            r.extent = *extents
+                .get(r.extent.seq as usize)
+                .ok_or_else(|| Error::Internal(format!("{}: an extent was not sent", map.path)))?;
+        }
+    }
+    Ok(map)
 }
 
 #[cfg(test)]
