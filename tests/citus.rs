@@ -96,6 +96,19 @@ fn citus_backup_restore_points_and_restore() {
         !list.contains("p3"),
         "a refused point is not listed: {list}"
     );
+    // And a backup with it stops before copying anything.
+    let (code, out, err) = c.cbdr_with(&wrong, &["backup-push"]);
+    assert_eq!(
+        code, 2,
+        "backup-push with a config that swaps two workers: {out}{err}"
+    );
+    assert!(err.contains("pg_dist_node has group"), "{err}");
+    let (_, after, _) = c.cbdr(&["list"]);
+    assert_eq!(
+        after.matches("cluster_").count(),
+        list.matches("cluster_").count(),
+        "a refused backup-push records nothing:\n{list}\n---\n{after}"
+    );
 
     let original = CitusState::read(ports[0]);
     original.assert_consistent("the original cluster");

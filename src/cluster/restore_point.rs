@@ -62,18 +62,7 @@ pub async fn create_cluster_restore_point(
     repo.prepare_write().await?;
 
     let mut coordinator = connect(topo, cfg, topo.coordinator()).await?;
-    let kind = match cfg.kind {
-        ClusterKind::Auto => {
-            if has_gp_create_restore_point(&mut coordinator).await? {
-                ClusterKind::Greenplum
-            } else if super::citus::is_citus(&mut coordinator).await? {
-                ClusterKind::Citus
-            } else {
-                ClusterKind::Postgres
-            }
-        }
-        k => k,
-    };
+    let kind = resolve_kind(&mut coordinator, cfg).await?;
     let (points, barrier, held) = match kind {
         ClusterKind::Greenplum => {
             if !has_gp_create_restore_point(&mut coordinator).await? {
@@ -148,6 +137,47 @@ pub async fn create_cluster_restore_point(
 }
 
 use super::citus::Points;
+
+/// The kind of cluster: the config's, or (`auto`) what the coordinator has.
+async fn resolve_kind(coordinator: &mut PgConn, cfg: &ClusterConfig) -> Result<ClusterKind> {
+    Ok(match cfg.kind {
+        ClusterKind::Auto => {
+            if has_gp_create_restore_point(coordinator).await? {
+                ClusterKind::Greenplum
+            } else if super::citus::is_citus(coordinator).await? {
+                ClusterKind::Citus
+            } else {
+                ClusterKind::Postgres
+            }
+        }
+        k => k,
+    })
+}
+
+/// Before a cluster backup: on Citus, the configured instances must be the
+/// cluster's nodes (else the restore point at its end would be refused,
+/// after every instance was copied).
+pub async fn preflight(topo: &Topology, cfg: &ClusterConfig) -> Result<()> {
+    let mut coordinator = connect(topo, cfg, topo.coordinator()).await?;
+    if resolve_kind(&mut coordinator, cfg).await? != ClusterKind::Citus {
+        coordinator.close().await;
+        return Ok(());
+    }
+    let nodes = super::citus::read_nodes(&mut coordinator).await;
+    coordinator.close().await;
+    super::citus::check_nodes(topo, &nodes?)?;
+    let mut conns = try_join_all(
+        topo.segments()
+            .iter()
+            .map(|s| async move { connect(topo, cfg, s).await.map(|c| (s, c)) }),
+    )
+    .await?;
+    super::citus::check_local_groups(&mut conns).await?;
+    for (_, c) in conns {
+        c.close().await;
+    }
+    Ok(())
+}
 
 async fn has_gp_create_restore_point(coordinator: &mut PgConn) -> Result<bool> {
     Ok(coordinator
