@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod env;
 pub mod garage;
 pub mod pg;
+pub mod pg13;
 pub mod proxy;
 
 #[allow(unused_imports)]
