@@ -7,6 +7,7 @@ pub mod backup;
 pub mod catalog;
 pub mod citus;
 pub mod client;
+pub mod configure;
 pub mod proto;
 pub mod restore;
 pub mod restore_point;
