@@ -4,6 +4,7 @@
 mod agent;
 mod args;
 mod cluster;
+mod configure;
 mod list;
 mod logical;
 mod physical;
@@ -61,6 +62,9 @@ pub enum Command {
     Restore(args::RestoreArgs),
     /// Show backups, restore points and WAL coverage.
     List(list::ListArgs),
+    /// Set up every instance for cbdr (`configure backup`: archiving).
+    #[command(subcommand)]
+    Configure(configure::ConfigureCommand),
     /// Print a restore config for the configured cluster, to edit for
     /// `restore --restore-config`.
     RestoreConfig(cluster::RestoreConfigArgs),
@@ -204,6 +208,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         },
         Command::List(args) => list::list(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
+        Command::Configure(cmd) => configure::run(&config, cmd).await,
         Command::Agent(args) => agent::run(&config, args).await,
         Command::Gpbackup(args) => logical::backup(&config, args, cli.verbose, cli.quiet).await,
         Command::Gprestore(args) => logical::restore(&config, args, cli.verbose, cli.quiet).await,
