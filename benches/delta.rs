@@ -320,7 +320,7 @@ fn main() {
             "restore_ratio_tar": restore_ratio_tar,
         }));
     }
-    let path = report_path("delta");
+    let path = report_path("bench-delta.json");
     fs::write(
         &path,
         serde_json::to_string_pretty(&json!({
