@@ -56,6 +56,12 @@ pub struct ClusterBackup {
     /// restore of this backup recovers to it.
     pub restore_point: String,
     pub segments: Vec<SegmentBackup>,
+    /// The cluster backup this one is a delta of; `None`: a full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Set by `cbdr backup-mark`: never deleted by retention.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 impl ClusterBackup {

@@ -18,6 +18,11 @@
 //!                                         segment's point recorded first)
 //! cluster/backups/{NAME}.json             a cluster backup, written after every
 //!                                         segment's backup and its restore point
+//! deleting/{ID}.json                      a delete's plan while it runs (records
+//!                                         first, then data); `delete garbage`
+//!                                         finishes one a killed delete left
+//! leases/{ID}.json                        a restore in progress: what it uses,
+//!                                         until when (delete leaves that alone)
 //! ```
 //! `ID` is the content id: `seg-1` is the coordinator (or a single server),
 //! `seg0`..`segN-1` the segments. Object names do not depend on the
@@ -102,6 +107,20 @@ pub fn cluster_backup_key(name: &str) -> String {
 
 pub fn cluster_restore_point_key(name: &str) -> String {
     format!("{CLUSTER_RESTORE_POINTS_PREFIX}{name}.json")
+}
+
+/// Where the plans of running (or killed) deletes are.
+pub const DELETION_INTENTS_PREFIX: &str = "deleting/";
+
+pub fn deletion_intent_key(id: &str) -> String {
+    format!("{DELETION_INTENTS_PREFIX}{id}.json")
+}
+
+/// Where the leases of running restores are.
+pub const LEASES_PREFIX: &str = "leases/";
+
+pub fn lease_key(id: &str) -> String {
+    format!("{LEASES_PREFIX}{id}.json")
 }
 
 #[cfg(test)]

@@ -2,8 +2,11 @@
 
 pub mod catalog;
 pub mod coverage;
+pub mod delete;
+pub mod garbage;
 pub mod layout;
 mod meta;
+pub mod retention;
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
