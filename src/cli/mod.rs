@@ -4,6 +4,7 @@
 mod agent;
 mod args;
 mod cluster;
+mod delete;
 mod list;
 mod logical;
 mod physical;
@@ -61,6 +62,12 @@ pub enum Command {
     Restore(args::RestoreArgs),
     /// Show backups, restore points and WAL coverage.
     List(list::ListArgs),
+    /// Delete backups, restore points and WAL (dry run unless --confirm):
+    /// retain N, before TIME|NAME, target NAME, restore-point NAME,
+    /// everything, garbage.
+    Delete(delete::DeleteArgs),
+    /// Mark a backup permanent (retention never deletes it), or not.
+    BackupMark(delete::BackupMarkArgs),
     /// Print a restore config for the configured cluster, to edit for
     /// `restore --restore-config`.
     RestoreConfig(cluster::RestoreConfigArgs),
@@ -203,6 +210,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             Scope::One(id) => physical::restore_cmd(&config, id, args).await,
         },
         Command::List(args) => list::list(&config, args).await,
+        Command::Delete(args) => delete::delete(&config, args).await,
+        Command::BackupMark(args) => delete::backup_mark(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
         Command::Agent(args) => agent::run(&config, args).await,
         Command::Gpbackup(args) => logical::backup(&config, args, cli.verbose, cli.quiet).await,

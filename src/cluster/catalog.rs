@@ -77,9 +77,8 @@ impl Repo {
     /// Every cluster restore point, oldest first, with the records that
     /// could not be read.
     pub async fn cluster_restore_points_checked(&self) -> Result<Records<ClusterRestorePoint>> {
-        let mut r: Records<ClusterRestorePoint> = self
-            .records(layout::CLUSTER_RESTORE_POINTS_PREFIX, ".json")
-            .await?;
+        let mut r: Records<ClusterRestorePoint> =
+            crate::repo::index::read(self, layout::CLUSTER_RESTORE_POINTS_PREFIX).await?;
         r.records.sort_by_key(|p| p.time);
         Ok(r)
     }

@@ -194,9 +194,8 @@ impl Repo {
         &self,
         content_id: i32,
     ) -> Result<Records<RestorePointRecord>> {
-        let mut r: Records<RestorePointRecord> = self
-            .records(&layout::restore_points_prefix(content_id), ".json")
-            .await?;
+        let mut r: Records<RestorePointRecord> =
+            super::index::read(self, &layout::restore_points_prefix(content_id)).await?;
         r.records.sort_by_key(|r| (r.lsn, r.time));
         Ok(r)
     }

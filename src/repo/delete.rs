@@ -164,6 +164,34 @@ pub async fn run(repo: &Repo, plan: &Plan) -> Result<Deleted> {
         done.records += 1;
         crate::fault::point("delete-record");
     }
+    // The catalogues follow the records (a stale one is never believed:
+    // `repo::index`).
+    if !plan.cluster_restore_points.is_empty() {
+        super::index::refresh::<crate::cluster::catalog::ClusterRestorePoint>(
+            repo,
+            layout::CLUSTER_RESTORE_POINTS_PREFIX,
+        )
+        .await;
+    }
+    for i in plan
+        .instances
+        .iter()
+        .filter(|i| !i.restore_points.is_empty())
+    {
+        super::index::refresh::<super::catalog::RestorePointRecord>(
+            repo,
+            &layout::restore_points_prefix(i.content_id),
+        )
+        .await;
+    }
+    // The WAL runs about to go are noted first (see
+    // `layout::wal_removed_prefix`).
+    for i in &plan.instances {
+        for r in &i.wal {
+            repo.put_json(&layout::wal_removed_key(i.content_id, &r.first, &r.last), r)
+                .await?;
+        }
+    }
     // The data: nothing refers to it any more.
     let mut objects: Vec<ObjectInfo> = Vec::new();
     for i in &plan.instances {
@@ -206,4 +234,116 @@ pub async fn delete_objects(repo: &Repo, objects: Vec<ObjectInfo>) -> Result<Del
         objects: counts.len() as u64,
         bytes: counts.iter().sum(),
     })
+}
+
+/// What the live leases protect now.
+pub async fn protected_now(repo: &Repo) -> Result<super::retention::Protected> {
+    let leases = super::lease::live(repo, chrono::Utc::now()).await?;
+    Ok(super::lease::protected(&leases))
+}
+
+/// Plans `sel` on the repository as it is now (leases read).
+pub async fn plan_now(
+    repo: &Repo,
+    sel: &super::retention::Selection,
+    scope: Option<i32>,
+    default_segment_size: u64,
+) -> Result<Plan> {
+    let inv = inventory(repo, default_segment_size).await?;
+    let protected = protected_now(repo).await?;
+    super::retention::plan(&inv, sel, scope, &protected, chrono::Utc::now())
+}
+
+/// `[retention]` after a successful backup: `None` when none is
+/// configured.
+pub async fn apply_retention(
+    repo: &Repo,
+    config: &crate::config::Config,
+    scope: Option<i32>,
+) -> Result<Option<(Plan, Deleted)>> {
+    let r = &config.retention;
+    if r.full.is_none() && r.days.is_none() {
+        return Ok(None);
+    }
+    let sel = super::retention::Selection::Retain {
+        full: r.full,
+        since: r
+            .days
+            .map(|d| chrono::Utc::now() - chrono::Duration::days(i64::from(d))),
+    };
+    let plan = plan_now(repo, &sel, scope, config.archive.wal_segment_size).await?;
+    let done = execute(repo, &plan).await?;
+    Ok(Some((plan, done)))
+}
+
+/// Where `backup-mark` found a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marked {
+    Cluster(String),
+    Instance(i32, String),
+}
+
+/// `backup-mark`: sets (or with `permanent` false clears) a backup's
+/// permanent flag by rewriting its record (an atomic replace). A cluster
+/// backup's name marks the cluster backup; an instance backup that belongs
+/// to one is refused (mark the cluster backup).
+pub async fn mark(
+    repo: &Repo,
+    name: &str,
+    content_id: Option<i32>,
+    permanent: bool,
+) -> Result<Marked> {
+    use crate::error::Error;
+    repo.prepare_write().await?;
+    if content_id.is_none() {
+        let key = layout::cluster_backup_key(name);
+        if repo.exists(&key).await? {
+            let mut c: crate::cluster::catalog::ClusterBackup = repo.get_json(&key).await?;
+            c.permanent = permanent;
+            repo.put_json(&key, &c).await?;
+            return Ok(Marked::Cluster(name.to_string()));
+        }
+    }
+    let ids = match content_id {
+        Some(id) => vec![id],
+        None => content_ids(repo).await?,
+    };
+    let mut found = Vec::new();
+    for id in ids {
+        if repo.exists(&layout::backup_record_key(id, name)).await? {
+            found.push(id);
+        }
+    }
+    let id = match found.as_slice() {
+        [id] => *id,
+        [] => {
+            return Err(Error::Usage(format!(
+                "there is no backup {name:?}{}: `cbdr list` shows the backups",
+                content_id
+                    .map(|i| format!(" of content id {i}"))
+                    .unwrap_or_default()
+            )))
+        }
+        _ => {
+            return Err(Error::Usage(format!(
+                "backup name {name:?} is on several instances: give --content-id N"
+            )))
+        }
+    };
+    for c in repo.cluster_backups().await? {
+        if c.segments
+            .iter()
+            .any(|s| s.content_id == id && s.backup == name)
+        {
+            return Err(Error::Usage(format!(
+                "backup {name} belongs to cluster backup {}: mark the cluster backup (`cbdr backup-mark {}`)",
+                c.name, c.name
+            )));
+        }
+    }
+    let key = layout::backup_record_key(id, name);
+    let mut b: super::catalog::BackupRecord = repo.get_json(&key).await?;
+    b.permanent = permanent;
+    repo.put_json(&key, &b).await?;
+    Ok(Marked::Instance(id, name.to_string()))
 }

@@ -7,6 +7,7 @@
 //!   `backup.json`);
 //! - unfinished uploads: S3 multipart uploads never completed, temp files
 //!   a killed writer left on a filesystem repository;
+//! - leases that expired (their restore died without removing them);
 //! - WAL no backup or restore point needs (the planner's rules,
 //!   `repo::retention`).
 //!
@@ -45,6 +46,8 @@ pub struct GarbagePlan {
     pub pending: Vec<PendingDelete>,
     pub orphans: Vec<Orphan>,
     pub incomplete_uploads: Vec<IncompleteUpload>,
+    /// Leases whose restore ended without removing them (expired).
+    pub expired_leases: Vec<String>,
     /// WAL no kept backup or point needs.
     pub wal: Plan,
 }
@@ -68,6 +71,7 @@ impl GarbagePlan {
         self.pending.is_empty()
             && self.orphans.is_empty()
             && self.incomplete_uploads.is_empty()
+            && self.expired_leases.is_empty()
             && self.wal.is_empty()
     }
 
@@ -187,6 +191,14 @@ pub async fn plan(
             upload: u,
         })
         .collect();
+    let mut expired_leases = Vec::new();
+    for o in repo.storage.list(layout::LEASES_PREFIX).await? {
+        if let Ok(l) = repo.get_json::<super::lease::Lease>(&o.key).await {
+            if l.expires <= DateTime::<Utc>::from(now) {
+                expired_leases.push(o.key);
+            }
+        }
+    }
     let inv = delete::inventory(repo, default_segment_size).await?;
     let wal = retention::plan(
         &inv,
@@ -199,6 +211,7 @@ pub async fn plan(
         pending,
         orphans: orphans_found,
         incomplete_uploads,
+        expired_leases,
         wal,
     })
 }
@@ -226,6 +239,10 @@ pub async fn execute(repo: &Repo, plan: &GarbagePlan) -> Result<Deleted> {
     for u in &plan.incomplete_uploads {
         repo.storage.abort_incomplete(&u.upload).await?;
         done.objects += 1;
+    }
+    for key in &plan.expired_leases {
+        repo.storage.delete(key).await?;
+        done.records += 1;
     }
     done += delete::run(repo, &plan.wal).await?;
     Ok(done)

@@ -4,7 +4,9 @@ pub mod catalog;
 pub mod coverage;
 pub mod delete;
 pub mod garbage;
+pub mod index;
 pub mod layout;
+pub mod lease;
 mod meta;
 pub mod retention;
 

@@ -16,7 +16,8 @@
 //! - A restore point no kept backup can reach (none ends at or before it
 //!   on its timeline or an earlier one) is removed; a cluster backup's own
 //!   restore point stays while the cluster backup does.
-//! - WAL: a kept backup keeps the WAL from its start to its stop; a kept
+//! - WAL: a kept backup keeps the WAL from its start to its stop (and the
+//!   segment after, where recovery reads the record after the end); a kept
 //!   backup that is not permanent (and the newest kept backup) keeps every
 //!   WAL file from its start on (point-in-time recovery to any later
 //!   moment); a kept point keeps the WAL from the backup that serves it
@@ -297,11 +298,26 @@ pub fn plan(
         .map(|u| (u.unit.clone(), u))
         .collect();
     let mut kept_notes: Vec<String> = Vec::new();
+    // A cluster backup is in use when one of its instances' backups is
+    // (each instance's restore takes its own lease).
     let leased = |u: &Unit| -> Option<&String> {
         match u {
-            Unit::Cluster(n) => protected.cluster_backups.get(n),
+            Unit::Cluster(n) => protected.cluster_backups.get(n).or_else(|| {
+                inv.cluster_backups
+                    .iter()
+                    .filter(|c| c.name == *n)
+                    .flat_map(|c| &c.segments)
+                    .find_map(|s| protected.backups.get(&(s.content_id, s.backup.clone())))
+            }),
             Unit::Instance(id, n) => protected.backups.get(&(*id, n.clone())),
         }
+    };
+    let point_leased = |cp: &ClusterRestorePoint| -> Option<&String> {
+        protected.cluster_points.get(&cp.name).or_else(|| {
+            cp.segments
+                .iter()
+                .find_map(|s| protected.points.get(&(s.content_id, cp.name.clone())))
+        })
     };
 
     // 1. What the selection asks for.
@@ -530,7 +546,7 @@ pub fn plan(
                         c.name, c.name
                     )));
                 }
-                if let Some(holder) = protected.cluster_points.get(name) {
+                if let Some(holder) = point_leased(cp) {
                     return Err(Error::Usage(format!(
                         "restore point {name:?} is in use ({holder}): wait until that finishes, then retry"
                     )));
@@ -564,9 +580,7 @@ pub fn plan(
         _ => {
             if scope.is_none() {
                 for cp in &inv.cluster_points {
-                    if kept_cluster_points.contains(&cp.name)
-                        || protected.cluster_points.contains_key(&cp.name)
-                    {
+                    if kept_cluster_points.contains(&cp.name) || point_leased(cp).is_some() {
                         continue;
                     }
                     let served = !cp.segments.is_empty()
@@ -656,10 +670,13 @@ pub fn plan(
                 let tail = keeps_tail(*id, b);
                 ranges.push(Range {
                     from: (b.timeline, b.start_lsn),
+                    // Not a tail: to the segment after the stop's, where
+                    // recovery reads the record that follows the backup's
+                    // end (after the stop's WAL switch).
                     to: if tail {
                         (TimelineId(u32::MAX), Lsn(u64::MAX))
                     } else {
-                        (b.stop_timeline.max(b.timeline), b.stop_lsn)
+                        (b.stop_timeline.max(b.timeline), b.stop_lsn + i.segment_size)
                     },
                 });
             }
@@ -725,11 +742,10 @@ fn wal_to_delete(
     let mut history = Vec::new();
     for o in wal {
         match WalFile::parse(&o.name) {
-            Some(WalFile::History(_)) => {
-                if ranges.is_none() && !young(o) {
-                    history.push(o.name.clone());
-                }
+            Some(WalFile::History(_)) if ranges.is_none() && !young(o) => {
+                history.push(o.name.clone());
             }
+            Some(WalFile::History(_)) => {}
             Some(f) => {
                 let s = f.segment().expect("not a history file");
                 by_tli.entry(s.timeline).or_default().push((s, o));

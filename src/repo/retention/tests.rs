@@ -253,12 +253,13 @@ fn permanent_backups_stay_with_their_own_wal_only() {
         .kept
         .iter()
         .any(|k| k.contains("b1") && k.contains("permanent")));
-    // b1 keeps 2..=3; b4 keeps from 14; p4 (after b4) stays, p0..p3 go.
+    // b1 keeps 2..=3 and 4 (the segment after its end); b4 keeps from 14;
+    // p4 (after b4) stays, p0..p3 go.
     assert_eq!(
         wal_ranges(&p, -1),
         vec![
             (1, seg_name(1, 1), seg_name(1, 1)),
-            (1, seg_name(1, 4), seg_name(1, 13))
+            (1, seg_name(1, 5), seg_name(1, 13))
         ]
     );
     // p1..p3 are reached only from the permanent b1 (which keeps no WAL
