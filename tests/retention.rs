@@ -478,6 +478,25 @@ fn a_backup_killed_before_its_record_is_garbage() {
     drop(server);
     let r = s.restored("latest", &[]);
     assert_eq!(state(&r), expected);
+    drop(r);
+    // A finished restore removed its lease; a killed one leaves it, and
+    // until it expires the backup it covers cannot be deleted.
+    assert!(!s.keys().iter().any(|k| k.starts_with("leases/")));
+    let dir = s.path("killed_restore");
+    let out = s.cmd().env("CBDR_FAULT", "restore-unpack:5").run(&[
+        "restore",
+        "--target-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.stderr.contains("killed at point"), "{}", out.stderr);
+    assert!(s.keys().iter().any(|k| k.starts_with("leases/")));
+    s.refused(
+        &["delete", "target", &good[0], "--confirm"],
+        2,
+        &["in use", "restore on"],
+    );
+    s.refused(&["delete", "everything", "--confirm"], 2, &["in use"]);
+    assert_eq!(s.backup_names(), good);
 }
 
 /// `psql -c SQL` on 127.0.0.1:`port`.
