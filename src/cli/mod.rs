@@ -4,6 +4,7 @@
 mod agent;
 mod args;
 mod cluster;
+mod configure;
 mod delete;
 mod list;
 mod logical;
@@ -68,6 +69,9 @@ pub enum Command {
     Delete(delete::DeleteArgs),
     /// Mark a backup permanent (retention never deletes it), or not.
     BackupMark(delete::BackupMarkArgs),
+    /// Set up every instance for cbdr (`configure backup`: archiving).
+    #[command(subcommand)]
+    Configure(configure::ConfigureCommand),
     /// Print a restore config for the configured cluster, to edit for
     /// `restore --restore-config`.
     RestoreConfig(cluster::RestoreConfigArgs),
@@ -213,6 +217,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Delete(args) => delete::delete(&config, args).await,
         Command::BackupMark(args) => delete::backup_mark(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
+        Command::Configure(cmd) => configure::run(&config, cmd).await,
         Command::Agent(args) => agent::run(&config, args).await,
         Command::Gpbackup(args) => logical::backup(&config, args, cli.verbose, cli.quiet).await,
         Command::Gprestore(args) => logical::restore(&config, args, cli.verbose, cli.quiet).await,

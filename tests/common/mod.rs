@@ -12,10 +12,12 @@
 #![allow(dead_code)]
 
 pub mod bank;
+pub mod citus;
 pub mod cluster;
 pub mod env;
 pub mod garage;
 pub mod pg;
+pub mod pg13;
 pub mod proxy;
 
 #[allow(unused_imports)]
