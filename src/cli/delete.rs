@@ -83,6 +83,11 @@ pub async fn delete(config: &Config, args: DeleteArgs) -> Result<()> {
     let repo = Repo::open(config).await?;
     let segment_size = config.archive.wal_segment_size;
     if let DeleteWhat::Garbage { grace } = args.what {
+        if args.content_id.is_some() {
+            return Err(Error::Usage(
+                "delete garbage works on the whole repository: leave out --content-id".into(),
+            ));
+        }
         let plan = garbage::plan(
             &repo,
             segment_size,
