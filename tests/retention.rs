@@ -608,3 +608,70 @@ fn names_of(v: &Value) -> Vec<String> {
         .map(|b| b["name"].as_str().unwrap().to_string())
         .collect()
 }
+
+#[test]
+fn an_abandoned_multipart_upload_is_aborted_by_garbage() {
+    // 5 MiB S3 parts and 20 MiB of random (incompressible) rows: a backup
+    // part is a multipart upload, killed after its first part landed.
+    let bucket = common::garage::bucket("retention-multipart");
+    let storage = format!("{}part_size = 5242880\n", bucket.config_toml(""));
+    let s = Setup(
+        CbdrEnv::builder("retention-multipart")
+            .storage(Storage::Toml(storage))
+            .build(),
+    );
+    let server = s.server();
+    server.psql("create table r (b bytea); alter table r alter b set storage external");
+    server.psql(
+        "insert into r select (select decode(string_agg(md5(random()::text || g || i), ''), 'hex') from generate_series(1, 65536) i) from generate_series(1, 20) g",
+    );
+    let out = s
+        .on(&server)
+        .env("CBDR_FAULT", "s3-put-part:1")
+        .run(&["backup-push"]);
+    assert!(
+        out.stderr.contains("killed at point s3-put-part"),
+        "{}",
+        out.stderr
+    );
+    let g = s.json(&["delete", "garbage", "--json"]);
+    assert!(
+        g["plan"]["incomplete_uploads"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "within the grace period: {g}"
+    );
+    let g = s.json(&["delete", "garbage", "--grace", "0", "--json"]);
+    let uploads = g["plan"]["incomplete_uploads"].as_array().unwrap();
+    assert!(!uploads.is_empty(), "{g}");
+    assert!(
+        uploads
+            .iter()
+            .all(|u| u["key"].as_str().unwrap().contains("/basebackups/")),
+        "{g}"
+    );
+    s.ok(&["delete", "garbage", "--grace", "0", "--confirm"]);
+    let g = s.json(&["delete", "garbage", "--grace", "0", "--json"]);
+    assert!(
+        g["plan"]["incomplete_uploads"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{g}"
+    );
+    // A backup afterwards completes and restores.
+    s.on(&server).ok(&["backup-push"]);
+    let expected = server
+        .psql("select count(*) || ':' || md5(string_agg(md5(b), ',' order by md5(b))) from r");
+    server.archive_everything();
+    drop(server);
+    let dir = s.path("restored");
+    s.ok(&["restore", "--target-dir", dir.to_str().unwrap()]);
+    let r = PgServer::start_existing(&dir, PgServer::builder().conf("archive_mode = off"));
+    r.wait_for_recovery_end();
+    assert_eq!(
+        r.psql("select count(*) || ':' || md5(string_agg(md5(b), ',' order by md5(b))) from r"),
+        expected
+    );
+}

@@ -396,6 +396,33 @@ mod tests {
     use bytes::Bytes;
 
     #[tokio::test]
+    async fn temp_files_are_unfinished_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(&dir.path().join("repo")).unwrap();
+        s.put("a/b/one", body_from_bytes(&b"1"[..])).await.unwrap();
+        let tmp = dir.path().join("repo/a/b/.two.cbdr-tmp.1.ff");
+        std::fs::write(&tmp, b"half").unwrap();
+        std::fs::write(dir.path().join("repo/a/.other"), b"x").unwrap();
+        let keys = |v: Vec<ObjectInfo>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
+        assert_eq!(keys(s.list("a/").await.unwrap()), ["a/.other", "a/b/one"]);
+        let found = s.list_incomplete("").await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "a/b/.two.cbdr-tmp.1.ff");
+        assert!(found[0].started.is_some());
+        assert!(s.list_incomplete("x/").await.unwrap().is_empty());
+        s.abort_incomplete(&found[0]).await.unwrap();
+        assert!(!tmp.exists());
+        // Only temp files are aborted this way.
+        let not_temp = Incomplete {
+            key: "a/b/one".into(),
+            id: String::new(),
+            started: None,
+        };
+        assert!(s.abort_incomplete(&not_temp).await.is_err());
+        assert!(s.head("a/b/one").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn put_get_head_list_delete() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::new(&dir.path().join("repo")).unwrap();
