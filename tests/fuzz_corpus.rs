@@ -164,6 +164,7 @@ mod seeds {
             manifest_bytes: 12_345,
             base: None,
             chain: Vec::new(),
+            permanent: false,
         }
     }
 
@@ -382,6 +383,7 @@ mod seeds {
                     start: true,
                     start_timeout_secs: 60,
                     settings: Vec::new(),
+                    dbid: None,
                 }),
             ]),
         ));

@@ -234,7 +234,7 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
                     None => "full".to_string(),
                 };
                 println!(
-                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:<8} {:>10} {:>10} {:>5.1}x  {} by {}{}",
+                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:<8} {:>10} {:>10} {:>5.1}x  {} by {}{}{}",
                     b.name,
                     b.stop_time.format("%Y-%m-%d %H:%M:%S"),
                     b.start_lsn.to_string(),
@@ -253,7 +253,8 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
                     b.base
                         .as_deref()
                         .map(|base| format!(", base {base}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if b.permanent { ", permanent" } else { "" }
                 );
             }
         }
@@ -337,7 +338,7 @@ fn print_cluster(c: &ClusterListing) {
     }
     for b in &c.backups {
         println!(
-            "  {:<24} {:<20} {:>8} {:>10} {:>10}  {}{}",
+            "  {:<24} {:<20} {:>8} {:>10} {:>10}  {}{}{}",
             b.name,
             b.stop_time.format("%Y-%m-%d %H:%M:%S"),
             b.segments.len(),
@@ -347,7 +348,8 @@ fn print_cluster(c: &ClusterListing) {
             b.base
                 .as_deref()
                 .map(|base| format!(" (delta of {base})"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if b.permanent { " (permanent)" } else { "" }
         );
     }
     println!("Cluster restore points:");
@@ -370,7 +372,7 @@ fn print_cluster(c: &ClusterListing) {
     }
 }
 
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut u = 0;

@@ -5,6 +5,7 @@ mod agent;
 mod args;
 mod cluster;
 mod configure;
+mod delete;
 mod list;
 mod logical;
 mod physical;
@@ -62,6 +63,12 @@ pub enum Command {
     Restore(args::RestoreArgs),
     /// Show backups, restore points and WAL coverage.
     List(list::ListArgs),
+    /// Delete backups, restore points and WAL (dry run unless --confirm):
+    /// retain N, before TIME|NAME, target NAME, restore-point NAME,
+    /// everything, garbage.
+    Delete(delete::DeleteArgs),
+    /// Mark a backup permanent (retention never deletes it), or not.
+    BackupMark(delete::BackupMarkArgs),
     /// Set up every instance for cbdr (`configure backup`: archiving).
     #[command(subcommand)]
     Configure(configure::ConfigureCommand),
@@ -207,6 +214,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             Scope::One(id) => physical::restore_cmd(&config, id, args).await,
         },
         Command::List(args) => list::list(&config, args).await,
+        Command::Delete(args) => delete::delete(&config, args).await,
+        Command::BackupMark(args) => delete::backup_mark(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
         Command::Configure(cmd) => configure::run(&config, cmd).await,
         Command::Agent(args) => agent::run(&config, args).await,

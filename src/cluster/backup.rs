@@ -79,6 +79,7 @@ pub async fn cluster_backup_push(
             })
             .collect(),
         base: cluster_base(repo, &records).await?,
+        permanent: false,
     };
     repo.put_json(&layout::cluster_backup_key(&name), &record)
         .await?;

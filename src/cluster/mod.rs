@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod citus;
 pub mod client;
 pub mod configure;
+pub mod greenplum;
 pub mod proto;
 pub mod restore;
 pub mod restore_point;

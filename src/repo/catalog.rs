@@ -62,6 +62,9 @@ pub struct BackupRecord {
     /// (the maps name a backup by its index here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,
+    /// Set by `cbdr backup-mark`: never deleted by retention.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 impl BackupRecord {
@@ -213,9 +216,8 @@ impl Repo {
         &self,
         content_id: i32,
     ) -> Result<Records<RestorePointRecord>> {
-        let mut r: Records<RestorePointRecord> = self
-            .records(&layout::restore_points_prefix(content_id), ".json")
-            .await?;
+        let mut r: Records<RestorePointRecord> =
+            super::index::read(self, &layout::restore_points_prefix(content_id)).await?;
         r.records.sort_by_key(|r| (r.lsn, r.time));
         Ok(r)
     }

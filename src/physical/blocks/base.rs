@@ -115,6 +115,7 @@ mod tests {
             manifest_bytes: 0,
             base: chain.get(1).map(|s| s.to_string()),
             chain: chain.iter().map(|s| s.to_string()).collect(),
+            permanent: false,
         }
     }
 

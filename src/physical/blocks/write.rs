@@ -832,6 +832,7 @@ mod tests {
             manifest_bytes: 0,
             base: chain.get(1).cloned(),
             chain,
+            permanent: false,
         }
     }
 
