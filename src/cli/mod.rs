@@ -3,11 +3,13 @@
 
 mod agent;
 mod args;
+mod check;
 mod cluster;
 mod list;
 mod logical;
 mod physical;
 mod repo;
+mod verify;
 mod wal;
 mod wal_receive;
 
@@ -61,6 +63,14 @@ pub enum Command {
     Restore(args::RestoreArgs),
     /// Show backups, restore points and WAL coverage.
     List(list::ListArgs),
+    /// Re-read backups and the WAL archive: authentication, checksums,
+    /// each file against the backup manifest, WAL continuity; exits
+    /// non-zero naming every fault.
+    Verify(verify::VerifyArgs),
+    /// Check on every instance that archiving and backups work: settings,
+    /// a replication connection, the storage, the key, and a WAL switch
+    /// that reaches the archive; exits non-zero naming each problem.
+    Check(check::CheckArgs),
     /// Print a restore config for the configured cluster, to edit for
     /// `restore --restore-config`.
     RestoreConfig(cluster::RestoreConfigArgs),
@@ -203,6 +213,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             Scope::One(id) => physical::restore_cmd(&config, id, args).await,
         },
         Command::List(args) => list::list(&config, args).await,
+        Command::Verify(args) => verify::verify(&config, args).await,
+        Command::Check(args) => check::check(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
         Command::Agent(args) => agent::run(&config, args).await,
         Command::Gpbackup(args) => logical::backup(&config, args, cli.verbose, cli.quiet).await,

@@ -1,7 +1,9 @@
 //! Physical base backups and restores of one server (or segment).
 
 pub mod backup;
+pub mod check;
 pub mod compress_on;
+pub mod file_check;
 pub mod manifest;
 pub mod progress;
 pub mod restore;

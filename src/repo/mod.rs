@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod coverage;
 pub mod layout;
 mod meta;
+pub mod verify;
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
