@@ -83,7 +83,8 @@ pub enum Error {
         message: String,
         exit_code: ExitCode,
     },
-    /// A command's summary of failures it listed one by one (`check`),
+    /// A command's summary of failures it listed one by one (`check`,
+    /// `verify`),
     /// exiting with the code of the first.
     #[error("{message}")]
     Summary {

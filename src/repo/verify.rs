@@ -155,16 +155,17 @@ impl VerifyReport {
             return None;
         }
         let n = self.faults.len();
-        let what = format!(
-            "verify found {n} fault{}: {} (each is listed above); restore from another backup or repair the objects named, then run `cbdr verify` again",
+        let message = format!(
+            "verify found {n} fault{} (each listed above), the first: {}. Repair or replace the objects named (or take a new backup), then run `cbdr verify` again",
             if n == 1 { "" } else { "s" },
             self.faults[0]
         );
-        Some(if self.faults.iter().all(|f| f.storage) {
-            Error::io(what, std::io::Error::other("the storage failed"))
+        let exit_code = if self.faults.iter().all(|f| f.storage) {
+            ExitCode::Storage
         } else {
-            Error::Integrity(what)
-        })
+            ExitCode::Integrity
+        };
+        Some(Error::Summary { message, exit_code })
     }
 }
 
