@@ -210,6 +210,22 @@ fn faults_found(storage: Storage, extra: &str) {
     );
     fx.store.put_raw(&fx.needed_wal, good_wal);
 
+    // WAL of a timeline 2 without its history file (a promotion whose
+    // 00000002.history never reached the archive).
+    let tli2 = layout::wal_key(
+        -1,
+        &WalFile::parse(&format!("00000002{}", &segment[8..])).unwrap(),
+    );
+    fx.store
+        .put_decoded(&tli2, fx.store.decoded(&fx.needed_wal));
+    fx.fault(
+        "no history file",
+        &["--wal"],
+        "00000002.history",
+        "is missing",
+    );
+    fx.store.delete(&tli2);
+
     // Repaired: exit 0 again.
     let out = fx.verify(&["--wal-since", "all"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -77,10 +77,11 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<()> {
     let names: Vec<String> = failed.iter().map(|r| label(r)).collect();
     let problems: usize = failed.iter().map(|r| r.failures().count()).sum();
     let message = format!(
-        "check failed on {} of {} instances ({}): {problems} problems, each listed above with its fix",
+        "check failed on {} of {} instances ({}): {problems} problem{}, each listed above with its fix",
         failed.len(),
         reports.len(),
-        names.join(", ")
+        names.join(", "),
+        if problems == 1 { "" } else { "s" }
     );
     Err(error_with_code(code, message))
 }
