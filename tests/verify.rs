@@ -316,3 +316,78 @@ fn check_on_one_server() {
         out.stderr
     );
 }
+
+/// A copy restored to rp1 and promoted archives timeline 2 into the same
+/// repository, with a restore point rp2 there: verify follows the switch
+/// through the history file (the first segment of timeline 2 is needed,
+/// and named when it is gone), and names the history file when it is gone.
+#[test]
+fn verify_follows_a_promotion_to_timeline_2() {
+    use common::pg::{pg_bin, pg_command};
+    let fx = fixture(Storage::Fs, "");
+    let dir = fx.env.path("copy");
+    fx.env.ok(&[
+        "restore",
+        "--backup",
+        &fx.backup,
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--restore-point",
+        "rp1",
+        "--start",
+        "--port",
+        &common::free_port().to_string(),
+    ]);
+    // Handed over to the fixture, which stops it at the end of the test.
+    let stop = pg_command(pg_bin("pg_ctl"))
+        .arg("-D")
+        .arg(&dir)
+        .args(["stop", "-m", "fast"])
+        .output()
+        .unwrap();
+    assert!(stop.status.success());
+    let copy = PgServer::start_existing(&dir, PgServer::builder());
+    copy.wait_for_recovery_end();
+    copy.psql("insert into t select g, 'tli 2' from generate_series(1, 20000) g");
+    fx.env.on(&copy).ok(&["create-restore-point", "rp2"]);
+    copy.archive_everything();
+
+    let r = fx.verify_json(&["--wal-since", "all"]);
+    assert_eq!(r["faults"].as_array().unwrap().len(), 0, "{r}");
+    let timelines: Vec<u64> = r["wal"][0]["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timelines, [1, 2], "{r}");
+
+    let first_tli2 = fx
+        .store
+        .keys(&layout::wal_prefix(-1))
+        .into_iter()
+        .filter(|k| {
+            let name = k.rsplit('/').next().unwrap();
+            name.starts_with("00000002") && WalSegmentName::parse(name).is_some()
+        })
+        .min()
+        .expect("timeline 2 WAL archived");
+    let name = first_tli2.rsplit('/').next().unwrap().to_string();
+    let good = fx.store.raw(&first_tli2);
+    fx.store.delete(&first_tli2);
+    fx.fault(
+        "first segment of timeline 2 gone",
+        &[],
+        &name,
+        "needs it to reach restore point rp2",
+    );
+    fx.store.put_raw(&first_tli2, good);
+
+    let history = layout::wal_key(-1, &WalFile::History(TimelineId(2)));
+    let good = fx.store.raw(&history);
+    fx.store.delete(&history);
+    fx.fault("history file gone", &[], "00000002.history", "is missing");
+    fx.store.put_raw(&history, good);
+    let out = fx.verify(&[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}

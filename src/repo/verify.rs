@@ -726,36 +726,28 @@ async fn verify_wal(
         }
     }
 
-    // Continuity: from each backup's start to the newest restore point
-    // after it (or its own end), across timeline switches.
-    let newest_point = points.records.iter().max_by_key(|p| (p.lsn, p.time));
+    // Continuity: from each backup's start to the newest restore point it
+    // can reach (on its timeline, or on a later one that branched off
+    // after the backup started), else to its own end.
+    let mut by_lsn: Vec<&super::catalog::RestorePointRecord> = points.records.iter().collect();
+    by_lsn.sort_by_key(|p| std::cmp::Reverse((p.lsn, p.time)));
     let mut missing: BTreeMap<WalSegmentName, String> = BTreeMap::new();
     let mut needed: HashSet<WalSegmentName> = HashSet::new();
     for b in backups {
-        let (end, end_tli, upto) = match newest_point {
-            Some(p) if p.lsn >= b.stop_lsn => {
-                (p.lsn, p.timeline, format!("restore point {}", p.name))
+        let reachable = by_lsn.iter().find_map(|p| {
+            if p.lsn < b.stop_lsn {
+                return None;
             }
-            _ => (b.stop_lsn, b.stop_timeline, "its end".to_string()),
-        };
-        let path = match timeline_path(b.timeline, b.start_lsn, end_tli, &histories) {
-            Some(p) => p,
-            None => {
-                // The history file's fault is named above (or the timelines
-                // do not descend from the backup's).
-                if histories.contains_key(&end_tli) {
-                    faults.note(
-                        id,
-                        Some(&b.name),
-                        None,
-                        format!(
-                            "timeline {end_tli} (of {upto}) does not descend from the backup's timeline {} according to its history file",
-                            b.timeline
-                        ),
-                    );
-                }
-                continue;
-            }
+            timeline_path(b.timeline, b.start_lsn, p.timeline, &histories)
+                .map(|path| (path, p.lsn, format!("restore point {}", p.name)))
+        });
+        let (path, end, upto) = match reachable {
+            Some(r) => r,
+            None => match timeline_path(b.timeline, b.start_lsn, b.stop_timeline, &histories) {
+                Some(path) => (path, b.stop_lsn, "its end".to_string()),
+                // The history file's fault is named above.
+                None => continue,
+            },
         };
         for seg in needed_segments(&path, b.start_lsn, end, size) {
             if needed.insert(seg) && !names.contains(WalFile::Segment(seg).to_string().as_str()) {
