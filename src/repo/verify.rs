@@ -325,12 +325,24 @@ pub async fn verify(repo: &Repo, opts: &VerifyOptions) -> Result<VerifyReport> {
     }
 
     if !opts.wal_only {
-        for backups in chosen.values() {
-            for b in backups {
-                let r = verify_backup(repo, b, opts.parallel.max(1), &faults).await;
-                report.backups.push(r);
-            }
-        }
+        // Backups side by side (a cluster's instances, each often one
+        // compressed stream), the objects read at once shared among them:
+        // at most `parallel` reads in flight whatever the number of backups.
+        let all_chosen: Vec<&BackupRecord> = chosen.values().flatten().collect();
+        let parallel = opts.parallel.max(1);
+        let at_once = parallel.min(all_chosen.len()).max(1);
+        let per_backup = (parallel / at_once).max(1);
+        let mut reports: Vec<(usize, BackupReport)> =
+            futures_util::stream::iter(all_chosen.into_iter().enumerate())
+                .map(|(i, b)| {
+                    let faults = &faults;
+                    async move { (i, verify_backup(repo, b, per_backup, faults).await) }
+                })
+                .buffer_unordered(at_once)
+                .collect()
+                .await;
+        reports.sort_by_key(|(i, _)| *i);
+        report.backups = reports.into_iter().map(|(_, r)| r).collect();
     }
 
     for &id in &ids {
@@ -403,9 +415,11 @@ async fn verify_backup(
     repo: &Repo,
     b: &BackupRecord,
     parallel: usize,
-    faults: &Faults,
+    global: &Faults,
 ) -> BackupReport {
-    let before = faults.len();
+    // This backup's faults, counted in its report, then added to the run's
+    // (backups are verified side by side).
+    let faults = &Faults::default();
     let mut r = BackupReport {
         content_id: b.content_id,
         name: b.name.clone(),
@@ -426,13 +440,13 @@ async fn verify_backup(
                 crate::physical::backup::BACKUP_FORMAT
             ),
         );
-        return finish(r, faults, before);
+        return finish(r, faults, global);
     }
     let objects: Vec<ObjectInfo> = match repo.storage.list(&layout::backup_prefix(id, name)).await {
         Ok(o) => o,
         Err(e) => {
             fault(&layout::backup_prefix(id, name), &e.into());
-            return finish(r, faults, before);
+            return finish(r, faults, global);
         }
     };
     let stored: BTreeMap<&str, u64> = objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
@@ -486,7 +500,7 @@ async fn verify_backup(
             .map(|o| o.key.clone())
             .collect();
         decode_others(repo, others, &stored, parallel, &mut r, &fault).await;
-        return finish(r, faults, before);
+        return finish(r, faults, global);
     }
 
     // The parts: each plain tar on its own, each stream the server
@@ -593,7 +607,7 @@ async fn verify_backup(
         .map(|o| o.key.clone())
         .collect();
     decode_others(repo, others, &stored, parallel, &mut r, &fault).await;
-    finish(r, faults, before)
+    finish(r, faults, global)
 }
 
 /// Decodes objects to nowhere, `parallel` at once, counting them in `r`.
@@ -627,8 +641,12 @@ async fn decode_others(
     }
 }
 
-fn finish(mut r: BackupReport, faults: &Faults, before: usize) -> BackupReport {
-    r.faults = faults.len() - before;
+fn finish(mut r: BackupReport, local: &Faults, global: &Faults) -> BackupReport {
+    let found = local.take();
+    r.faults = found.len();
+    for f in found {
+        global.push(f);
+    }
     r
 }
 
