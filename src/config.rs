@@ -171,12 +171,34 @@ fn default_fetch_retry_budget() -> u64 {
     300
 }
 
+/// What kind of cluster `[cluster]` describes: it decides where the
+/// topology comes from when no segments are listed, and the restore point
+/// barrier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterKind {
+    /// Greenplum/Cloudberry when the coordinator has `gp_create_restore_point`,
+    /// Citus when it has the `citus` extension, else plain PostgreSQL servers.
+    #[default]
+    Auto,
+    /// Plain PostgreSQL servers with two-phase commit (the advisory-lock barrier).
+    Postgres,
+    /// Greenplum or Cloudberry (`gp_segment_configuration`, `gp_create_restore_point`).
+    Greenplum,
+    /// Citus (`pg_dist_node`, `citus_create_restore_point`).
+    Citus,
+}
+
 /// `[cluster]`: the instances of an MPP cluster (or of a group of plain
 /// PostgreSQL servers backed up together). With no segments listed, a
-/// Greenplum/Cloudberry coordinator's `gp_segment_configuration` is used.
+/// Greenplum/Cloudberry coordinator's `gp_segment_configuration` (or a Citus
+/// coordinator's `pg_dist_node`) is used.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// The kind of cluster (default: found from the coordinator).
+    #[serde(default)]
+    pub kind: ClusterKind,
     /// Advisory lock key of the generic-cluster commit barrier: writers that
     /// commit across servers hold `pg_advisory_xact_lock_shared(K)` on the
     /// coordinator around `COMMIT PREPARED`; restore points take it exclusive.
@@ -192,7 +214,8 @@ pub struct ClusterConfig {
     /// Role used to connect to the instances (absent: $PGUSER, else the OS user).
     pub user: Option<String>,
     /// With no segments listed: read them from the Greenplum/Cloudberry
-    /// coordinator's gp_segment_configuration (libpq's PGHOST/PGPORT reach it).
+    /// coordinator's gp_segment_configuration, or with `kind = "citus"` from
+    /// the Citus coordinator's pg_dist_node (libpq's PGHOST/PGPORT reach it).
     #[serde(default)]
     pub discover: bool,
     /// Port of the agents of discovered segments.
@@ -205,6 +228,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
+            kind: ClusterKind::Auto,
             barrier_lock_key: default_barrier_lock_key(),
             agent_timeout: default_agent_timeout(),
             database: default_cluster_database(),

@@ -377,6 +377,7 @@ mod seeds {
                     archive_off: true,
                     start: true,
                     start_timeout_secs: 60,
+                    settings: Vec::new(),
                 }),
             ]),
         ));

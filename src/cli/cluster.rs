@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use super::args::{parse_time, BackupPushArgs, RestoreArgs, RestorePointArgs};
 use crate::cluster::backup::{cluster_backup_push, ClusterBackupOptions, ProgressBoard};
 use crate::cluster::restore::{
-    cluster_restore, ClusterRestoreOptions, ClusterTarget, InDoubt, RestoreConfig,
+    cluster_restore, CitusRestore, ClusterRestoreOptions, ClusterTarget, InDoubt, RestoreConfig,
 };
-use crate::cluster::restore_point::create_cluster_restore_point;
+use crate::cluster::restore_point::create_user_restore_point;
 use crate::cluster::topology::Topology;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -24,7 +24,7 @@ pub async fn restore_point(
     args: &RestorePointArgs,
 ) -> Result<()> {
     let repo = Repo::open(config).await?;
-    let rp = create_cluster_restore_point(
+    let rp = create_user_restore_point(
         &repo,
         topo,
         &config.cluster,
@@ -224,6 +224,26 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()
         );
+    }
+    match &out.citus {
+        Some(CitusRestore::Fixed(fix)) => println!(
+            "Citus: pg_dist_node now names the restored nodes (rows rewritten per content id: {}); recover_prepared_transactions() settled {} prepared transactions; background jobs are back on",
+            fix.rewritten
+                .iter()
+                .map(|(id, n)| format!("{id}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            fix.recovered
+        ),
+        Some(CitusRestore::Pending(sql)) => {
+            println!(
+                "Citus: the restored nodes start with 2PC recovery, deferred shard deletion, background tasks and deadlock detection off (their pg_dist_node still names the original nodes). Once every node is up, run on every node, in the [cluster] database:"
+            );
+            for s in sql {
+                println!("  {s};");
+            }
+        }
+        None => {}
     }
     if !out.in_doubt.is_empty() {
         if out.rolled_back {

@@ -105,6 +105,7 @@ pub async fn restore_cmd(config: &Config, content_id: i32, args: RestoreArgs) ->
         restore_command,
         parallel: args.parallel,
         archive_off: args.archive_mode == "off",
+        settings: Vec::new(),
         progress: None,
     };
     let b = restore(&repo, &opts).await?;

@@ -913,6 +913,7 @@ async fn restore_job(
         restore_command,
         parallel: RESTORE_PARALLEL,
         archive_off: req.archive_off,
+        settings: req.settings,
         progress: Some(progress.clone()),
     };
     let repo = Repo::open(config).await?;

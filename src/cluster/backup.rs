@@ -41,6 +41,7 @@ pub async fn cluster_backup_push(
     board: ProgressBoard,
 ) -> Result<ClusterBackup> {
     repo.prepare_write().await?;
+    super::restore_point::preflight(topo, &config.cluster).await?;
     // Unique by construction (its restore point takes the same name).
     let name = crate::repo::catalog::new_backup_name("cluster");
     let start_time = Utc::now();

@@ -17,6 +17,9 @@ pub enum Barrier {
     Greenplum,
     /// The coordinator's exclusive advisory lock (key recorded).
     AdvisoryLock { key: i64 },
+    /// `citus_create_restore_point`, which blocks Citus's distributed
+    /// commit decisions while every node writes the point.
+    Citus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

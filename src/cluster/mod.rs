@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backup;
 pub mod catalog;
 pub mod check;
+pub mod citus;
 pub mod client;
 pub mod proto;
 pub mod restore;

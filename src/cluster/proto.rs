@@ -287,6 +287,11 @@ pub struct RestoreRequest {
     pub start: bool,
     /// With `start`: how long recovery may take.
     pub start_timeout_secs: u64,
+    /// More settings for the restored server's postgresql.auto.conf
+    /// (name, value), e.g. Citus background jobs off until its nodes are
+    /// fixed.
+    #[serde(default)]
+    pub settings: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,6 +471,7 @@ mod tests {
                     archive_off: true,
                     start: true,
                     start_timeout_secs: 60,
+                    settings: Vec::new(),
                 }),
             ];
             let sent = msgs.clone();

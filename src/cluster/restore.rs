@@ -176,6 +176,18 @@ pub struct ClusterRestoreOutcome {
     /// Prepared transactions found in doubt: (content id, gid).
     pub in_doubt: Vec<(i32, String)>,
     pub rolled_back: bool,
+    /// For a Citus cluster: what the fix-up did, or what is left to run.
+    pub citus: Option<CitusRestore>,
+}
+
+/// The Citus fix-up of a restored cluster.
+#[derive(Debug)]
+pub enum CitusRestore {
+    /// Done (`--start`): `pg_dist_node` rewritten, 2PC recovery run,
+    /// background jobs back on.
+    Fixed(super::citus::Fixup),
+    /// Without `--start`: the statements to run on every node once all are up.
+    Pending(Vec<String>),
 }
 
 /// Chooses the cluster restore point for a target.
@@ -244,6 +256,17 @@ pub async fn cluster_restore(
             )));
         }
     }
+    let citus = point.barrier == super::catalog::Barrier::Citus
+        || config.cluster.kind == crate::config::ClusterKind::Citus;
+    let settings: Vec<(String, String)> = if citus {
+        super::citus::RESTORE_SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let settings = &settings;
     tracing::info!(
         "restoring {} instances to cluster restore point {}",
         targets.len(),
@@ -269,6 +292,7 @@ pub async fn cluster_restore(
                 archive_off: opts.archive_off,
                 start: opts.start,
                 start_timeout_secs: opts.start_timeout.as_secs(),
+                settings: settings.clone(),
             };
             let id = seg.content_id;
             // Recovery replays WAL without progress messages for a while.
@@ -292,7 +316,29 @@ pub async fn cluster_restore(
         restored,
         in_doubt: Vec::new(),
         rolled_back: false,
+        citus: None,
     };
+    if citus {
+        let placement: super::citus::Placement = targets
+            .iter()
+            .map(|(seg, t)| (seg.content_id, (t.host.clone(), t.port)))
+            .collect();
+        outcome.citus = Some(if opts.start {
+            let nodes = targets
+                .iter()
+                .map(|(seg, t)| Ok((seg.content_id, params(t, &config.cluster)?)))
+                .collect::<Result<Vec<_>>>()?;
+            CitusRestore::Fixed(super::citus::fix_restored(&nodes).await?)
+        } else {
+            let mut sql: Vec<String> = super::citus::rewrite_nodes_sql(&placement)
+                .into_iter()
+                .collect();
+            sql.push("select recover_prepared_transactions()".into());
+            sql.extend(super::citus::reset_settings_sql());
+            sql.push("select pg_reload_conf()".into());
+            CitusRestore::Pending(sql)
+        });
+    }
     if opts.start {
         outcome.in_doubt = in_doubt(&targets, &config.cluster).await?;
         if !outcome.in_doubt.is_empty() && opts.in_doubt == InDoubt::Rollback {

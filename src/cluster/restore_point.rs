@@ -4,6 +4,8 @@
 //! others at the point:
 //! * Greenplum/Cloudberry: `gp_create_restore_point(name)` holds the
 //!   two-phase commit lock while every segment writes the point.
+//! * Citus: `citus_create_restore_point(name)` blocks distributed commit
+//!   decisions while every node writes the point (see [`super::citus`]).
 //! * A group of plain PostgreSQL servers: the coordinator takes an exclusive
 //!   advisory lock (`[cluster] barrier_lock_key`) while every server writes
 //!   its point; writers hold `pg_advisory_xact_lock_shared(K)` on the
@@ -20,7 +22,7 @@ use futures_util::future::try_join_all;
 
 use super::catalog::{Barrier, ClusterRestorePoint, SegmentPoint};
 use super::topology::{Segment, Topology};
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, ClusterKind};
 use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{PgConn, Replication};
 use crate::pg::quote::quote_literal;
@@ -60,18 +62,40 @@ pub async fn create_cluster_restore_point(
     repo.prepare_write().await?;
 
     let mut coordinator = connect(topo, cfg, topo.coordinator()).await?;
-    let greenplum = coordinator
-        .simple_query("select 1 from pg_proc where proname = 'gp_create_restore_point'")
-        .await
-        .context("looking for gp_create_restore_point on the coordinator")?
-        .len()
-        == 1;
-    let (points, barrier, held) = if greenplum {
-        greenplum_point(&mut coordinator, name).await?
-    } else {
-        barrier_point(topo, cfg, &mut coordinator, name).await?
+    let kind = resolve_kind(&mut coordinator, cfg).await?;
+    let (points, barrier, held) = match kind {
+        ClusterKind::Greenplum => {
+            if !has_gp_create_restore_point(&mut coordinator).await? {
+                return Err(Error::Usage(
+                    "[cluster] kind = \"greenplum\", but the coordinator has no gp_create_restore_point(): this is not a Greenplum/Cloudberry coordinator; fix `kind`".into(),
+                ));
+            }
+            let r = greenplum_point(&mut coordinator, name).await?;
+            coordinator.close().await;
+            r
+        }
+        ClusterKind::Citus => {
+            if !super::citus::is_citus(&mut coordinator).await? {
+                return Err(Error::Usage(format!(
+                    "[cluster] kind = \"citus\", but the coordinator's database {:?} has no citus extension: set [cluster] database to the Citus database, or fix `kind`",
+                    cfg.database
+                )));
+            }
+            coordinator.close().await;
+            let conns = try_join_all(
+                topo.segments()
+                    .iter()
+                    .map(|s| async move { connect(topo, cfg, s).await.map(|c| (s, c)) }),
+            )
+            .await?;
+            super::citus::citus_point(repo, topo, conns, name, wal_wait).await?
+        }
+        _ => {
+            let r = barrier_point(topo, cfg, &mut coordinator, name).await?;
+            coordinator.close().await;
+            r
+        }
     };
-    coordinator.close().await;
 
     let mut segments = Vec::new();
     for seg in topo.segments() {
@@ -112,7 +136,82 @@ pub async fn create_cluster_restore_point(
     Ok(record)
 }
 
-type Points = Vec<(i32, PointPosition)>;
+use super::citus::Points;
+
+/// The kind of cluster: the config's, or (`auto`) what the coordinator has.
+async fn resolve_kind(coordinator: &mut PgConn, cfg: &ClusterConfig) -> Result<ClusterKind> {
+    Ok(match cfg.kind {
+        ClusterKind::Auto => {
+            if has_gp_create_restore_point(coordinator).await? {
+                ClusterKind::Greenplum
+            } else if super::citus::is_citus(coordinator).await? {
+                ClusterKind::Citus
+            } else {
+                ClusterKind::Postgres
+            }
+        }
+        k => k,
+    })
+}
+
+/// Before a cluster backup: on Citus, the configured instances must be the
+/// cluster's nodes (else the restore point at its end would be refused,
+/// after every instance was copied).
+pub async fn preflight(topo: &Topology, cfg: &ClusterConfig) -> Result<()> {
+    let mut coordinator = connect(topo, cfg, topo.coordinator()).await?;
+    if resolve_kind(&mut coordinator, cfg).await? != ClusterKind::Citus {
+        coordinator.close().await;
+        return Ok(());
+    }
+    let nodes = super::citus::read_nodes(&mut coordinator).await;
+    coordinator.close().await;
+    super::citus::check_nodes(topo, &nodes?)?;
+    let mut conns = try_join_all(
+        topo.segments()
+            .iter()
+            .map(|s| async move { connect(topo, cfg, s).await.map(|c| (s, c)) }),
+    )
+    .await?;
+    super::citus::check_local_groups(&mut conns).await?;
+    for (_, c) in conns {
+        c.close().await;
+    }
+    Ok(())
+}
+
+async fn has_gp_create_restore_point(coordinator: &mut PgConn) -> Result<bool> {
+    Ok(coordinator
+        .simple_query("select 1 from pg_proc where proname = 'gp_create_restore_point'")
+        .await
+        .context("looking for gp_create_restore_point on the coordinator")?
+        .len()
+        == 1)
+}
+
+/// A restore point asked for by the user (not the one a cluster backup
+/// ends with): refused when the instances are not those of the newest
+/// cluster backup, whose restore could not reach it.
+pub async fn create_user_restore_point(
+    repo: &Repo,
+    topo: &Topology,
+    cfg: &ClusterConfig,
+    name: &str,
+    wal_wait: Duration,
+) -> Result<ClusterRestorePoint> {
+    if let Some(newest) = repo.cluster_backups().await?.last() {
+        let backed: Vec<i32> = newest.segments.iter().map(|s| s.content_id).collect();
+        let now: Vec<i32> = topo.segments().iter().map(|s| s.content_id).collect();
+        let mut sorted = backed.clone();
+        sorted.sort_unstable();
+        if sorted != now {
+            return Err(Error::Usage(format!(
+                "the cluster's instances (content ids {now:?}) are not those of the newest cluster backup {} (content ids {sorted:?}): a restore to this point would have no base backup for some of them. Run `cbdr backup-push` first",
+                newest.name
+            )));
+        }
+    }
+    create_cluster_restore_point(repo, topo, cfg, name, wal_wait).await
+}
 
 /// The generic barrier: exclusive advisory lock on the coordinator, a point
 /// on every server at once, unlock, then WAL switches.

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use crate::config::{ClusterConfig, SegmentConfig};
+use crate::config::{ClusterConfig, ClusterKind, SegmentConfig};
 use crate::error::{Error, PgResultExt, Result};
 use crate::pg::conn::{ConnParams, PgConn, Replication};
 
@@ -75,7 +75,15 @@ impl Topology {
             p.user = u.clone();
         }
         p.dbname = cfg.database.clone();
-        Topology::discover(&p, cfg.agent_port).await.map(Some)
+        match cfg.kind {
+            ClusterKind::Citus => super::citus::discover(&p, cfg.agent_port).await.map(Some),
+            ClusterKind::Postgres => Err(Error::Usage(
+                "[cluster] kind = \"postgres\" with `discover = true`: a group of plain PostgreSQL servers has no catalog to discover them from; list them in [[cluster.segments]]".into(),
+            )),
+            ClusterKind::Auto | ClusterKind::Greenplum => {
+                Topology::discover(&p, cfg.agent_port).await.map(Some)
+            }
+        }
     }
 
     /// Checks the instances: unique content ids, a coordinator (-1), and

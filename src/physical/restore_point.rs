@@ -55,18 +55,27 @@ pub struct PointPosition {
 /// `pg_create_restore_point(name)` on one server (the name must be valid).
 pub async fn create_point(conn: &mut PgConn, name: &str) -> Result<PointPosition> {
     validate_restore_point_name(name)?;
+    position_of(
+        conn,
+        &format!("pg_create_restore_point({})", quote_literal(name)),
+        "pg_create_restore_point",
+    )
+    .await
+}
+
+/// The position (LSN, its timeline, the segment size) that the SQL
+/// expression `lsn_sql` returns; `what` names it in errors.
+pub async fn position_of(conn: &mut PgConn, lsn_sql: &str, what: &str) -> Result<PointPosition> {
     let row = conn
         .query_one(&format!(
-            "select lsn::text as lsn, ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::int::text as timeline, current_setting('wal_segment_size') as wal_segment_size from (select pg_create_restore_point({}) as lsn) s",
-            quote_literal(name)
+            "select lsn::text as lsn, ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::int::text as timeline, current_setting('wal_segment_size') as wal_segment_size from (select {lsn_sql} as lsn) s"
         ))
         .await
-        .context("pg_create_restore_point")?;
-    let lsn: Lsn = row.parse("lsn").context("pg_create_restore_point")?;
-    let timeline: TimelineId = row.parse("timeline").context("pg_create_restore_point")?;
+        .context(what.to_string())?;
+    let lsn: Lsn = row.parse("lsn").context(what.to_string())?;
+    let timeline: TimelineId = row.parse("timeline").context(what.to_string())?;
     let wal_segment_size = super::backup::parse_size_setting(
-        row.get_str("wal_segment_size")
-            .context("pg_create_restore_point")?,
+        row.get_str("wal_segment_size").context(what.to_string())?,
     )?;
     Ok(PointPosition {
         lsn,

@@ -28,7 +28,7 @@ pub fn params(port: u16) -> ConnParams {
     p
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

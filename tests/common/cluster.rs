@@ -31,6 +31,17 @@ pub struct TestCluster {
     pub stream_wal: bool,
 }
 
+/// Options of [`TestCluster::start_opts`].
+#[derive(Debug, Default, Clone)]
+pub struct ClusterOpts {
+    /// Agents stream their instance's WAL instead of archiving.
+    pub stream_wal: bool,
+    /// More postgresql.conf lines for every instance.
+    pub conf: Vec<String>,
+    /// More lines of the `[cluster]` section.
+    pub cluster_toml: String,
+}
+
 /// `content id → index` in [`TestCluster::servers`].
 pub fn index(content_id: i32) -> usize {
     (content_id + 1) as usize
@@ -51,6 +62,25 @@ impl TestCluster {
         storage_toml: Option<&str>,
         stream_wal: bool,
     ) -> TestCluster {
+        TestCluster::start_opts(
+            name,
+            segments,
+            storage_toml,
+            ClusterOpts {
+                stream_wal,
+                ..ClusterOpts::default()
+            },
+        )
+    }
+
+    /// Like [`TestCluster::start`], with more options.
+    pub fn start_opts(
+        name: &str,
+        segments: usize,
+        storage_toml: Option<&str>,
+        opts: ClusterOpts,
+    ) -> TestCluster {
+        let stream_wal = opts.stream_wal;
         // The config is finished (and the repository made) once the
         // servers' ports and data directories are known.
         let env = CbdrEnv::builder(name)
@@ -70,19 +100,23 @@ impl TestCluster {
                         i as i32 - 1
                     )
                 };
-                PgServer::builder()
+                let mut b = PgServer::builder()
                     .initdb_arg("--wal-segsize=1")
                     .conf(archive)
                     .conf("max_prepared_transactions = 20")
-                    .conf("max_wal_size = '256MB'")
-                    .init()
+                    .conf("max_wal_size = '256MB'");
+                for line in &opts.conf {
+                    b = b.conf(line.clone());
+                }
+                b.init()
             })
             .collect();
         let agent_ports: Vec<u16> = (0..=segments).map(|_| free_port()).collect();
         let token = env.write("agent.token", &format!("{AGENT_TOKEN}\n"));
         fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let mut text = format!(
-            "\n[cluster]\nuser = \"postgres\"\nbarrier_lock_key = {BARRIER_KEY}\nagent_timeout = 15\n"
+            "\n[cluster]\nuser = \"postgres\"\nbarrier_lock_key = {BARRIER_KEY}\nagent_timeout = 15\n{}",
+            opts.cluster_toml
         );
         for (i, s) in servers.iter().enumerate() {
             text.push_str(&format!(

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod bank;
+pub mod citus;
 pub mod cluster;
 pub mod env;
 pub mod garage;

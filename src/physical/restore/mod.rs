@@ -94,6 +94,8 @@ pub struct RestoreOptions {
     /// Turn archiving off in the restored server (else its setting is kept,
     /// and a promoted copy archives a new timeline into the repository).
     pub archive_off: bool,
+    /// More settings written to postgresql.auto.conf (name, value).
+    pub settings: Vec<(String, String)>,
     /// Bytes written and the phase, for callers that report progress.
     pub progress: Option<Arc<Progress>>,
 }
@@ -509,6 +511,13 @@ fn write_recovery_settings(
     if opts.archive_off {
         conf.push_str("archive_mode = 'off'\n");
     }
+    for (name, value) in &opts.settings {
+        conf.push_str(&format!(
+            "{} = {}\n",
+            setting_name(name)?,
+            quote_value(value)
+        ));
+    }
     let auto = dir.join("postgresql.auto.conf");
     let mut f = fs::OpenOptions::new()
         .append(true)
@@ -518,6 +527,23 @@ fn write_recovery_settings(
     f.write_all(conf.as_bytes())
         .map_err(|e| Error::io("writing postgresql.auto.conf", e))?;
     fs::write(dir.join("recovery.signal"), "").map_err(|e| Error::io("writing recovery.signal", e))
+}
+
+/// A setting's name, checked: letters, digits, `_` and `.` (a custom
+/// setting's prefix), starting with a letter or `_`.
+fn setting_name(name: &str) -> Result<&str> {
+    let mut bytes = name.bytes();
+    let ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if ok {
+        Ok(name)
+    } else {
+        Err(Error::Usage(format!(
+            "{name:?} is not a setting name: use letters, digits, '_' and '.'"
+        )))
+    }
 }
 
 /// fsync of a whole file system tree, in one call (syncfs).
