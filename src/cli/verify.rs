@@ -91,7 +91,7 @@ fn print_report(r: &VerifyReport) {
                 b.plain_bytes / 1_000_000
             )
         } else {
-            "every object decoded (its files are checked by restore)".to_string()
+            "its record and manifest checked (a block-format backup: its blocks are checked by restore)".to_string()
         };
         println!(
             "{} backup {} (content {}): {} objects ({} MB stored), {files}{}",
