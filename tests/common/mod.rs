@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod env;
 pub mod garage;
 pub mod pg;
+pub mod pg13;
 pub mod proxy;
 pub mod store;
 

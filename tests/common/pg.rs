@@ -61,9 +61,30 @@ host    all          all  ::1/128        trust
 host    replication  all  ::1/128        trust
 ";
 
-/// Directory holding the PostgreSQL server binaries: `$PG_BIN`, else
-/// /usr/lib/postgresql/15/bin.
+/// Another PostgreSQL installation for the whole test binary (e.g. the
+/// PostgreSQL 13 of [`super::pg13`]): its binaries, and the libraries they
+/// need that the system lacks.
+#[derive(Debug, Clone)]
+pub struct PgInstall {
+    pub bin: PathBuf,
+    pub lib: Option<PathBuf>,
+}
+
+static INSTALL: OnceLock<PgInstall> = OnceLock::new();
+
+/// Makes every server, PostgreSQL program and `pg_command` of this test
+/// binary use `install` (its bin first on PATH, its libraries on
+/// LD_LIBRARY_PATH). Call before anything else; the first call wins.
+pub fn use_install(install: PgInstall) {
+    let _ = INSTALL.set(install);
+}
+
+/// Directory holding the PostgreSQL server binaries: the installation of
+/// [`use_install`], else `$PG_BIN`, else /usr/lib/postgresql/15/bin.
 pub fn pg_bin_dir() -> PathBuf {
+    if let Some(i) = INSTALL.get() {
+        return i.bin.clone();
+    }
     std::env::var_os("PG_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
@@ -135,6 +156,13 @@ pub fn pg_command(program: impl AsRef<OsStr>) -> Command {
         Command::new(program.as_ref())
     };
     cmd.current_dir("/").stdin(Stdio::null());
+    if let Some(i) = INSTALL.get() {
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", i.bin.display()));
+        if let Some(lib) = &i.lib {
+            cmd.env("LD_LIBRARY_PATH", lib);
+        }
+    }
     cmd
 }
 
@@ -273,7 +301,6 @@ impl PgBuilder {
                 "--encoding=UTF8",
                 "--locale=C",
                 "--no-sync",
-                "--no-instructions",
             ])
             .args(&self.initdb_args);
         let out = initdb.output().expect("run initdb");
