@@ -2,7 +2,8 @@
 //! segment PostgreSQL 15 servers, each checked by its own `cbdr agent`:
 //! healthy, every instance passes and the command exits 0; with one
 //! segment's archive_command broken, that segment (and only it) is named
-//! with the fix, exit 6; with an agent down, its instance is named, exit 7.
+//! with the fix, exit 6 (also with `--content-id` naming it); with an agent
+//! down, its instance is named, exit 7.
 //! The same cluster backs up and `cbdr verify` checks the cluster backup:
 //! every instance's backup and WAL.
 
@@ -95,6 +96,19 @@ fn check_and_verify_a_cluster() {
         err.contains("check failed on 1 of 4 instances (content 1"),
         "{err}"
     );
+    // Narrowed to that instance (still through its agent), and to another.
+    let (code, out, err) = c.cbdr(&["check", "--content-id", "1", "--wal-timeout", "2"]);
+    assert_eq!(code, 6, "{out}\n{err}");
+    assert!(
+        lines_with(&out, "FAIL  ").len() >= 2 && lines_with(&out, "ok    ").is_empty(),
+        "{out}"
+    );
+    assert!(
+        err.contains("check failed on 1 of 1 instances (content 1"),
+        "{err}"
+    );
+    let out = c.ok(&["check", "--content-id", "2"]);
+    assert_eq!(lines_with(&out, "ok    content 2 (").len(), 1, "{out}");
     seg1.psql("alter system reset archive_command");
     seg1.psql("select pg_reload_conf()");
 

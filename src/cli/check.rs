@@ -15,8 +15,9 @@ use crate::physical::check::{check_instance, CheckOptions, InstanceCheck};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Only this instance (-1: the coordinator or a single server). Left
-    /// out with a [cluster] configured: every instance, through the agents.
+    /// Only this instance (-1: the coordinator or a single server). With a
+    /// [cluster] configured it is checked by its agent (left out: every
+    /// instance); else on the server of -H/-p/-U or PGHOST/PGPORT.
     #[arg(long, allow_negative_numbers = true)]
     pub content_id: Option<i32>,
     #[command(flatten)]
@@ -37,18 +38,28 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<()> {
         ));
     }
     let wal_timeout = Duration::from_secs(args.wal_timeout);
-    let reports: Vec<InstanceCheck> = match Scope::of(config, args.content_id).await? {
-        Scope::Cluster(topo) => {
-            let opts = ClusterCheckOptions {
-                wal_timeout,
-                agent_timeout: Duration::from_secs(config.cluster.agent_timeout),
-                connect_timeout: Duration::from_secs(15),
-            };
-            cluster_check(&topo, config, &opts).await
-        }
-        Scope::One(id) => {
+    let cluster_opts = ClusterCheckOptions {
+        wal_timeout,
+        agent_timeout: Duration::from_secs(config.cluster.agent_timeout),
+        connect_timeout: Duration::from_secs(15),
+    };
+    // With a cluster configured, an instance is checked by its agent, even
+    // one named by --content-id (the agent reaches it as backups do).
+    let topo = match Scope::of(config, None).await? {
+        Scope::Cluster(topo) => Some(topo),
+        Scope::One(_) => None,
+    };
+    let by_agent = match &topo {
+        Some(topo) => cluster_check(topo, args.content_id, config, &cluster_opts).await,
+        None => None,
+    };
+    let reports: Vec<InstanceCheck> = match by_agent {
+        Some(r) => r,
+        None => {
             let opts = CheckOptions {
-                content_id: id,
+                content_id: args
+                    .content_id
+                    .unwrap_or(crate::cluster::topology::COORDINATOR),
                 conn: args.conn.params()?,
                 wal_timeout,
             };

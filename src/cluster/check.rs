@@ -21,13 +21,23 @@ pub struct ClusterCheckOptions {
     pub connect_timeout: Duration,
 }
 
-/// The checks of every instance, in the topology's order.
+/// The checks of every instance of `topo` (or only of content id `only`),
+/// in the topology's order; `None` when `only` is not one of its instances.
 pub async fn cluster_check(
     topo: &Topology,
+    only: Option<i32>,
     config: &Config,
     opts: &ClusterCheckOptions,
-) -> Vec<InstanceCheck> {
-    join_all(topo.segments().iter().map(|s| check_one(s, config, opts))).await
+) -> Option<Vec<InstanceCheck>> {
+    let segments: Vec<&Segment> = topo
+        .segments()
+        .iter()
+        .filter(|s| only.is_none_or(|id| id == s.content_id))
+        .collect();
+    if segments.is_empty() {
+        return None;
+    }
+    Some(join_all(segments.into_iter().map(|s| check_one(s, config, opts))).await)
 }
 
 async fn check_one(seg: &Segment, config: &Config, opts: &ClusterCheckOptions) -> InstanceCheck {
