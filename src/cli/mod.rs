@@ -5,6 +5,7 @@ mod agent;
 mod args;
 mod check;
 mod cluster;
+mod configure;
 mod list;
 mod logical;
 mod physical;
@@ -71,6 +72,9 @@ pub enum Command {
     /// a replication connection, the storage, the key, and a WAL switch
     /// that reaches the archive; exits non-zero naming each problem.
     Check(check::CheckArgs),
+    /// Set up every instance for cbdr (`configure backup`: archiving).
+    #[command(subcommand)]
+    Configure(configure::ConfigureCommand),
     /// Print a restore config for the configured cluster, to edit for
     /// `restore --restore-config`.
     RestoreConfig(cluster::RestoreConfigArgs),
@@ -216,6 +220,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Verify(args) => verify::verify(&config, args).await,
         Command::Check(args) => check::check(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
+        Command::Configure(cmd) => configure::run(&config, cmd).await,
         Command::Agent(args) => agent::run(&config, args).await,
         Command::Gpbackup(args) => logical::backup(&config, args, cli.verbose, cli.quiet).await,
         Command::Gprestore(args) => logical::restore(&config, args, cli.verbose, cli.quiet).await,

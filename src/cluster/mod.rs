@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod check;
 pub mod citus;
 pub mod client;
+pub mod configure;
 pub mod proto;
 pub mod restore;
 pub mod restore_point;

@@ -98,21 +98,22 @@ pub struct CheckOptions {
     pub wal_timeout: Duration,
 }
 
-/// The archive_command this cbdr would have the server use.
+/// The archive_command this cbdr would have the server use (as
+/// `cbdr configure backup` sets it: the content id always on a cluster's
+/// instances, never on a single server).
 pub fn expected_archive_command(config: &Config, content_id: i32) -> String {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "cbdr".into());
-    let mut cmd = exe;
-    if let Some(src) = &config.source {
-        let abs = std::fs::canonicalize(src).unwrap_or(src.clone());
-        cmd.push_str(&format!(" --config {}", abs.display()));
-    }
-    cmd.push_str(" wal-push %p");
-    if content_id != crate::cluster::topology::COORDINATOR {
-        cmd.push_str(&format!(" --content-id {content_id}"));
-    }
-    cmd
+    let config_path = config
+        .source
+        .as_ref()
+        .map(|src| std::fs::canonicalize(src).unwrap_or(src.clone()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/etc/cbdr/cbdr.toml".into());
+    let single =
+        content_id == crate::cluster::topology::COORDINATOR && config.cluster.segments.is_empty();
+    crate::cluster::configure::archive_command(&exe, &config_path, (!single).then_some(content_id))
 }
 
 /// Judges an archive_command: it must run `wal-push` on `%p` for this
@@ -236,7 +237,10 @@ pub async fn check_instance(config: &Config, opts: &CheckOptions) -> InstanceChe
             Err(why) => fail(
                 "archive_command",
                 why,
-                format!("set archive_command = '{want}', {reload}"),
+                format!(
+                    "set archive_command = {}, {reload} (`cbdr configure backup` sets it on every instance)",
+                    crate::pg::conf::quote_value(&want)
+                ),
                 ExitCode::Postgres,
             ),
         });
@@ -502,5 +506,8 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert!(expected_archive_command(&c, 3).ends_with(" wal-push %p --content-id 3"));
         assert!(expected_archive_command(&c, -1).ends_with(" wal-push %p"));
+        // What it suggests, it accepts.
+        judge_archive_command(&expected_archive_command(&c, 3), 3).unwrap();
+        judge_archive_command(&expected_archive_command(&c, -1), -1).unwrap();
     }
 }
