@@ -197,6 +197,13 @@ fn faults_found(storage: Storage, extra: &str) {
     let good_wal = fx.store.raw(&fx.needed_wal);
     fx.store.delete(&fx.needed_wal);
     fx.fault("removed WAL", &[], &segment, "missing from the archive");
+    // Put back (as a repair would, by wal-push): the watermark stopped
+    // before the gap, so the next ordinary run reads it again.
+    fx.store.put_raw(&fx.needed_wal, good_wal.clone());
+    let r = fx.verify_json(&["--wal"]);
+    assert_eq!(r["wal"][0]["since"], "watermark", "{r}");
+    assert!(r["wal"][0]["objects_read"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["faults"].as_array().unwrap().len(), 0, "{r}");
     // The same segment damaged instead: found when the WAL is re-read.
     let mut bad = good_wal.clone();
     let at = bad.len() - 10;

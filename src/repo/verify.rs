@@ -891,17 +891,38 @@ async fn verify_wal(
         }
     }
     // The watermark moves only after a run that found every object it
-    // read sound (a watermark past a bad object would hide it).
-    if faults.len() == read_faults_before && !newest.is_empty() {
+    // read sound (a watermark past a bad object would hide it), and never
+    // to or past a timeline's first gap (a segment a repair puts there
+    // later is read by the next run).
+    if faults.len() == read_faults_before {
         let mut next = mark.clone();
-        for (t, s) in newest {
-            let e = next.timelines.entry(t).or_insert_with(|| s.to_string());
-            if WalSegmentName::parse(e).is_none_or(|old| s > old) {
-                *e = s.to_string();
+        let tlis: BTreeSet<u32> = newest
+            .keys()
+            .chain(mark.timelines.keys())
+            .copied()
+            .collect();
+        for t in tlis {
+            let first_gap = report
+                .timelines
+                .iter()
+                .find(|c| c.timeline.0 == t)
+                .and_then(|c| c.gaps.first())
+                .and_then(|g| WalSegmentName::parse(&g.from));
+            let old = mark
+                .timelines
+                .get(&t)
+                .and_then(|m| WalSegmentName::parse(m));
+            match next_mark(old, newest.get(&t).copied(), first_gap, size) {
+                Some(m) => {
+                    next.timelines.insert(t, m.to_string());
+                }
+                None => {
+                    next.timelines.remove(&t);
+                }
             }
         }
-        next.time = Some(chrono::Utc::now());
         if next.timelines != mark.timelines {
+            next.time = Some(chrono::Utc::now());
             match store_watermark(repo, &key, &next).await {
                 Ok(()) => report.watermark = Some(next.timelines),
                 Err(e) => tracing::warn!(
@@ -912,6 +933,25 @@ async fn verify_wal(
     }
     report.faults = faults.len() - before;
     Ok(report)
+}
+
+/// One timeline's next watermark: the later of the old one and the newest
+/// segment read, but before the timeline's first missing segment.
+fn next_mark(
+    old: Option<WalSegmentName>,
+    newest: Option<WalSegmentName>,
+    first_gap: Option<WalSegmentName>,
+    size: u64,
+) -> Option<WalSegmentName> {
+    let mark = old.max(newest)?;
+    match first_gap {
+        Some(gap) if mark >= gap => {
+            let start = gap.start_lsn(size);
+            (start.0 >= size)
+                .then(|| WalSegmentName::from_lsn(gap.timeline, Lsn(start.0 - size), size))
+        }
+        _ => Some(mark),
+    }
 }
 
 async fn store_watermark(repo: &Repo, key: &str, mark: &Watermark) -> Result<()> {
@@ -1135,6 +1175,26 @@ mod tests {
             ]
         );
         assert_eq!(r[0].2, "why 000000010000000000000003");
+    }
+
+    #[test]
+    fn the_watermark_stops_before_the_first_gap() {
+        let seg = |n: &str| WalSegmentName::parse(n).unwrap();
+        let (a, b, gap, d) = (
+            seg("000000010000000000000003"),
+            seg("000000010000000000000005"),
+            seg("000000010000000000000007"),
+            seg("000000010000000000000009"),
+        );
+        assert_eq!(next_mark(None, Some(b), None, MB), Some(b));
+        assert_eq!(next_mark(Some(b), Some(a), None, MB), Some(b));
+        assert_eq!(next_mark(Some(a), None, Some(gap), MB), Some(a));
+        // Past the gap: back to the segment before it.
+        assert_eq!(
+            next_mark(Some(a), Some(d), Some(gap), MB),
+            Some(seg("000000010000000000000006"))
+        );
+        assert_eq!(next_mark(None, None, None, MB), None);
     }
 
     #[test]
