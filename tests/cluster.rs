@@ -264,7 +264,7 @@ fn cluster_backup_aborts_when_an_agent_fails() {
         &quick,
         std::fs::read_to_string(&c.config)
             .unwrap()
-            .replace("agent_timeout = 15", "agent_timeout = 3"),
+            .replace("agent_timeout = 15", "agent_timeout = 8"),
     )
     .unwrap();
     common::pg::chown_to_pg(&quick);

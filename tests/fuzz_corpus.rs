@@ -378,6 +378,7 @@ mod seeds {
                     start: true,
                     start_timeout_secs: 60,
                     settings: Vec::new(),
+                    dbid: None,
                 }),
             ]),
         ));

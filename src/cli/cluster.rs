@@ -225,6 +225,18 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
                 .unwrap_or_default()
         );
     }
+    if let Some((sql, commands)) = &out.greenplum {
+        println!(
+            "Greenplum/Cloudberry: the restored coordinator's gp_segment_configuration still describes the source cluster. With the coordinator alone in utility mode (PGOPTIONS='-c gp_role=utility' psql), run:"
+        );
+        for s in sql {
+            println!("  {s};");
+        }
+        println!("then bring the cluster up and rebuild mirrors and the standby:");
+        for c in commands {
+            println!("  {c}");
+        }
+    }
     match &out.citus {
         Some(CitusRestore::Fixed(fix)) => println!(
             "Citus: pg_dist_node now names the restored nodes (rows rewritten per content id: {}); recover_prepared_transactions() settled {} prepared transactions; background jobs are back on",
@@ -268,16 +280,63 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RestoreConfigArgs {}
+pub struct RestoreConfigArgs {
+    /// Greenplum/Cloudberry: the config for a freshly initialised target
+    /// cluster, from its own gp_segment_configuration (its hosts, ports,
+    /// directories and dbids), reached at --target-host/--target-port (else
+    /// PGHOST/PGPORT); refused when its segment count differs.
+    #[arg(long)]
+    pub from_target: bool,
+    #[arg(long, value_name = "HOST", requires = "from_target")]
+    pub target_host: Option<String>,
+    #[arg(long, value_name = "PORT", requires = "from_target")]
+    pub target_port: Option<u16>,
+}
 
 /// `restore-config`: the restore config of the configured cluster, to edit.
-pub async fn restore_config(config: &Config, _args: RestoreConfigArgs) -> Result<()> {
+pub async fn restore_config(config: &Config, args: RestoreConfigArgs) -> Result<()> {
+    if args.from_target {
+        return restore_config_from_target(config, args).await;
+    }
     let topo = Topology::resolve(&config.cluster).await?.ok_or_else(|| {
         Error::Usage(
             "no cluster is configured: list the instances in [[cluster.segments]] (see config-templates/cluster.toml), or set [cluster] discover = true on a Greenplum/Cloudberry coordinator".into(),
         )
     })?;
     print!("{}", RestoreConfig::from_topology(&topo).to_toml());
+    Ok(())
+}
+
+async fn restore_config_from_target(config: &Config, args: RestoreConfigArgs) -> Result<()> {
+    use crate::cluster::greenplum::{read_target, target_restore_config};
+    let topo = Topology::resolve(&config.cluster).await?.ok_or_else(|| {
+        Error::Usage("no cluster is configured: the source cluster's [cluster] section is needed to match the target against it".into())
+    })?;
+    let mut p = crate::pg::conn::ConnParams::try_from_env().map_err(Error::Usage)?;
+    if let Some(h) = args.target_host {
+        p.host = h;
+    }
+    if let Some(port) = args.target_port {
+        p.port = port;
+    }
+    if let Some(u) = &config.cluster.user {
+        p.user = u.clone();
+    }
+    p.dbname = config.cluster.database.clone();
+    let rows = read_target(&p).await?;
+    let ids: Vec<i32> = topo.segments().iter().map(|s| s.content_id).collect();
+    let (rc, mirrors) = target_restore_config(&rows, &ids, config.cluster.agent_port)?;
+    print!("{}", rc.to_toml());
+    if !mirrors.is_empty() {
+        println!("\n# The target's mirrors and standby coordinator, rebuilt after the restore");
+        println!("# (gpaddmirrors, gpinitstandby), not restored:");
+        for m in &mirrors {
+            println!(
+                "#   content {} dbid {} {}:{} {}",
+                m.content_id, m.dbid, m.hostname, m.port, m.data_dir
+            );
+        }
+    }
     Ok(())
 }
 

@@ -921,6 +921,9 @@ async fn restore_job(
     if let Some(port) = req.port {
         set_port(&target_dir, port)?;
     }
+    if let Some(dbid) = req.dbid {
+        set_dbid(&target_dir, dbid)?;
+    }
     let start_report = if req.start {
         progress.set_phase("starting server");
         let timeout = Duration::from_secs(req.start_timeout_secs);
@@ -943,6 +946,29 @@ async fn restore_job(
 
 /// Appends `port = N` to the restored server's postgresql.auto.conf, so it
 /// starts on the port the restore configuration gives it.
+/// Greenplum/Cloudberry: the restored instance's `gp_dbid`, in
+/// `internal.auto.conf` (written whole, then renamed over the old one).
+fn set_dbid(data_dir: &std::path::Path, dbid: i32) -> Result<()> {
+    use crate::cluster::greenplum::{set_gp_dbid, INTERNAL_AUTO_CONF};
+    let path = data_dir.join(INTERNAL_AUTO_CONF);
+    let old = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Usage(format!(
+                "the restore config gives dbid {dbid}, but the backup has no {INTERNAL_AUTO_CONF}: it is not of a Greenplum/Cloudberry instance; remove `dbid`"
+            )))
+        }
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = crate::fsutil::AtomicFile::create(&path)?;
+        f.write_all(set_gp_dbid(&old, dbid).as_bytes())?;
+        f.commit()
+    };
+    write().map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
 fn set_port(data_dir: &std::path::Path, port: u16) -> Result<()> {
     use std::io::Write;
     let path = data_dir.join("postgresql.auto.conf");

@@ -9,6 +9,7 @@ pub mod check;
 pub mod citus;
 pub mod client;
 pub mod configure;
+pub mod greenplum;
 pub mod proto;
 pub mod restore;
 pub mod restore_point;

@@ -292,6 +292,10 @@ pub struct RestoreRequest {
     /// fixed.
     #[serde(default)]
     pub settings: Vec<(String, String)>,
+    /// Greenplum/Cloudberry: the restored instance's dbid, written to
+    /// `internal.auto.conf` (absent: the backed-up instance's).
+    #[serde(default)]
+    pub dbid: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -472,6 +476,7 @@ mod tests {
                     start: true,
                     start_timeout_secs: 60,
                     settings: Vec::new(),
+                    dbid: None,
                 }),
             ];
             let sent = msgs.clone();

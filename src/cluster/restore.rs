@@ -44,6 +44,10 @@ pub struct RestoreTarget {
     /// content id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Greenplum/Cloudberry: the dbid the restored instance takes (absent:
+    /// the backed-up instance's own, which BASE_BACKUP copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dbid: Option<i32>,
 }
 
 impl RestoreConfig {
@@ -58,6 +62,7 @@ impl RestoreConfig {
                     port: s.port,
                     data_dir: s.data_dir.clone(),
                     agent: Some(s.agent.clone()),
+                    dbid: None,
                 })
                 .collect(),
         }
@@ -90,6 +95,9 @@ impl RestoreConfig {
             ));
             if let Some(a) = &s.agent {
                 out.push_str(&format!("agent = {}\n", toml_str(a)));
+            }
+            if let Some(d) = s.dbid {
+                out.push_str(&format!("dbid = {d}\n"));
             }
         }
         out
@@ -178,6 +186,10 @@ pub struct ClusterRestoreOutcome {
     pub rolled_back: bool,
     /// For a Citus cluster: what the fix-up did, or what is left to run.
     pub citus: Option<CitusRestore>,
+    /// For Greenplum/Cloudberry: the catalog fix-up to run on the restored
+    /// coordinator in utility mode, then the commands that bring the
+    /// cluster up (not run by cbdr: untested without a Greenplum build).
+    pub greenplum: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// The Citus fix-up of a restored cluster.
@@ -293,6 +305,7 @@ pub async fn cluster_restore(
                 start: opts.start,
                 start_timeout_secs: opts.start_timeout.as_secs(),
                 settings: settings.clone(),
+                dbid: t.dbid,
             };
             let id = seg.content_id;
             // Recovery replays WAL without progress messages for a while.
@@ -317,7 +330,31 @@ pub async fn cluster_restore(
         in_doubt: Vec::new(),
         rolled_back: false,
         citus: None,
+        greenplum: None,
     };
+    if outcome.point.barrier == super::catalog::Barrier::Greenplum {
+        use super::greenplum::{bring_up_commands, catalog_fixup_sql, RestoredPrimary};
+        let primaries: Vec<RestoredPrimary> = targets
+            .iter()
+            .map(|(seg, t)| RestoredPrimary {
+                content_id: seg.content_id,
+                dbid: t.dbid,
+                hostname: t.host.clone(),
+                address: t.host.clone(),
+                port: t.port,
+                data_dir: t.data_dir.display().to_string(),
+            })
+            .collect();
+        let coordinator_dir = targets
+            .iter()
+            .find(|(s, _)| s.content_id == super::topology::COORDINATOR)
+            .map(|(_, t)| t.data_dir.display().to_string())
+            .unwrap_or_default();
+        outcome.greenplum = Some((
+            catalog_fixup_sql(&primaries),
+            bring_up_commands(&coordinator_dir, true, true),
+        ));
+    }
     if citus {
         let placement: super::citus::Placement = targets
             .iter()
@@ -455,6 +492,7 @@ mod tests {
             port: 1,
             data_dir: "/x".into(),
             agent: None,
+            dbid: None,
         });
         let e = extra.targets(&topo()).unwrap_err();
         assert!(e.to_string().contains("content id 9"), "{e}");

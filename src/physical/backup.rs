@@ -118,21 +118,22 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
     tracing::info!("backup {name}: starting (PostgreSQL {version}, system {system_identifier})");
     let start_time = Utc::now();
     let label = format!("cbdr {name}");
-    let command = if version >= 150000 {
-        let compression = match server_compression {
-            Some(Compression::Zstd) => format!(
-                ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={}'",
-                repo.codec.level
-            ),
-            Some(m) => format!(", COMPRESSION '{m}'"),
-            None => String::new(),
-        };
-        format!(
-            "BASE_BACKUP (LABEL '{label}', PROGRESS true, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP true{compression})"
-        )
-    } else {
-        format!("BASE_BACKUP LABEL '{label}' PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP")
+    let compression = match server_compression {
+        Some(Compression::Zstd) => Some(format!(
+            "COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={}'",
+            repo.codec.level
+        )),
+        Some(m) => Some(format!("COMPRESSION '{m}'")),
+        None => None,
     };
+    // Greenplum/Cloudberry have gp_dbid; plain PostgreSQL refuses the SHOW.
+    let greenplum = version < 150000 && conn.query_one("SHOW gp_dbid").await.is_ok();
+    let command = crate::pg::replication::base_backup_command(
+        &label,
+        version,
+        compression.as_deref(),
+        greenplum,
+    );
     conn.send_query(&command)
         .await
         .context("starting BASE_BACKUP")?;
