@@ -140,6 +140,10 @@ fn print_report(r: &VerifyReport) {
     for f in &r.faults {
         println!("FAULT {f}");
     }
+    if r.ok() && r.backups.is_empty() && r.wal.iter().all(|w| w.timelines.is_empty()) {
+        println!("verify: nothing to verify: the repository holds no backup and no WAL here");
+        return;
+    }
     if r.ok() {
         println!(
             "verify: no faults ({} backups, {} instances' WAL, {:.1} s)",
