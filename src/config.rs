@@ -49,6 +49,8 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub logical: LogicalConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Where the config came from, for messages (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -89,6 +91,18 @@ pub enum CompressOn {
     Server,
     /// cbdr receives the plain tar and compresses it on every core.
     Client,
+}
+
+/// `[retention]`: applied after each successful `backup-push` (a failed
+/// pass is logged, never fatal to the backup). With both keys, a backup
+/// goes only when neither keeps it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep this many full backups (and what is newer) per series.
+    pub full: Option<u32>,
+    /// Keep every backup that finished in the last `days` days.
+    pub days: Option<u32>,
 }
 
 /// `[logical] copy_format`: binary where every column allows it, or text
@@ -413,6 +427,18 @@ impl Config {
         self.storage
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        if self.retention.full == Some(0) {
+            return Err(invalid(
+                "retention.full",
+                "0 would delete every backup after each backup-push: give at least 1, or leave the key out".into(),
+            ));
+        }
+        if self.retention.days == Some(0) {
+            return Err(invalid(
+                "retention.days",
+                "0 would keep no backup by age: give at least 1, or leave the key out".into(),
+            ));
+        }
         if let Some(level) = self.compression.level {
             let range = self.compression.method.level_range();
             if !range.contains(&level) {

@@ -160,6 +160,8 @@ mod seeds {
             compression: "zstd".into(),
             encrypted: false,
             manifest_bytes: 12_345,
+            base: None,
+            permanent: false,
         }
     }
 

@@ -134,6 +134,7 @@ pub async fn backup(config: &Config, topo: &Topology, args: &BackupPushArgs) -> 
             s.content_id, s.backup, s.start_lsn, s.stop_lsn
         );
     }
+    super::delete::after_backup(&repo, config, None).await;
     Ok(())
 }
 

@@ -220,7 +220,7 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
             for b in &s.backups {
                 let ratio = b.plain_bytes() as f64 / b.stored_bytes().max(1) as f64;
                 println!(
-                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>5.1}x  {} by {}",
+                    "  {:<24} {:<20} {:>12} {:>12} {:>4} {:>10} {:>10} {:>5.1}x  {} by {}{}",
                     b.name,
                     b.stop_time.format("%Y-%m-%d %H:%M:%S"),
                     b.start_lsn.to_string(),
@@ -234,7 +234,8 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
                         "the server"
                     } else {
                         "cbdr"
-                    }
+                    },
+                    if b.permanent { ", permanent" } else { "" }
                 );
             }
         }
@@ -318,13 +319,14 @@ fn print_cluster(c: &ClusterListing) {
     }
     for b in &c.backups {
         println!(
-            "  {:<24} {:<20} {:>8} {:>10} {:>10}  {}",
+            "  {:<24} {:<20} {:>8} {:>10} {:>10}  {}{}",
             b.name,
             b.stop_time.format("%Y-%m-%d %H:%M:%S"),
             b.segments.len(),
             human(b.plain_bytes()),
             human(b.stored_bytes()),
-            b.restore_point
+            b.restore_point,
+            if b.permanent { " (permanent)" } else { "" }
         );
     }
     println!("Cluster restore points:");
@@ -347,7 +349,7 @@ fn print_cluster(c: &ClusterListing) {
     }
 }
 
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut u = 0;

@@ -6,6 +6,7 @@ mod args;
 mod check;
 mod cluster;
 mod configure;
+mod delete;
 mod list;
 mod logical;
 mod physical;
@@ -72,6 +73,12 @@ pub enum Command {
     /// a replication connection, the storage, the key, and a WAL switch
     /// that reaches the archive; exits non-zero naming each problem.
     Check(check::CheckArgs),
+    /// Delete backups, restore points and WAL (dry run unless --confirm):
+    /// retain N, before TIME|NAME, target NAME, restore-point NAME,
+    /// everything, garbage.
+    Delete(delete::DeleteArgs),
+    /// Mark a backup permanent (retention never deletes it), or not.
+    BackupMark(delete::BackupMarkArgs),
     /// Set up every instance for cbdr (`configure backup`: archiving).
     #[command(subcommand)]
     Configure(configure::ConfigureCommand),
@@ -219,6 +226,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::List(args) => list::list(&config, args).await,
         Command::Verify(args) => verify::verify(&config, args).await,
         Command::Check(args) => check::check(&config, args).await,
+        Command::Delete(args) => delete::delete(&config, args).await,
+        Command::BackupMark(args) => delete::backup_mark(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
         Command::Configure(cmd) => configure::run(&config, cmd).await,
         Command::Agent(args) => agent::run(&config, args).await,

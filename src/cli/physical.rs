@@ -31,6 +31,7 @@ pub async fn backup(config: &Config, content_id: i32, args: BackupPushArgs) -> R
         b.plain_bytes() / 1_000_000,
         b.stored_bytes() / 1_000_000
     );
+    super::delete::after_backup(&repo, config, Some(content_id)).await;
     Ok(())
 }
 

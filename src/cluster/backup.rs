@@ -75,6 +75,8 @@ pub async fn cluster_backup_push(
                 stored_bytes: b.stored_bytes(),
             })
             .collect(),
+        base: None,
+        permanent: false,
     };
     repo.put_json(&layout::cluster_backup_key(&name), &record)
         .await?;

@@ -59,6 +59,12 @@ pub struct ClusterBackup {
     /// restore of this backup recovers to it.
     pub restore_point: String,
     pub segments: Vec<SegmentBackup>,
+    /// The cluster backup this one is a delta of; `None`: a full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Set by `cbdr backup-mark`: never deleted by retention.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 impl ClusterBackup {
@@ -74,9 +80,8 @@ impl Repo {
     /// Every cluster restore point, oldest first, with the records that
     /// could not be read.
     pub async fn cluster_restore_points_checked(&self) -> Result<Records<ClusterRestorePoint>> {
-        let mut r: Records<ClusterRestorePoint> = self
-            .records(layout::CLUSTER_RESTORE_POINTS_PREFIX, ".json")
-            .await?;
+        let mut r: Records<ClusterRestorePoint> =
+            crate::repo::index::read(self, layout::CLUSTER_RESTORE_POINTS_PREFIX).await?;
         r.records.sort_by_key(|p| p.time);
         Ok(r)
     }

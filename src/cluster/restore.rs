@@ -546,6 +546,8 @@ mod tests {
             stop_time: point("x", 10).time,
             restore_point: "mid".into(),
             segments: vec![],
+            base: None,
+            permanent: false,
         };
         repo.put_json(&layout::cluster_backup_key("cluster_x"), &b)
             .await

@@ -133,6 +133,8 @@ pub async fn create_cluster_restore_point(
     };
     repo.put_json(&layout::cluster_restore_point_key(name), &record)
         .await?;
+    crate::repo::index::refresh::<ClusterRestorePoint>(repo, layout::CLUSTER_RESTORE_POINTS_PREFIX)
+        .await;
     Ok(record)
 }
 

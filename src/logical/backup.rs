@@ -93,10 +93,11 @@ impl Unit {
             .option()
             .map(|o| format!(" ({o})"))
             .unwrap_or_default();
-        if self.info.relkind == 'p' {
-            format!("COPY (SELECT {cols} FROM {name}) TO STDOUT{with}")
-        } else {
-            format!("COPY {name} ({cols}) TO STDOUT{with}")
+        // A table with no columns can still have rows: no column list.
+        match (self.info.relkind, cols.is_empty()) {
+            ('p', _) => format!("COPY (SELECT {cols} FROM {name}) TO STDOUT{with}"),
+            (_, true) => format!("COPY {name} TO STDOUT{with}"),
+            (_, false) => format!("COPY {name} ({cols}) TO STDOUT{with}"),
         }
     }
 

@@ -205,6 +205,8 @@ pub async fn backup_push(repo: &Repo, opts: &BackupOptions) -> Result<BackupReco
         compression: repo.codec.compression.name().to_string(),
         encrypted: repo.codec.key.is_some(),
         manifest_bytes,
+        base: None,
+        permanent: false,
     };
     if record.server_compressed() {
         record.format = BACKUP_FORMAT;

@@ -118,5 +118,10 @@ pub async fn record_point(
     .await?;
     repo.put_json(&layout::restore_point_key(content_id, name), &record)
         .await?;
+    crate::repo::index::refresh::<RestorePointRecord>(
+        repo,
+        &layout::restore_points_prefix(content_id),
+    )
+    .await;
     Ok(record)
 }

@@ -45,6 +45,13 @@ pub struct BackupRecord {
     pub compression: String,
     pub encrypted: bool,
     pub manifest_bytes: u64,
+    /// The backup (same content id) this delta was taken against; `None`:
+    /// a full backup. A backup needs its base, and its base's base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Set by `cbdr backup-mark`: never deleted by retention.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 impl BackupRecord {
@@ -187,9 +194,8 @@ impl Repo {
         &self,
         content_id: i32,
     ) -> Result<Records<RestorePointRecord>> {
-        let mut r: Records<RestorePointRecord> = self
-            .records(&layout::restore_points_prefix(content_id), ".json")
-            .await?;
+        let mut r: Records<RestorePointRecord> =
+            super::index::read(self, &layout::restore_points_prefix(content_id)).await?;
         r.records.sort_by_key(|r| (r.lsn, r.time));
         Ok(r)
     }

@@ -22,6 +22,13 @@
 //!                                         segment's point recorded first)
 //! cluster/backups/{NAME}.json             a cluster backup, written after every
 //!                                         segment's backup and its restore point
+//! seg{ID}/wal_removed/{FIRST}-{LAST}.json  a WAL run a delete removed (wal-fetch:
+//!                                         the end of the archive, not a hole)
+//! deleting/{ID}.json                      a delete's plan while it runs (records
+//!                                         first, then data); `delete garbage`
+//!                                         finishes one a killed delete left
+//! leases/{ID}.json                        a restore in progress: what it uses,
+//!                                         until when (delete leaves that alone)
 //! ```
 //! `ID` is the content id: `seg-1` is the coordinator (or a single server),
 //! `seg0`..`segN-1` the segments. Object names do not depend on the
@@ -111,6 +118,43 @@ pub fn cluster_backup_key(name: &str) -> String {
 
 pub fn cluster_restore_point_key(name: &str) -> String {
     format!("{CLUSTER_RESTORE_POINTS_PREFIX}{name}.json")
+}
+
+/// Where `delete` notes the WAL runs it removed (`{FIRST}-{LAST}.json`):
+/// `wal-fetch` reads a segment missing there as the end of the archive,
+/// not as a hole (the WAL was not needed by anything kept).
+pub fn wal_removed_prefix(content_id: i32) -> String {
+    format!("{}/wal_removed/", segment_prefix(content_id))
+}
+
+pub fn wal_removed_key(content_id: i32, first: &str, last: &str) -> String {
+    format!("{}{first}-{last}.json", wal_removed_prefix(content_id))
+}
+
+/// The run a key of [`wal_removed_prefix`] names.
+pub fn parse_wal_removed(
+    key: &str,
+) -> Option<(crate::pg::WalSegmentName, crate::pg::WalSegmentName)> {
+    let name = key.rsplit('/').next()?.strip_suffix(".json")?;
+    let (a, b) = name.split_once('-')?;
+    Some((
+        crate::pg::WalSegmentName::parse(a)?,
+        crate::pg::WalSegmentName::parse(b)?,
+    ))
+}
+
+/// Where the plans of running (or killed) deletes are.
+pub const DELETION_INTENTS_PREFIX: &str = "deleting/";
+
+pub fn deletion_intent_key(id: &str) -> String {
+    format!("{DELETION_INTENTS_PREFIX}{id}.json")
+}
+
+/// Where the leases of running restores are.
+pub const LEASES_PREFIX: &str = "leases/";
+
+pub fn lease_key(id: &str) -> String {
+    format!("{LEASES_PREFIX}{id}.json")
 }
 
 #[cfg(test)]

@@ -2,8 +2,13 @@
 
 pub mod catalog;
 pub mod coverage;
+pub mod delete;
+pub mod garbage;
+pub mod index;
 pub mod layout;
+pub mod lease;
 mod meta;
+pub mod retention;
 pub mod verify;
 
 use std::io::{self, Read, Write};

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
-use super::{validate_key, ByteStream, ObjectInfo, Storage, StorageError};
+use super::{validate_key, ByteStream, Incomplete, ObjectInfo, Storage, StorageError};
 use crate::fsutil::{is_temp_name, parent_dir, sync_dir};
 
 const FILE_MODE: u32 = 0o600;
@@ -278,6 +278,28 @@ impl Storage for FsStorage {
         self.make_root()
     }
 
+    async fn list_incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>, StorageError> {
+        let root = self.root.clone();
+        let prefix_owned = prefix.to_string();
+        let result = tokio::task::spawn_blocking(move || walk_temp(&root, &prefix_owned))
+            .await
+            .map_err(blocking_failed)
+            .and_then(|r| r);
+        result.map_err(|e| self.io_err("list", prefix, e))
+    }
+
+    async fn abort_incomplete(&self, upload: &Incomplete) -> Result<(), StorageError> {
+        let name = upload.key.rsplit('/').next().unwrap_or_default();
+        if !is_temp_name(name) {
+            return Err(StorageError::InvalidKey {
+                key: upload.key.clone(),
+                reason: "not a temp file",
+            });
+        }
+        // Temp names start with '.', which validate_key allows.
+        self.delete(&upload.key).await
+    }
+
     fn location(&self) -> String {
         self.root.display().to_string()
     }
@@ -313,9 +335,52 @@ fn walk(root: &Path, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
                     stack.push((entry.path(), key));
                 }
             } else if ty.is_file() && !is_temp_name(name) && key.starts_with(prefix) {
+                let meta = entry.metadata()?;
                 out.push(ObjectInfo {
                     key,
-                    size: entry.metadata()?.len(),
+                    size: meta.len(),
+                    modified: meta.modified().ok(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// The temp files a killed writer left under `prefix` (by their own key).
+fn walk_temp(root: &Path, prefix: &str) -> io::Result<Vec<Incomplete>> {
+    let start_rel = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![(root.join(start_rel), start_rel.to_string())];
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let key = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                    stack.push((entry.path(), key));
+                }
+            } else if ty.is_file() && is_temp_name(name) && key.starts_with(prefix) {
+                out.push(Incomplete {
+                    key,
+                    id: String::new(),
+                    started: entry.metadata()?.modified().ok(),
                 });
             }
         }
@@ -329,6 +394,33 @@ mod tests {
     use super::*;
     use crate::storage::{body_from_bytes, get_bytes};
     use bytes::Bytes;
+
+    #[tokio::test]
+    async fn temp_files_are_unfinished_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(&dir.path().join("repo")).unwrap();
+        s.put("a/b/one", body_from_bytes(&b"1"[..])).await.unwrap();
+        let tmp = dir.path().join("repo/a/b/.two.cbdr-tmp.1.ff");
+        std::fs::write(&tmp, b"half").unwrap();
+        std::fs::write(dir.path().join("repo/a/.other"), b"x").unwrap();
+        let keys = |v: Vec<ObjectInfo>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
+        assert_eq!(keys(s.list("a/").await.unwrap()), ["a/.other", "a/b/one"]);
+        let found = s.list_incomplete("").await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "a/b/.two.cbdr-tmp.1.ff");
+        assert!(found[0].started.is_some());
+        assert!(s.list_incomplete("x/").await.unwrap().is_empty());
+        s.abort_incomplete(&found[0]).await.unwrap();
+        assert!(!tmp.exists());
+        // Only temp files are aborted this way.
+        let not_temp = Incomplete {
+            key: "a/b/one".into(),
+            id: String::new(),
+            started: None,
+        };
+        assert!(s.abort_incomplete(&not_temp).await.is_err());
+        assert!(s.head("a/b/one").await.unwrap().is_some());
+    }
 
     #[tokio::test]
     async fn put_get_head_list_delete() {

@@ -38,6 +38,22 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// When the object was stored, when the backend says (garbage
+    /// collection spares objects younger than its grace period).
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// An upload that was started and never finished: an S3 multipart upload
+/// neither completed nor aborted, or a filesystem temp file left by a
+/// killed writer. It is not an object (`list` never shows it), but it
+/// takes space until `delete garbage` aborts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incomplete {
+    /// The key the upload was for (a filesystem temp file: its own key).
+    pub key: String,
+    /// The backend's handle (the S3 upload id; empty on a filesystem).
+    pub id: String,
+    pub started: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +130,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Where this storage is, for messages (no secrets).
     fn location(&self) -> String;
+
+    /// The unfinished uploads under `prefix` (see [`Incomplete`]).
+    async fn list_incomplete(&self, _prefix: &str) -> Result<Vec<Incomplete>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    /// Aborts an unfinished upload (gone already is not an error).
+    async fn abort_incomplete(&self, _upload: &Incomplete) -> Result<(), StorageError> {
+        Ok(())
+    }
 
     /// Makes the place a new repository goes (`repo-init`): the
     /// directory on a filesystem; nothing on S3, whose bucket must exist.

@@ -33,7 +33,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
 use super::config::{StorageConfig, MAX_PART_SIZE, MIN_PART_SIZE};
-use super::{validate_key, ByteStream, ObjectInfo, Storage, StorageError};
+use super::{validate_key, ByteStream, Incomplete, ObjectInfo, Storage, StorageError};
 
 /// Every request has a deadline (`[storage]` `connect_timeout`,
 /// `request_timeout`, `transfer_timeout`): a server that accepts the
@@ -755,6 +755,9 @@ impl Storage for S3Storage {
                 objects.push(ObjectInfo {
                     key: relative.to_string(),
                     size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: object
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                 });
             }
             if page.is_truncated() != Some(true) {
@@ -776,6 +779,81 @@ impl Storage for S3Storage {
         }
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
+    }
+
+    async fn list_incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>, StorageError> {
+        validate_list_prefix(prefix)?;
+        let root = join_key(&self.prefix, "");
+        let full_prefix = format!("{root}{prefix}");
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .customize()
+                .config_override(self.small())
+                .send()
+                .await
+                .map_err(|e| {
+                    self.remote("list the multipart uploads", &format!("{prefix}*"), &e)
+                })?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let Some(relative) = key.strip_prefix(&root) else {
+                    continue;
+                };
+                out.push(Incomplete {
+                    key: relative.to_string(),
+                    id: id.to_string(),
+                    started: u
+                        .initiated()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            match (page.next_key_marker(), page.next_upload_id_marker()) {
+                (Some(k), id) if !k.is_empty() => {
+                    key_marker = Some(k.to_string());
+                    id_marker = id.map(str::to_string);
+                }
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn abort_incomplete(&self, upload: &Incomplete) -> Result<(), StorageError> {
+        validate_key(&upload.key)?;
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.object_key(&upload.key))
+            .upload_id(&upload.id)
+            .customize()
+            .config_override(self.small())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if is_not_found(&e)
+                    || e.as_service_error().and_then(|s| s.code()) == Some("NoSuchUpload") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.remote("abort the multipart upload of", &upload.key, &e)),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

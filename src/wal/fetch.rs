@@ -315,6 +315,20 @@ async fn absence(repo: &Repo, missing: WalSegmentName, opts: &FetchOptions) -> R
     let Some(next) = later else {
         return Ok(Attempt::Done(FetchOutcome::NotInArchive));
     };
+    // Removed by `delete` (nothing kept needed it): the end of what this
+    // recovery can replay, not a hole.
+    for o in repo
+        .storage
+        .list(&layout::wal_removed_prefix(opts.content_id))
+        .await?
+    {
+        if let Some((first, last)) = layout::parse_wal_removed(&o.key) {
+            if first.timeline == missing.timeline && first <= missing && missing <= last {
+                tracing::info!("{missing} was removed by `cbdr delete`: the archive ends here for this recovery");
+                return Ok(Attempt::Done(FetchOutcome::NotInArchive));
+            }
+        }
+    }
     let ended = timeline_end(repo, opts.content_id, missing.timeline).await?;
     Ok(match classify_absence(missing, Some(next), ended, size) {
         Absence::EndOfArchive => Attempt::Done(FetchOutcome::NotInArchive),

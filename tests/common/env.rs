@@ -366,6 +366,34 @@ impl CbdrEnv {
     pub fn backup_names(&self) -> Vec<String> {
         backup_names(&self.backups_of(-1))
     }
+
+    /// Every object key in the repository (any storage), sorted.
+    pub fn object_keys(&self) -> Vec<String> {
+        let config = cbdr::config::Config::load(&self.config).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let storage: Box<dyn cbdr::storage::Storage> = match config.storage.kind {
+                cbdr::config::StorageType::Fs => {
+                    Box::new(cbdr::storage::FsStorage::open(&config.storage.path))
+                }
+                cbdr::config::StorageType::S3 => Box::new(
+                    cbdr::storage::S3Storage::new(&config.storage)
+                        .await
+                        .unwrap(),
+                ),
+            };
+            storage
+                .list("")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .collect()
+        })
+    }
 }
 
 /// The `[storage]` section of a filesystem repository at `repo`.

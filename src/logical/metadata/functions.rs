@@ -53,9 +53,13 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
     for r in query(conn, "functions", &sql).await? {
         let schema = r.text("nspname")?;
         let proname = r.text("proname")?;
-        let args = r.text("args")?;
-        let qname = r.text("qname")?;
         let prokind = r.text("prokind")?;
+        let mut args = r.text("args")?;
+        // A zero-argument aggregate is `name(*)` in every statement.
+        if prokind == "a" && args.is_empty() {
+            args = "*".into();
+        }
+        let qname = r.text("qname")?;
         let (kind, word, grant_word) = match prokind.as_str() {
             "p" => ("PROCEDURE", "PROCEDURE", "PROCEDURE"),
             "a" => ("AGGREGATE", "AGGREGATE", "FUNCTION"),

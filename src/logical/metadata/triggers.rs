@@ -1,6 +1,7 @@
 //! Triggers (`pg_get_triggerdef`, with their enabled state), including
 //! constraint triggers. Triggers cloned onto partitions are created by
-//! their parent's.
+//! their parent's; a clone whose enabled state differs from its parent's
+//! gets its own `ALTER TABLE ONLY partition ... TRIGGER`, after the parent's.
 
 use super::comments::add_comment;
 use super::deps::Dep;
@@ -66,5 +67,63 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -
         };
         add_comment(g, &t, r.opt("comment")?.as_deref());
     }
+    collect_clone_states(conn, g, tables).await
+}
+
+/// The enabled state of a partition's clone, as an `ALTER TABLE ONLY`.
+fn enable_sql(table: &str, trigger: &str, enabled: &str) -> String {
+    let q = quote_ident(trigger);
+    match enabled {
+        "D" => format!("ALTER TABLE ONLY {table} DISABLE TRIGGER {q};"),
+        "R" => format!("ALTER TABLE ONLY {table} ENABLE REPLICA TRIGGER {q};"),
+        "A" => format!("ALTER TABLE ONLY {table} ENABLE ALWAYS TRIGGER {q};"),
+        _ => format!("ALTER TABLE ONLY {table} ENABLE TRIGGER {q};"),
+    }
+}
+
+async fn collect_clone_states(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -> Result<()> {
+    let rows = query(
+        conn,
+        "partition trigger states",
+        "SELECT t.tgname, t.tgrelid, t.tgparentid, t.tgenabled::text AS enabled          FROM pg_catalog.pg_trigger t          JOIN pg_catalog.pg_trigger p ON p.oid = t.tgparentid          JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace          WHERE NOT t.tgisinternal AND t.tgparentid <> 0 AND t.tgenabled <> p.tgenabled          ORDER BY n.nspname, c.relname, t.tgname",
+    )
+    .await?;
+    for r in rows {
+        let Some(table) = tables.get(&r.oid("tgrelid")?) else {
+            continue;
+        };
+        let name = r.text("tgname")?;
+        g.add(
+            Node::new(Section::PostData, "TRIGGER", &table.name.schema, &name)
+                .owner_table(Some(table.name.clone()))
+                .statement(enable_sql(&table.sql, &name, &r.text("enabled")?))
+                .dep(Dep::Node(table.node))
+                .dep(Dep::Obj(ObjRef::new(
+                    class::PG_TRIGGER,
+                    r.oid("tgparentid")?,
+                ))),
+        );
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_states() {
+        assert_eq!(
+            enable_sql("s.p1", "tr", "D"),
+            "ALTER TABLE ONLY s.p1 DISABLE TRIGGER tr;"
+        );
+        assert_eq!(
+            enable_sql("s.p1", "Tr", "A"),
+            "ALTER TABLE ONLY s.p1 ENABLE ALWAYS TRIGGER \"Tr\";"
+        );
+        assert_eq!(
+            enable_sql("s.p1", "tr", "O"),
+            "ALTER TABLE ONLY s.p1 ENABLE TRIGGER tr;"
+        );
+    }
 }

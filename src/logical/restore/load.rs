@@ -265,6 +265,10 @@ pub(super) fn copy_in_sql(name: &str, data: &TableData, freeze: bool) -> String 
     } else {
         format!(" WITH ({})", options.join(", "))
     };
+    if data.columns.is_empty() {
+        // A table with no columns (its rows are empty lines).
+        return format!("COPY {name} FROM STDIN{with}");
+    }
     format!("COPY {name} ({}) FROM STDIN{with}", data.columns.join(", "))
 }
 

@@ -209,6 +209,43 @@ async fn read_manifest(repo: &Repo, backup: &BackupRecord) -> Result<(Vec<u8>, M
 pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<BackupRecord> {
     check_no_live_server(&opts.target_dir)?;
     let (backup, target_lsn) = choose_backup(repo, opts).await?;
+    // While it runs, `delete` leaves the backup (and the point) alone. A
+    // repository this user cannot write to (a read-only copy) still
+    // restores, unprotected.
+    let point = match &opts.target {
+        RecoveryTarget::RestorePoint(n) => Some(n.as_str()),
+        _ => None,
+    };
+    let lease = match crate::repo::lease::take(
+        repo,
+        opts.content_id,
+        &backup.name,
+        point,
+        crate::repo::lease::RESTORE_LEASE,
+    )
+    .await
+    {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(
+                "restoring without a lease (a concurrent delete could remove the backup): {e}"
+            );
+            None
+        }
+    };
+    let result = restore_chosen(repo, opts, backup, target_lsn).await;
+    if let Some(l) = lease {
+        l.release(repo).await;
+    }
+    result
+}
+
+async fn restore_chosen(
+    repo: &Repo,
+    opts: &RestoreOptions,
+    backup: BackupRecord,
+    target_lsn: Option<Lsn>,
+) -> Result<BackupRecord> {
     if backup.format > super::backup::BACKUP_FORMAT {
         return Err(Error::Usage(format!(
             "backup {} has format {}, newer than this cbdr reads ({}): restore it with a newer cbdr",
