@@ -83,6 +83,14 @@ pub enum Error {
         message: String,
         exit_code: ExitCode,
     },
+    /// A command's summary of failures it listed one by one (`check`,
+    /// `verify`),
+    /// exiting with the code of the first.
+    #[error("{message}")]
+    Summary {
+        message: String,
+        exit_code: ExitCode,
+    },
     /// An error on one instance of a cluster (e.g. "segment 2 (sdw2:6001)").
     #[error("{instance}: {source}")]
     Instance {
@@ -143,6 +151,7 @@ impl Error {
             Error::Internal(_) => ExitCode::Internal,
             Error::Agent { .. } => ExitCode::Agent,
             Error::AgentJob { exit_code, .. } => *exit_code,
+            Error::Summary { exit_code, .. } => *exit_code,
             Error::Instance { source, .. } => source.exit_code(),
         }
     }

@@ -16,82 +16,13 @@ use std::path::{Path, PathBuf};
 
 use cbdr::repo::layout;
 use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::store::Store;
 use common::{CbdrEnv, Key, Storage};
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const DIGEST_SQL: &str =
     "select count(*) || ':' || md5(string_agg(g || '=' || v, ',' order by g)) from t";
 const ITEMS_SQL: &str =
     "select count(*) || ':' || md5(string_agg(id || '=' || name, ',' order by id)) from items";
-
-/// Raw and decoded access to the repository, through the library (the
-/// same code paths cbdr uses, so that a damaged object is damaged exactly
-/// where cbdr reads it).
-struct Store {
-    rt: tokio::runtime::Runtime,
-    repo: cbdr::repo::Repo,
-    /// An fs repository's directory (its files go back to PostgreSQL's user).
-    fs_root: Option<PathBuf>,
-}
-
-impl Store {
-    fn open(config: &Path) -> Store {
-        let config = cbdr::config::Config::load(config).unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let repo = rt.block_on(cbdr::repo::Repo::open(&config)).unwrap();
-        let fs_root = (config.storage.kind == cbdr::config::StorageType::Fs)
-            .then(|| config.storage.path.clone());
-        Store { rt, repo, fs_root }
-    }
-
-    fn keys(&self, prefix: &str) -> Vec<String> {
-        let list = self.rt.block_on(self.repo.storage.list(prefix)).unwrap();
-        list.into_iter().map(|o| o.key).collect()
-    }
-
-    fn raw(&self, key: &str) -> Vec<u8> {
-        use futures_util::StreamExt;
-        self.rt.block_on(async {
-            let mut s = self.repo.storage.get(key).await.unwrap();
-            let mut out = Vec::new();
-            while let Some(chunk) = s.next().await {
-                out.extend_from_slice(&chunk.unwrap());
-            }
-            out
-        })
-    }
-
-    fn put_raw(&self, key: &str, bytes: Vec<u8>) {
-        self.rt
-            .block_on(
-                self.repo
-                    .storage
-                    .put(key, cbdr::storage::body_from_bytes(bytes)),
-            )
-            .unwrap();
-        self.give_back();
-    }
-
-    fn delete(&self, key: &str) {
-        self.rt.block_on(self.repo.storage.delete(key)).unwrap();
-    }
-
-    fn decoded(&self, key: &str) -> Vec<u8> {
-        self.rt.block_on(self.repo.get_bytes(key)).unwrap()
-    }
-
-    /// Stores `bytes` as a valid object under `key`: authenticated, but not
-    /// what the backup wrote there.
-    fn put_decoded(&self, key: &str, bytes: Vec<u8>) {
-        self.rt.block_on(self.repo.put_bytes(key, bytes)).unwrap();
-        self.give_back();
-    }
-
-    fn give_back(&self) {
-        if let Some(root) = &self.fs_root {
-            chown_to_pg(root);
-        }
-    }
-}
 
 struct Fixture {
     env: CbdrEnv,

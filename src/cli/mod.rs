@@ -3,6 +3,7 @@
 
 mod agent;
 mod args;
+mod check;
 mod cluster;
 mod configure;
 mod delete;
@@ -10,6 +11,7 @@ mod list;
 mod logical;
 mod physical;
 mod repo;
+mod verify;
 mod wal;
 mod wal_receive;
 
@@ -63,6 +65,14 @@ pub enum Command {
     Restore(args::RestoreArgs),
     /// Show backups, restore points and WAL coverage.
     List(list::ListArgs),
+    /// Re-read backups and the WAL archive: authentication, checksums,
+    /// each file against the backup manifest, WAL continuity; exits
+    /// non-zero naming every fault.
+    Verify(verify::VerifyArgs),
+    /// Check on every instance that archiving and backups work: settings,
+    /// a replication connection, the storage, the key, and a WAL switch
+    /// that reaches the archive; exits non-zero naming each problem.
+    Check(check::CheckArgs),
     /// Delete backups, restore points and WAL (dry run unless --confirm):
     /// retain N, before TIME|NAME, target NAME, restore-point NAME,
     /// everything, garbage.
@@ -214,6 +224,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             Scope::One(id) => physical::restore_cmd(&config, id, args).await,
         },
         Command::List(args) => list::list(&config, args).await,
+        Command::Verify(args) => verify::verify(&config, args).await,
+        Command::Check(args) => check::check(&config, args).await,
         Command::Delete(args) => delete::delete(&config, args).await,
         Command::BackupMark(args) => delete::backup_mark(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,

@@ -32,13 +32,14 @@ use tokio_rustls::TlsAcceptor;
 use super::auth::{self, Token};
 use super::proto::{
     read_frame_bytes_within, read_frame_within, write_frame, AgentInfo, AgentMessage, AsyncStream,
-    AuthMethod, BackupRequest, ClientMessage, FrameError, Pong, Progress, RestoreDone,
-    RestoreRequest, MAX_HANDSHAKE_FRAME, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    AuthMethod, BackupRequest, CheckRequest, ClientMessage, FrameError, Pong, Progress,
+    RestoreDone, RestoreRequest, MAX_HANDSHAKE_FRAME, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pg::conn::ConnParams;
 use crate::physical::backup::{backup_push, BackupOptions, PART_TARGET};
+use crate::physical::check::{check_instance, CheckOptions, InstanceCheck};
 use crate::physical::progress::Progress as JobProgress;
 use crate::physical::restore::{restore, RestoreOptions};
 use crate::repo::catalog::BackupRecord;
@@ -304,6 +305,10 @@ impl Agent {
                 ClientMessage::Restore(req) => {
                     self.run_job(Job::Restore(req), &mut rd, &mut wr, peer)
                         .await;
+                    return;
+                }
+                ClientMessage::Check(req) => {
+                    self.run_job(Job::Check(req), &mut rd, &mut wr, peer).await;
                     return;
                 }
             }
@@ -726,11 +731,13 @@ impl Drop for JobSlot {
 enum Job {
     Backup(BackupRequest),
     Restore(RestoreRequest),
+    Check(CheckRequest),
 }
 
 enum JobDone {
     Backup(BackupRecord),
     Restore(RestoreDone),
+    Check(InstanceCheck),
 }
 
 impl JobDone {
@@ -738,6 +745,14 @@ impl JobDone {
         let b = match self {
             JobDone::Backup(b) => b,
             JobDone::Restore(r) => &r.backup,
+            JobDone::Check(c) => {
+                let failed: Vec<&str> = c.failures().map(|i| i.check.as_str()).collect();
+                return if failed.is_empty() {
+                    format!("check: {} checks passed", c.items.len())
+                } else {
+                    format!("check: failed: {}", failed.join(", "))
+                };
+            }
         };
         format!(
             "backup {}, {} MB, stored {} MB",
@@ -751,6 +766,7 @@ impl JobDone {
         match self {
             JobDone::Backup(record) => AgentMessage::BackupDone { record },
             JobDone::Restore(r) => AgentMessage::RestoreDone(r),
+            JobDone::Check(c) => AgentMessage::CheckDone(c),
         }
     }
 }
@@ -760,6 +776,7 @@ impl Job {
         match self {
             Job::Backup(r) => r.content_id,
             Job::Restore(r) => r.content_id,
+            Job::Check(r) => r.content_id,
         }
     }
 
@@ -767,6 +784,7 @@ impl Job {
         match self {
             Job::Backup(r) => format!("backup of content {} ({}:{})", r.content_id, r.host, r.port),
             Job::Restore(r) => format!("restore of content {} into {}", r.content_id, r.target_dir),
+            Job::Check(r) => format!("check of content {} ({}:{})", r.content_id, r.host, r.port),
         }
     }
 
@@ -778,6 +796,7 @@ impl Job {
             Job::Restore(req) => restore_job(&config, req, progress)
                 .await
                 .map(JobDone::Restore),
+            Job::Check(req) => check_job(&config, req, progress).await.map(JobDone::Check),
         }
     }
 }
@@ -798,16 +817,7 @@ async fn backup_job(
 ) -> Result<BackupRecord> {
     check_content_id(req.content_id)?;
     let repo = Repo::open(config).await?;
-    // The password comes from the agent's environment or ~/.pgpass.
-    let mut conn = ConnParams::from_env();
-    conn.host = req.host;
-    conn.port = req.port;
-    if let Some(user) = req.user {
-        conn.user = user;
-    }
-    if let Some(db) = req.database {
-        conn.dbname = db;
-    }
+    let conn = instance_conn(req.host, req.port, req.user, req.database);
     let opts = BackupOptions {
         content_id: req.content_id,
         conn,
@@ -819,6 +829,43 @@ async fn backup_job(
         delta_max_steps: req.delta_max_steps,
     };
     backup_push(&repo, &opts).await
+}
+
+/// How the agent reaches its instance. The password comes from the agent's
+/// environment or ~/.pgpass, never the wire.
+fn instance_conn(
+    host: String,
+    port: u16,
+    user: Option<String>,
+    database: Option<String>,
+) -> ConnParams {
+    let mut conn = ConnParams::from_env();
+    conn.host = host;
+    conn.port = port;
+    if let Some(user) = user {
+        conn.user = user;
+    }
+    if let Some(db) = database {
+        conn.dbname = db;
+    }
+    conn
+}
+
+/// `cbdr check` of one instance, with the agent's repository settings. A
+/// failed check is in the report, not an error.
+async fn check_job(
+    config: &Config,
+    req: CheckRequest,
+    progress: Arc<JobProgress>,
+) -> Result<InstanceCheck> {
+    check_content_id(req.content_id)?;
+    progress.set_phase("checking");
+    let opts = CheckOptions {
+        content_id: req.content_id,
+        conn: instance_conn(req.host, req.port, req.user, req.database),
+        wal_timeout: Duration::from_secs(req.wal_timeout_secs),
+    };
+    Ok(check_instance(config, &opts).await)
 }
 
 /// `<this cbdr> --config <its config> wal-fetch %f %p --content-id N`.

@@ -10,7 +10,8 @@ use tokio_rustls::TlsConnector;
 use super::auth::{self, TOKEN_HOWTO};
 use super::proto::{
     read_frame, write_frame, AgentInfo, AgentMessage, AsyncStream, AuthMethod, BackupRequest,
-    ClientMessage, FrameError, Pong, Progress, RestoreDone, RestoreRequest, PROTOCOL_VERSION,
+    CheckRequest, ClientMessage, FrameError, Pong, Progress, RestoreDone, RestoreRequest,
+    PROTOCOL_VERSION,
 };
 use crate::config::AgentConfig;
 use crate::error::{Error, ExitCode, Result};
@@ -285,6 +286,23 @@ impl AgentClient {
                 AgentMessage::Progress(p) => on_progress(&p),
                 AgentMessage::RestoreDone(done) => return Ok(done),
                 other => return Err(self.job_failure(other, "the restore")),
+            }
+        }
+    }
+
+    /// Runs `cbdr check` of one instance on the agent; like
+    /// [`AgentClient::backup`].
+    pub async fn check(
+        mut self,
+        req: CheckRequest,
+        silence: Duration,
+    ) -> Result<crate::physical::check::InstanceCheck> {
+        self.send(&ClientMessage::Check(req)).await?;
+        loop {
+            match self.receive(silence, "the check").await? {
+                AgentMessage::Progress(_) => {}
+                AgentMessage::CheckDone(report) => return Ok(report),
+                other => return Err(self.job_failure(other, "the check")),
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod auth;
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod citus;
 pub mod client;
 pub mod configure;

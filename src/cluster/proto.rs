@@ -12,8 +12,9 @@
 //! answers [`ClientMessage::Auth`]; the agent answers
 //! [`AgentMessage::AuthOk`] or [`AgentMessage::Refused`] (and closes). Then
 //! the client sends requests: `Ping` (answered by `Pong`, any number of
-//! times), or one job (`Backup` / `Restore`), answered by `Progress`
-//! heartbeats and one `BackupDone` / `RestoreDone` / `Failed`. A job lives
+//! times), or one job (`Backup` / `Restore` / `Check`), answered by
+//! `Progress` heartbeats and one `BackupDone` / `RestoreDone` /
+//! `CheckDone` / `Failed`. A job lives
 //! on its connection: when the connection closes, the agent aborts it.
 
 use serde::de::DeserializeOwned;
@@ -22,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 use crate::pg::Lsn;
+use crate::physical::check::InstanceCheck;
 use crate::physical::restore::{RecoveryTarget, TargetAction};
 use crate::repo::catalog::BackupRecord;
 
@@ -68,6 +70,7 @@ pub enum AgentMessage {
         record: BackupRecord,
     },
     RestoreDone(RestoreDone),
+    CheckDone(InstanceCheck),
     Failed {
         /// The error with its causes.
         message: String,
@@ -101,6 +104,7 @@ pub enum ClientMessage {
     Ping,
     Backup(BackupRequest),
     Restore(RestoreRequest),
+    Check(CheckRequest),
 }
 
 impl ClientMessage {
@@ -111,6 +115,7 @@ impl ClientMessage {
             ClientMessage::Ping => "ping",
             ClientMessage::Backup(_) => "backup",
             ClientMessage::Restore(_) => "restore",
+            ClientMessage::Check(_) => "check",
         }
     }
 }
@@ -162,6 +167,21 @@ pub struct BackupRequest {
     /// The caller's `[backup] delta_max_steps`.
     #[serde(default)]
     pub delta_max_steps: u32,
+}
+
+/// Check one instance (`cbdr check`) with the agent's own repository
+/// settings: its archiving settings, a replication connection, the storage
+/// and key, a WAL switch that must reach the archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    pub content_id: i32,
+    /// The instance as the agent reaches it.
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    /// Seconds the switched WAL segment may take to reach the archive.
+    pub wal_timeout_secs: u64,
 }
 
 /// Where recovery stops (the wire form of [`RecoveryTarget`]).

@@ -8,6 +8,7 @@ pub mod history;
 mod lsn;
 pub mod quote;
 pub mod replication;
+pub mod settings;
 mod wal_name;
 pub mod wal_page;
 

@@ -2,7 +2,9 @@
 
 pub mod backup;
 pub mod blocks;
+pub mod check;
 pub mod compress_on;
+pub mod file_check;
 pub mod manifest;
 pub mod progress;
 pub mod restore;

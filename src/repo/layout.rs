@@ -21,6 +21,10 @@
 //! seg{ID}/basebackups/{NAME}/backup.json  the backup's record, written last:
 //!                                         a backup without it is incomplete
 //! seg{ID}/restore_points/{NAME}.json      a named restore point
+//! seg{ID}/verified.json                   `verify`'s WAL watermark: the last
+//!                                         segment per timeline it re-read
+//!                                         without fault (not a record:
+//!                                         losing it only means re-reading)
 //! cluster/restore_points/{NAME}.json      a cluster-wide restore point (each
 //!                                         segment's point recorded first)
 //! cluster/backups/{NAME}.json             a cluster backup, written after every
@@ -129,6 +133,11 @@ pub fn restore_points_prefix(content_id: i32) -> String {
 
 pub fn restore_point_key(content_id: i32, name: &str) -> String {
     format!("{}{name}.json", restore_points_prefix(content_id))
+}
+
+/// `verify`'s WAL watermark of one content id.
+pub fn verify_watermark_key(content_id: i32) -> String {
+    format!("{}/verified.json", segment_prefix(content_id))
 }
 
 pub const CLUSTER_BACKUPS_PREFIX: &str = "cluster/backups/";

@@ -9,6 +9,7 @@ pub mod layout;
 pub mod lease;
 mod meta;
 pub mod retention;
+pub mod verify;
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //!   call ([`garage::bucket`]).
 //! * [`env`]: one cbdr environment (directory, config, key, repository,
 //!   command runner): [`CbdrEnv::builder`].
+//! * [`store`]: raw and decoded access to a repository's objects, to damage
+//!   and repair them ([`store::Store`]).
 //! * [`wait_for`]: the one polling loop every test that waits uses.
 //!
 //! Every test binary compiles this module separately and uses a different
@@ -19,6 +21,7 @@ pub mod garage;
 pub mod pg;
 pub mod pg13;
 pub mod proxy;
+pub mod store;
 
 #[allow(unused_imports)]
 pub use env::{CbdrEnv, Cmd, Key, Output, Storage, CBDR};

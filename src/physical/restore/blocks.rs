@@ -84,9 +84,8 @@ pub(super) async fn check_chain(repo: &Repo, backup: &BackupRecord) -> Result<Ve
 pub(super) struct Shared {
     pub(super) repo: Repo,
     pub(super) chain: Vec<BackupRecord>,
-    pub(super) manifest: Arc<Manifest>,
-    pub(super) seen: Arc<Mutex<HashSet<String>>>,
-    pub(super) pieces: Arc<Mutex<Pieces>>,
+    /// The newest backup's manifest, where restored files are checked off.
+    pub(super) check: Arc<FileCheck>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) progress: Option<Arc<Progress>>,
 }
@@ -249,7 +248,7 @@ fn place(
                 .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
             if map.size == 0 {
                 let done = shared.done();
-                done.file(manifest_path, 0, 0).map_err(bad)?;
+                done.check.file(manifest_path, 0, 0).map_err(bad)?;
                 return Ok(None);
             }
             Ok(Some((out, manifest_path)))
@@ -260,9 +259,7 @@ fn place(
 impl Shared {
     fn done(&self) -> Done<'_> {
         Done {
-            manifest: &self.manifest,
-            seen: &self.seen,
-            pieces: &self.pieces,
+            check: &self.check,
             stop: &self.stop,
         }
     }
@@ -427,20 +424,13 @@ fn restore_chunk(
     let bad = |m: String| Error::Integrity(format!("backup {}: {m}", shared.chain[0].name));
     if blocks <= CHUNK_BLOCKS {
         return done
+            .check
             .file(manifest_path.to_string(), map.size, crc)
             .map_err(bad);
     }
-    let complete = shared
-        .pieces
-        .lock()
-        .unwrap()
-        .add(manifest_path, map.size, Run { start, len, crc })
-        .map_err(bad)?;
-    if let Some(crc) = complete {
-        done.file(manifest_path.to_string(), map.size, crc)
-            .map_err(bad)?;
-    }
-    Ok(())
+    done.check
+        .piece(manifest_path.to_string(), map.size, Run { start, len, crc })
+        .map_err(bad)
 }
 
 #[cfg(test)]

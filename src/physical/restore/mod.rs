@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, FixedOffset, Timelike};
 use tokio::task::JoinSet;
 
-use super::manifest::{Manifest, ManifestFile};
+use super::file_check::{check_entry_path, codec_error, FileCheck, Run};
+use super::manifest::Manifest;
 use super::progress::{report, Progress};
 use super::tar_split::piece_of;
 use crate::error::{Error, Result};
@@ -28,6 +29,7 @@ mod unpack;
 
 use checks::*;
 use unpack::*;
+pub(crate) use unpack::{unpack_stream, STREAM_PREFETCH};
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,7 +290,7 @@ async fn restore_chosen(
         p.set_phase("downloading");
     });
     let (manifest_bytes, manifest) = read_manifest(repo, &backup).await?;
-    let manifest = Arc::new(manifest);
+    let check = Arc::new(FileCheck::new(manifest));
 
     // Where each archive goes: the data directory, or its tablespace's
     // (possibly remapped) location.
@@ -314,22 +316,18 @@ async fn restore_chosen(
     for (dir, _) in dirs.values() {
         check_dir(dir, opts.force)?;
     }
-    check_free_space(&backup.name, &manifest, &dirs, &opts.target_dir)?;
+    check_free_space(&backup.name, check.manifest(), &dirs, &opts.target_dir)?;
     for (dir, _) in dirs.values() {
         prepare_dir(dir, opts.force)?;
     }
 
     let started = std::time::Instant::now();
-    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let pieces: Arc<Mutex<Pieces>> = Arc::default();
     let stop: Arc<AtomicBool> = Arc::default();
     if let Some(chain) = chain {
         let shared = Arc::new(blocks::Shared {
             repo: repo.clone(),
             chain,
-            manifest: manifest.clone(),
-            seen: seen.clone(),
-            pieces: pieces.clone(),
+            check: check.clone(),
             stop: stop.clone(),
             progress: opts.progress.clone(),
         });
@@ -374,16 +372,12 @@ async fn restore_chosen(
                 break;
             };
             let repo = repo.clone();
-            let manifest = manifest.clone();
-            let seen = seen.clone();
-            let pieces = pieces.clone();
+            let check = check.clone();
             let stop = stop.clone();
             let progress = opts.progress.clone();
             let unpack_into = move |r: &mut dyn Read, label: &str| {
                 let done = Done {
-                    manifest: &manifest,
-                    seen: &seen,
-                    pieces: &pieces,
+                    check: &check,
                     stop: &stop,
                 };
                 unpack(r, &dir, &prefix, &done, label, progress.as_deref())
@@ -435,7 +429,7 @@ async fn restore_chosen(
         started.elapsed().as_secs_f64()
     );
     // Every file cut into pieces got all of them.
-    if let Some((path, have)) = pieces.lock().unwrap().incomplete() {
+    if let Some((path, have)) = check.incomplete() {
         return Err(incomplete(
             &opts.target_dir,
             Error::Integrity(format!(
@@ -444,14 +438,8 @@ async fn restore_chosen(
         ));
     }
     // Every file of the manifest arrived, with its checksum.
-    let seen = seen.lock().unwrap();
-    let mut missing: Vec<&String> = manifest
-        .files
-        .keys()
-        .filter(|p| !seen.contains(*p))
-        .collect();
+    let missing = check.missing();
     if !missing.is_empty() {
-        missing.sort();
         return Err(incomplete(
             &opts.target_dir,
             Error::Integrity(format!(
@@ -651,32 +639,20 @@ pub(crate) fn unpack_one(
     manifest_json: &[u8],
 ) -> Result<Option<(String, u64)>> {
     let manifest =
-        &Manifest::parse(manifest_json).map_err(|e| Error::Integrity(format!("manifest: {e}")))?;
-    let seen = Mutex::new(HashSet::new());
-    let pieces = Mutex::new(Pieces::default());
+        Manifest::parse(manifest_json).map_err(|e| Error::Integrity(format!("manifest: {e}")))?;
+    let check = FileCheck::new(manifest);
     let stop = AtomicBool::new(false);
     let done = Done {
-        manifest,
-        seen: &seen,
-        pieces: &pieces,
+        check: &check,
         stop: &stop,
     };
     unpack(tar, dir, "", &done, "part", None)?;
-    let incomplete = pieces.lock().unwrap().incomplete();
-    Ok(incomplete)
+    Ok(check.incomplete())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn piece(data: &[u8], start: usize, len: usize) -> Run {
-        Run {
-            start: start as u64,
-            len: len as u64,
-            crc: crc32c::crc32c(&data[start..start + len]),
-        }
-    }
 
     #[test]
     fn a_live_postmaster_pid_is_refused_and_a_stale_one_is_not() {
@@ -744,80 +720,5 @@ mod tests {
         out.write(b"hello").unwrap();
         out.finish();
         assert_eq!(fs::read(&path).unwrap(), b"hello");
-    }
-
-    #[test]
-    fn pieces_in_any_order_give_the_whole_file_crc() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        let cuts = [(0, 4096), (4096, 4096), (8192, 1808)];
-        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1], [2, 0, 1]] {
-            let mut p = Pieces::default();
-            let mut result = None;
-            for (i, &k) in order.iter().enumerate() {
-                let (start, len) = cuts[k];
-                let r = p.add("base/5/1", 10_000, piece(&data, start, len)).unwrap();
-                if i < 2 {
-                    assert_eq!(r, None, "{order:?}");
-                    assert!(p.incomplete().is_some());
-                } else {
-                    result = r;
-                }
-            }
-            assert_eq!(result, Some(crc32c::crc32c(&data)), "{order:?}");
-            assert_eq!(p.incomplete(), None, "{order:?}");
-        }
-    }
-
-    #[test]
-    fn bad_or_missing_pieces_are_caught() {
-        let data = vec![7u8; 8192];
-        let mut p = Pieces::default();
-        p.add("f", 8192, piece(&data, 0, 4096)).unwrap();
-        // Overlapping, past the end, or disagreeing on the size.
-        assert!(p.add("f", 8192, piece(&data, 2048, 4096)).is_err());
-        assert!(p.add("f", 4096 * 3, piece(&data, 4096, 4096)).is_err());
-        let mut q = Pieces::default();
-        assert!(q.add("g", 4096, piece(&data, 2048, 4096)).is_err());
-        // A missing piece leaves the file incomplete.
-        assert_eq!(p.incomplete(), Some(("f".to_string(), 4096)));
-    }
-
-    #[test]
-    fn a_file_is_checked_against_the_manifest() {
-        let mut manifest = Manifest::default();
-        manifest.files.insert(
-            "base/5/1".into(),
-            ManifestFile {
-                size: 3,
-                crc32c: Some(crc32c::crc32c(b"abc")),
-            },
-        );
-        let seen = Mutex::default();
-        let pieces = Mutex::default();
-        let stop = AtomicBool::new(false);
-        let done = Done {
-            manifest: &manifest,
-            seen: &seen,
-            pieces: &pieces,
-            stop: &stop,
-        };
-        assert!(done
-            .file("base/5/1".into(), 3, crc32c::crc32c(b"abd"))
-            .is_err());
-        assert!(done
-            .file("base/5/1".into(), 4, crc32c::crc32c(b"abc"))
-            .is_err());
-        assert!(seen.lock().unwrap().is_empty());
-        done.file("base/5/1".into(), 3, crc32c::crc32c(b"abc"))
-            .unwrap();
-        // A file the manifest does not list is refused.
-        assert!(done
-            .file("other".into(), 1, 0)
-            .unwrap_err()
-            .contains("not in the backup manifest"));
-        assert_eq!(
-            seen.lock().unwrap().iter().collect::<Vec<_>>(),
-            [&"base/5/1".to_string()]
-        );
     }
 }

@@ -17,11 +17,11 @@ pub(super) enum Job {
 }
 
 /// Parts of a compressed stream fetched and decrypted ahead of its decoder.
-pub(super) const STREAM_PREFETCH: usize = 3;
+pub(crate) const STREAM_PREFETCH: usize = 3;
 
 /// Unpacks a stream the server compressed: its parts fetched and
 /// decrypted `prefetch` at a time, in order, into one decoder.
-pub(super) async fn unpack_stream(
+pub(crate) async fn unpack_stream(
     repo: Repo,
     keys: Vec<String>,
     compression: crate::codec::Compression,
@@ -78,7 +78,7 @@ pub(super) async fn unpack_stream(
 }
 
 /// The decrypted parts of a stream, read as one.
-pub(super) struct PartsReader {
+pub(crate) struct PartsReader {
     pub(super) rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
     pub(super) buf: Vec<u8>,
     pub(super) at: usize,
@@ -169,10 +169,7 @@ impl Drop for EarlySync {
 
 /// Where restored files are checked off.
 pub(super) struct Done<'a> {
-    pub(super) manifest: &'a Manifest,
-    /// Manifest paths restored whole and checked.
-    pub(super) seen: &'a Mutex<HashSet<String>>,
-    pub(super) pieces: &'a Mutex<Pieces>,
+    pub(super) check: &'a FileCheck,
     /// Set when another part failed: unpacking stops.
     pub(super) stop: &'a AtomicBool,
 }
@@ -185,135 +182,6 @@ impl Done<'_> {
             ));
         }
         Ok(())
-    }
-
-    /// Checks a whole file against the manifest and checks it off.
-    /// A file the manifest does not list is refused, as pg_verifybackup
-    /// refuses it: the server lists every file it sends.
-    pub(super) fn file(
-        &self,
-        path: String,
-        size: u64,
-        crc: u32,
-    ) -> std::result::Result<(), String> {
-        let Some(ManifestFile { size: want, crc32c }) = self.manifest.files.get(&path) else {
-            return Err(format!(
-                "{path} is not in the backup manifest: the parts and the manifest are not of the same backup"
-            ));
-        };
-        if *want != size {
-            return Err(format!(
-                "{path} does not match the backup manifest: {size} bytes, the manifest says {want}"
-            ));
-        }
-        if let Some(want) = crc32c.filter(|c| *c != crc) {
-            return Err(format!(
-                "{path} does not match the backup manifest: CRC32C {crc:08x}, the manifest says {want:08x}"
-            ));
-        }
-        self.seen.lock().unwrap().insert(path);
-        Ok(())
-    }
-}
-
-/// Files restored in pieces (see [`super::super::tar_split`]): the runs of each
-/// written so far, merged with their neighbours as they arrive (their
-/// CRC32Cs combined), so that memory stays small; a file is checked against
-/// the manifest once its runs cover it.
-#[derive(Debug, Default)]
-pub(super) struct Pieces {
-    pub(super) files: HashMap<String, FileRuns>,
-}
-
-#[derive(Debug)]
-pub(super) struct FileRuns {
-    pub(super) size: u64,
-    /// Disjoint, sorted by start.
-    pub(super) runs: Vec<Run>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Run {
-    pub(super) start: u64,
-    pub(super) len: u64,
-    pub(super) crc: u32,
-}
-
-impl Run {
-    pub(super) fn end(&self) -> u64 {
-        self.start + self.len
-    }
-}
-
-impl Pieces {
-    /// Adds a piece of the file `path` of `size` bytes; returns the file's
-    /// CRC32C once all its pieces are in.
-    pub(super) fn add(
-        &mut self,
-        path: &str,
-        size: u64,
-        piece: Run,
-    ) -> std::result::Result<Option<u32>, String> {
-        if piece
-            .start
-            .checked_add(piece.len)
-            .is_none_or(|end| end > size)
-        {
-            return Err(format!(
-                "a piece of {path} at {} of {} bytes ends after the file's end {size}",
-                piece.start, piece.len
-            ));
-        }
-        let f = self
-            .files
-            .entry(path.to_string())
-            .or_insert_with(|| FileRuns {
-                size,
-                runs: Vec::new(),
-            });
-        if f.size != size {
-            return Err(format!(
-                "pieces of {path} disagree on its size ({} and {size})",
-                f.size
-            ));
-        }
-        let at = f.runs.partition_point(|r| r.start < piece.start);
-        let overlaps = (at > 0 && f.runs[at - 1].end() > piece.start)
-            || f.runs.get(at).is_some_and(|r| r.start < piece.end());
-        if overlaps {
-            return Err(format!("pieces of {path} overlap at {}", piece.start));
-        }
-        f.runs.insert(at, piece);
-        // Merge with the next run, then with the previous one.
-        if at + 1 < f.runs.len() && f.runs[at].end() == f.runs[at + 1].start {
-            let next = f.runs.remove(at + 1);
-            let r = &mut f.runs[at];
-            r.crc = crc32c::crc32c_combine(r.crc, next.crc, next.len as usize);
-            r.len += next.len;
-        }
-        if at > 0 && f.runs[at - 1].end() == f.runs[at].start {
-            let this = f.runs.remove(at);
-            let r = &mut f.runs[at - 1];
-            r.crc = crc32c::crc32c_combine(r.crc, this.crc, this.len as usize);
-            r.len += this.len;
-        }
-        if let [whole] = f.runs[..] {
-            if whole.start == 0 && whole.len == size {
-                self.files.remove(path);
-                return Ok(Some(whole.crc));
-            }
-        }
-        Ok(None)
-    }
-
-    /// A file some of whose pieces never came: its path and bytes restored.
-    pub(super) fn incomplete(&self) -> Option<(String, u64)> {
-        let mut paths: Vec<&String> = self.files.keys().collect();
-        paths.sort();
-        paths.first().map(|p| {
-            let have = self.files[*p].runs.iter().map(|r| r.len).sum();
-            ((*p).clone(), have)
-        })
     }
 }
 
@@ -424,10 +292,6 @@ pub(super) fn unpack(
     progress: Option<&Progress>,
 ) -> Result<()> {
     let bad = |what: String| Error::Integrity(format!("{part}: {what}"));
-    let codec_error = |e: &io::Error| {
-        e.get_ref()
-            .is_some_and(|i| i.is::<crate::codec::CodecError>())
-    };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
@@ -446,13 +310,7 @@ pub(super) fn unpack(
             .path()
             .map_err(|e| bad(format!("bad file name: {e}")))?
             .into_owned();
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(bad(format!("refusing the path {}", rel.display())));
-        }
+        check_entry_path(&rel).map_err(bad)?;
         if through_link(dir, &rel) {
             return Err(bad(format!(
                 "refusing {}: it goes through a symbolic link of the archive",
@@ -531,23 +389,19 @@ pub(super) fn unpack(
         out.finish();
         crate::fault::point("restore-unpack");
         match piece {
-            None => done.file(manifest_path, size, crc).map_err(bad)?,
-            Some((offset, whole)) => {
-                let run = Run {
-                    start: offset,
-                    len: size,
-                    crc,
-                };
-                let complete = done
-                    .pieces
-                    .lock()
-                    .unwrap()
-                    .add(&manifest_path, whole, run)
-                    .map_err(bad)?;
-                if let Some(crc) = complete {
-                    done.file(manifest_path, whole, crc).map_err(bad)?;
-                }
-            }
+            None => done.check.file(manifest_path, size, crc).map_err(bad)?,
+            Some((offset, whole)) => done
+                .check
+                .piece(
+                    manifest_path,
+                    whole,
+                    Run {
+                        start: offset,
+                        len: size,
+                        crc,
+                    },
+                )
+                .map_err(bad)?,
         }
     }
     Ok(())
