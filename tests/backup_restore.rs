@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::pg::{chown_to_pg, pg_bin, pg_command, verify_backup, PgServer};
 use common::{CbdrEnv, Key, Storage, CBDR};
 
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
@@ -58,53 +58,11 @@ impl Setup {
     }
 }
 
-fn dump(server: &PgServer) -> String {
-    let out = pg_command(pg_bin("pg_dump"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &server.port().to_string(),
-        ])
-        .args(["--no-comments", "postgres"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // pg_dump 15.14+ writes a random \restrict key: not part of the data.
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Starts a restored directory on a new port and waits for recovery.
 fn start_restored(dir: &Path) -> PgServer {
     let s = PgServer::start_existing(dir, PgServer::builder().conf("archive_mode = off"));
     s.wait_for_recovery_end();
     s
-}
-
-fn verify_backup(dir: &Path) {
-    chown_to_pg(dir);
-    let out = pg_command(pg_bin("pg_verifybackup"))
-        .arg("-n")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_verifybackup: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -126,11 +84,11 @@ fn point_in_time_restore_on_filesystem() {
     std::thread::sleep(Duration::from_millis(1100));
     let time = server.psql("select now()");
     std::thread::sleep(Duration::from_millis(1100));
-    let at_point = dump(&server);
+    let at_point = server.dump();
 
     // More writes after it.
     server.run_pgbench(&["-c", "2", "-t", "300", "-n"]);
-    let at_end = dump(&server);
+    let at_end = server.dump();
     assert_ne!(at_point, at_end);
     server.archive_everything();
 
@@ -144,12 +102,12 @@ fn point_in_time_restore_on_filesystem() {
     assert_eq!(code, 0, "{err}");
     verify_backup(&dir);
     let restored = start_restored(&dir);
-    assert_eq!(dump(&restored), at_point, "restore point");
+    assert_eq!(restored.dump(), at_point, "restore point");
     drop(restored);
 
     let (code, err, dir) = s.restore("to_time", &["--target-time", &time]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(dump(&start_restored(&dir)), at_point, "target time");
+    assert_eq!(start_restored(&dir).dump(), at_point, "target time");
 
     // --start: cbdr starts the server and waits for the target.
     let port = common::free_port().to_string();
@@ -180,11 +138,11 @@ fn point_in_time_restore_on_filesystem() {
         .output()
         .unwrap();
     assert!(stop.status.success());
-    assert_eq!(dump(&start_restored(&dir)), at_point, "target lsn");
+    assert_eq!(start_restored(&dir).dump(), at_point, "target lsn");
 
     let (code, err, dir) = s.restore("to_latest", &[]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(dump(&start_restored(&dir)), at_end, "latest");
+    assert_eq!(start_restored(&dir).dump(), at_end, "latest");
 
     // A non-empty target directory is refused.
     let (code, err, _) = s.restore("to_latest", &[]);
@@ -308,12 +266,12 @@ fn backup_and_restore_on_garage() {
     s.on(&server).ok(&["backup-push"]);
     assert_eq!(compressed_by(&s.backups()[0]), None);
     server.run_pgbench(&["-c", "2", "-t", "100", "-n"]);
-    let expected = dump(&server);
+    let expected = server.dump();
     server.archive_everything();
     let (code, err, dir) = s.restore("from_s3", &[]);
     assert_eq!(code, 0, "{err}");
     verify_backup(&dir);
-    assert_eq!(dump(&start_restored(&dir)), expected);
+    assert_eq!(start_restored(&dir).dump(), expected);
 }
 
 /// The compression the server applied to a listed backup's data directory.
@@ -340,7 +298,7 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
     assert_eq!(compressed_by(&listed[0]).as_deref(), Some("lz4"));
     let plain = listed[0]["archives"][0]["plain_bytes"].as_u64().unwrap();
     assert!(plain > 30_000_000, "the server's plain size: {plain}");
-    let with_pgbench = dump(&server);
+    let with_pgbench = server.dump();
 
     // 40 MB of random bytes become the largest relation files.
     server.psql("drop table pgbench_accounts");
@@ -348,7 +306,7 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
         "create table noise as select g, decode(string_agg(md5(random()::text), ''), 'hex') as b \
          from generate_series(1, 20000) g, generate_series(1, 64) k group by g",
     );
-    let with_noise = dump(&server);
+    let with_noise = server.dump();
     s.on(&server).ok(&["backup-push"]);
     let listed = s.backups();
     assert_eq!(compressed_by(&listed[1]), None, "random data left to cbdr");
@@ -380,7 +338,7 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
         );
         assert_eq!(code, 0, "{err}");
         verify_backup(&dir);
-        assert_eq!(&dump(&start_restored(&dir)), expected, "backup {i}");
+        assert_eq!(&start_restored(&dir).dump(), expected, "backup {i}");
     }
 }
 

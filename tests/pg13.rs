@@ -15,46 +15,10 @@ use std::time::Duration;
 
 use common::bank::{self, Bank};
 use common::cluster::{stop_data_dir, TestCluster, BARRIER_KEY};
-use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::pg::{verify_backup, PgServer};
 use common::{CbdrEnv, Key, Storage};
 
 const KEY_HEX: &str = "1f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddee13";
-
-fn dump(server: &PgServer) -> String {
-    let out = pg_command(pg_bin("pg_dump"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
-        .arg(server.port().to_string())
-        .args(["--no-comments", "postgres"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // pg_dump 13.22+ writes a random \restrict key: not part of the data.
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn verify_backup(dir: &Path) {
-    chown_to_pg(dir);
-    let out = pg_command(pg_bin("pg_verifybackup"))
-        .arg("-n")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_verifybackup (13): {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn start_restored(dir: &Path) -> PgServer {
     let s = PgServer::start_existing(dir, PgServer::builder().conf("archive_mode = off"));
@@ -92,9 +56,9 @@ fn single_server_backup_and_point_in_time_restores() {
     std::thread::sleep(Duration::from_millis(1100));
     let time = server.psql("select now()");
     std::thread::sleep(Duration::from_millis(1100));
-    let at_point = dump(&server);
+    let at_point = server.dump();
     server.run_pgbench(&["-c", "2", "-t", "300", "-n"]);
-    assert_ne!(dump(&server), at_point);
+    assert_ne!(server.dump(), at_point);
     server.archive_everything();
 
     for (name, target) in [
@@ -109,7 +73,7 @@ fn single_server_backup_and_point_in_time_restores() {
         assert_eq!(code, 0, "restore {name}: {out}{err}");
         verify_backup(&dir);
         let restored = start_restored(&dir);
-        let got = dump(&restored);
+        let got = restored.dump();
         assert!(
             got == at_point,
             "PostgreSQL 13 restored {name}: the dump differs from the one at the point ({} vs {} bytes)",

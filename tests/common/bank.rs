@@ -70,6 +70,23 @@ pub fn expected_total(segments: usize) -> i64 {
     segments as i64 * ACCOUNTS_PER_SEGMENT * INITIAL_BALANCE
 }
 
+/// Waits (up to 60 s) until `committed` has grown by at least `n`.
+pub fn wait_for_more(workload: &str, committed: &AtomicU64, n: u64) {
+    let start = committed.load(Ordering::SeqCst);
+    super::wait_for(
+        &format!("{workload} to make progress"),
+        Duration::from_secs(60),
+        || {
+            let now = committed.load(Ordering::SeqCst);
+            if now >= start + n {
+                Ok(())
+            } else {
+                Err(format!("{} of {n} more transfers", now - start))
+            }
+        },
+    );
+}
+
 pub struct Bank {
     stop: Arc<AtomicBool>,
     pub committed: Arc<AtomicU64>,
@@ -113,19 +130,7 @@ impl Bank {
 
     /// Waits until at least `n` more transfers have committed.
     pub fn wait_for(&self, n: u64) {
-        let start = self.committed.load(Ordering::SeqCst);
-        super::wait_for(
-            "the bank workload to make progress",
-            Duration::from_secs(60),
-            || {
-                let now = self.committed.load(Ordering::SeqCst);
-                if now >= start + n {
-                    Ok(())
-                } else {
-                    Err(format!("{} of {n} more transfers", now - start))
-                }
-            },
-        );
+        wait_for_more("the bank workload", &self.committed, n);
     }
 
     pub fn stop(self) -> u64 {

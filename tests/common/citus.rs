@@ -9,7 +9,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use cbdr::pg::conn::{PgConn, Replication};
 
@@ -135,19 +134,7 @@ impl CitusBank {
 
     /// Waits until at least `n` more transfers have committed.
     pub fn wait_for(&self, n: u64) {
-        let start = self.committed.load(Ordering::SeqCst);
-        super::wait_for(
-            "the Citus bank to make progress",
-            Duration::from_secs(60),
-            || {
-                let now = self.committed.load(Ordering::SeqCst);
-                if now >= start + n {
-                    Ok(())
-                } else {
-                    Err(format!("{} of {n} more transfers", now - start))
-                }
-            },
-        );
+        super::bank::wait_for_more("the Citus bank", &self.committed, n);
     }
 
     pub fn committed(&self) -> u64 {
