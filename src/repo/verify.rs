@@ -114,7 +114,7 @@ pub struct BackupReport {
     /// Plain bytes of the files hashed.
     pub plain_bytes: u64,
     /// Whether the files were checked against the manifest (false for a
-    /// backup format read object by object: see [`TAR_FORMAT_MAX`]).
+    /// block backup, whose objects are read one by one).
     pub manifest_checked: bool,
     pub faults: usize,
 }
