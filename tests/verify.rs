@@ -398,3 +398,144 @@ fn verify_follows_a_promotion_to_timeline_2() {
     let out = fx.verify(&[]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
+
+/// Flips one byte in every codec object of a pack (`[u32 LE len][object]`
+/// each), so that whichever of its extents a restore reads is damaged.
+fn flip_every_object(pack: &[u8]) -> Vec<u8> {
+    let mut bad = pack.to_vec();
+    let mut at = 0;
+    while at + 4 <= bad.len() {
+        let len = u32::from_le_bytes(bad[at..at + 4].try_into().unwrap()) as usize;
+        assert!(len > 0 && at + 4 + len <= bad.len(), "not a pack");
+        bad[at + 4 + len / 2] ^= 0x20;
+        at += 4 + len;
+    }
+    assert_eq!(at, bad.len(), "not a pack");
+    bad
+}
+
+/// A block-format chain (full, delta, delta): verify assembles every file
+/// of each backup from the blocks of its chain and checks it against the
+/// backup's manifest; a damaged block pack of the middle backup is named
+/// (for the middle backup and for the newest, which reads blocks from it);
+/// a truncated map pack is named; an intact chain exits 0 with every file
+/// checked.
+#[test]
+fn verify_reads_every_block_of_a_delta_chain() {
+    let env = CbdrEnv::builder("verifychain")
+        .storage(Storage::Fs)
+        .key(Key::Raw(KEY_HEX.into()))
+        .extra_toml("[backup]\ndelta_max_steps = 6\n")
+        .build();
+    let server = env.archiving_server().start();
+    server.psql(
+        "create table a as select g, md5(g::text) as v from generate_series(1, 40000) g;
+         create table b as select g, md5(g::text) as v from generate_series(1, 40000) g;
+         checkpoint;",
+    );
+    env.on(&server).ok(&["backup-push", "--full"]);
+    // The middle backup changes table a, the newest table b: the newest
+    // reads a's changed blocks from the middle one.
+    server.psql("update a set v = 'x' where g % 50 = 0; checkpoint;");
+    env.on(&server).ok(&["backup-push", "--delta"]);
+    server.psql("update b set v = 'y' where g % 50 = 0; checkpoint;");
+    env.on(&server).ok(&["backup-push", "--delta"]);
+    env.on(&server).ok(&["create-restore-point", "rp"]);
+    server.archive_everything();
+    let store = Store::open(&env.config);
+    let mut backups = env.backups_of(-1);
+    backups.sort_by_key(|b| b["stop_time"].as_str().unwrap().to_string());
+    let names: Vec<String> = backups
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "{backups:?}");
+    let (middle, newest) = (&names[1], &names[2]);
+
+    // Intact: every backup's every file checked against its manifest.
+    let r = env.json(&["verify", "--json"]);
+    assert_eq!(r["faults"].as_array().unwrap().len(), 0, "{r}");
+    for name in &names {
+        let b = r["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} not verified: {r}"));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&store.decoded(&layout::backup_manifest_key(-1, name))).unwrap();
+        let files = manifest["Files"].as_array().unwrap();
+        let bytes: u64 = files.iter().map(|f| f["Size"].as_u64().unwrap()).sum();
+        assert_eq!(b["manifest_checked"], true, "{name}: {r}");
+        assert_eq!(
+            b["files"].as_u64().unwrap(),
+            files.len() as u64,
+            "{name}: {r}"
+        );
+        assert_eq!(b["plain_bytes"].as_u64().unwrap(), bytes, "{name}: {r}");
+    }
+    let out = env.run(&["verify"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    // A byte flipped in (every object of) the middle backup's block pack:
+    // named for the middle backup and for the newest (a chain read).
+    let pack = layout::block_pack_key(-1, middle, "base", 0);
+    let good = store.raw(&pack);
+    store.put_raw(&pack, flip_every_object(&good));
+    for (who, args) in [
+        (middle, vec!["verify", "--backup", middle.as_str()]),
+        (newest, vec!["verify", "--backup", newest.as_str()]),
+    ] {
+        let out = env.run(&args);
+        eprintln!(
+            "damaged block pack, {args:?}:\n{}{}",
+            out.stdout, out.stderr
+        );
+        assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with("FAULT ")
+                && l.contains(&format!("backup {who}: "))
+                && l.contains(&format!("backup {middle} is damaged"))
+                && l.contains(&pack)),
+            "{args:?}: no fault names {middle} and {pack}:\n{}",
+            out.stdout
+        );
+        assert!(out.stderr.contains(&pack), "{}", out.stderr);
+    }
+    // The full is not touched by it.
+    let out = env.run(&["verify", "--backup", &names[0]]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    store.put_raw(&pack, good);
+
+    // A truncated map pack of the newest backup.
+    let map = layout::map_pack_key(-1, newest, "base", 0);
+    let good = store.raw(&map);
+    store.put_raw(&map, good[..good.len() - 7].to_vec());
+    let out = env.run(&["verify", "--backup", newest]);
+    eprintln!("truncated map pack:\n{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("FAULT ") && l.contains(newest) && l.contains(&map)),
+        "no fault names {map}:\n{}",
+        out.stdout
+    );
+    // A block pack of the full removed: the deltas cannot be restored.
+    store.put_raw(&map, good);
+    let root = layout::block_pack_key(-1, &names[0], "base", 0);
+    let good = store.raw(&root);
+    store.delete(&root);
+    let out = env.run(&["verify", "--backup", newest]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&root) && out.stdout.contains("is missing"),
+        "{}",
+        out.stdout
+    );
+    store.put_raw(&root, good);
+
+    // Repaired: exit 0.
+    let out = env.run(&["verify"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}

@@ -4,6 +4,10 @@
 //! that holds it (ranged reads of its extents, adjacent extents in one
 //! read), checked against its hash in the map, and written in place. No
 //! chain is replayed: every block is written once.
+//!
+//! `verify` runs the same assembly without writing ([`verify_blocks`]):
+//! every block read, authenticated and hash-checked, every file's size and
+//! CRC32C checked against the manifest.
 
 #[allow(unused_imports)]
 use super::*;
@@ -88,6 +92,48 @@ pub(super) struct Shared {
     pub(super) check: Arc<FileCheck>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) progress: Option<Arc<Progress>>,
+    /// False for `verify`: every block read and checked, nothing written.
+    pub(super) write: bool,
+    /// Plain bytes of the files assembled.
+    pub(super) bytes: AtomicU64,
+}
+
+/// Assembles every file of a block backup from its chain as a restore
+/// would, without writing anything: the chain's records and packs checked,
+/// every map read and checked, every block read (authenticated by the
+/// codec, checked against its hash in the map), every file's size and
+/// CRC32C checked off in `check`. Returns the plain bytes assembled. The
+/// first fault ends it (its message names the backup and the object).
+pub(crate) async fn verify_blocks(
+    repo: &Repo,
+    backup: &BackupRecord,
+    check: Arc<FileCheck>,
+    parallel: usize,
+) -> Result<u64> {
+    let chain = check_chain(repo, backup).await?;
+    let shared = Arc::new(Shared {
+        repo: repo.clone(),
+        chain,
+        check,
+        stop: Arc::default(),
+        progress: None,
+        write: false,
+        bytes: AtomicU64::new(0),
+    });
+    let dirs = backup
+        .archives
+        .iter()
+        .map(|a| {
+            let prefix = if a.name == "base" {
+                String::new()
+            } else {
+                format!("pg_tblspc/{}/", a.name)
+            };
+            (a.name.clone(), (PathBuf::new(), prefix))
+        })
+        .collect();
+    unpack_blocks(shared.clone(), &dirs, parallel).await?;
+    Ok(shared.bytes.load(Ordering::Relaxed))
 }
 
 /// Restores every archive of `shared.chain[0]` into its directory.
@@ -99,7 +145,9 @@ pub(super) async fn unpack_blocks(
     let newest = &shared.chain[0];
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     let mut failure: Option<Error> = None;
-    let early_sync = EarlySync::start(dirs.values().map(|(d, _)| d.clone()).collect());
+    let early_sync = shared
+        .write
+        .then(|| EarlySync::start(dirs.values().map(|(d, _)| d.clone()).collect()));
     'archives: for a in &newest.archives {
         let (dir, prefix) = dirs[&a.name].clone();
         for n in 0..a.map_parts {
@@ -174,7 +222,9 @@ pub(super) async fn unpack_blocks(
             shared.stop.store(true, Ordering::Relaxed);
         }
     }
-    early_sync.stop();
+    if let Some(s) = early_sync {
+        s.stop();
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
@@ -205,6 +255,20 @@ fn place(
             .any(|c| matches!(c, std::path::Component::ParentDir))
     {
         return Err(bad(format!("refusing the path {:?}", map.path)));
+    }
+    if !shared.write {
+        if map.kind == Kind::Link && map.link.is_none() {
+            return Err(bad(format!("link {} without a target", map.path)));
+        }
+        if map.kind != Kind::File {
+            return Ok(None);
+        }
+        let manifest_path = format!("{prefix}{}", map.path);
+        if map.size == 0 {
+            shared.done().check.file(manifest_path, 0, 0).map_err(bad)?;
+            return Ok(None);
+        }
+        return Ok(Some((PathBuf::new(), manifest_path)));
     }
     if through_link(dir, rel) {
         return Err(bad(format!(
@@ -320,10 +384,16 @@ fn restore_chunk(
     let blocks = block_count(map.size);
     let first = chunk * CHUNK_BLOCKS;
     let end = (first + CHUNK_BLOCKS).min(blocks);
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .open(out)
-        .map_err(|e| Error::io(format!("opening {}", out.display()), e))?;
+    let file = if shared.write {
+        Some(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(out)
+                .map_err(|e| Error::io(format!("opening {}", out.display()), e))?,
+        )
+    } else {
+        None
+    };
     // (first block, bytes, CRC32C) of each run written, to combine in
     // file order.
     let mut written: Vec<(u64, u64, u32)> = Vec::new();
@@ -390,9 +460,12 @@ fn restore_chunk(
                     len += block_len;
                 }
                 let data = &plain[start..start + len];
-                file.write_all_at(data, i * BLOCK_SIZE as u64)
-                    .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+                if let Some(file) = &file {
+                    file.write_all_at(data, i * BLOCK_SIZE as u64)
+                        .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+                }
                 written.push((i, len as u64, crc32c::crc32c(data)));
+                shared.bytes.fetch_add(len as u64, Ordering::Relaxed);
                 if let Some(p) = &shared.progress {
                     p.add_done(len as u64);
                 }
@@ -402,7 +475,9 @@ fn restore_chunk(
     }
     let start = first * BLOCK_SIZE as u64;
     let len = (end * BLOCK_SIZE as u64).min(map.size) - start;
-    start_writeback(&file, start, len);
+    if let Some(file) = &file {
+        start_writeback(file, start, len);
+    }
     written.sort_unstable_by_key(|w| w.0);
     let mut crc = 0u32;
     let mut at = start;

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, FixedOffset, Timelike};
@@ -27,6 +27,7 @@ mod blocks;
 mod checks;
 mod unpack;
 
+pub(crate) use blocks::verify_blocks;
 use checks::*;
 use unpack::*;
 pub(crate) use unpack::{unpack_stream, STREAM_PREFETCH};
@@ -330,6 +331,8 @@ async fn restore_chosen(
             check: check.clone(),
             stop: stop.clone(),
             progress: opts.progress.clone(),
+            write: true,
+            bytes: AtomicU64::new(0),
         });
         if let Err(e) = blocks::unpack_blocks(shared, &dirs, opts.parallel).await {
             return Err(incomplete(&opts.target_dir, damaged(&backup, e)));
