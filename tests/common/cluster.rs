@@ -40,6 +40,9 @@ pub struct ClusterOpts {
     pub conf: Vec<String>,
     /// More lines of the `[cluster]` section.
     pub cluster_toml: String,
+    /// The repository on Garage (a bucket of its own) instead of the
+    /// filesystem (`storage_toml` is then ignored).
+    pub s3: bool,
 }
 
 /// `content id → index` in [`TestCluster::servers`].
@@ -83,11 +86,13 @@ impl TestCluster {
         let stream_wal = opts.stream_wal;
         // The config is finished (and the repository made) once the
         // servers' ports and data directories are known.
-        let env = CbdrEnv::builder(name)
-            .storage_toml(storage_toml)
-            .key(Key::Raw(KEY_HEX.into()))
-            .init(false)
-            .build();
+        let builder = CbdrEnv::builder(name);
+        let builder = if opts.s3 {
+            builder.storage(super::Storage::S3(String::new()))
+        } else {
+            builder.storage_toml(storage_toml)
+        };
+        let env = builder.key(Key::Raw(KEY_HEX.into())).init(false).build();
         let config = env.config.clone();
         let mut servers: Vec<PgServer> = (0..=segments)
             .map(|i| {
