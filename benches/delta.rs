@@ -14,7 +14,10 @@
 //!
 //! ```text
 //! CBDR_BENCH_SCALE=20 cargo bench --bench delta     # ~300 MB per data set
+//! CBDR_BENCH_KINDS=pgbench CBDR_BENCH_ROUNDS=5 ...     # one data set, restores 5 times each
 //! ```
+//! Each restore runs `CBDR_BENCH_ROUNDS` times (default 3), in turns; the
+//! median wall time and the median CPU time are kept.
 //! Data sets: `pgbench` (`pgbench -i -s SCALE`, lz4 ~9×) and `random`
 //! (one table of random bytes and numbers of the same size, lz4 ~1.5×).
 //! Loaded with `wal_level = minimal`, then `VACUUM (FREEZE)`, `CHECKPOINT`
@@ -42,6 +45,9 @@ const MB: f64 = 1_000_000.0;
 struct Run {
     what: String,
     seconds: f64,
+    /// User + system CPU seconds (less disturbed by other sessions on
+    /// the shared cores than the wall time).
+    cpu_seconds: f64,
     max_rss: u64,
     tree_rss: u64,
     stored: u64,
@@ -194,6 +200,7 @@ impl Data {
             Run {
                 what: tag.into(),
                 seconds: t.seconds,
+                cpu_seconds: t.cpu_seconds,
                 max_rss: t.max_rss,
                 tree_rss: t.tree_rss,
                 stored,
@@ -219,6 +226,7 @@ impl Data {
         Run {
             what: tag.into(),
             seconds: t.seconds,
+            cpu_seconds: t.cpu_seconds,
             max_rss: t.max_rss,
             tree_rss: t.tree_rss,
             stored: 0,
@@ -250,8 +258,9 @@ impl Data {
 fn main() {
     let scale = env_num("CBDR_BENCH_SCALE", "20");
     let kinds = env_or("CBDR_BENCH_KINDS", "pgbench,random");
+    let rounds = env_num("CBDR_BENCH_ROUNDS", "3").max(1);
     println!(
-        "delta bench: scale {scale}, load average at start {} ({} CPUs)",
+        "delta bench: scale {scale}, {rounds} restore rounds, load average at start {} ({} CPUs)",
         loadavg(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -272,19 +281,35 @@ fn main() {
         let (full2, full2_name) = d.backup("full (blocks), same state", &["--full"]);
         // Today's tar format: a config without deltas.
         let (tar, tar_name) = d.backup_tar();
-        let r_delta = d.restore("restore delta chain", &delta_name);
-        let r_full = d.restore("restore full (blocks)", &full2_name);
-        let r_tar = d.restore("restore full (tar)", &tar_name);
+        // Each restore `rounds` times, in turns, the median kept (wall
+        // and CPU time each; RSS: the largest).
+        let jobs = [
+            ("restore delta chain", &delta_name),
+            ("restore full (blocks)", &full2_name),
+            ("restore full (tar)", &tar_name),
+        ];
+        let mut all: Vec<Vec<Run>> = jobs.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for k in 0..jobs.len() {
+                let j = (k + round) % jobs.len();
+                all[j].push(d.restore(jobs[j].0, jobs[j].1));
+            }
+        }
+        let mut medians = all.into_iter().map(median_run);
+        let r_delta = medians.next().unwrap();
+        let r_full = medians.next().unwrap();
+        let r_tar = medians.next().unwrap();
         println!("\n== {kind}: {:.0} MB of files ==", plain as f64 / MB);
         println!(
-            "  {:<28} {:>8} {:>10} {:>12} {:>12}",
-            "", "seconds", "stored MB", "max RSS MB", "tree RSS MB"
+            "  {:<28} {:>8} {:>8} {:>10} {:>12} {:>12}",
+            "", "seconds", "CPU s", "stored MB", "max RSS MB", "tree RSS MB"
         );
         for r in [&full, &delta, &full2, &tar, &r_delta, &r_full, &r_tar] {
             println!(
-                "  {:<28} {:>8.2} {:>10.1} {:>12.1} {:>12.1}",
+                "  {:<28} {:>8.2} {:>8.2} {:>10.1} {:>12.1} {:>12.1}",
                 r.what,
                 r.seconds,
+                r.cpu_seconds,
                 r.stored as f64 / MB,
                 r.max_rss as f64 / MB,
                 r.tree_rss as f64 / MB
@@ -297,14 +322,16 @@ fn main() {
         let restore_ratio_tar = r_delta.seconds / r_tar.seconds;
         println!("  stored delta / full: {stored_ratio:.3} (goal <= 0.10)");
         println!("  backup-push delta / full: {push_ratio:.2} (blocks), {push_ratio_tar:.2} (tar)");
+        let restore_cpu_ratio_tar = r_delta.cpu_seconds / r_tar.cpu_seconds;
         println!(
-            "  restore delta chain / full of the same state: {restore_ratio:.2} (blocks), {restore_ratio_tar:.2} (tar) (goal <= 1.0)"
+            "  restore delta chain / full of the same state: {restore_ratio:.2} (blocks), {restore_ratio_tar:.2} (tar) (goal <= 1.0); CPU time / tar's: {restore_cpu_ratio_tar:.2}"
         );
         let runs: Vec<serde_json::Value> = [&full, &delta, &full2, &tar, &r_delta, &r_full, &r_tar]
             .iter()
             .map(|r| {
                 json!({
-                    "what": r.what, "seconds": r.seconds, "stored_bytes": r.stored,
+                    "what": r.what, "seconds": r.seconds, "cpu_seconds": r.cpu_seconds,
+                    "stored_bytes": r.stored,
                     "max_rss": r.max_rss, "tree_rss": r.tree_rss,
                 })
             })
@@ -318,6 +345,8 @@ fn main() {
             "push_ratio_tar": push_ratio_tar,
             "restore_ratio_blocks": restore_ratio,
             "restore_ratio_tar": restore_ratio_tar,
+            "restore_cpu_ratio_tar": restore_cpu_ratio_tar,
+            "restore_rounds": rounds,
         }));
     }
     let path = report_path("bench-delta.json");
@@ -332,6 +361,25 @@ fn main() {
     )
     .unwrap();
     println!("\nreport: {}", path.display());
+}
+
+/// The median of runs of one command (wall and CPU time each), with the
+/// largest RSS.
+fn median_run(mut runs: Vec<Run>) -> Run {
+    let mid = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let mut wall: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+    let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_seconds).collect();
+    let max_rss = runs.iter().map(|r| r.max_rss).max().unwrap_or(0);
+    let tree_rss = runs.iter().map(|r| r.tree_rss).max().unwrap_or(0);
+    let mut r = runs.swap_remove(0);
+    r.seconds = mid(&mut wall);
+    r.cpu_seconds = mid(&mut cpu);
+    r.max_rss = max_rss;
+    r.tree_rss = tree_rss;
+    r
 }
 
 impl Data {
@@ -363,6 +411,7 @@ impl Data {
             Run {
                 what: "full (tar), same state".into(),
                 seconds: t.seconds,
+                cpu_seconds: t.cpu_seconds,
                 max_rss: t.max_rss,
                 tree_rss: t.tree_rss,
                 stored,

@@ -154,10 +154,24 @@ impl Codec {
 
     /// Decodes a whole buffer (small objects).
     pub fn decode(&self, name: &str, data: Vec<u8>) -> Result<Vec<u8>, CodecError> {
-        let mut r = self.reader(io::Cursor::new(data), name)?;
         let mut out = Vec::new();
-        io::Read::read_to_end(&mut r, &mut out).map_err(|e| CodecError::from_io(e, name))?;
+        self.decode_into(name, data, &mut out)?;
         Ok(out)
+    }
+
+    /// Decodes a whole buffer into `out` (cleared first): a caller that
+    /// decodes many objects reuses one buffer rather than growing a new
+    /// one each time.
+    pub fn decode_into(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        out.clear();
+        let mut r = self.reader(io::Cursor::new(data), name)?;
+        io::Read::read_to_end(&mut r, out).map_err(|e| CodecError::from_io(e, name))?;
+        Ok(())
     }
 }
 
