@@ -21,8 +21,10 @@ use crate::repo::catalog::BackupRecord;
 /// Bytes between two extents of one pack below which they are read in one
 /// request (the bytes between are read and dropped).
 const READ_GAP: u64 = 256 * 1024;
-/// Bytes read in one request at most.
-const READ_MAX: u64 = 8 * 1024 * 1024;
+/// Bytes read in one request at most: below the allocator's mmap
+/// threshold (8 MiB, `main.rs`), so that read buffers are reused from the
+/// heap rather than mapped and faulted in at every read.
+const READ_MAX: u64 = 7 * 1024 * 1024 + 512 * 1024;
 /// Reads of a chunk job in flight beside the one being decoded: the next
 /// extents arrive while the current ones are decoded and written.
 const READ_AHEAD: usize = 1;
@@ -373,6 +375,18 @@ fn plan_reads(map: &FileMap, first: u64, end: u64) -> Vec<Read1> {
     reads
 }
 
+/// Part of a shared read buffer, readable through a `Cursor`.
+struct Slice {
+    buf: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for Slice {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
 /// Restores blocks `chunk * CHUNK_BLOCKS..` of a file (a blocking thread).
 fn restore_chunk(
     shared: &Shared,
@@ -447,13 +461,24 @@ fn restore_chunk(
                 Error::Storage(s) => Error::Storage(s),
                 other => damaged(other.to_string()),
             })?;
+        let bytes = Arc::new(bytes);
         for (e, wanted) in read {
             let at = (e.offset - e0.offset) as usize;
             let name = object_name(&key, e.seq);
+            // Decoded from the read buffer itself, not a copy of it.
+            let object = std::io::Cursor::new(Slice {
+                buf: bytes.clone(),
+                range: at..at + e.len as usize,
+            });
+            plain.clear();
             shared
                 .repo
                 .codec
-                .decode_into(&name, bytes[at..at + e.len as usize].to_vec(), &mut plain)
+                .reader(object, &name)
+                .and_then(|mut r| {
+                    std::io::Read::read_to_end(&mut r, &mut plain)
+                        .map_err(|err| crate::codec::CodecError::from_io(err, &name))
+                })
                 .map_err(|err| damaged(err.to_string()))?;
             // Blocks that follow each other in the extent and in the file
             // are written at once.
