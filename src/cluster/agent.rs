@@ -33,7 +33,8 @@ use super::auth::{self, Token};
 use super::proto::{
     read_frame_bytes_within, read_frame_within, write_frame, AgentInfo, AgentMessage, AsyncStream,
     AuthMethod, BackupRequest, CheckRequest, ClientMessage, FrameError, Pong, Progress,
-    RestoreDone, RestoreRequest, MAX_HANDSHAKE_FRAME, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    RestoreDone, RestoreRequest, StandbyDone, StandbyRequest, MAX_HANDSHAKE_FRAME,
+    MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -309,6 +310,11 @@ impl Agent {
                 }
                 ClientMessage::Check(req) => {
                     self.run_job(Job::Check(req), &mut rd, &mut wr, peer).await;
+                    return;
+                }
+                ClientMessage::Standby(req) => {
+                    self.run_job(Job::Standby(req), &mut rd, &mut wr, peer)
+                        .await;
                     return;
                 }
             }
@@ -732,12 +738,14 @@ enum Job {
     Backup(BackupRequest),
     Restore(RestoreRequest),
     Check(CheckRequest),
+    Standby(StandbyRequest),
 }
 
 enum JobDone {
     Backup(BackupRecord),
     Restore(RestoreDone),
     Check(InstanceCheck),
+    Standby(StandbyDone),
 }
 
 impl JobDone {
@@ -745,6 +753,7 @@ impl JobDone {
         let b = match self {
             JobDone::Backup(b) => b,
             JobDone::Restore(r) => &r.backup,
+            JobDone::Standby(d) => return format!("standby: {}", d.report),
             JobDone::Check(c) => {
                 let failed: Vec<&str> = c.failures().map(|i| i.check.as_str()).collect();
                 return if failed.is_empty() {
@@ -767,6 +776,7 @@ impl JobDone {
             JobDone::Backup(record) => AgentMessage::BackupDone { record },
             JobDone::Restore(r) => AgentMessage::RestoreDone(r),
             JobDone::Check(c) => AgentMessage::CheckDone(c),
+            JobDone::Standby(d) => AgentMessage::StandbyDone(d),
         }
     }
 }
@@ -777,6 +787,7 @@ impl Job {
             Job::Backup(r) => r.content_id,
             Job::Restore(r) => r.content_id,
             Job::Check(r) => r.content_id,
+            Job::Standby(r) => r.content_id,
         }
     }
 
@@ -785,6 +796,10 @@ impl Job {
             Job::Backup(r) => format!("backup of content {} ({}:{})", r.content_id, r.host, r.port),
             Job::Restore(r) => format!("restore of content {} into {}", r.content_id, r.target_dir),
             Job::Check(r) => format!("check of content {} ({}:{})", r.content_id, r.host, r.port),
+            Job::Standby(r) => format!(
+                "standby of content {} in {} to restore point {}",
+                r.content_id, r.data_dir, r.restore_point
+            ),
         }
     }
 
@@ -797,6 +812,7 @@ impl Job {
                 .await
                 .map(JobDone::Restore),
             Job::Check(req) => check_job(&config, req, progress).await.map(JobDone::Check),
+            Job::Standby(req) => standby_job(req, progress).await.map(JobDone::Standby),
         }
     }
 }
@@ -866,6 +882,26 @@ async fn check_job(
         wal_timeout: Duration::from_secs(req.wal_timeout_secs),
     };
     Ok(check_instance(config, &opts).await)
+}
+
+/// Moves a standby to another restore point (retarget, restart, wait).
+async fn standby_job(req: StandbyRequest, progress: Arc<JobProgress>) -> Result<StandbyDone> {
+    check_content_id(req.content_id)?;
+    let dir = PathBuf::from(&req.data_dir);
+    if !dir.is_absolute() {
+        return Err(Error::Usage(format!(
+            "standby directory {:?} is not an absolute path",
+            req.data_dir
+        )));
+    }
+    progress.set_phase("replaying to the restore point");
+    let timeout = Duration::from_secs(req.timeout_secs);
+    let report = tokio::task::spawn_blocking(move || {
+        crate::physical::standby::advance(&dir, None, &req.restore_point, timeout)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("standby task: {e}")))??;
+    Ok(StandbyDone { report })
 }
 
 /// `<this cbdr> --config <its config> wal-fetch %f %p --content-id N`.

@@ -11,7 +11,7 @@ use super::auth::{self, TOKEN_HOWTO};
 use super::proto::{
     read_frame, write_frame, AgentInfo, AgentMessage, AsyncStream, AuthMethod, BackupRequest,
     CheckRequest, ClientMessage, FrameError, Pong, Progress, RestoreDone, RestoreRequest,
-    PROTOCOL_VERSION,
+    StandbyDone, StandbyRequest, PROTOCOL_VERSION,
 };
 use crate::config::AgentConfig;
 use crate::error::{Error, ExitCode, Result};
@@ -303,6 +303,24 @@ impl AgentClient {
                 AgentMessage::Progress(_) => {}
                 AgentMessage::CheckDone(report) => return Ok(report),
                 other => return Err(self.job_failure(other, "the check")),
+            }
+        }
+    }
+
+    /// Moves a standby to another restore point on the agent; like
+    /// [`AgentClient::backup`].
+    pub async fn standby(
+        mut self,
+        req: StandbyRequest,
+        silence: Duration,
+        mut on_progress: impl FnMut(&Progress) + Send,
+    ) -> Result<StandbyDone> {
+        self.send(&ClientMessage::Standby(req)).await?;
+        loop {
+            match self.receive(silence, "the standby move").await? {
+                AgentMessage::Progress(p) => on_progress(&p),
+                AgentMessage::StandbyDone(done) => return Ok(done),
+                other => return Err(self.job_failure(other, "the standby move")),
             }
         }
     }

@@ -14,7 +14,7 @@
 //! the client sends requests: `Ping` (answered by `Pong`, any number of
 //! times), or one job (`Backup` / `Restore` / `Check`), answered by
 //! `Progress` heartbeats and one `BackupDone` / `RestoreDone` /
-//! `CheckDone` / `Failed`. A job lives
+//! `CheckDone` / `Failed`; or `Standby`, answered likewise by `StandbyDone`. A job lives
 //! on its connection: when the connection closes, the agent aborts it.
 
 use serde::de::DeserializeOwned;
@@ -71,6 +71,7 @@ pub enum AgentMessage {
     },
     RestoreDone(RestoreDone),
     CheckDone(InstanceCheck),
+    StandbyDone(StandbyDone),
     Failed {
         /// The error with its causes.
         message: String,
@@ -105,6 +106,7 @@ pub enum ClientMessage {
     Backup(BackupRequest),
     Restore(RestoreRequest),
     Check(CheckRequest),
+    Standby(StandbyRequest),
 }
 
 impl ClientMessage {
@@ -116,6 +118,7 @@ impl ClientMessage {
             ClientMessage::Backup(_) => "backup",
             ClientMessage::Restore(_) => "restore",
             ClientMessage::Check(_) => "check",
+            ClientMessage::Standby(_) => "standby",
         }
     }
 }
@@ -311,6 +314,25 @@ pub struct RestoreDone {
     /// With `start`: where recovery ended ("recovered to the target and
     /// promoted: ...").
     pub start_report: Option<String>,
+}
+
+/// Move a standby restored with `restore --standby` on the agent's host
+/// to another cluster restore point: retarget, restart, wait until it is
+/// paused there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyRequest {
+    pub content_id: i32,
+    /// The standby's data directory (absolute).
+    pub data_dir: String,
+    pub restore_point: String,
+    /// How long replay to the point may take.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyDone {
+    /// E.g. "paused at the target: ...".
+    pub report: String,
 }
 
 /// A connection: plain TCP or TLS.
