@@ -174,8 +174,25 @@ fn standby_follows_the_primary_point_by_point_and_promotes() {
     bank.wait_for(15);
     c.ok(&["create-restore-point", "rp4"]);
     wait_paused_at(&c, "rp4");
+    // follow survives a lost agent: its rounds fail until the agent is
+    // back, then it catches up.
+    let victim = common::cluster::index(0);
+    c.kill_agent(victim);
     bank.wait_for(15);
     c.ok(&["create-restore-point", "rp5"]);
+    common::wait_for(
+        "follow to try rp5 without the agent of segment 0",
+        Duration::from_secs(60),
+        || {
+            let s = status(&c);
+            if s["record"]["state"] == "moving" {
+                Ok(())
+            } else {
+                Err(format!("{s:#}"))
+            }
+        },
+    );
+    c.start_agent(victim);
     wait_paused_at(&c, "rp5");
     // SIGTERM to the cbdr process under runuser (not to runuser, which
     // would kill its child outright).
@@ -193,6 +210,8 @@ fn standby_follows_the_primary_point_by_point_and_promotes() {
     signal(cbdr[0], libc::SIGTERM);
     let out = follow.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trying again next round"), "{stderr}");
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("advanced from rp3 to rp4"), "{stdout}");
     assert!(stdout.contains("stopped following"), "{stdout}");
