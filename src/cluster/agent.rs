@@ -1078,6 +1078,7 @@ async fn restore_job(
         archive_off: req.archive_off,
         settings: req.settings,
         progress: Some(progress.clone()),
+        gp_dbid: req.dbid,
     };
     let repo = Repo::open(config).await?;
     let backup = restore(&repo, &opts).await?;
