@@ -143,6 +143,15 @@ pub struct RestoreArgs {
     /// does by default) or "off" (for a copy that must not archive).
     #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve")]
     pub archive_mode: String,
+    /// Cluster: restore a disaster-recovery standby: every instance pauses
+    /// at the point with hot_standby on (read-only queries), archiving
+    /// off, recorded for `cbdr standby status|advance|follow|promote`.
+    #[arg(long)]
+    pub standby: bool,
+    /// With --standby: the standby's name (for several standbys of one
+    /// primary).
+    #[arg(long, requires = "standby", default_value = crate::cluster::standby::DEFAULT_NAME)]
+    pub standby_name: String,
     /// Start the restored server and wait until recovery reaches the target.
     #[arg(long)]
     pub start: bool,

@@ -194,7 +194,13 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
         } else {
             InDoubt::Report
         },
+        standby: args.standby.then(|| args.standby_name.clone()),
     };
+    if args.standby && args.rollback_prepared {
+        return Err(Error::Usage(
+            "--rollback-prepared with --standby: a standby is read-only; in-doubt transactions are settled by `cbdr standby promote --rollback-prepared`".into(),
+        ));
+    }
     let ticker = Ticker::start("restore", topo.segments().len());
     let result = cluster_restore(
         &repo,
@@ -207,6 +213,33 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
     .await;
     ticker.finish();
     let out = result?;
+    if let Some(record) = &out.standby {
+        println!(
+            "standby cluster {} restored to restore point {} ({} instances){}",
+            record.name,
+            out.point.name,
+            out.restored.len(),
+            if args.start {
+                ": every instance is paused there, serving read-only queries"
+            } else {
+                ": start every instance; each pauses at the point"
+            }
+        );
+        for i in &record.instances {
+            println!(
+                "  content {:>3}: backup {} into {}:{} {}",
+                i.content_id,
+                i.backup,
+                i.host,
+                i.port,
+                i.data_dir.display()
+            );
+        }
+        println!(
+            "Move it with `cbdr standby advance --latest` (or `cbdr standby follow`); see where it is with `cbdr standby status`."
+        );
+        return Ok(());
+    }
     println!(
         "cluster restored to restore point {} ({} instances){}",
         out.point.name,

@@ -40,6 +40,9 @@ struct Listing {
     segments: Vec<SegmentListing>,
     /// Logical backups (gpbackup), oldest first.
     logical: Vec<LogicalListing>,
+    /// Standby (DR) clusters restored with `restore --standby`: where each
+    /// was sent (`cbdr standby status` asks the instances themselves).
+    standbys: Vec<crate::cluster::standby::StandbyRecord>,
     /// Records that could not be read (damaged, not JSON), left out of the
     /// lists above: each object's key and why.
     unreadable: Vec<Unreadable>,
@@ -189,6 +192,7 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
         } else {
             Vec::new()
         },
+        standbys: crate::cluster::standby::list(&repo).await?,
         unreadable,
     };
     // On stderr, with --json too: a damaged record is never silent.
@@ -206,6 +210,21 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
         println!("The repository at {} is empty.", repo.storage.location());
     }
     print_cluster(&listing.cluster);
+    for s in &listing.standbys {
+        println!(
+            "Standby cluster {}: {} ({} instances, updated {})",
+            s.name,
+            match &s.state {
+                crate::cluster::standby::StandbyState::AtPoint { point } => format!("at {point}"),
+                crate::cluster::standby::StandbyState::Moving { from, to } =>
+                    format!("moving from {from} to {to}"),
+                crate::cluster::standby::StandbyState::Promoted { point, .. } =>
+                    format!("promoted at {point}"),
+            },
+            s.instances.len(),
+            s.updated.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
     print_logical(&listing.logical);
     for s in &listing.segments {
         println!("== content id {} ==", s.content_id);

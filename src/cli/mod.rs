@@ -11,6 +11,7 @@ mod list;
 mod logical;
 mod physical;
 mod repo;
+mod standby;
 mod verify;
 mod wal;
 mod wal_receive;
@@ -82,6 +83,10 @@ pub enum Command {
     /// Set up every instance for cbdr (`configure backup`: archiving).
     #[command(subcommand)]
     Configure(configure::ConfigureCommand),
+    /// A disaster-recovery standby cluster (`restore --standby`): status,
+    /// advance, follow, promote.
+    #[command(subcommand)]
+    Standby(standby::StandbyCommand),
     /// Print a restore config for the configured cluster, to edit for
     /// `restore --restore-config`.
     RestoreConfig(cluster::RestoreConfigArgs),
@@ -111,7 +116,12 @@ pub fn run() -> ProcessExitCode {
         }
     };
     // The agent is a daemon: its INFO lines (jobs, refusals) are its log.
-    let daemon = matches!(cli.command, Command::Agent(_) | Command::WalReceive(_));
+    let daemon = matches!(
+        cli.command,
+        Command::Agent(_)
+            | Command::WalReceive(_)
+            | Command::Standby(standby::StandbyCommand::Follow(_))
+    );
     // gpbackup's and gprestore's --debug.
     let debug = match &cli.command {
         Command::Gpbackup(a) => a.debug(),
@@ -229,6 +239,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Delete(args) => delete::delete(&config, args).await,
         Command::BackupMark(args) => delete::backup_mark(&config, args).await,
         Command::RestoreConfig(args) => cluster::restore_config(&config, args).await,
+        Command::Standby(cmd) => standby::run(&config, cmd).await,
         Command::Configure(cmd) => configure::run(&config, cmd).await,
         Command::Agent(args) => agent::run(&config, args).await,
         Command::Gpbackup(args) => logical::backup(&config, args, cli.verbose, cli.quiet).await,

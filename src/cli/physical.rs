@@ -64,6 +64,11 @@ pub async fn restore_cmd(config: &Config, content_id: i32, args: RestoreArgs) ->
             "--target-dir is required: the directory to restore into (empty or absent)".into(),
         ));
     };
+    if args.standby {
+        return Err(Error::Usage(
+            "--standby restores a standby cluster through its agents: configure [cluster] (a single server is a cluster of one: one [[cluster.segments]] with content_id = -1 and its agent) and leave out --content-id".into(),
+        ));
+    }
     if args.restore_config.is_some() || args.rollback_prepared {
         return Err(Error::Usage(
             "--restore-config and --rollback-prepared are for clusters: configure [[cluster.segments]] and leave out --content-id".into(),
@@ -114,6 +119,7 @@ pub async fn restore_cmd(config: &Config, content_id: i32, args: RestoreArgs) ->
         archive_off: args.archive_mode == "off",
         settings: Vec::new(),
         progress: None,
+        gp_dbid: None,
     };
     let b = restore(&repo, &opts).await?;
     if args.start {

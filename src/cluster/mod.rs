@@ -13,5 +13,6 @@ pub mod greenplum;
 pub mod proto;
 pub mod restore;
 pub mod restore_point;
+pub mod standby;
 pub mod streaming;
 pub mod topology;

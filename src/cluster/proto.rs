@@ -14,7 +14,7 @@
 //! the client sends requests: `Ping` (answered by `Pong`, any number of
 //! times), or one job (`Backup` / `Restore` / `Check`), answered by
 //! `Progress` heartbeats and one `BackupDone` / `RestoreDone` /
-//! `CheckDone` / `Failed`. A job lives
+//! `CheckDone` / `Failed`; or `Standby`, answered likewise by `StandbyDone`. A job lives
 //! on its connection: when the connection closes, the agent aborts it.
 
 use serde::de::DeserializeOwned;
@@ -71,6 +71,11 @@ pub enum AgentMessage {
     },
     RestoreDone(RestoreDone),
     CheckDone(InstanceCheck),
+    StandbyDone(StandbyDone),
+    FilesDone(FilesDone),
+    RestartDone {
+        report: String,
+    },
     Failed {
         /// The error with its causes.
         message: String,
@@ -105,6 +110,9 @@ pub enum ClientMessage {
     Backup(BackupRequest),
     Restore(RestoreRequest),
     Check(CheckRequest),
+    Standby(StandbyRequest),
+    Files(FilesRequest),
+    Restart(RestartRequest),
 }
 
 impl ClientMessage {
@@ -116,6 +124,9 @@ impl ClientMessage {
             ClientMessage::Backup(_) => "backup",
             ClientMessage::Restore(_) => "restore",
             ClientMessage::Check(_) => "check",
+            ClientMessage::Standby(_) => "standby",
+            ClientMessage::Files(_) => "files",
+            ClientMessage::Restart(_) => "restart",
         }
     }
 }
@@ -311,6 +322,72 @@ pub struct RestoreDone {
     /// With `start`: where recovery ended ("recovered to the target and
     /// promoted: ...").
     pub start_report: Option<String>,
+}
+
+/// Move a standby restored with `restore --standby` on the agent's host
+/// to another cluster restore point: retarget, restart, wait until it is
+/// paused there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyRequest {
+    pub content_id: i32,
+    /// The standby's data directory (absolute).
+    pub data_dir: String,
+    pub restore_point: String,
+    /// How long replay to the point may take.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyDone {
+    /// E.g. "paused at the target: ...".
+    pub report: String,
+}
+
+/// Restart one instance on the agent's host (`configure backup
+/// --restart`): `pg_ctl restart -m fast`, waiting until it accepts
+/// connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRequest {
+    pub content_id: i32,
+    /// Its data directory (absolute), as the server reports it.
+    pub data_dir: String,
+    pub timeout_secs: u64,
+}
+
+/// Files for the agent's host (`configure backup`: the cbdr config and the
+/// secrets it names), written with mode 0600 where the path says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesRequest {
+    pub files: Vec<FileToWrite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileToWrite {
+    /// Absolute path on the agent's host.
+    pub path: String,
+    pub contents: FileContents,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileContents {
+    /// Sealed with the session's key (token authentication), the path as
+    /// associated data: confidential over plain TCP too.
+    Sealed(crate::cluster::auth::Sealed),
+    /// Hex, only over mutual TLS without a token (TLS keeps it secret).
+    Plain(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesDone {
+    pub written: Vec<FileWritten>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWritten {
+    pub path: String,
+    /// False when the file already had this content (and mode 0600).
+    pub changed: bool,
 }
 
 /// A connection: plain TCP or TLS.

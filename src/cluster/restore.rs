@@ -174,6 +174,10 @@ pub struct ClusterRestoreOptions {
     pub agent_timeout: Duration,
     pub connect_timeout: Duration,
     pub in_doubt: InDoubt,
+    /// `restore --standby`: restore a standby cluster of this name, every
+    /// instance paused at the point with hot_standby on (archiving off),
+    /// recorded for `cbdr standby`.
+    pub standby: Option<String>,
 }
 
 #[derive(Debug)]
@@ -190,6 +194,8 @@ pub struct ClusterRestoreOutcome {
     /// coordinator in utility mode, then the commands that bring the
     /// cluster up (not run by cbdr: untested without a Greenplum build).
     pub greenplum: Option<(Vec<String>, Vec<String>)>,
+    /// `--standby`: the standby's record.
+    pub standby: Option<super::standby::StandbyRecord>,
 }
 
 /// The Citus fix-up of a restored cluster.
@@ -270,7 +276,7 @@ pub async fn cluster_restore(
     }
     let citus = point.barrier == super::catalog::Barrier::Citus
         || config.cluster.kind == crate::config::ClusterKind::Citus;
-    let settings: Vec<(String, String)> = if citus {
+    let mut settings: Vec<(String, String)> = if citus {
         super::citus::RESTORE_SETTINGS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -278,7 +284,17 @@ pub async fn cluster_restore(
     } else {
         Vec::new()
     };
+    if let Some(name) = &opts.standby {
+        check_standby(repo, name, citus, opts.force).await?;
+        settings.push(("hot_standby".into(), "on".into()));
+    }
     let settings = &settings;
+    let action = if opts.standby.is_some() {
+        RecoveryAction::Pause
+    } else {
+        RecoveryAction::Promote
+    };
+    let archive_off = opts.archive_off || opts.standby.is_some();
     tracing::info!(
         "restoring {} instances to cluster restore point {}",
         targets.len(),
@@ -296,12 +312,12 @@ pub async fn cluster_restore(
                 target_dir: t.data_dir.display().to_string(),
                 backup: None,
                 target: RecoveryTargetSpec::RestorePoint(name),
-                action: RecoveryAction::Promote,
+                action,
                 tablespace_map: Vec::new(),
                 force: opts.force,
                 port: Some(t.port),
                 restore_command: None,
-                archive_off: opts.archive_off,
+                archive_off,
                 start: opts.start,
                 start_timeout_secs: opts.start_timeout.as_secs(),
                 settings: settings.clone(),
@@ -331,7 +347,35 @@ pub async fn cluster_restore(
         rolled_back: false,
         citus: None,
         greenplum: None,
+        standby: None,
     };
+    if let Some(name) = &opts.standby {
+        let instances = targets
+            .iter()
+            .map(|(seg, t)| {
+                let done = &outcome
+                    .restored
+                    .iter()
+                    .find(|(id, _)| *id == seg.content_id)
+                    .expect("every target was restored")
+                    .1;
+                super::standby::StandbyInstance {
+                    content_id: seg.content_id,
+                    host: t.host.clone(),
+                    port: t.port,
+                    data_dir: t.data_dir.clone(),
+                    agent: seg.agent.clone(),
+                    backup: done.backup.name.clone(),
+                    wal_segment_size: done.backup.wal_segment_size,
+                }
+            })
+            .collect();
+        outcome.standby =
+            Some(super::standby::create(repo, name, &outcome.point.name, instances).await?);
+        // In-doubt transactions are settled at promotion: a standby is
+        // read-only.
+        return Ok(outcome);
+    }
     if outcome.point.barrier == super::catalog::Barrier::Greenplum {
         use super::greenplum::{bring_up_commands, catalog_fixup_sql, RestoredPrimary};
         let primaries: Vec<RestoredPrimary> = targets
@@ -386,6 +430,32 @@ pub async fn cluster_restore(
     Ok(outcome)
 }
 
+/// Whether a standby of this name may be restored.
+async fn check_standby(repo: &Repo, name: &str, citus: bool, force: bool) -> Result<()> {
+    super::standby::validate_name(name)?;
+    if citus {
+        return Err(Error::Usage(
+            "--standby is not supported on Citus: a standby coordinator's pg_dist_node names the primary's workers and cannot be rewritten while it is in recovery, so its queries would read the primary cluster. Restore without --standby (a promoted copy), or query the standby's workers directly".into(),
+        ));
+    }
+    match super::standby::load(repo, name).await {
+        Ok(r) if !force && !matches!(r.state, super::standby::StandbyState::Promoted { .. }) => {
+            Err(Error::Usage(format!(
+                "a standby cluster named {name} is recorded already (at restore point {}, instances on {}): give another --standby-name, promote it first, or pass --force to replace its record",
+                r.state.point(),
+                r.instances
+                    .iter()
+                    .map(|i| format!("{}:{}", i.host, i.port))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn params(t: &RestoreTarget, cfg: &ClusterConfig) -> Result<ConnParams> {
     let mut p = ConnParams::try_from_env().map_err(Error::Usage)?;
     p.host = t.host.clone();
@@ -397,7 +467,7 @@ fn params(t: &RestoreTarget, cfg: &ClusterConfig) -> Result<ConnParams> {
     Ok(p)
 }
 
-async fn in_doubt(
+pub(super) async fn in_doubt(
     targets: &[(Segment, RestoreTarget)],
     cfg: &ClusterConfig,
 ) -> Result<Vec<(i32, String)>> {
@@ -426,7 +496,7 @@ async fn in_doubt(
     Ok(per_instance.into_iter().flatten().collect())
 }
 
-async fn rollback(
+pub(super) async fn rollback(
     targets: &[(Segment, RestoreTarget)],
     cfg: &ClusterConfig,
     gids: &[(i32, String)],

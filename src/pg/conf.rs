@@ -22,6 +22,37 @@ pub fn quote_value(value: &str) -> String {
     out
 }
 
+/// `text` (a `postgresql.conf` or `postgresql.auto.conf`) with every line
+/// that sets one of `settings` removed and `name = 'value'` appended for
+/// each: the file then sets each exactly once, to the new value. Names
+/// compare case-insensitively, as the server reads them.
+pub fn replace_settings(text: &str, settings: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        let sets = setting_of_line(line)
+            .is_some_and(|n| settings.iter().any(|(s, _)| s.eq_ignore_ascii_case(n)));
+        if !sets {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    for (name, value) in settings {
+        out.push_str(&format!("{name} = {}\n", quote_value(value)));
+    }
+    out
+}
+
+/// The setting a line sets (`name = value` or `name value`), if any.
+fn setting_of_line(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    let end = t
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(t.len());
+    let (name, rest) = t.split_at(end);
+    let rest = rest.trim_start();
+    (!name.is_empty() && !rest.is_empty() && !rest.starts_with('#')).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +81,17 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn replace_settings_leaves_one_line_per_setting() {
+        let text = "# Do not edit\nport = 5433\nrecovery_target_name = 'a'\n# recovery_target_name = 'old'\nRECOVERY_TARGET_NAME='b'\nrecovery_target_action = 'pause'\n";
+        let out = replace_settings(text, &[("recovery_target_name", "rp_2")]);
+        assert_eq!(
+            out,
+            "# Do not edit\nport = 5433\n# recovery_target_name = 'old'\nrecovery_target_action = 'pause'\nrecovery_target_name = 'rp_2'\n"
+        );
+        assert_eq!(replace_settings("", &[("a", "it's")]), "a = 'it''s'\n");
     }
 
     #[test]

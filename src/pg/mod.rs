@@ -7,6 +7,7 @@ pub mod conn;
 pub mod history;
 mod lsn;
 pub mod quote;
+pub mod recovery;
 pub mod replication;
 pub mod settings;
 mod wal_name;

@@ -9,5 +9,6 @@ pub mod manifest;
 pub mod progress;
 pub mod restore;
 pub mod restore_point;
+pub mod standby;
 pub mod start;
 pub mod tar_split;

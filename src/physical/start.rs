@@ -37,6 +37,8 @@ pub fn start_and_wait(
         .map(|d| d.join("pg_ctl"))
         .unwrap_or_else(|| PathBuf::from("pg_ctl"));
     let log = data_dir.join("cbdr-start.log");
+    // Only what this server logs counts (an earlier start appended too).
+    let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let mut cmd = Command::new(&pg_ctl);
     cmd.arg("-D")
         .arg(data_dir)
@@ -57,6 +59,91 @@ pub fn start_and_wait(
             log_tail(&log)
         )));
     }
+    wait_for_target(data_dir, &pg_ctl, &log, offset, action, timeout)
+}
+
+/// Restarts a server in recovery (`pg_ctl restart -m fast`, or a start if
+/// it is not running) so that it reads a changed recovery target, and
+/// waits until it is paused at that target.
+pub fn restart_paused(
+    data_dir: &Path,
+    bin_dir: Option<&Path>,
+    timeout: Duration,
+) -> Result<String> {
+    let pg_ctl = pg_bin_dir(data_dir, bin_dir)
+        .map(|d| d.join("pg_ctl"))
+        .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let log = data_dir.join("cbdr-start.log");
+    // Only what the restarted server logs counts.
+    let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let out = Command::new(&pg_ctl)
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-W", "-m", "fast", "restart"])
+        .output()
+        .map_err(|e| Error::io(format!("running {} (give --pg-bin)", pg_ctl.display()), e))?;
+    if !out.status.success() {
+        return Err(Error::Server(format!(
+            "pg_ctl restart failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_tail(&log)
+        )));
+    }
+    wait_for_target(
+        data_dir,
+        &pg_ctl,
+        &log,
+        offset,
+        TargetAction::Pause,
+        timeout,
+    )
+}
+
+/// Restarts a running server (`pg_ctl restart -m fast -w`): it applies
+/// settings that take a restart. Its output goes to `cbdr-restart.log` in
+/// the data directory (when the server does not run its own log
+/// collector).
+pub fn restart(data_dir: &Path, bin_dir: Option<&Path>, timeout: Duration) -> Result<String> {
+    let pg_ctl = pg_bin_dir(data_dir, bin_dir)
+        .map(|d| d.join("pg_ctl"))
+        .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let log = data_dir.join("cbdr-restart.log");
+    let started = Instant::now();
+    let out = Command::new(&pg_ctl)
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-m", "fast", "-w", "-t"])
+        .arg(timeout.as_secs().max(1).to_string())
+        .arg("restart")
+        .output()
+        .map_err(|e| Error::io(format!("running {}", pg_ctl.display()), e))?;
+    if !out.status.success() {
+        return Err(Error::Server(format!(
+            "pg_ctl restart failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_tail(&log)
+        )));
+    }
+    Ok(format!(
+        "restarted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// Waits until the server started with `log` (read from byte `offset`)
+/// is at its recovery target: promoted, paused or shut down.
+fn wait_for_target(
+    data_dir: &Path,
+    pg_ctl: &Path,
+    log: &Path,
+    offset: u64,
+    action: TargetAction,
+    timeout: Duration,
+) -> Result<String> {
     let bin = pg_ctl.parent().map(Path::to_path_buf).unwrap_or_default();
     let controldata = if bin.as_os_str().is_empty() {
         PathBuf::from("pg_controldata")
@@ -67,7 +154,7 @@ pub fn start_and_wait(
     let started_by = Instant::now() + Duration::from_secs(60);
     let mut seen_running = false;
     loop {
-        let running = Command::new(&pg_ctl)
+        let running = Command::new(pg_ctl)
             .arg("-D")
             .arg(data_dir)
             .arg("status")
@@ -89,11 +176,11 @@ pub fn start_and_wait(
                 })
             })
             .unwrap_or_default();
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = log_since(log, offset);
         if text.contains("recovery ended before configured recovery target was reached") {
             return Err(Error::Server(format!(
                 "recovery failed:\n{}",
-                log_tail(&log)
+                log_tail(log)
             )));
         }
         let reached = match action {
@@ -118,18 +205,25 @@ pub fn start_and_wait(
         {
             return Err(Error::Server(format!(
                 "the server stopped during recovery (cluster state: {state}); its log:\n{}",
-                log_tail(&log)
+                log_tail(log)
             )));
         }
         if Instant::now() >= deadline {
             return Err(Error::Server(format!(
                 "recovery did not reach its target within {} s (cluster state: {state}; the server is still running):\n{}",
                 timeout.as_secs(),
-                log_tail(&log)
+                log_tail(log)
             )));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The log's text from byte `offset` on.
+fn log_since(log: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let from = (offset as usize).min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
 fn log_tail(log: &Path) -> String {

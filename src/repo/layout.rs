@@ -36,6 +36,9 @@
 //!                                         finishes one a killed delete left
 //! leases/{ID}.json                        a restore in progress: what it uses,
 //!                                         until when (delete leaves that alone)
+//! standby/{NAME}.json                     a standby cluster restored with
+//!                                         `restore --standby`: where its instances
+//!                                         are and at which restore point
 //! ```
 //! `ID` is the content id: `seg-1` is the coordinator (or a single server),
 //! `seg0`..`segN-1` the segments. Object names do not depend on the
@@ -186,6 +189,13 @@ pub const LEASES_PREFIX: &str = "leases/";
 
 pub fn lease_key(id: &str) -> String {
     format!("{LEASES_PREFIX}{id}.json")
+}
+
+/// Where the records of standby (DR) clusters are.
+pub const STANDBYS_PREFIX: &str = "standby/";
+
+pub fn standby_key(name: &str) -> String {
+    format!("{STANDBYS_PREFIX}{name}.json")
 }
 
 #[cfg(test)]

@@ -54,21 +54,36 @@ pub async fn take(
     restore_point: Option<&str>,
     ttl: Duration,
 ) -> Result<Held> {
+    let holder = format!("restore on {} (pid {})", hostname(), std::process::id());
+    let id = super::catalog::new_backup_name("lease");
+    hold(repo, &id, holder, content_id, backup, restore_point, ttl).await
+}
+
+/// Takes (or renews: same `id`) the lease `leases/{id}.json`.
+pub async fn hold(
+    repo: &Repo,
+    id: &str,
+    holder: String,
+    content_id: i32,
+    backup: &str,
+    restore_point: Option<&str>,
+    ttl: Duration,
+) -> Result<Held> {
     let now = Utc::now();
     let lease = Lease {
-        holder: format!("restore on {} (pid {})", hostname(), std::process::id()),
+        holder,
         taken: now,
         expires: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1)),
         content_id,
         backup: backup.to_string(),
         restore_point: restore_point.map(str::to_string),
     };
-    let key = layout::lease_key(&super::catalog::new_backup_name("lease"));
+    let key = layout::lease_key(id);
     repo.put_json(&key, &lease).await?;
     Ok(Held { key })
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "this host".into())
