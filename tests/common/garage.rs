@@ -123,6 +123,11 @@ impl Garage {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
 
+    /// The server's process id (for the benches' CPU accounting).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// `127.0.0.1:PORT` of the S3 API.
     pub fn s3_addr(&self) -> String {
         format!("127.0.0.1:{}", self.s3_port)
