@@ -1054,7 +1054,13 @@ where
         SdkError::DispatchFailure(failure) => {
             let chain = error_chain(err);
             let io_kind = io_error_kind(err);
-            if io_kind == Some(io::ErrorKind::ConnectionRefused) {
+            if chain.contains("invalid peer certificate") || chain.contains("TLS handshake") {
+                format!(
+                    "TLS with endpoint {endpoint} failed: if the server's certificate is signed by a private CA, \
+                     set storage.ca_file to that CA's certificate (PEM); check that the certificate names the \
+                     endpoint's host ({chain})"
+                )
+            } else if io_kind == Some(io::ErrorKind::ConnectionRefused) {
                 format!("cannot connect to endpoint {endpoint}: connection refused ({chain})")
             } else if failure.is_timeout() || io_kind == Some(io::ErrorKind::TimedOut) {
                 format!("cannot connect to endpoint {endpoint}: timed out ({chain})")
