@@ -69,6 +69,25 @@
 //! * `CBDR_BENCH_GEN_JOBS` (default 2): sessions loading the random data set.
 //! * `CBDR_BENCH_CBDR`: the cbdr binary to measure (default: the one cargo
 //!   built).
+//! * `CBDR_BENCH_PIN` (default 1 on 2+ CPUs): run the two pinned rows.
+//! * `GARAGE_COMPRESSION_LEVEL` (default `none` here): Garage's block
+//!   compression (its default is zstd level 1, wasted on data the tools
+//!   already compressed and, for cbdr, encrypted).
+//!
+//! S3: one Garage server (`data_fsync = false`) for the whole run, and
+//! stunnel (Debian's `stunnel4`; a CA and a certificate for 127.0.0.1 made
+//! for the run) terminating TLS in front of it, as pgBackRest speaks only
+//! https to S3. pgBackRest gets a second repository, `repo2-type=s3`
+//! through stunnel (`repo2-storage-verify-tls=n`, path-style, region
+//! `garage`), so its archive-push writes both repositories; cbdr's Garage
+//! repository is used over plain http and, through stunnel, over https
+//! (`storage.ca_file` = the run's CA). Every row reports the CPU seconds
+//! the Garage server and stunnel used during it (utime + stime from
+//! /proc/PID/stat before and after), apart from the command's and the
+//! PostgreSQL server's. The pinned rows take Garage off cbdr's core: cbdr
+//! (`taskset -c 0`) on CPU 0, Garage and stunnel (`taskset -a -p`) on the
+//! last CPU for the row, PostgreSQL unpinned, for the fs and the S3 http
+//! backup alike. Without stunnel the https rows are skipped with a note.
 //!
 //! Output: tables on stdout and the same as JSON in
 //! `target/bench-backup-restore.json`.
@@ -1217,6 +1236,16 @@ fn main() {
     // `cargo bench` passes `--bench` (and maybe a filter): ignored.
     let opts = opts();
     let started = Instant::now();
+    // Garage's own zstd on data cbdr and pgBackRest already compressed is
+    // wasted CPU on the shared cores: off, unless the caller says.
+    // SAFETY (set_var): the bench is still single-threaded here.
+    if std::env::var_os("GARAGE_COMPRESSION_LEVEL").is_none() {
+        std::env::set_var("GARAGE_COMPRESSION_LEVEL", "none");
+    }
+    println!(
+        "Garage block compression: {} (GARAGE_COMPRESSION_LEVEL)",
+        std::env::var("GARAGE_COMPRESSION_LEVEL").unwrap_or_default()
+    );
     println!(
         "backup/restore bench: pgbench scale {}, data sets {:?}, {} round(s), cbdr restore --parallel {}",
         opts.scale,

@@ -50,6 +50,10 @@
 //!   list of `[archive] push_concurrency` values; cbdr-fs runs once per
 //!   value, cbdr-garage with the first.
 //! * `CBDR_BENCH_TIMEOUT_S` (default 600): give up on a drain after this.
+//! * `CBDR_BENCH_CBDR`: the cbdr binary to measure (default: the one cargo
+//!   built).
+//! * `GARAGE_COMPRESSION_LEVEL` (default `none` here): Garage's block
+//!   compression.
 //! * `CBDR_BENCH_REPEAT` (default 1): drains per contender (round robin over
 //!   the contenders); the table shows the median.
 //!
@@ -536,6 +540,12 @@ impl Outcome {
     }
 }
 
+/// The cbdr binary to measure: `$CBDR_BENCH_CBDR`, else the one cargo
+/// built for this bench.
+fn cbdr_source() -> PathBuf {
+    PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr")))
+}
+
 /// What a contender needs set up for one run.
 struct Prepared {
     archive_command: String,
@@ -562,7 +572,7 @@ struct Bench {
 impl Bench {
     fn new(opts: Opts) -> Bench {
         let dir = pg_user_dir("walbench");
-        let cbdr = copy_cbdr(Path::new(env!("CARGO_BIN_EXE_cbdr")), dir.path());
+        let cbdr = copy_cbdr(&cbdr_source(), dir.path());
         let garage_pid = common::garage::garage_bin().map(|_| common::garage::garage().pid());
         let tls_dir = tempfile::tempdir().expect("temp dir");
         let tls = garage_pid.and_then(|_| {
@@ -979,6 +989,16 @@ fn main() {
     // `cargo bench` passes `--bench` (and maybe a filter): ignored.
     let opts = opts();
     let started = Instant::now();
+    // Garage's own zstd on data cbdr and pgBackRest already compressed is
+    // wasted CPU on the shared cores: off, unless the caller says.
+    // SAFETY (set_var): the bench is still single-threaded here.
+    if std::env::var_os("GARAGE_COMPRESSION_LEVEL").is_none() {
+        std::env::set_var("GARAGE_COMPRESSION_LEVEL", "none");
+    }
+    println!(
+        "Garage block compression: {} (GARAGE_COMPRESSION_LEVEL)",
+        std::env::var("GARAGE_COMPRESSION_LEVEL").unwrap_or_default()
+    );
     println!(
         "WAL archiving bench: {} MiB of WAL per data kind, kinds {:?}, {} contender(s), {} run(s) each",
         opts.wal_mb,
@@ -986,10 +1006,7 @@ fn main() {
         opts.contenders.len(),
         opts.repeat
     );
-    println!(
-        "cbdr binary: {} (bench profile = release)",
-        env!("CARGO_BIN_EXE_cbdr")
-    );
+    println!("cbdr binary: {}", cbdr_source().display());
     println!("load average at start: {}", loadavg());
     let pgbackrest_version = Command::new("pgbackrest")
         .arg("version")
@@ -1198,7 +1215,7 @@ fn main() {
         "repeat": bench.opts.repeat,
         "method": METHOD,
         "pgbackrest_version": pgbackrest_version,
-        "cbdr_binary": env!("CARGO_BIN_EXE_cbdr"),
+        "cbdr_binary": cbdr_source().display().to_string(),
         "kinds": kinds_json,
         "summary": rows.iter().map(|r| json!({
             "kind": r.kind.name(),
