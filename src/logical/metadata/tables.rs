@@ -189,6 +189,9 @@ struct Identity {
     max: String,
     cache: String,
     cycle: bool,
+    /// The sequence's own persistence ('p' or 'u'), which may differ from
+    /// its table's.
+    persistence: String,
 }
 
 /// The column lines of a CREATE TABLE, and what goes after it.
@@ -231,7 +234,16 @@ fn column_lines<'a>(
                     line.push_str(&format!(" COLLATE {c}"));
                 }
             }
+            // A child of a generated parent column inherits its
+            // expression: PostgreSQL refuses one written again.
+            let parent_generated = !is_partition
+                && parents
+                    .iter()
+                    .filter_map(|p| columns.get(p))
+                    .filter_map(|pc| pc.iter().find(|c| c.name == col.name))
+                    .any(|pc| !pc.generated.is_empty());
             match (&col.default, col.generated.as_str()) {
+                (Some(_), "s") if parent_generated => {}
                 (Some(expr), "s") => {
                     line.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"))
                 }
@@ -353,8 +365,15 @@ fn create_table_sql(
     Ok((sql, tablespace))
 }
 
-/// ALTER TABLE ... ADD GENERATED ... AS IDENTITY for each identity column.
-fn identity_statements(qn: &str, cols: &[Column], identities: &[Identity]) -> Vec<String> {
+/// ALTER TABLE ... ADD GENERATED ... AS IDENTITY for each identity column
+/// (with LOGGED or UNLOGGED when the sequence's persistence is not the
+/// table's, `table_persistence`).
+fn identity_statements(
+    qn: &str,
+    cols: &[Column],
+    identities: &[Identity],
+    table_persistence: &str,
+) -> Vec<String> {
     let mut stmts = Vec::new();
     for id in identities {
         let Some(col) = cols.iter().find(|c| c.attnum == id.attnum) else {
@@ -365,8 +384,13 @@ fn identity_statements(qn: &str, cols: &[Column], identities: &[Identity]) -> Ve
         } else {
             "BY DEFAULT"
         };
+        let persistence = match id.persistence.as_str() {
+            p if p == table_persistence => "",
+            "u" => "\n    UNLOGGED",
+            _ => "\n    LOGGED",
+        };
         stmts.push(format!(
-            "ALTER TABLE {qn} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {}\n    \
+            "ALTER TABLE {qn} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {}{persistence}\n    \
              START WITH {}\n    INCREMENT BY {}\n    MINVALUE {}\n    MAXVALUE {}\n    CACHE {}{}\n);",
             col.qname,
             id.seqname,
@@ -418,7 +442,8 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 (SELECT pg_catalog.json_agg(pg_catalog.json_build_object('attnum', d.refobjsubid, \
                         'seqname', pg_catalog.format('%I.%I', sn.nspname, sc.relname), \
                         'start', s.seqstart::text, 'increment', s.seqincrement::text, 'min', s.seqmin::text, \
-                        'max', s.seqmax::text, 'cache', s.seqcache::text, 'cycle', s.seqcycle)) \
+                        'max', s.seqmax::text, 'cache', s.seqcache::text, 'cycle', s.seqcycle, \
+                        'persistence', sc.relpersistence::text)) \
                   FROM pg_catalog.pg_depend d \
                   JOIN pg_catalog.pg_sequence s ON s.seqrelid = d.objid \
                   JOIN pg_catalog.pg_class sc ON sc.oid = s.seqrelid \
@@ -514,7 +539,12 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         )?;
         let mut stmts = vec![sql];
         stmts.extend(after);
-        stmts.extend(identity_statements(&qn, cols, &identities));
+        stmts.extend(identity_statements(
+            &qn,
+            cols,
+            &identities,
+            &r.text("persistence")?,
+        ));
         match r.text("replident")?.as_str() {
             "f" => stmts.push(format!("{only} REPLICA IDENTITY FULL;")),
             "n" => stmts.push(format!("{only} REPLICA IDENTITY NOTHING;")),
