@@ -24,21 +24,31 @@
 //! Statements name every object schema-qualified (they are generated with
 //! an empty `search_path`) and quote identifiers as PostgreSQL does.
 
+mod access_methods;
 mod acl;
+mod casts;
+mod catalog_acl;
 mod comments;
 mod constraints;
+mod database;
 mod deps;
+mod event_triggers;
 mod extensions;
 mod filter;
+mod foreign;
 mod functions;
 mod globals;
 mod indexes;
+mod languages;
+mod operators;
+mod publications;
 mod redirect;
 mod rules;
 mod schemas;
 mod sequences;
 mod tablelist;
 mod tables;
+mod text_search;
 mod triggers;
 mod types;
 mod views;
@@ -172,11 +182,19 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     let mut g = Graph::default();
     if opts.with_globals {
         globals::collect(conn, &mut g).await?;
+        database::collect(conn, &mut g).await?;
     }
     schemas::collect(conn, &mut g).await?;
     extensions::collect(conn, &mut g).await?;
+    access_methods::collect(conn, &mut g).await?;
+    languages::collect(conn, &mut g).await?;
     types::collect(conn, &mut g).await?;
     functions::collect(conn, &mut g).await?;
+    operators::collect(conn, &mut g).await?;
+    casts::collect(conn, &mut g).await?;
+    text_search::collect(conn, &mut g).await?;
+    foreign::collect(conn, &mut g).await?;
+    catalog_acl::collect(conn, &mut g).await?;
     let mut tables = tables::collect(conn, &mut g).await?;
     views::collect(conn, &mut g, &mut tables).await?;
     sequences::collect(conn, &mut g, &tables).await?;
@@ -186,6 +204,8 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     triggers::collect(conn, &mut g, &tables).await?;
     rules::collect(conn, &mut g, &tables).await?;
     acl::collect_default_privileges(conn, &mut g).await?;
+    publications::collect(conn, &mut g).await?;
+    event_triggers::collect(conn, &mut g).await?;
     bind_derived_types(conn, &mut g).await?;
     warn_unsupported(conn).await?;
     let (depend, internal) = read_depend(conn).await?;
@@ -445,6 +465,66 @@ impl Target {
     }
 }
 
+impl Target {
+    /// A target outside any table.
+    pub fn of(
+        node: usize,
+        section: Section,
+        word: &'static str,
+        grant_word: &'static str,
+        sql: &str,
+        schema: &str,
+        name: &str,
+    ) -> Target {
+        Target {
+            node,
+            section,
+            word,
+            grant_word,
+            sql: sql.to_string(),
+            schema: schema.to_string(),
+            name: name.to_string(),
+            owner_table: None,
+        }
+    }
+}
+
+/// Generic options (`{host=example,port=5432}` as a JSON array of `k=v`)
+/// as the inside of an `OPTIONS (...)` clause: `host 'example', port '5432'`.
+pub(crate) fn generic_options_sql(options: &[String]) -> String {
+    options
+        .iter()
+        .map(|o| match o.split_once('=') {
+            Some((k, v)) => format!("{} {}", quote_ident(k), quote_literal(v)),
+            None => format!("{} ''", quote_ident(o)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ` OPTIONS (...)` for non-empty options, else "".
+pub(crate) fn options_clause(options: &[String]) -> String {
+    if options.is_empty() {
+        String::new()
+    } else {
+        format!(" OPTIONS ({})", generic_options_sql(options))
+    }
+}
+
+/// A `DO` block running `create` and leaving an object of that name
+/// already there as it is: objects of the whole database (access methods,
+/// wrappers, casts, publications...) may exist when a filtered or
+/// redirected restore writes into a database that has them.
+pub(crate) fn create_unless_exists(create: &str) -> String {
+    format!(
+        "DO {};",
+        crate::pg::quote::dollar_quote(&format!(
+            "BEGIN\n    {}\nEXCEPTION WHEN duplicate_object THEN NULL;\nEND",
+            create.replace('\n', "\n    ")
+        ))
+    )
+}
+
 /// `QualifiedName` from catalog names.
 pub(crate) fn qname(schema: &str, name: &str) -> QualifiedName {
     QualifiedName {
@@ -470,6 +550,16 @@ pub(crate) fn reloptions_sql(options: &[String], prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generic_options_are_quoted() {
+        let opts = vec!["host=example".to_string(), "Port=it's=x".to_string()];
+        assert_eq!(
+            options_clause(&opts),
+            " OPTIONS (host 'example', \"Port\" 'it''s=x')"
+        );
+        assert_eq!(options_clause(&[]), "");
+    }
 
     #[test]
     fn reloptions_are_quoted() {

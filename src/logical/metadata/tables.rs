@@ -68,6 +68,9 @@ pub(crate) struct Column {
     pub compression: Option<String>,
     pub comment: Option<String>,
     pub acl: Option<Vec<AclRow>>,
+    /// A foreign table's column options (`k=v`).
+    #[serde(default)]
+    pub fdw_options: Option<Vec<String>>,
 }
 
 /// Columns (not dropped) of the user relations of kinds `relkinds`
@@ -91,7 +94,7 @@ pub(crate) async fn read_columns(
                 'stattarget', a.attstattarget, 'options', pg_catalog.array_to_json(a.attoptions), \
                 'compression', nullif(a.attcompression::text, ''), \
                 'comment', pg_catalog.col_description(a.attrelid, a.attnum), \
-                'acl', {acl}) AS col \
+                'acl', {acl}, 'fdw_options', pg_catalog.array_to_json(a.attfdwoptions)) AS col \
          FROM pg_catalog.pg_attribute a \
          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -229,6 +232,9 @@ fn column_lines<'a>(
             } else {
                 format!("    {} {}", col.qname, col.type_sql)
             };
+            if let Some(opts) = col.fdw_options.as_ref().filter(|o| !o.is_empty()) {
+                line.push_str(&super::options_clause(opts));
+            }
             if let Some(c) = &col.collation {
                 if !typed {
                     line.push_str(&format!(" COLLATE {c}"));
@@ -309,8 +315,12 @@ fn create_table_sql(
     is_partition: bool,
 ) -> Result<(String, Option<String>)> {
     let mut sql = String::from("CREATE ");
+    let foreign = r.text("relkind")? == "f";
     if r.text("persistence")? == "u" {
         sql.push_str("UNLOGGED ");
+    }
+    if foreign {
+        sql.push_str("FOREIGN ");
     }
     sql.push_str(&format!("TABLE {qn}"));
     if let Some(t) = oftype {
@@ -334,6 +344,11 @@ fn create_table_sql(
     }
     if let Some(k) = r.opt("partkey")? {
         sql.push_str(&format!("\nPARTITION BY {k}"));
+    }
+    if let Some(server) = r.opt("server")? {
+        sql.push_str(&format!("\nSERVER {server}"));
+        let options: Vec<String> = r.opt_json("ftoptions")?.unwrap_or_default();
+        sql.push_str(&super::options_clause(&options));
     }
     if let Some(am) = r.opt("amname")? {
         if am != "heap" {
@@ -427,6 +442,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 pg_catalog.array_to_json(c.reloptions) AS reloptions, \
                 pg_catalog.array_to_json(tc.reloptions) AS toast_options, \
                 ts.spcname, c.reltablespace, am.amname, \
+                pg_catalog.quote_ident(fs.srvname) AS server, pg_catalog.array_to_json(ft.ftoptions) AS ftoptions, \
                 CASE WHEN c.relkind = 'p' THEN pg_catalog.pg_get_partkeydef(c.oid) END AS partkey, \
                 CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END AS partbound, \
                 (SELECT pg_catalog.json_agg(i.inhparent::int8 ORDER BY i.inhseqno) FROM pg_catalog.pg_inherits i \
@@ -456,7 +472,9 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
          LEFT JOIN pg_catalog.pg_class tc ON tc.oid = c.reltoastrelid \
          LEFT JOIN pg_catalog.pg_tablespace ts ON ts.oid = c.reltablespace \
          LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam \
-         WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {user} AND {ext} \
+         LEFT JOIN pg_catalog.pg_foreign_table ft ON ft.ftrelid = c.oid \
+         LEFT JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver \
+         WHERE c.relkind IN ('r', 'p', 'f') AND c.relpersistence <> 't' AND {user} AND {ext} \
          ORDER BY n.nspname, c.relname",
         distributed = if distributed {
             "pg_catalog.pg_get_table_distributedby(c.oid)"
@@ -468,7 +486,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         ext = not_extension_member("pg_class", "c.oid"),
     );
     let rows = query(conn, "tables", &sql).await?;
-    let columns = read_columns(conn, "'r', 'p'").await?;
+    let columns = read_columns(conn, "'r', 'p', 'f'").await?;
     let empty = Vec::new();
 
     // First pass: names, so that parents can be referred to.
@@ -545,13 +563,19 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
             &identities,
             &r.text("persistence")?,
         ));
+        // (A foreign table has no replica identity: 'n'.)
         match r.text("replident")?.as_str() {
             "f" => stmts.push(format!("{only} REPLICA IDENTITY FULL;")),
-            "n" => stmts.push(format!("{only} REPLICA IDENTITY NOTHING;")),
+            "n" if relkind != "f" => stmts.push(format!("{only} REPLICA IDENTITY NOTHING;")),
             _ => {}
         }
 
-        let mut node = Node::new(Section::PreData, "TABLE", &name.schema, &name.name)
+        let (kind, word) = if relkind == "f" {
+            ("FOREIGN TABLE", "FOREIGN TABLE")
+        } else {
+            ("TABLE", "TABLE")
+        };
+        let mut node = Node::new(Section::PreData, kind, &name.schema, &name.name)
             .statement(stmts.join("\n"))
             .dep(Dep::Obj(ObjRef::new(class::PG_NAMESPACE, r.oid("nspoid")?)));
         if tablespace.is_some() {
@@ -602,7 +626,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         let target = Target {
             node,
             section: Section::PreData,
-            word: "TABLE",
+            word,
             grant_word: "TABLE",
             sql: qn.clone(),
             schema: name.schema.clone(),
