@@ -1,15 +1,18 @@
 //! `cbdr configure backup` on a coordinator and 3 segments that do not
 //! archive yet: a dry run changes nothing; a run with one segment down
 //! configures the others and names it; a run once it is back configures it
-//! only; after the restarts it names, a WAL switch on every instance reaches
-//! the repository; and a last run changes nothing.
+//! only, sends the config (and the secret files it names) to every agent
+//! sealed with the session key, restarts the instances through their agents
+//! and ends with `cbdr check`; a WAL switch on every instance then reaches
+//! the repository through the distributed config; and a last run changes
+//! nothing. No secret appears in any output or agent log.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{ClusterOpts, TestCluster};
+use common::cluster::{ClusterOpts, TestCluster, AGENT_TOKEN, KEY_HEX};
 use common::pg::PgServer;
 
 fn off() -> ClusterOpts {
@@ -57,9 +60,27 @@ fn switch_reaches_the_repository(repo: &Path, content_id: i32, s: &PgServer) {
 fn configure_backup_makes_every_instance_archive() {
     let mut c = TestCluster::start_opts("cbdr-configure", 3, None, off());
     let repo = c.path("repo");
+    c.start_agents();
+    // Where the instances' hosts keep the config (here all on one host,
+    // beside the coordinator's own).
+    let hosts_dir = c.path("hosts");
+    std::fs::create_dir_all(&hosts_dir).unwrap();
+    common::pg::chown_to_pg(&hosts_dir);
+    let host_config = hosts_dir.join("cbdr.toml");
+    let host_config = host_config.to_str().unwrap().to_string();
+    let configure = |c: &TestCluster, extra: &[&str]| {
+        let mut args = vec!["configure", "backup", "--config-path", &host_config];
+        args.extend_from_slice(extra);
+        c.cbdr(&args)
+    };
 
-    let (code, out, err) = c.cbdr(&["configure", "backup", "--dry-run"]);
+    let (code, out, err) = configure(&c, &["--dry-run"]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("would send to 4 agents") && out.contains(&host_config),
+        "{out}"
+    );
+    assert!(!Path::new(&host_config).exists(), "a dry run sends nothing");
     assert_eq!(
         out.matches("would set archive_mode = \"on\"").count(),
         4,
@@ -78,7 +99,7 @@ fn configure_backup_makes_every_instance_archive() {
 
     // Segment 1 down: the others are configured, it is named.
     c.servers[2].stop();
-    let (code, out, err) = c.cbdr(&["configure", "backup"]);
+    let (code, out, err) = configure(&c, &[]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(
         err.contains("1 of 4 instances were not configured"),
@@ -98,21 +119,33 @@ fn configure_backup_makes_every_instance_archive() {
     }
     assert!(!auto_conf_mentions_archive(&c.servers[2]));
 
-    // Back: only it changes.
+    // The config reached every agent's host: same bytes, mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let sent = std::fs::read(&host_config).expect("the config reached the hosts");
+    assert_eq!(sent, std::fs::read(&c.config).unwrap());
+    assert_eq!(
+        std::fs::metadata(&host_config)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // Back: only it changes; --restart restarts all four (archive_mode)
+    // through their agents, and the run ends with a check that passes.
     c.servers[2].start();
-    let (code, out, err) = c.cbdr(&["configure", "backup"]);
+    let (code, out, err) = configure(&c, &["--restart"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.matches("nothing to change").count(), 3, "{out}");
     assert_eq!(out.matches("set archive_mode = \"on\"").count(), 1, "{out}");
     assert!(
-        out.contains("4 of 4 instances need a restart"),
-        "archive_mode waits for restarts everywhere: {out}"
+        out.contains("4 of 4 instances need a restart: restarting them through their agents"),
+        "{out}"
     );
-    assert!(out.contains("pg_ctl restart -D"), "{out}");
-
-    for s in &mut c.servers {
-        s.restart();
-    }
+    assert_eq!(out.matches(": restarted in").count(), 4, "{out}");
+    assert!(out.contains("checking every instance"), "{out}");
+    assert_eq!(out.matches("ok    content").count(), 4, "{out}");
     for (i, s) in c.servers.iter().enumerate() {
         assert_eq!(s.psql("show archive_mode"), "on");
         assert!(
@@ -123,7 +156,7 @@ fn configure_backup_makes_every_instance_archive() {
         switch_reaches_the_repository(&repo, i as i32 - 1, s);
     }
 
-    let (code, out, err) = c.cbdr(&["configure", "backup"]);
+    let (code, out, err) = configure(&c, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.matches("nothing to change").count(), 4, "{out}");
     assert!(
@@ -131,4 +164,23 @@ fn configure_backup_makes_every_instance_archive() {
         "{out}"
     );
     assert!(!out.contains("restart"), "{out}");
+    // 4 agents, each with the config, the key file and the token file.
+    assert_eq!(out.matches(" unchanged").count(), 4 * 3, "{out}");
+    assert!(
+        !out.contains("written (0600)"),
+        "a second run sends nothing new: {out}"
+    );
+
+    // No secret in any output or agent log (the key and token travelled
+    // sealed; the agents log paths only).
+    for i in 0..c.servers.len() {
+        let log = c.agent_log_text(i);
+        assert!(log.contains("files for"), "agent {i}: {log}");
+        for secret in [KEY_HEX, AGENT_TOKEN] {
+            assert!(!log.contains(secret), "agent {i} logged a secret");
+        }
+    }
+    for secret in [KEY_HEX, AGENT_TOKEN] {
+        assert!(!out.contains(secret) && !err.contains(secret));
+    }
 }

@@ -174,8 +174,25 @@ fn standby_follows_the_primary_point_by_point_and_promotes() {
     bank.wait_for(15);
     c.ok(&["create-restore-point", "rp4"]);
     wait_paused_at(&c, "rp4");
+    // follow survives a lost agent: its rounds fail until the agent is
+    // back, then it catches up.
+    let victim = common::cluster::index(0);
+    c.kill_agent(victim);
     bank.wait_for(15);
     c.ok(&["create-restore-point", "rp5"]);
+    common::wait_for(
+        "follow to try rp5 without the agent of segment 0",
+        Duration::from_secs(60),
+        || {
+            let s = status(&c);
+            if s["record"]["state"] == "moving" {
+                Ok(())
+            } else {
+                Err(format!("{s:#}"))
+            }
+        },
+    );
+    c.start_agent(victim);
     wait_paused_at(&c, "rp5");
     // SIGTERM to the cbdr process under runuser (not to runuser, which
     // would kill its child outright).
@@ -193,6 +210,8 @@ fn standby_follows_the_primary_point_by_point_and_promotes() {
     signal(cbdr[0], libc::SIGTERM);
     let out = follow.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trying again next round"), "{stderr}");
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("advanced from rp3 to rp4"), "{stdout}");
     assert!(stdout.contains("stopped following"), "{stdout}");
@@ -205,6 +224,20 @@ fn standby_follows_the_primary_point_by_point_and_promotes() {
     assert_eq!(standbys[0]["state"], "at_point");
     assert_eq!(standbys[0]["point"], "rp5");
     assert_eq!(standbys[0]["instances"].as_array().unwrap().len(), 4);
+
+    // The standby's leases keep retention on the primary off what it
+    // needs; promotion releases them.
+    let leases = |c: &TestCluster| {
+        std::fs::read_dir(c.env.repo().join("leases"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("standby-dr-seg"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(leases(&c), 4);
 
     // Promote at the common point: consistent, writable, nothing in doubt.
     let committed = bank.stop();
@@ -233,6 +266,7 @@ fn standby_follows_the_primary_point_by_point_and_promotes() {
     }
     let s = status(&c);
     assert_eq!(s["record"]["state"], "promoted", "{s:#}");
+    assert_eq!(leases(&c), 0, "promotion released the leases");
     c.env
         .on(c.coordinator())
         .refused(&["standby", "advance", "--latest"], 2, &["was promoted"]);
@@ -336,6 +370,58 @@ fn standby_advance_refuses_missing_wal_and_recovers_from_a_killed_agent() {
     let n2 = check_at(&c, &dr, "p2", n1);
     assert!(n2 > n1);
     bank.stop();
+}
+
+/// `sql`'s single value on the instance at `port`.
+fn value(port: u16, sql: &str) -> String {
+    bank::runtime().block_on(async {
+        let mut c = PgConn::connect(&bank::params(port), Replication::Off)
+            .await
+            .unwrap();
+        let row = c.query_one(sql).await.unwrap();
+        let v = row.get(0).unwrap().to_string();
+        c.close().await;
+        v
+    })
+}
+
+/// A single server is a cluster of one (its agent, content id -1), here
+/// on Garage: the same restore --standby, advance and promote.
+#[test]
+fn a_single_server_standby_on_garage() {
+    let s3 = common::garage::bucket("standby-one");
+    let mut c = TestCluster::start("cbdr-standby-one", 0, Some(&s3.config_toml("one")));
+    c.start_agents();
+    let primary = c.coordinator();
+    primary.psql("create table t(a int); insert into t select generate_series(1, 100)");
+    c.ok(&["backup-push"]);
+    primary.psql("insert into t select generate_series(1, 50)");
+    c.ok(&["create-restore-point", "a"]);
+    primary.psql("insert into t select generate_series(1, 25)");
+    c.ok(&["create-restore-point", "b"]);
+    primary.psql("insert into t select generate_series(1, 5)");
+
+    let dr = Standby::restore(&c, "dr", "a");
+    let port = dr.ports[0];
+    assert_eq!(value(port, "select count(*) from t"), "150");
+    assert_eq!(status(&c)["common_point"], "a");
+    let out = c.ok(&["standby", "advance", "--latest"]);
+    assert!(
+        out.contains("advanced from a to b (1 instances restarted"),
+        "{out}"
+    );
+    assert_eq!(value(port, "select count(*) from t"), "175");
+    let out = c.ok(&["standby", "promote"]);
+    assert!(out.contains("promoted at restore point b"), "{out}");
+    assert_eq!(value(port, "select pg_is_in_recovery()::text"), "false");
+    assert_eq!(
+        value(
+            port,
+            "insert into t values (0) returning (select count(*) + 1 from t)"
+        ),
+        "176"
+    );
+    assert_eq!(value(primary.port(), "select count(*) from t"), "180");
 }
 
 fn signal(pid: i32, sig: i32) {

@@ -119,6 +119,7 @@ pub async fn restore_cmd(config: &Config, content_id: i32, args: RestoreArgs) ->
         archive_off: args.archive_mode == "off",
         settings: Vec::new(),
         progress: None,
+        gp_dbid: None,
     };
     let b = restore(&repo, &opts).await?;
     if args.start {

@@ -32,9 +32,9 @@ use tokio_rustls::TlsAcceptor;
 use super::auth::{self, Token};
 use super::proto::{
     read_frame_bytes_within, read_frame_within, write_frame, AgentInfo, AgentMessage, AsyncStream,
-    AuthMethod, BackupRequest, CheckRequest, ClientMessage, FrameError, Pong, Progress,
-    RestoreDone, RestoreRequest, StandbyDone, StandbyRequest, MAX_HANDSHAKE_FRAME,
-    MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    AuthMethod, BackupRequest, CheckRequest, ClientMessage, FileContents, FileWritten, FilesDone,
+    FilesRequest, FrameError, Pong, Progress, RestartRequest, RestoreDone, RestoreRequest,
+    StandbyDone, StandbyRequest, MAX_HANDSHAKE_FRAME, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -245,9 +245,9 @@ impl Agent {
             }
             _ = &mut ticket.evicted => Err(HandshakeEnd::Evicted),
         };
-        match outcome {
-            Ok(true) => {}
-            Ok(false) => return,
+        let authed = match outcome {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
             Err(end) => {
                 let reason = match end {
                     HandshakeEnd::TimedOut => {
@@ -266,7 +266,7 @@ impl Agent {
                     tokio::time::timeout(FAREWELL_TIMEOUT, write_frame(&mut wr, &refused)).await;
                 return;
             }
-        }
+        };
         // Authenticated: no longer counted among the handshakes.
         drop(ticket);
         tracing::debug!("{peer} authenticated");
@@ -317,6 +317,40 @@ impl Agent {
                         .await;
                     return;
                 }
+                ClientMessage::Restart(req) => {
+                    self.run_job(Job::Restart(req), &mut rd, &mut wr, peer)
+                        .await;
+                    return;
+                }
+                ClientMessage::Files(req) => {
+                    let reply = match write_files(&req, &authed, self.tls.is_some()) {
+                        Ok(done) => {
+                            tracing::info!(
+                                "files for {peer}: {}",
+                                done.written
+                                    .iter()
+                                    .map(|w| format!(
+                                        "{} {}",
+                                        w.path,
+                                        if w.changed { "written" } else { "unchanged" }
+                                    ))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            );
+                            AgentMessage::FilesDone(done)
+                        }
+                        Err(e) => {
+                            let message = render(&e);
+                            tracing::warn!("files for {peer}: refused: {message}");
+                            AgentMessage::Failed {
+                                message,
+                                exit_code: e.exit_code() as u8,
+                            }
+                        }
+                    };
+                    let _ = self.send(&mut wr, &reply).await;
+                    return;
+                }
             }
         }
     }
@@ -324,7 +358,7 @@ impl Agent {
     /// The challenge-response; true when the caller is authenticated.
     /// Every refusal is answered with `Refused` and logged (never with the
     /// token or a MAC).
-    async fn handshake<R, W>(&self, rd: &mut R, wr: &mut W, peer: SocketAddr) -> bool
+    async fn handshake<R, W>(&self, rd: &mut R, wr: &mut W, peer: SocketAddr) -> Option<Authed>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -339,18 +373,18 @@ impl Agent {
             if !e.is_disconnect() {
                 tracing::warn!("refused {peer}: sending the challenge failed: {e}");
             }
-            return false;
+            return None;
         }
         let msg: ClientMessage = match read_frame_within(rd, MAX_HANDSHAKE_FRAME).await {
             Ok(m) => m,
             Err(FrameError::Closed) => {
                 tracing::debug!("{peer} closed the connection before authenticating");
-                return false;
+                return None;
             }
             Err(e) => {
                 self.refuse(wr, peer, &format!("before authentication: {e}"))
                     .await;
-                return false;
+                return None;
             }
         };
         let ClientMessage::Auth {
@@ -368,7 +402,7 @@ impl Agent {
                 ),
             )
             .await;
-            return false;
+            return None;
         };
         if protocol_version != PROTOCOL_VERSION {
             self.refuse(
@@ -379,38 +413,41 @@ impl Agent {
                 ),
             )
             .await;
-            return false;
+            return None;
         }
         let Some(client_nonce) = auth::parse_nonce(&client_nonce) else {
             self.refuse(wr, peer, "a malformed client nonce").await;
-            return false;
+            return None;
         };
-        let agent_mac = match &self.token {
+        let (agent_mac, authed) = match &self.token {
             Some(token) => {
                 let mac = hex::decode(&mac).unwrap_or_default();
                 if !token.verify_client_mac(&nonce, &client_nonce, &mac) {
                     self.refuse(wr, peer, "authentication failed: wrong token")
                         .await;
-                    return false;
+                    return None;
                 }
-                hex::encode(token.agent_mac(&client_nonce, &nonce))
+                (
+                    hex::encode(token.agent_mac(&client_nonce, &nonce)),
+                    Authed::Token(token.session_key(&nonce, &client_nonce)),
+                )
             }
             // The TLS layer has checked the client certificate.
-            None => String::new(),
+            None => (String::new(), Authed::Mtls),
         };
         let ok = AgentMessage::AuthOk {
             mac: agent_mac,
             agent: self.info(),
         };
         match self.send(wr, &ok).await {
-            Ok(()) => true,
+            Ok(()) => Some(authed),
             Err(e) => {
                 if !e.is_disconnect() {
                     tracing::warn!(
                         "refused {peer}: sending the authentication's answer failed: {e}"
                     );
                 }
-                false
+                None
             }
         }
     }
@@ -739,6 +776,7 @@ enum Job {
     Restore(RestoreRequest),
     Check(CheckRequest),
     Standby(StandbyRequest),
+    Restart(RestartRequest),
 }
 
 enum JobDone {
@@ -746,6 +784,7 @@ enum JobDone {
     Restore(RestoreDone),
     Check(InstanceCheck),
     Standby(StandbyDone),
+    Restart(String),
 }
 
 impl JobDone {
@@ -754,6 +793,7 @@ impl JobDone {
             JobDone::Backup(b) => b,
             JobDone::Restore(r) => &r.backup,
             JobDone::Standby(d) => return format!("standby: {}", d.report),
+            JobDone::Restart(r) => return format!("restart: {r}"),
             JobDone::Check(c) => {
                 let failed: Vec<&str> = c.failures().map(|i| i.check.as_str()).collect();
                 return if failed.is_empty() {
@@ -777,6 +817,7 @@ impl JobDone {
             JobDone::Restore(r) => AgentMessage::RestoreDone(r),
             JobDone::Check(c) => AgentMessage::CheckDone(c),
             JobDone::Standby(d) => AgentMessage::StandbyDone(d),
+            JobDone::Restart(report) => AgentMessage::RestartDone { report },
         }
     }
 }
@@ -788,6 +829,7 @@ impl Job {
             Job::Restore(r) => r.content_id,
             Job::Check(r) => r.content_id,
             Job::Standby(r) => r.content_id,
+            Job::Restart(r) => r.content_id,
         }
     }
 
@@ -800,6 +842,7 @@ impl Job {
                 "standby of content {} in {} to restore point {}",
                 r.content_id, r.data_dir, r.restore_point
             ),
+            Job::Restart(r) => format!("restart of content {} in {}", r.content_id, r.data_dir),
         }
     }
 
@@ -813,6 +856,7 @@ impl Job {
                 .map(JobDone::Restore),
             Job::Check(req) => check_job(&config, req, progress).await.map(JobDone::Check),
             Job::Standby(req) => standby_job(req, progress).await.map(JobDone::Standby),
+            Job::Restart(req) => restart_job(req, progress).await.map(JobDone::Restart),
         }
     }
 }
@@ -884,6 +928,87 @@ async fn check_job(
     Ok(check_instance(config, &opts).await)
 }
 
+/// Restarts an instance (`pg_ctl restart -m fast`, waiting).
+async fn restart_job(req: RestartRequest, progress: Arc<JobProgress>) -> Result<String> {
+    check_content_id(req.content_id)?;
+    let dir = PathBuf::from(&req.data_dir);
+    if !dir.is_absolute() || !dir.join("PG_VERSION").exists() {
+        return Err(Error::Usage(format!(
+            "{:?} is not the data directory of a PostgreSQL instance on this host",
+            req.data_dir
+        )));
+    }
+    progress.set_phase("restarting");
+    let timeout = Duration::from_secs(req.timeout_secs);
+    tokio::task::spawn_blocking(move || crate::physical::start::restart(&dir, None, timeout))
+        .await
+        .map_err(|e| Error::Internal(format!("restart task: {e}")))?
+}
+
+/// How a caller authenticated: with the token (its session key seals what
+/// it sends in confidence), or by its TLS client certificate.
+enum Authed {
+    Token(auth::SessionKey),
+    Mtls,
+}
+
+/// Writes the files a caller sent (`configure backup`: the config and the
+/// secrets it names): each opened with the session key (or, over TLS
+/// without a token, sent in the clear inside TLS), written whole with mode
+/// 0600 and renamed over the old one; a file whose content is already the
+/// same is left alone.
+fn write_files(req: &FilesRequest, authed: &Authed, tls: bool) -> Result<FilesDone> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut written = Vec::new();
+    for f in &req.files {
+        let path = PathBuf::from(&f.path);
+        if !path.is_absolute() || path.file_name().is_none() {
+            return Err(Error::Usage(format!(
+                "{:?} is not an absolute file path",
+                f.path
+            )));
+        }
+        let contents: zeroize::Zeroizing<Vec<u8>> = match (&f.contents, authed) {
+            (FileContents::Sealed(sealed), Authed::Token(key)) => {
+                key.open(&f.path, sealed).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "the contents sent for {} do not open with this session's key (altered in transit, or not sealed for this file)",
+                        f.path
+                    ))
+                })?
+            }
+            (FileContents::Plain(hex_text), Authed::Mtls) if tls => zeroize::Zeroizing::new(
+                hex::decode(hex_text)
+                    .map_err(|_| Error::Usage(format!("the contents of {} are not hex", f.path)))?,
+            ),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "the contents of {} were not sent sealed with this session's key (token) or over mutual TLS: refused, secrets never travel in the clear",
+                    f.path
+                )))
+            }
+        };
+        let same = std::fs::read(&path).is_ok_and(|old| old == *contents)
+            && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600);
+        if !same {
+            let write = || -> std::io::Result<()> {
+                let mut a = crate::fsutil::AtomicFile::create(&path)?;
+                a.file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                a.write_all(&contents)?;
+                a.commit()
+            };
+            write().map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        }
+        written.push(FileWritten {
+            path: f.path.clone(),
+            changed: !same,
+        });
+    }
+    Ok(FilesDone { written })
+}
+
 /// Moves a standby to another restore point (retarget, restart, wait).
 async fn standby_job(req: StandbyRequest, progress: Arc<JobProgress>) -> Result<StandbyDone> {
     check_content_id(req.content_id)?;
@@ -953,6 +1078,7 @@ async fn restore_job(
         archive_off: req.archive_off,
         settings: req.settings,
         progress: Some(progress.clone()),
+        gp_dbid: req.dbid,
     };
     let repo = Repo::open(config).await?;
     let backup = restore(&repo, &opts).await?;

@@ -33,6 +33,7 @@ pub const NONCE_LEN: usize = 32;
 
 const CLIENT_LABEL: &[u8] = b"cbdr-agent-v1 client";
 const AGENT_LABEL: &[u8] = b"cbdr-agent-v1 agent";
+const SESSION_LABEL: &[u8] = b"cbdr-agent-v1 session";
 
 /// How to make a token, for messages.
 pub const TOKEN_HOWTO: &str = "create one with `openssl rand -hex 32 > /etc/cbdr/agent.token && chmod 600 /etc/cbdr/agent.token` and set `token_file = \"/etc/cbdr/agent.token\"` in the [agent] section (or `token = \"...\"`, or $CBDR_AGENT_TOKEN), the same on the coordinator and every agent host";
@@ -63,6 +64,19 @@ impl Token {
 
     fn mac(&self) -> Hmac<Sha256> {
         <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
+    }
+
+    /// The key of one authenticated session: HMAC(token, session label ||
+    /// nonce || client_nonce). Both sides derive it from the handshake; it
+    /// never crosses the wire, and each session's differs.
+    pub fn session_key(&self, nonce: &[u8], client_nonce: &[u8]) -> SessionKey {
+        let mut m = self.mac();
+        m.update(SESSION_LABEL);
+        m.update(nonce);
+        m.update(client_nonce);
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&m.finalize().into_bytes());
+        SessionKey(key)
     }
 
     /// The client's proof: HMAC(token, client label || nonce || client_nonce).
@@ -107,6 +121,70 @@ pub fn new_nonce() -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
     getrandom::fill(&mut n).expect("the OS random number generator failed");
     n
+}
+
+/// The key of one authenticated agent session (see
+/// [`Token::session_key`]): seals what the caller sends in confidence
+/// (files with secrets) when the connection is not TLS.
+#[derive(Clone)]
+pub struct SessionKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+/// Bytes sealed with a session key: XChaCha20-Poly1305, a random nonce,
+/// bound to `label` (e.g. the file's path) as associated data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sealed {
+    /// 24 bytes, hex.
+    pub nonce: String,
+    /// Ciphertext and tag, hex.
+    pub ciphertext: String,
+}
+
+impl SessionKey {
+    pub fn seal(&self, label: &str, plaintext: &[u8]) -> Sealed {
+        use chacha20poly1305::aead::{Aead, KeyInit as _, Payload};
+        use chacha20poly1305::XChaCha20Poly1305;
+        let cipher = XChaCha20Poly1305::new(&(*self.0).into());
+        let nonce: [u8; 24] = crate::codec::random_bytes();
+        let ciphertext = cipher
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: plaintext,
+                    aad: label.as_bytes(),
+                },
+            )
+            .expect("XChaCha20-Poly1305 seals any length");
+        Sealed {
+            nonce: hex::encode(nonce),
+            ciphertext: hex::encode(ciphertext),
+        }
+    }
+
+    /// The plaintext, or `None` when the bytes were not sealed with this
+    /// key for this label (altered, another session, another label).
+    pub fn open(&self, label: &str, sealed: &Sealed) -> Option<Zeroizing<Vec<u8>>> {
+        use chacha20poly1305::aead::{Aead, KeyInit as _, Payload};
+        use chacha20poly1305::XChaCha20Poly1305;
+        let nonce: [u8; 24] = hex::decode(&sealed.nonce).ok()?.try_into().ok()?;
+        let ciphertext = hex::decode(&sealed.ciphertext).ok()?;
+        let cipher = XChaCha20Poly1305::new(&(*self.0).into());
+        cipher
+            .decrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &ciphertext,
+                    aad: label.as_bytes(),
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)
+    }
 }
 
 /// A nonce received as hex: exactly [`NONCE_LEN`] bytes.
@@ -308,6 +386,34 @@ mod tests {
 
     fn token(t: &str) -> Token {
         Token::from_text(t, "test").unwrap()
+    }
+
+    #[test]
+    fn sealed_bytes_open_only_with_the_same_session_and_label() {
+        let t = Token::from_text("0123456789abcdef-token", "test").unwrap();
+        let (nonce, client_nonce) = (new_nonce(), new_nonce());
+        let k = t.session_key(&nonce, &client_nonce);
+        let sealed = k.seal("/etc/cbdr/key", b"secret key bytes");
+        assert!(!sealed.ciphertext.contains(&hex::encode(b"secret")));
+        assert_eq!(
+            k.open("/etc/cbdr/key", &sealed).unwrap().as_slice(),
+            b"secret key bytes"
+        );
+        // Same token, the other side's derivation: the same key.
+        let k2 = t.session_key(&nonce, &client_nonce);
+        assert!(k2.open("/etc/cbdr/key", &sealed).is_some());
+        // Another label, another session, a flipped byte: refused.
+        assert!(k.open("/etc/cbdr/other", &sealed).is_none());
+        let other = t.session_key(&new_nonce(), &client_nonce);
+        assert!(other.open("/etc/cbdr/key", &sealed).is_none());
+        let mut bad = sealed.clone();
+        let flipped = if bad.ciphertext.starts_with('0') {
+            "1"
+        } else {
+            "0"
+        };
+        bad.ciphertext.replace_range(0..1, flipped);
+        assert!(k.open("/etc/cbdr/key", &bad).is_none());
     }
 
     #[test]

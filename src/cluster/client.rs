@@ -10,8 +10,9 @@ use tokio_rustls::TlsConnector;
 use super::auth::{self, TOKEN_HOWTO};
 use super::proto::{
     read_frame, write_frame, AgentInfo, AgentMessage, AsyncStream, AuthMethod, BackupRequest,
-    CheckRequest, ClientMessage, FrameError, Pong, Progress, RestoreDone, RestoreRequest,
-    StandbyDone, StandbyRequest, PROTOCOL_VERSION,
+    CheckRequest, ClientMessage, FileContents, FileToWrite, FilesDone, FilesRequest, FrameError,
+    Pong, Progress, RestartRequest, RestoreDone, RestoreRequest, StandbyDone, StandbyRequest,
+    PROTOCOL_VERSION,
 };
 use crate::config::AgentConfig;
 use crate::error::{Error, ExitCode, Result};
@@ -24,6 +25,10 @@ pub struct AgentClient {
     agent: AgentInfo,
     /// For requests that answer at once (ping).
     timeout: Duration,
+    /// The session's key (token authentication), for what is sent in
+    /// confidence.
+    session: Option<auth::SessionKey>,
+    tls: bool,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -96,7 +101,7 @@ impl AgentClient {
             };
             Self::authenticate(addr, stream, token.as_ref(), tls.is_some()).await
         };
-        let (stream, agent) = tokio::time::timeout(timeout, handshake)
+        let (stream, agent, session) = tokio::time::timeout(timeout, handshake)
             .await
             .map_err(|_| {
                 agent_err(
@@ -112,6 +117,8 @@ impl AgentClient {
             stream,
             agent,
             timeout,
+            session,
+            tls: tls.is_some(),
         })
     }
 
@@ -120,7 +127,7 @@ impl AgentClient {
         mut stream: Box<dyn AsyncStream>,
         token: Option<&auth::Token>,
         tls: bool,
-    ) -> Result<(Box<dyn AsyncStream>, AgentInfo)> {
+    ) -> Result<(Box<dyn AsyncStream>, AgentInfo, Option<auth::SessionKey>)> {
         let challenge = match read_frame::<_, AgentMessage>(&mut stream).await {
             Ok(m) => m,
             Err(FrameError::Closed) => {
@@ -201,6 +208,7 @@ impl AgentClient {
         })?;
         match read_frame::<_, AgentMessage>(&mut stream).await {
             Ok(AgentMessage::AuthOk { mac, agent }) => {
+                let mut session = None;
                 if method == AuthMethod::Token {
                     let token = token.expect("checked above");
                     let mac = hex::decode(mac).unwrap_or_default();
@@ -210,8 +218,9 @@ impl AgentClient {
                             "did not prove that it knows the token: not a genuine cbdr agent, or its token differs",
                         ));
                     }
+                    session = Some(token.session_key(&nonce, &client_nonce));
                 }
-                Ok((stream, agent))
+                Ok((stream, agent, session))
             }
             Ok(AgentMessage::Refused { reason }) => {
                 let hint = if reason.contains("wrong token") {
@@ -322,6 +331,50 @@ impl AgentClient {
                 AgentMessage::StandbyDone(done) => return Ok(done),
                 other => return Err(self.job_failure(other, "the standby move")),
             }
+        }
+    }
+
+    /// Restarts an instance on the agent's host; like
+    /// [`AgentClient::backup`].
+    pub async fn restart(mut self, req: RestartRequest, silence: Duration) -> Result<String> {
+        self.send(&ClientMessage::Restart(req)).await?;
+        loop {
+            match self.receive(silence, "the restart").await? {
+                AgentMessage::Progress(_) => {}
+                AgentMessage::RestartDone { report } => return Ok(report),
+                other => return Err(self.job_failure(other, "the restart")),
+            }
+        }
+    }
+
+    /// Writes files on the agent's host with mode 0600 (`(path, contents)`),
+    /// sealed with the session's key, or over mutual TLS; never in the
+    /// clear.
+    pub async fn write_files(mut self, files: &[(String, Vec<u8>)]) -> Result<FilesDone> {
+        let files = files
+            .iter()
+            .map(|(path, bytes)| {
+                let contents = match &self.session {
+                    Some(key) => FileContents::Sealed(key.seal(path, bytes)),
+                    None if self.tls => FileContents::Plain(hex::encode(bytes)),
+                    None => {
+                        return Err(agent_err(
+                            &self.addr,
+                            "neither a token session nor TLS to send files in confidence",
+                        ))
+                    }
+                };
+                Ok(FileToWrite {
+                    path: path.clone(),
+                    contents,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.send(&ClientMessage::Files(FilesRequest { files }))
+            .await?;
+        match self.receive(self.timeout, "writing files").await? {
+            AgentMessage::FilesDone(done) => Ok(done),
+            other => Err(self.job_failure(other, "writing files")),
         }
     }
 

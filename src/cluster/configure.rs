@@ -260,6 +260,95 @@ async fn read_current(conn: &mut PgConn) -> Result<BTreeMap<String, Current>> {
     Ok(out)
 }
 
+/// What one agent's host received (`configure backup` distributes the
+/// config and the secret files it names).
+#[derive(Debug, serde::Serialize)]
+pub struct Distribution {
+    pub agent: String,
+    /// (path, whether it changed).
+    pub written: Vec<(String, bool)>,
+    pub error: Option<String>,
+}
+
+/// Sends `files` (path on the hosts, contents) to every agent, in
+/// parallel, over its authenticated connection: sealed with the session
+/// key derived from the token (or inside mutual TLS), written with mode
+/// 0600, unchanged files left alone.
+pub async fn distribute(
+    agents: &[String],
+    config: &crate::config::AgentConfig,
+    files: &[(String, Vec<u8>)],
+    timeout: std::time::Duration,
+) -> Vec<Distribution> {
+    join_all(agents.iter().map(|a| async move {
+        let sent = async {
+            let client = super::client::AgentClient::connect(a, config, timeout).await?;
+            client.write_files(files).await
+        }
+        .await;
+        match sent {
+            Ok(done) => Distribution {
+                agent: a.clone(),
+                written: done
+                    .written
+                    .into_iter()
+                    .map(|w| (w.path, w.changed))
+                    .collect(),
+                error: None,
+            },
+            Err(e) => Distribution {
+                agent: a.clone(),
+                written: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        }
+    }))
+    .await
+}
+
+/// Restarts, through their agents and in parallel, the instances whose
+/// report says they need it; returns (instance, outcome).
+pub async fn restart(
+    reports: &[InstanceReport],
+    segments: &[Segment],
+    config: &crate::config::AgentConfig,
+    timeout: std::time::Duration,
+) -> Vec<(String, Result<String>)> {
+    let wanted: Vec<(&InstanceReport, &Segment)> = reports
+        .iter()
+        .filter(|r| r.needs_restart() && r.error.is_none())
+        .filter_map(|r| {
+            segments
+                .iter()
+                .find(|s| s.content_id == r.content_id)
+                .map(|s| (r, s))
+        })
+        .collect();
+    join_all(wanted.into_iter().map(|(r, seg)| async move {
+        let done = async {
+            let client = super::client::AgentClient::connect(
+                &seg.agent,
+                config,
+                std::time::Duration::from_secs(15),
+            )
+            .await?;
+            client
+                .restart(
+                    super::proto::RestartRequest {
+                        content_id: seg.content_id,
+                        data_dir: r.data_dir.clone(),
+                        timeout_secs: timeout.as_secs(),
+                    },
+                    timeout + std::time::Duration::from_secs(30),
+                )
+                .await
+        }
+        .await;
+        (r.instance.clone(), done)
+    }))
+    .await
+}
+
 /// The error of a run where some instances failed, naming each.
 pub fn failures(reports: &[InstanceReport]) -> Option<Error> {
     let failed: Vec<String> = reports

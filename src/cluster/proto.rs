@@ -72,6 +72,10 @@ pub enum AgentMessage {
     RestoreDone(RestoreDone),
     CheckDone(InstanceCheck),
     StandbyDone(StandbyDone),
+    FilesDone(FilesDone),
+    RestartDone {
+        report: String,
+    },
     Failed {
         /// The error with its causes.
         message: String,
@@ -107,6 +111,8 @@ pub enum ClientMessage {
     Restore(RestoreRequest),
     Check(CheckRequest),
     Standby(StandbyRequest),
+    Files(FilesRequest),
+    Restart(RestartRequest),
 }
 
 impl ClientMessage {
@@ -119,6 +125,8 @@ impl ClientMessage {
             ClientMessage::Restore(_) => "restore",
             ClientMessage::Check(_) => "check",
             ClientMessage::Standby(_) => "standby",
+            ClientMessage::Files(_) => "files",
+            ClientMessage::Restart(_) => "restart",
         }
     }
 }
@@ -333,6 +341,53 @@ pub struct StandbyRequest {
 pub struct StandbyDone {
     /// E.g. "paused at the target: ...".
     pub report: String,
+}
+
+/// Restart one instance on the agent's host (`configure backup
+/// --restart`): `pg_ctl restart -m fast`, waiting until it accepts
+/// connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRequest {
+    pub content_id: i32,
+    /// Its data directory (absolute), as the server reports it.
+    pub data_dir: String,
+    pub timeout_secs: u64,
+}
+
+/// Files for the agent's host (`configure backup`: the cbdr config and the
+/// secrets it names), written with mode 0600 where the path says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesRequest {
+    pub files: Vec<FileToWrite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileToWrite {
+    /// Absolute path on the agent's host.
+    pub path: String,
+    pub contents: FileContents,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileContents {
+    /// Sealed with the session's key (token authentication), the path as
+    /// associated data: confidential over plain TCP too.
+    Sealed(crate::cluster::auth::Sealed),
+    /// Hex, only over mutual TLS without a token (TLS keeps it secret).
+    Plain(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesDone {
+    pub written: Vec<FileWritten>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWritten {
+    pub path: String,
+    /// False when the file already had this content (and mode 0600).
+    pub changed: bool,
 }
 
 /// A connection: plain TCP or TLS.

@@ -101,6 +101,39 @@ pub fn restart_paused(
     )
 }
 
+/// Restarts a running server (`pg_ctl restart -m fast -w`): it applies
+/// settings that take a restart. Its output goes to `cbdr-restart.log` in
+/// the data directory (when the server does not run its own log
+/// collector).
+pub fn restart(data_dir: &Path, bin_dir: Option<&Path>, timeout: Duration) -> Result<String> {
+    let pg_ctl = pg_bin_dir(data_dir, bin_dir)
+        .map(|d| d.join("pg_ctl"))
+        .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let log = data_dir.join("cbdr-restart.log");
+    let started = Instant::now();
+    let out = Command::new(&pg_ctl)
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-m", "fast", "-w", "-t"])
+        .arg(timeout.as_secs().max(1).to_string())
+        .arg("restart")
+        .output()
+        .map_err(|e| Error::io(format!("running {}", pg_ctl.display()), e))?;
+    if !out.status.success() {
+        return Err(Error::Server(format!(
+            "pg_ctl restart failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_tail(&log)
+        )));
+    }
+    Ok(format!(
+        "restarted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ))
+}
+
 /// Waits until the server started with `log` (read from byte `offset`)
 /// is at its recovery target: promoted, paused or shut down.
 fn wait_for_target(

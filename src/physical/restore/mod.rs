@@ -99,6 +99,34 @@ pub struct RestoreOptions {
     pub settings: Vec<(String, String)>,
     /// Bytes written and the phase, for callers that report progress.
     pub progress: Option<Arc<Progress>>,
+    /// Greenplum/Cloudberry: the dbid the restored instance takes. Its
+    /// tablespaces live in `<location>/<dbid>`: one linked at
+    /// `<location>/<old dbid>` is restored to `<location>/<new dbid>`
+    /// (unless `tablespace_map` moves it).
+    pub gp_dbid: Option<i32>,
+}
+
+/// Where a tablespace archive goes: `tablespace_map`'s new location for its
+/// old one, else, for a Greenplum/Cloudberry instance taking dbid `gp_dbid`,
+/// the same location under the new dbid, else where it was.
+fn tablespace_dir(old: &str, map: &[(String, String)], gp_dbid: Option<i32>) -> Result<String> {
+    if let Some((_, new)) = map.iter().find(|(o, _)| o == old) {
+        return Ok(new.clone());
+    }
+    let old_dbid = Path::new(old)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<i32>().ok());
+    match (gp_dbid, old_dbid) {
+        (Some(new), Some(o)) if new != o => {
+            Ok(
+                crate::cluster::greenplum::tablespace_link(Path::new(old), o, None, new)?
+                    .display()
+                    .to_string(),
+            )
+        }
+        _ => Ok(old.to_string()),
+    }
 }
 
 /// Chooses the backup for a target: the newest complete backup that ends
@@ -300,12 +328,7 @@ async fn restore_chosen(
             dirs.insert(a.name.clone(), (opts.target_dir.clone(), String::new()));
         } else {
             let old = a.tablespace_path.clone().unwrap_or_default();
-            let new = opts
-                .tablespace_map
-                .iter()
-                .find(|(o, _)| *o == old)
-                .map(|(_, n)| n.clone())
-                .unwrap_or(old.clone());
+            let new = tablespace_dir(&old, &opts.tablespace_map, opts.gp_dbid)?;
             dirs.insert(
                 a.name.clone(),
                 (PathBuf::from(new), format!("pg_tblspc/{}/", a.name)),
@@ -451,7 +474,13 @@ async fn restore_chosen(
     }
 
     // Remapped tablespaces: tablespace_map points recovery at them.
-    if !opts.tablespace_map.is_empty() {
+    let moved = backup.archives.iter().any(|a| {
+        a.name != "base"
+            && a.tablespace_path
+                .as_deref()
+                .is_some_and(|p| Path::new(p) != dirs[&a.name].0.as_path())
+    });
+    if moved {
         rewrite_tablespace_map(&opts.target_dir, &backup, &dirs)?;
     }
     fs::write(opts.target_dir.join("backup_manifest"), &manifest_bytes)
@@ -648,6 +677,28 @@ pub(crate) fn unpack_one(
     };
     unpack(tar, dir, "", &done, "part", None)?;
     Ok(check.incomplete())
+}
+
+#[cfg(test)]
+mod tablespace_tests {
+    use super::*;
+
+    #[test]
+    fn greenplum_tablespaces_follow_the_new_dbid() {
+        let map = vec![("/ts/b/3".to_string(), "/elsewhere".to_string())];
+        assert_eq!(tablespace_dir("/ts/a/3", &map, Some(7)).unwrap(), "/ts/a/7");
+        assert_eq!(
+            tablespace_dir("/ts/b/3", &map, Some(7)).unwrap(),
+            "/elsewhere"
+        );
+        assert_eq!(tablespace_dir("/ts/a/3", &map, Some(3)).unwrap(), "/ts/a/3");
+        assert_eq!(tablespace_dir("/ts/a/3", &map, None).unwrap(), "/ts/a/3");
+        // Not a Greenplum layout (no dbid at the end): left where it was.
+        assert_eq!(
+            tablespace_dir("/ts/plain", &map, Some(7)).unwrap(),
+            "/ts/plain"
+        );
+    }
 }
 
 #[cfg(test)]
