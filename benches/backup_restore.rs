@@ -69,6 +69,25 @@
 //! * `CBDR_BENCH_GEN_JOBS` (default 2): sessions loading the random data set.
 //! * `CBDR_BENCH_CBDR`: the cbdr binary to measure (default: the one cargo
 //!   built).
+//! * `CBDR_BENCH_PIN` (default 1 on 2+ CPUs): run the two pinned rows.
+//! * `GARAGE_COMPRESSION_LEVEL` (default `none` here): Garage's block
+//!   compression (its default is zstd level 1, wasted on data the tools
+//!   already compressed and, for cbdr, encrypted).
+//!
+//! S3: one Garage server (`data_fsync = false`) for the whole run, and
+//! stunnel (Debian's `stunnel4`; a CA and a certificate for 127.0.0.1 made
+//! for the run) terminating TLS in front of it, as pgBackRest speaks only
+//! https to S3. pgBackRest gets a second repository, `repo2-type=s3`
+//! through stunnel (`repo2-storage-verify-tls=n`, path-style, region
+//! `garage`), so its archive-push writes both repositories; cbdr's Garage
+//! repository is used over plain http and, through stunnel, over https
+//! (`storage.ca_file` = the run's CA). Every row reports the CPU seconds
+//! the Garage server and stunnel used during it (utime + stime from
+//! /proc/PID/stat before and after), apart from the command's and the
+//! PostgreSQL server's. The pinned rows take Garage off cbdr's core: cbdr
+//! (`taskset -c 0`) on CPU 0, Garage and stunnel (`taskset -a -p`) on the
+//! last CPU for the row, PostgreSQL unpinned, for the fs and the S3 http
+//! backup alike. Without stunnel the https rows are skipped with a note.
 //!
 //! Output: tables on stdout and the same as JSON in
 //! `target/bench-backup-restore.json`.
@@ -86,7 +105,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bench_common::{copy_cbdr, env_num, env_or, fmt_opt, loadavg, run, sql_literal, timed};
+use bench_common::{
+    copy_cbdr, env_num, env_or, fmt_opt, loadavg, pin_process, process_cpu, run, sql_literal,
+    timed, TlsTerminator,
+};
 use common::pg::{chown_to_pg, pg_bin, pg_command, pg_user_dir, PgServer};
 use serde_json::{json, Value};
 
@@ -99,6 +121,9 @@ const GOAL_BACKUP_VS_PGBR: f64 = 0.5;
 const GOAL_BACKUP_VS_PGBB_LZ4: f64 = 1.0;
 const GOAL_RESTORE_VS_PGBR: f64 = 0.5;
 const GOAL_RSS_MB: f64 = 200.0;
+/// cbdr's S3 backup at most this × its filesystem backup, Garage's CPU
+/// taken out (pinned rows).
+const GOAL_S3_VS_FS: f64 = 1.25;
 /// pgbench data set bytes per scale unit (tables and indexes, measured on
 /// PostgreSQL 15): the random data set's size when pgbench did not run.
 const PGBENCH_BYTES_PER_SCALE: f64 = 15.6e6;
@@ -112,6 +137,9 @@ struct Opts {
     restore_parallel: usize,
     gen_jobs: usize,
     cbdr_source: PathBuf,
+    /// Run the pinned rows (cbdr on CPU 0, Garage and stunnel on the last).
+    pin: bool,
+    cpus: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -132,7 +160,10 @@ impl Kind {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 enum Repo {
     Fs,
+    /// Garage over plain http.
     Garage,
+    /// The same Garage bucket through the TLS terminator (https).
+    GarageTls,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -140,22 +171,33 @@ enum Op {
     PgbbPlain,
     PgbbLz4,
     PgbrBackup,
+    /// pgBackRest backup to Garage through the TLS terminator.
+    PgbrBackupS3,
     CbdrBackup(Repo),
+    /// cbdr bound to CPU 0, Garage and the terminator to the last CPU.
+    CbdrBackupPinned(Repo),
     PgbrRestore,
+    PgbrRestoreS3,
     CbdrRestore(Repo),
 }
 
-const BACKUPS: [Op; 5] = [
+const BACKUPS: [Op; 9] = [
     Op::PgbbPlain,
     Op::PgbbLz4,
     Op::PgbrBackup,
+    Op::PgbrBackupS3,
     Op::CbdrBackup(Repo::Fs),
     Op::CbdrBackup(Repo::Garage),
+    Op::CbdrBackup(Repo::GarageTls),
+    Op::CbdrBackupPinned(Repo::Fs),
+    Op::CbdrBackupPinned(Repo::Garage),
 ];
-const RESTORES: [Op; 3] = [
+const RESTORES: [Op; 5] = [
     Op::PgbrRestore,
+    Op::PgbrRestoreS3,
     Op::CbdrRestore(Repo::Fs),
     Op::CbdrRestore(Repo::Garage),
+    Op::CbdrRestore(Repo::GarageTls),
 ];
 
 impl Op {
@@ -164,11 +206,18 @@ impl Op {
             Op::PgbbPlain => "pg_basebackup-plain",
             Op::PgbbLz4 => "pg_basebackup-server-lz4",
             Op::PgbrBackup => "pgbackrest-backup",
+            Op::PgbrBackupS3 => "pgbackrest-backup-s3-https",
             Op::CbdrBackup(Repo::Fs) => "cbdr-backup-fs",
             Op::CbdrBackup(Repo::Garage) => "cbdr-backup-garage",
+            Op::CbdrBackup(Repo::GarageTls) => "cbdr-backup-garage-https",
+            Op::CbdrBackupPinned(Repo::Fs) => "cbdr-backup-fs-pinned",
+            Op::CbdrBackupPinned(Repo::Garage) => "cbdr-backup-garage-pinned",
+            Op::CbdrBackupPinned(Repo::GarageTls) => "cbdr-backup-garage-https-pinned",
             Op::PgbrRestore => "pgbackrest-restore",
+            Op::PgbrRestoreS3 => "pgbackrest-restore-s3-https",
             Op::CbdrRestore(Repo::Fs) => "cbdr-restore-fs",
             Op::CbdrRestore(Repo::Garage) => "cbdr-restore-garage",
+            Op::CbdrRestore(Repo::GarageTls) => "cbdr-restore-garage-https",
         }
     }
 
@@ -177,18 +226,52 @@ impl Op {
             Op::PgbbPlain => "pg_basebackup -Ft (plain)".into(),
             Op::PgbbLz4 => "pg_basebackup -Ft --compress=server-lz4".into(),
             Op::PgbrBackup => "pgBackRest backup (lz4, process-max 2)".into(),
+            Op::PgbrBackupS3 => "pgBackRest backup (lz4, p-max 2, S3 https)".into(),
             Op::CbdrBackup(Repo::Fs) => "cbdr backup-push (lz4+enc, fs)".into(),
-            Op::CbdrBackup(Repo::Garage) => "cbdr backup-push (lz4+enc, Garage)".into(),
+            Op::CbdrBackup(Repo::Garage) => "cbdr backup-push (lz4+enc, S3 http)".into(),
+            Op::CbdrBackup(Repo::GarageTls) => "cbdr backup-push (lz4+enc, S3 https)".into(),
+            Op::CbdrBackupPinned(Repo::Fs) => "cbdr backup-push (fs, pinned cpu 0)".into(),
+            Op::CbdrBackupPinned(Repo::Garage) => "cbdr backup-push (S3 http, pinned cpu 0)".into(),
+            Op::CbdrBackupPinned(Repo::GarageTls) => {
+                "cbdr backup-push (S3 https, pinned cpu 0)".into()
+            }
             Op::PgbrRestore => "pgBackRest restore (process-max 2)".into(),
+            Op::PgbrRestoreS3 => "pgBackRest restore (p-max 2, S3 https)".into(),
             Op::CbdrRestore(Repo::Fs) => format!("cbdr restore (fs, parallel {restore_parallel})"),
             Op::CbdrRestore(Repo::Garage) => {
-                format!("cbdr restore (Garage, parallel {restore_parallel})")
+                format!("cbdr restore (S3 http, parallel {restore_parallel})")
+            }
+            Op::CbdrRestore(Repo::GarageTls) => {
+                format!("cbdr restore (S3 https, parallel {restore_parallel})")
             }
         }
     }
 
     fn is_cbdr(self) -> bool {
-        matches!(self, Op::CbdrBackup(_) | Op::CbdrRestore(_))
+        matches!(
+            self,
+            Op::CbdrBackup(_) | Op::CbdrBackupPinned(_) | Op::CbdrRestore(_)
+        )
+    }
+
+    /// The repository whose WAL push the backup waits for (put first in
+    /// archive_command): 0 cbdr fs, 1 cbdr Garage, 2 pgBackRest.
+    fn push_key(self) -> Option<u8> {
+        match self {
+            Op::CbdrBackup(Repo::Fs) | Op::CbdrBackupPinned(Repo::Fs) => Some(0),
+            Op::CbdrBackup(_) | Op::CbdrBackupPinned(_) => Some(1),
+            Op::PgbrBackup | Op::PgbrBackupS3 => Some(2),
+            _ => None,
+        }
+    }
+
+    /// The pgBackRest repository (1 = local directory, 2 = S3).
+    fn pgbr_repo(self) -> Option<u8> {
+        match self {
+            Op::PgbrBackup | Op::PgbrRestore => Some(1),
+            Op::PgbrBackupS3 | Op::PgbrRestoreS3 => Some(2),
+            _ => None,
+        }
     }
 }
 
@@ -201,6 +284,9 @@ fn opts() -> Opts {
             other => panic!("CBDR_BENCH_KINDS: unknown kind {other:?} (pgbench, random)"),
         })
         .collect();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     Opts {
         scale: env_num("CBDR_BENCH_SCALE", "100").max(1) as u32,
         kinds,
@@ -208,6 +294,8 @@ fn opts() -> Opts {
         restore_parallel: env_num("CBDR_BENCH_RESTORE_PARALLEL", "4").max(1),
         gen_jobs: env_num("CBDR_BENCH_GEN_JOBS", "2").max(1),
         cbdr_source: PathBuf::from(env_or("CBDR_BENCH_CBDR", env!("CARGO_BIN_EXE_cbdr"))),
+        pin: env_num("CBDR_BENCH_PIN", "1") != 0 && cpus >= 2,
+        cpus,
     }
 }
 
@@ -272,6 +360,9 @@ struct Outcome {
     tree_rss: Option<u64>,
     cpu_seconds: Option<f64>,
     server_cpu_seconds: Option<f64>,
+    /// CPU of the Garage server and of the TLS terminator during the run.
+    garage_cpu_seconds: Option<f64>,
+    tls_cpu_seconds: Option<f64>,
     stored_bytes: Option<u64>,
     load_before: String,
     load_after: String,
@@ -289,6 +380,8 @@ impl Outcome {
             tree_rss: None,
             cpu_seconds: None,
             server_cpu_seconds: None,
+            garage_cpu_seconds: None,
+            tls_cpu_seconds: None,
             stored_bytes: None,
             load_before: String::new(),
             load_after: String::new(),
@@ -307,6 +400,8 @@ impl Outcome {
             "tree_rss_bytes": self.tree_rss,
             "cpu_seconds": self.cpu_seconds,
             "server_cpu_seconds": self.server_cpu_seconds,
+            "garage_cpu_seconds": self.garage_cpu_seconds,
+            "tls_cpu_seconds": self.tls_cpu_seconds,
             "stored_bytes": self.stored_bytes,
             "loadavg_before": self.load_before,
             "loadavg_after": self.load_after,
@@ -327,7 +422,13 @@ struct Bench<'a> {
     fs_config: PathBuf,
     fs_repo: PathBuf,
     garage_config: Option<PathBuf>,
+    /// The same bucket through the TLS terminator.
+    garage_tls_config: Option<PathBuf>,
     pgbr_config: Option<PathBuf>,
+    /// pgBackRest has repo2 on Garage through the TLS terminator.
+    pgbr_s3: bool,
+    tls: Option<&'a TlsTerminator>,
+    garage_pid: Option<u32>,
     pgbr_repo: PathBuf,
     /// The data directory without pg_wal, after loading.
     data_bytes: u64,
@@ -343,7 +444,12 @@ struct Bench<'a> {
 }
 
 impl<'a> Bench<'a> {
-    fn start(opts: &'a Opts, kind: Kind, target_bytes: u64) -> Bench<'a> {
+    fn start(
+        opts: &'a Opts,
+        kind: Kind,
+        target_bytes: u64,
+        tls: Option<&'a TlsTerminator>,
+    ) -> Bench<'a> {
         let dir = pg_user_dir(&format!("brbench-{}", kind.name()));
         let cbdr = copy_cbdr(&opts.cbdr_source, dir.path());
         let pg = PgServer::builder()
@@ -367,7 +473,11 @@ impl<'a> Bench<'a> {
             fs_config: PathBuf::new(),
             fs_repo: PathBuf::new(),
             garage_config: None,
+            garage_tls_config: None,
             pgbr_config: None,
+            pgbr_s3: false,
+            tls,
+            garage_pid: common::garage::garage_bin().map(|_| common::garage::garage().pid()),
             pgbr_repo: PathBuf::new(),
             data_bytes: 0,
             data_files: 0,
@@ -511,11 +621,47 @@ impl<'a> Bench<'a> {
             ),
         )
         .unwrap();
+        let mut pgbr_s3 = String::new();
         if common::garage::garage_bin().is_some() {
-            let target = common::garage::bucket(&format!("brbench-{}", self.kind.name()));
+            let mut target = common::garage::bucket(&format!("brbench-{}", self.kind.name()));
             let config = self.path("cbdr-garage.toml");
             fs::write(&config, format!("{}{codec}", target.config_toml(""))).unwrap();
             self.garage_config = Some(config);
+            if let Some(tls) = self.tls {
+                let ca = self.path("s3-ca.pem");
+                fs::copy(&tls.ca_file, &ca).unwrap();
+                target.endpoint = tls.endpoint.clone();
+                let config = self.path("cbdr-garage-tls.toml");
+                fs::write(
+                    &config,
+                    format!(
+                        "{}ca_file = \"{}\"\n{codec}",
+                        target.config_toml(""),
+                        ca.display()
+                    ),
+                )
+                .unwrap();
+                self.garage_tls_config = Some(config);
+                let pgbr = common::garage::bucket(&format!("brbench-pgbr-{}", self.kind.name()));
+                pgbr_s3 = format!(
+                    "repo2-type=s3\n\
+                     repo2-path=/pgbackrest\n\
+                     repo2-retention-full=100\n\
+                     repo2-s3-bucket={bucket}\n\
+                     repo2-s3-endpoint=127.0.0.1\n\
+                     repo2-storage-port={port}\n\
+                     repo2-storage-verify-tls=n\n\
+                     repo2-s3-uri-style=path\n\
+                     repo2-s3-region={region}\n\
+                     repo2-s3-key={key}\n\
+                     repo2-s3-key-secret={secret}\n",
+                    bucket = pgbr.bucket,
+                    port = tls.port,
+                    region = pgbr.region,
+                    key = pgbr.access_key_id,
+                    secret = pgbr.secret_access_key,
+                );
+            }
         }
         self.pgbr_repo = self.path("pgbackrest-repo");
         if Command::new("pgbackrest").arg("version").output().is_ok() {
@@ -525,6 +671,7 @@ impl<'a> Bench<'a> {
                 "[global]\n\
                  repo1-path={repo}\n\
                  repo1-retention-full=100\n\
+                 {pgbr_s3}\
                  lock-path={run}/pgbackrest-lock\n\
                  log-path={run}/pgbackrest-log\n\
                  spool-path={run}/pgbackrest-spool\n\
@@ -548,12 +695,23 @@ impl<'a> Bench<'a> {
             }
             fs::create_dir_all(&self.pgbr_repo).unwrap();
             self.pgbr_config = Some(conf);
+            self.pgbr_s3 = !pgbr_s3.is_empty();
         }
         fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
         chown_to_pg(self.dir.path());
         common::init_repo(&self.cbdr.to_string_lossy(), &self.fs_config);
         if let Some(config) = &self.garage_config {
             common::init_repo(&self.cbdr.to_string_lossy(), config);
+        }
+        if let Some(config) = &self.garage_tls_config {
+            // The same repository over https: it answers.
+            run(
+                pg_command(&self.cbdr)
+                    .arg("--config")
+                    .arg(config)
+                    .arg("list"),
+                "cbdr list over https",
+            );
         }
         if let Some(conf) = &self.pgbr_config {
             run(
@@ -576,23 +734,22 @@ impl<'a> Bench<'a> {
 
     /// archive_command = every repository's push, `first`'s first.
     fn set_archive_order(&self, first: Option<Op>) {
-        let mut pushes: Vec<(Option<Op>, String)> = vec![(
-            Some(Op::CbdrBackup(Repo::Fs)),
-            self.cbdr_push(&self.fs_config),
-        )];
+        let mut pushes: Vec<(Option<u8>, String)> =
+            vec![(Some(0), self.cbdr_push(&self.fs_config))];
         if let Some(c) = &self.garage_config {
-            pushes.push((Some(Op::CbdrBackup(Repo::Garage)), self.cbdr_push(c)));
+            pushes.push((Some(1), self.cbdr_push(c)));
         }
         if let Some(c) = &self.pgbr_config {
             pushes.push((
-                Some(Op::PgbrBackup),
+                Some(2),
                 format!(
                     "pgbackrest --config={} --stanza={STANZA} archive-push %p",
                     c.display()
                 ),
             ));
         }
-        pushes.sort_by_key(|(op, _)| *op != first);
+        let first = first.and_then(Op::push_key);
+        pushes.sort_by_key(|(key, _)| *key != first);
         let command = pushes
             .into_iter()
             .map(|(_, c)| c)
@@ -635,17 +792,35 @@ impl<'a> Bench<'a> {
 
     fn skip_reason(&self, op: Op) -> Option<String> {
         match op {
-            Op::PgbrBackup | Op::PgbrRestore if self.pgbr_config.is_none() => {
+            Op::PgbrBackup | Op::PgbrRestore | Op::PgbrBackupS3 | Op::PgbrRestoreS3
+                if self.pgbr_config.is_none() =>
+            {
                 Some("skipped: pgbackrest not installed".into())
             }
-            Op::CbdrBackup(Repo::Garage) | Op::CbdrRestore(Repo::Garage)
+            Op::CbdrBackup(Repo::Garage)
+            | Op::CbdrBackupPinned(Repo::Garage)
+            | Op::CbdrRestore(Repo::Garage)
                 if self.garage_config.is_none() =>
             {
                 Some("skipped: garage not found (see .ci/run)".into())
             }
-            Op::PgbrRestore | Op::CbdrRestore(_) => {
+            Op::CbdrBackup(Repo::GarageTls)
+            | Op::CbdrBackupPinned(Repo::GarageTls)
+            | Op::CbdrRestore(Repo::GarageTls)
+            | Op::PgbrBackupS3
+            | Op::PgbrRestoreS3
+                if self.garage_tls_config.is_none()
+                    || (op.pgbr_repo() == Some(2) && !self.pgbr_s3) =>
+            {
+                Some("skipped: needs garage and stunnel4 (apt-get install -y stunnel4)".into())
+            }
+            Op::CbdrBackupPinned(_) if !self.opts.pin => {
+                Some("skipped: CBDR_BENCH_PIN=0 (or fewer than 2 CPUs)".into())
+            }
+            Op::PgbrRestore | Op::PgbrRestoreS3 | Op::CbdrRestore(_) => {
                 let backup = match op {
                     Op::PgbrRestore => Op::PgbrBackup,
+                    Op::PgbrRestoreS3 => Op::PgbrBackupS3,
                     Op::CbdrRestore(r) => Op::CbdrBackup(r),
                     _ => unreachable!(),
                 };
@@ -660,17 +835,44 @@ impl<'a> Bench<'a> {
         match repo {
             Repo::Fs => &self.fs_config,
             Repo::Garage => self.garage_config.as_deref().expect("garage configured"),
+            Repo::GarageTls => self
+                .garage_tls_config
+                .as_deref()
+                .expect("garage over https configured"),
         }
     }
 
-    fn pgbr_command(&self) -> Command {
+    fn pgbr_command(&self, repo: u8) -> Command {
         let mut cmd = pg_command("pgbackrest");
         cmd.arg(format!(
             "--config={}",
             self.pgbr_config.as_ref().expect("pgbackrest").display()
         ))
-        .arg(format!("--stanza={STANZA}"));
+        .arg(format!("--stanza={STANZA}"))
+        .arg(format!("--repo={repo}"));
         cmd
+    }
+
+    /// pgBackRest's backups in repository `repo`: label → stored bytes.
+    fn pgbr_info(&self, repo: u8) -> HashMap<String, Option<u64>> {
+        if self.pgbr_config.is_none() || (repo == 2 && !self.pgbr_s3) {
+            return HashMap::new();
+        }
+        let mut cmd = self.pgbr_command(repo);
+        cmd.args(["--output=json", "info"]);
+        let Ok(out) = cmd.output() else {
+            return HashMap::new();
+        };
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let mut labels = HashMap::new();
+        for stanza in doc.as_array().into_iter().flatten() {
+            for b in stanza["backup"].as_array().into_iter().flatten() {
+                if let Some(label) = b["label"].as_str() {
+                    labels.insert(label.to_string(), b["info"]["repository"]["delta"].as_u64());
+                }
+            }
+        }
+        labels
     }
 
     fn pgbr_labels(&self) -> HashSet<String> {
@@ -696,10 +898,13 @@ impl<'a> Bench<'a> {
         let tag = format!("run{}-{}", self.runs, op.id());
         let out_dir = self.path(&tag);
         let pgbr_before = self.pgbr_labels();
+        let pgbr_s3_before = self.pgbr_info(2);
         match op {
-            Op::PgbrBackup | Op::CbdrBackup(_) => self.set_archive_order(Some(op)),
+            Op::PgbrBackup | Op::PgbrBackupS3 | Op::CbdrBackup(_) | Op::CbdrBackupPinned(_) => {
+                self.set_archive_order(Some(op))
+            }
             Op::PgbbPlain | Op::PgbbLz4 => {}
-            Op::PgbrRestore | Op::CbdrRestore(_) => {
+            Op::PgbrRestore | Op::PgbrRestoreS3 | Op::CbdrRestore(_) => {
                 fs::create_dir(&out_dir).unwrap();
                 fs::set_permissions(&out_dir, fs::Permissions::from_mode(0o700)).unwrap();
                 chown_to_pg(&out_dir);
@@ -718,13 +923,19 @@ impl<'a> Bench<'a> {
                 }
                 c
             }
-            Op::PgbrBackup => {
-                let mut c = self.pgbr_command();
+            Op::PgbrBackup | Op::PgbrBackupS3 => {
+                let mut c = self.pgbr_command(op.pgbr_repo().unwrap_or(1));
                 c.args(["--type=full", "backup"]);
                 c
             }
-            Op::CbdrBackup(repo) => {
-                let mut c = pg_command(&self.cbdr);
+            Op::CbdrBackup(repo) | Op::CbdrBackupPinned(repo) => {
+                let mut c = if matches!(op, Op::CbdrBackupPinned(_)) {
+                    let mut c = pg_command("taskset");
+                    c.args(["-c", "0"]).arg(&self.cbdr);
+                    c
+                } else {
+                    pg_command(&self.cbdr)
+                };
                 c.arg("--config")
                     .arg(self.cbdr_config(repo))
                     .arg("backup-push")
@@ -733,10 +944,15 @@ impl<'a> Bench<'a> {
                     .env("PGUSER", "postgres");
                 c
             }
-            Op::PgbrRestore => {
-                let mut c = self.pgbr_command();
+            Op::PgbrRestore | Op::PgbrRestoreS3 => {
+                let backup = if op == Op::PgbrRestore {
+                    Op::PgbrBackup
+                } else {
+                    Op::PgbrBackupS3
+                };
+                let mut c = self.pgbr_command(op.pgbr_repo().unwrap_or(1));
                 c.arg(format!("--pg1-path={}", out_dir.display()))
-                    .arg(format!("--set={}", self.last_backup[&Op::PgbrBackup]))
+                    .arg(format!("--set={}", self.last_backup[&backup]))
                     .arg("restore");
                 c
             }
@@ -762,9 +978,33 @@ impl<'a> Bench<'a> {
         let postmaster = self.pg.postmaster_pid().expect("the server runs");
         std::thread::sleep(Duration::from_millis(300));
         let server_cpu_before = reaped_children_cpu(postmaster);
+        let pinned = matches!(op, Op::CbdrBackupPinned(_));
+        let last_cpu = self.opts.cpus.saturating_sub(1).to_string();
+        if pinned {
+            for pid in self.garage_pid.into_iter().chain(self.tls.map(|t| t.pid)) {
+                if !pin_process(pid, &last_cpu) {
+                    o.notes
+                        .push(format!("could not pin process {pid} to CPU {last_cpu}"));
+                }
+            }
+        }
+        let garage_before = self.garage_pid.and_then(process_cpu);
+        let tls_before = self.tls.and_then(|t| process_cpu(t.pid));
         o.load_before = loadavg();
         let t = timed(cmd, self.dir.path(), &tag, Some(SAMPLE));
         o.load_after = loadavg();
+        o.garage_cpu_seconds = garage_before
+            .zip(self.garage_pid.and_then(process_cpu))
+            .map(|(a, b)| b - a);
+        o.tls_cpu_seconds = tls_before
+            .zip(self.tls.and_then(|t| process_cpu(t.pid)))
+            .map(|(a, b)| b - a);
+        if pinned {
+            let all = format!("0-{}", self.opts.cpus.saturating_sub(1));
+            for pid in self.garage_pid.into_iter().chain(self.tls.map(|t| t.pid)) {
+                pin_process(pid, &all);
+            }
+        }
         std::thread::sleep(Duration::from_millis(300));
         if let (Some(a), Some(b)) = (server_cpu_before, reaped_children_cpu(postmaster)) {
             o.server_cpu_seconds = Some(b - a);
@@ -807,7 +1047,23 @@ impl<'a> Bench<'a> {
                         .push(format!("cannot tell the new backup's label: {new:?}")),
                 }
             }
-            Op::CbdrBackup(repo) => {
+            Op::PgbrBackupS3 => {
+                let after = self.pgbr_info(2);
+                let new: Vec<&String> = after
+                    .keys()
+                    .filter(|l| !pgbr_s3_before.contains_key(*l))
+                    .collect();
+                match new.as_slice() {
+                    [label] => {
+                        o.stored_bytes = after[*label];
+                        self.last_backup.insert(op, (*label).clone());
+                    }
+                    _ => o.notes.push(format!(
+                        "cannot tell the new backup's label in repo2: {new:?}"
+                    )),
+                }
+            }
+            Op::CbdrBackup(repo) | Op::CbdrBackupPinned(repo) => {
                 // compress_on = auto says where it compressed, and why.
                 if let Some(l) = t
                     .output
@@ -822,7 +1078,11 @@ impl<'a> Bench<'a> {
                     );
                 }
                 // "backup NAME complete: A to B, P MB, stored S MB"
-                let line = t.output.lines().find(|l| l.contains(" complete: "));
+                // (or "backup NAME complete (full): ...")
+                let line = t.output.lines().find(|l| {
+                    l.contains("backup ")
+                        && (l.contains(" complete: ") || l.contains(" complete ("))
+                });
                 let name = line.and_then(|l| l.split_whitespace().nth(1));
                 match name {
                     Some(name) => {
@@ -844,7 +1104,7 @@ impl<'a> Bench<'a> {
                     )),
                 }
             }
-            Op::PgbrRestore | Op::CbdrRestore(_) => {
+            Op::PgbrRestore | Op::PgbrRestoreS3 | Op::CbdrRestore(_) => {
                 o.stored_bytes = Some(tree_usage(&out_dir, &[], &all_files).0);
                 o.notes.extend(self.verify_restore(&out_dir, op.is_cbdr()));
                 let _ = fs::remove_dir_all(&out_dir);
@@ -953,6 +1213,14 @@ impl Row<'_> {
     fn server_cpu(&self) -> Option<f64> {
         self.best().and_then(|o| o.server_cpu_seconds)
     }
+
+    fn garage_cpu(&self) -> Option<f64> {
+        self.best().and_then(|o| o.garage_cpu_seconds)
+    }
+
+    fn tls_cpu(&self) -> Option<f64> {
+        self.best().and_then(|o| o.tls_cpu_seconds)
+    }
 }
 
 struct KindSummary {
@@ -968,6 +1236,16 @@ fn main() {
     // `cargo bench` passes `--bench` (and maybe a filter): ignored.
     let opts = opts();
     let started = Instant::now();
+    // Garage's own zstd on data cbdr and pgBackRest already compressed is
+    // wasted CPU on the shared cores: off, unless the caller says.
+    // SAFETY (set_var): the bench is still single-threaded here.
+    if std::env::var_os("GARAGE_COMPRESSION_LEVEL").is_none() {
+        std::env::set_var("GARAGE_COMPRESSION_LEVEL", "none");
+    }
+    println!(
+        "Garage block compression: {} (GARAGE_COMPRESSION_LEVEL)",
+        std::env::var("GARAGE_COMPRESSION_LEVEL").unwrap_or_default()
+    );
     println!(
         "backup/restore bench: pgbench scale {}, data sets {:?}, {} round(s), cbdr restore --parallel {}",
         opts.scale,
@@ -990,13 +1268,38 @@ fn main() {
         .unwrap_or_else(|_| "not installed".into());
     println!("pgBackRest: {pgbackrest_version}");
 
+    // One TLS terminator in front of Garage for the whole run.
+    let tls_dir = tempfile::tempdir().expect("temp dir");
+    let tls = match common::garage::garage_bin() {
+        Some(_) => {
+            match TlsTerminator::start(&common::garage::garage().s3_addr(), tls_dir.path()) {
+                Ok(t) => {
+                    println!(
+                        "TLS terminator: stunnel at {} (pid {}) in front of Garage (pid {})",
+                        t.endpoint,
+                        t.pid,
+                        common::garage::garage().pid()
+                    );
+                    Some(t)
+                }
+                Err(e) => {
+                    println!("S3 https rows skipped: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if tls.is_some() {
+        chown_to_pg(tls_dir.path());
+    }
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut summaries: Vec<KindSummary> = Vec::new();
     let mut pgbench_bytes: Option<u64> = None;
     for &kind in &opts.kinds {
         let target = pgbench_bytes.unwrap_or((opts.scale as f64 * PGBENCH_BYTES_PER_SCALE) as u64);
         println!("\n[{}] loading ...", kind.name());
-        let mut bench = Bench::start(&opts, kind, target);
+        let mut bench = Bench::start(&opts, kind, target, tls.as_ref());
         if kind == Kind::Pgbench {
             pgbench_bytes = Some(bench.relation_bytes);
         }
@@ -1013,12 +1316,14 @@ fn main() {
             for op in BACKUPS.into_iter().chain(RESTORES) {
                 let o = bench.measure(op, round);
                 println!(
-                    "[{}] {:<44} {:>7} s  CPU {:>5} s + server {:>5} s  max RSS {:>6} MB  tree {:>6} MB  stored {:>7} MB  load {} -> {}",
+                    "[{}] {:<44} {:>7} s  CPU {:>5} s + server {:>5} s + garage {:>5} s + tls {:>5} s  max RSS {:>6} MB  tree {:>6} MB  stored {:>7} MB  load {} -> {}",
                     kind.name(),
                     op.label(opts.restore_parallel),
                     fmt_opt(o.seconds, 2),
                     fmt_opt(o.cpu_seconds, 2),
                     fmt_opt(o.server_cpu_seconds, 2),
+                    fmt_opt(o.garage_cpu_seconds, 2),
+                    fmt_opt(o.tls_cpu_seconds, 2),
                     fmt_opt(o.max_rss.map(|b| b as f64 / MB), 1),
                     fmt_opt(o.tree_rss.map(|b| b as f64 / MB), 1),
                     fmt_opt(o.stored_bytes.map(|b| b as f64 / MB), 0),
@@ -1074,7 +1379,9 @@ fn main() {
     writeln!(
         report,
         "CPU s = user+system time of the command (with its children); srv CPU s = of the server processes that \
-         served it (walsender, backends; reaped by the postmaster); max RSS = ru_maxrss (largest single process); \
+         served it (walsender, backends; reaped by the postmaster); garage s / tls s = CPU of the Garage server and \
+         of the stunnel TLS terminator during the command (from /proc/PID/stat; Garage also serves the WAL pushes \
+         of archive_command); max RSS = ru_maxrss (largest single process); \
          tree RSS = peak sum over the process tree, sampled every 50 ms"
     )
     .unwrap();
@@ -1092,7 +1399,7 @@ fn main() {
         .unwrap();
         writeln!(
             report,
-            "{:<44} {:>7} {:>7} {:>10} {:>6} {:>6} {:>10} {:>11} {:>12}  runs (s)",
+            "{:<44} {:>7} {:>7} {:>10} {:>6} {:>6} {:>10} {:>8} {:>6} {:>11} {:>12}  runs (s)",
             "",
             "wall s",
             "MB/s",
@@ -1100,25 +1407,29 @@ fn main() {
             "ratio",
             "CPU s",
             "srv CPU s",
+            "garage s",
+            "tls s",
             "max RSS MB",
             "tree RSS MB"
         )
         .unwrap();
-        for (i, r) in rows.iter().filter(|r| r.kind == kind).enumerate() {
-            if i == 0 || r.op == Op::PgbrRestore {
-                let heading = if r.op == Op::PgbrRestore {
-                    "restore"
-                } else {
-                    "backup"
-                };
-                writeln!(report, "{heading}").unwrap();
+        let mut heading_done = (false, false);
+        for r in rows.iter().filter(|r| r.kind == kind) {
+            let restore = RESTORES.contains(&r.op);
+            if !restore && !heading_done.0 {
+                writeln!(report, "backup").unwrap();
+                heading_done.0 = true;
+            }
+            if restore && !heading_done.1 {
+                writeln!(report, "restore").unwrap();
+                heading_done.1 = true;
             }
             let is_backup = BACKUPS.contains(&r.op);
             let stored = r.stored();
             let runs: Vec<String> = r.runs.iter().map(|o| fmt_opt(o.seconds, 2)).collect();
             writeln!(
                 report,
-                "  {:<42} {:>7} {:>7} {:>10} {:>6} {:>6} {:>10} {:>11} {:>12}  {}",
+                "  {:<42} {:>7} {:>7} {:>10} {:>6} {:>6} {:>10} {:>8} {:>6} {:>11} {:>12}  {}",
                 r.op.label(opts.restore_parallel),
                 fmt_opt(r.seconds(), 2),
                 fmt_opt(r.seconds().map(|t| s.data_bytes as f64 / MB / t), 0),
@@ -1134,6 +1445,8 @@ fn main() {
                 },
                 fmt_opt(r.cpu(), 2),
                 fmt_opt(r.server_cpu(), 2),
+                fmt_opt(r.garage_cpu(), 2),
+                fmt_opt(r.tls_cpu(), 2),
                 fmt_opt(r.max_rss().map(|b| b as f64 / MB), 1),
                 fmt_opt(r.tree_rss().map(|b| b as f64 / MB), 1),
                 runs.join(" ")
@@ -1177,8 +1490,53 @@ fn main() {
             (Some(x), Some(y)) if y > 0.0 => Some(x / y),
             _ => None,
         };
-        for repo in [Repo::Fs, Repo::Garage] {
-            let name = if repo == Repo::Fs { "fs" } else { "Garage" };
+        for repo in [Repo::Garage, Repo::GarageTls] {
+            let name = if repo == Repo::Garage {
+                "S3 http"
+            } else {
+                "S3 https"
+            };
+            goal(
+                format!("backup-push ({name}) ÷ pgBackRest backup (S3 https)"),
+                ratio(Op::CbdrBackup(repo), Op::PgbrBackupS3),
+                GOAL_BACKUP_VS_PGBR,
+                "×",
+                false,
+            );
+            goal(
+                format!("restore ({name}) ÷ pgBackRest restore (S3 https)"),
+                ratio(Op::CbdrRestore(repo), Op::PgbrRestoreS3),
+                GOAL_RESTORE_VS_PGBR,
+                "×",
+                false,
+            );
+        }
+        goal(
+            "backup-push S3 http ÷ fs, both pinned (cbdr cpu 0, Garage last)".into(),
+            ratio(
+                Op::CbdrBackupPinned(Repo::Garage),
+                Op::CbdrBackupPinned(Repo::Fs),
+            ),
+            GOAL_S3_VS_FS,
+            "×",
+            false,
+        );
+        let cpu = |op: Op| row(kind, op).and_then(Row::cpu);
+        goal(
+            "backup-push cbdr's own CPU s: S3 http ÷ fs".into(),
+            cpu(Op::CbdrBackup(Repo::Garage))
+                .zip(cpu(Op::CbdrBackup(Repo::Fs)))
+                .map(|(a, b)| a / b.max(0.01)),
+            GOAL_S3_VS_FS,
+            "×",
+            false,
+        );
+        for repo in [Repo::Fs, Repo::Garage, Repo::GarageTls] {
+            let name = match repo {
+                Repo::Fs => "fs",
+                Repo::Garage => "S3 http",
+                Repo::GarageTls => "S3 https",
+            };
             goal(
                 format!("backup-push ({name}) ÷ pgBackRest backup"),
                 ratio(Op::CbdrBackup(repo), Op::PgbrBackup),
@@ -1255,6 +1613,8 @@ fn main() {
                 "stored_bytes": if BACKUPS.contains(&r.op) { r.stored() } else { None },
                 "cpu_seconds": r.cpu(),
                 "server_cpu_seconds": r.server_cpu(),
+                "garage_cpu_seconds": r.garage_cpu(),
+                "tls_cpu_seconds": r.tls_cpu(),
                 "max_rss_bytes": r.max_rss(),
                 "tree_rss_bytes": r.tree_rss(),
             })

@@ -223,3 +223,131 @@ pub fn timed(mut cmd: Command, log_dir: &Path, tag: &str, sample: Option<Duratio
         output: fs::read_to_string(&out_path).unwrap_or_default(),
     }
 }
+
+/// CPU seconds (user + system, all threads) a live process used so far.
+pub fn process_cpu(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields after the name start with field 3 (state); utime and stime
+    // are fields 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// Binds every thread of `pid` to the CPUs `cpus` (a taskset list such as
+/// "1" or "0-1"); false when taskset is missing or refused.
+pub fn pin_process(pid: u32, cpus: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// stunnel (Debian's `stunnel4`) terminating TLS on a free loopback port
+/// in front of `target` (`host:port`), with a certificate for 127.0.0.1
+/// signed by a CA made for the run. Stopped when dropped.
+pub struct TlsTerminator {
+    /// `https://127.0.0.1:PORT`
+    pub endpoint: String,
+    pub port: u16,
+    /// The CA certificate (PEM) that signed the terminator's certificate.
+    pub ca_file: PathBuf,
+    pub pid: u32,
+    child: std::process::Child,
+}
+
+impl TlsTerminator {
+    /// Starts stunnel with its files in `dir`; `Err` says why not (e.g.
+    /// "install stunnel4").
+    pub fn start(target: &str, dir: &Path) -> Result<TlsTerminator, String> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let bin = [
+            "/usr/bin/stunnel4",
+            "/usr/bin/stunnel",
+            "/usr/sbin/stunnel4",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or("stunnel not found: install stunnel4 (apt-get install -y stunnel4)")?;
+        fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let ca_key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut ca_params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .map_err(|e| e.to_string())?
+            .signed_by(&key, &issuer)
+            .map_err(|e| e.to_string())?;
+        let ca_file = dir.join("ca.pem");
+        let cert_file = dir.join("server.pem");
+        let key_file = dir.join("server.key");
+        fs::write(&ca_file, ca_cert.pem()).map_err(|e| e.to_string())?;
+        fs::write(&cert_file, cert.pem()).map_err(|e| e.to_string())?;
+        fs::write(&key_file, key.serialize_pem()).map_err(|e| e.to_string())?;
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let conf = dir.join("stunnel.conf");
+        fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\noutput = {log}\ndebug = notice\n\n[s3]\n\
+                 accept = 127.0.0.1:{port}\nconnect = {target}\ncert = {cert}\nkey = {key}\n",
+                log = dir.join("stunnel.log").display(),
+                cert = cert_file.display(),
+                key = key_file.display(),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let child = Command::new(&bin)
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("run {}: {e}", bin.display()))?;
+        let mut t = TlsTerminator {
+            endpoint: format!("https://127.0.0.1:{port}"),
+            port,
+            ca_file,
+            pid: child.id(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(t);
+            }
+            if let Ok(Some(status)) = t.child.try_wait() {
+                return Err(format!(
+                    "stunnel exited ({status}): {}",
+                    fs::read_to_string(dir.join("stunnel.log")).unwrap_or_default()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err("stunnel does not listen after 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

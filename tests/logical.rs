@@ -908,6 +908,41 @@ fn binary_rows_convert_into_changed_columns_and_text_stays_available() {
 }
 
 #[test]
+fn objects_not_carried_stop_the_backup_unless_skipped() {
+    let e = env();
+    e.create_db(
+        "lo",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2); \
+         SELECT lo_from_bytea(424242, 'hello');",
+    );
+    // Named, with the way out, before anything is copied.
+    let out = e.fails(&["gpbackup", "--dbname", "lo"], 2, "large object 424242");
+    assert!(out.contains("--skip-unsupported"), "{out}");
+    assert!(
+        !e.logical_listing()
+            .iter()
+            .any(|b| b["status"] == "Success" || b["database"] == "lo"),
+        "{:?}",
+        e.logical_listing()
+    );
+
+    let ts = e.backup(&["--dbname", "lo", "--skip-unsupported"]);
+    assert_eq!(e.record(&ts).skipped_objects, ["large object 424242"]);
+    e.restore(&ts, &["--create-db", "--redirect-db", "lo_copy"]);
+    assert_eq!(e.server.psql_db("lo_copy", "SELECT count(*) FROM t"), "2");
+    // Both reports say what is not there.
+    let reports = e.ok(&["list", "--report", &ts]);
+    assert_eq!(
+        reports
+            .matches("objects not in the backup (--skip-unsupported): 1")
+            .count(),
+        2,
+        "{reports}"
+    );
+    assert!(reports.contains("large object 424242"), "{reports}");
+}
+
+#[test]
 fn on_error_continue_lists_what_failed() {
     let e = env();
     e.server.psql("CREATE DATABASE src");

@@ -246,10 +246,51 @@ fn zoo_round_trip_gives_the_same_pg_dump() {
         "COMMENT",
         "ACL",
         "DEFAULT ACL",
+        "ACCESS METHOD",
+        "SHELL TYPE",
+        "OPERATOR",
+        "OPERATOR FAMILY",
+        "OPERATOR CLASS",
+        "CAST",
+        "TRANSFORM",
+        "TEXT SEARCH PARSER",
+        "TEXT SEARCH TEMPLATE",
+        "TEXT SEARCH DICTIONARY",
+        "TEXT SEARCH CONFIGURATION",
+        "FOREIGN DATA WRAPPER",
+        "SERVER",
+        "USER MAPPING",
+        "FOREIGN TABLE",
+        "PUBLICATION",
+        "PUBLICATION TABLE",
+        "PUBLICATION TABLES IN SCHEMA",
+        "EVENT TRIGGER",
+        "PROCEDURAL LANGUAGE",
+        "CONVERSION",
     ] {
         assert!(kinds.contains(k), "no {k} entry; kinds: {kinds:?}");
     }
     assert!(!kinds.contains("ROLE"), "globals only when asked");
+    assert!(
+        !kinds.contains("DATABASE PROPERTIES"),
+        "database properties with the globals"
+    );
+    // Event triggers come after everything else (they would fire on the
+    // restore's own statements); a base type's shell before its functions.
+    let last_other = entries
+        .iter()
+        .rposition(|e| !(e.kind == "EVENT TRIGGER" || e.name.starts_with("EVENT TRIGGER ")))
+        .unwrap();
+    assert!(
+        entries[..=last_other]
+            .iter()
+            .all(|e| e.kind != "EVENT TRIGGER"),
+        "{:?}",
+        entries[entries.len() - 12..]
+            .iter()
+            .map(|e| format!("{} {} {:?}", e.kind, e.name, e.section))
+            .collect::<Vec<_>>()
+    );
     // The default calling a function that reads its table is set after
     // both: no cycle.
     let pos = |kind: &str, name: &str| {
@@ -262,6 +303,9 @@ fn zoo_round_trip_gives_the_same_pg_dump() {
     assert!(pos("FUNCTION", "next_ticket()") < pos("DEFAULT", "tickets"));
     // A column of a table's row type needs that table.
     assert!(pos("TABLE", "animals") < pos("TABLE", "animal_snapshots"));
+    assert!(pos("SHELL TYPE", "myint") < pos("FUNCTION", "myint_in(cstring)"));
+    assert!(pos("FUNCTION", "myint_in(cstring)") < pos("TYPE", "myint"));
+    assert!(pos("TYPE", "myint") < pos("TABLE", "myints"));
     // Extension members are the extension's, not separate objects.
     assert!(!entries
         .iter()
@@ -311,7 +355,7 @@ fn zoo_round_trip_gives_the_same_pg_dump() {
                      FROM pg_class WHERE relkind = 'm'";
     assert_eq!(
         server.psql_db("dst2", populated),
-        "big_species=false,species_count=true"
+        "big_species=false,mv_heap2=true,species_count=true"
     );
 }
 
@@ -677,6 +721,19 @@ fn globals_restore_into_a_new_cluster() {
         strip_volatile(&String::from_utf8_lossy(&out.stdout))
     };
     assert_same_dump("roles", &roles(&server), &roles(&target));
+    // The database's settings, role settings in it and privileges.
+    assert!(entries.iter().any(|e| e.kind == "DATABASE PROPERTIES"));
+    let props = "SELECT coalesce(r.rolname, '-') || ' ' || s.setconfig::text FROM pg_db_role_setting s \
+                 LEFT JOIN pg_roles r ON r.oid = s.setrole \
+                 WHERE s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 UNION ALL SELECT datacl::text FROM pg_database WHERE datname = current_database() ORDER BY 1";
+    let src_props = server.psql_db("src", props);
+    assert!(
+        src_props.contains("work_mem=8MB")
+            && src_props.contains("zoo_owner {statement_timeout=5min}"),
+        "{src_props}"
+    );
+    assert_eq!(src_props, target.psql_db("src", props));
     let spc = "SELECT spcname, pg_get_userbyid(spcowner), spcacl FROM pg_tablespace WHERE spcname = 'zoo_space'";
     assert_eq!(server.psql(spc), target.psql(spc));
     assert_eq!(

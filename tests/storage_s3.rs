@@ -724,3 +724,144 @@ async fn failed_part_aborts_the_upload() {
         "completed: {requests:?}"
     );
 }
+
+// ---------------------------------------------------------------------
+// https with a private CA, and a storage that stops forwarding.
+// ---------------------------------------------------------------------
+
+/// Through a TLS terminator whose certificate a test CA signed: refused
+/// (clearly) without `ca_file`, trusted with it; bodies go as
+/// UNSIGNED-PAYLOAD over https and still round-trip, multipart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoint_with_a_private_ca() {
+    let tls = common::tls_proxy::TlsProxy::start(&common::garage::garage().s3_addr());
+    let mut t = common::garage::bucket("https");
+    t.endpoint = tls.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+
+    let mut cfg = config(&t, "p");
+    cfg.max_attempts = 1;
+    let untrusting = S3Storage::new(&cfg).await.unwrap();
+    let e = untrusting
+        .put("k", body_from_bytes(&b"x"[..]))
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("{e}");
+    assert!(
+        e.contains("storage.ca_file") && e.contains("UnknownIssuer") && e.contains(&tls.endpoint()),
+        "{e}"
+    );
+
+    cfg.ca_file = Some(ca);
+    let s = S3Storage::new(&cfg).await.unwrap();
+    let small = data(1000, 1);
+    s.put("small", body_from_bytes(small.clone()))
+        .await
+        .unwrap();
+    let big = data(12 * MIB + 17, 2);
+    assert_eq!(
+        s.put("big", chunked(big.clone(), 300_000)).await.unwrap(),
+        big.len() as u64
+    );
+    assert_eq!(get_bytes(&s, "small").await.unwrap(), small);
+    assert_eq!(get_bytes(&s, "big").await.unwrap(), big);
+    let keys: Vec<String> = s
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, ["big", "small"]);
+    assert_eq!(multipart_uploads(&s).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ca_files_are_refused() {
+    let t = common::garage::bucket("bad-ca");
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not-pem.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    for (path, want) in [
+        (dir.path().join("missing.pem"), "cannot read it"),
+        (not_pem, "holds no certificate"),
+        (broken, "cannot be used as a CA"),
+    ] {
+        let mut cfg = config(&t, "");
+        cfg.ca_file = Some(path.clone());
+        let e = S3Storage::new(&cfg).await.unwrap_err();
+        let text = e.to_string();
+        eprintln!("{text}");
+        assert!(matches!(e, StorageError::Config(_)), "{text}");
+        assert!(
+            text.contains("storage.ca_file") && text.contains(&path.display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains(want), "{text}");
+    }
+}
+
+/// A storage that stops forwarding (a proxy holding every byte): a put
+/// caught by a short stall is retried with back-off and lands once the
+/// proxy forwards again; a stall that outlasts every attempt ends in a
+/// clear "timed out" error within the deadlines, and nothing is visible
+/// under the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_storage_is_retried_then_fails_clearly() {
+    let proxy = common::proxy::Proxy::start(&common::garage::garage().s3_addr());
+    let mut t = common::garage::bucket("stall");
+    t.endpoint = proxy.endpoint();
+    let mut cfg = config(&t, "");
+    cfg.connect_timeout = 2;
+    cfg.request_timeout = 2;
+    cfg.transfer_timeout = 2;
+    cfg.max_attempts = 6;
+    let s = S3Storage::new(&cfg).await.unwrap();
+    s.put("warm", body_from_bytes(&b"w"[..])).await.unwrap();
+
+    // A 3 s stall: the first attempt times out, a later one lands.
+    proxy.stall();
+    let body = data(MIB, 3);
+    let started = Instant::now();
+    let put = {
+        let body = body.clone();
+        let s = S3Storage::new(&cfg).await.unwrap();
+        tokio::spawn(async move { s.put("through-a-stall", body_from_bytes(body)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.resume();
+    put.await.unwrap().expect("the put lands after the stall");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(get_bytes(&s, "through-a-stall").await.unwrap(), body);
+
+    // A stall that does not end: every attempt times out, then a clear
+    // error; no hang.
+    let mut cfg = cfg.clone();
+    cfg.max_attempts = 2;
+    let s2 = S3Storage::new(&cfg).await.unwrap();
+    proxy.stall();
+    let started = Instant::now();
+    let e = s2
+        .put("never", chunked(data(12 * MIB, 4), 65536))
+        .await
+        .unwrap_err()
+        .to_string();
+    let took = started.elapsed();
+    eprintln!("{e} (after {took:?})");
+    assert!(
+        e.contains("timed out") && e.contains(&proxy.endpoint()),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    proxy.resume();
+    assert_eq!(s.head("never").await.unwrap(), None);
+}

@@ -158,6 +158,11 @@ pub struct GpbackupArgs {
     /// Leave roles and tablespaces out.
     #[arg(long)]
     pub without_globals: bool,
+    /// Back up a database holding objects the logical backup does not
+    /// carry (large objects, subscriptions, security labels), leaving them
+    /// out; the reports list them. Without it such a backup fails.
+    #[arg(long)]
+    pub skip_unsupported: bool,
 }
 
 #[derive(Debug, Args)]
@@ -339,6 +344,7 @@ pub async fn backup(config: &Config, a: GpbackupArgs, verbose: u8, quiet: bool) 
         single_data_file: a.single_data_file,
         with_stats: a.with_stats,
         without_globals: a.without_globals,
+        skip_unsupported: a.skip_unsupported,
         jobs: a.jobs.unwrap_or(1),
         queue: a.copy_queue_size.map(|n| n as usize).unwrap_or(4),
         copy_format: config.logical.copy_format,

@@ -54,6 +54,10 @@ pub struct BackupRequest {
     pub single_data_file: bool,
     pub with_stats: bool,
     pub without_globals: bool,
+    /// Back up a database holding objects the logical mode does not carry
+    /// (large objects, subscriptions...), leaving them out; without it the
+    /// backup fails naming them.
+    pub skip_unsupported: bool,
     /// Connections copying in parallel.
     pub jobs: u32,
     /// Pieces (1 MiB) buffered between COPY and the encoder.
@@ -167,14 +171,22 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
 
     let result = backup_in_snapshot(repo, req, &mut main, &ts, base.as_ref()).await;
     let end_time = Utc::now();
-    let (tables, metadata, toc, statistics, object_counts, server_signals, full_copy_reason) =
-        match result {
-            Ok(v) => v,
-            Err(e) => {
-                write_failure_report(repo, req, &ts, &db, start_time, &e).await;
-                return Err(e);
-            }
-        };
+    let (
+        tables,
+        metadata,
+        toc,
+        statistics,
+        object_counts,
+        server_signals,
+        full_copy_reason,
+        skipped_objects,
+    ) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            write_failure_report(repo, req, &ts, &db, start_time, &e).await;
+            return Err(e);
+        }
+    };
     main.close().await;
 
     let mut record = LogicalBackupRecord {
@@ -197,6 +209,7 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
         report: None,
         tables,
         object_counts,
+        skipped_objects,
         server_signals: Some(server_signals),
         segment_count: 0,
         encrypted: repo.codec.key.is_some(),
@@ -351,6 +364,7 @@ type Outcome = (
     std::collections::BTreeMap<String, u64>,
     ServerSignals,
     Option<String>,
+    Vec<String>,
 );
 
 async fn backup_in_snapshot(
@@ -360,6 +374,13 @@ async fn backup_in_snapshot(
     ts: &Timestamp,
     base: Option<&LogicalBackupRecord>,
 ) -> Result<Outcome> {
+    // Nothing silent: objects the backup would leave out stop it unless
+    // the user asked to skip them.
+    let skipped = if req.data_only {
+        Vec::new()
+    } else {
+        check_uncarried(main, req.skip_unsupported).await?
+    };
     // Signals to store are read before the snapshot (see `incremental`).
     main.run(
         "clearing the statistics snapshot",
@@ -594,7 +615,47 @@ async fn backup_in_snapshot(
         object_counts,
         server_signals,
         full_copy_reason,
+        skipped,
     ))
+}
+
+/// How many objects an error message names before it says "and N more".
+const NAMED_OBJECTS: usize = 20;
+
+/// The objects the logical backup does not carry: an error naming them,
+/// or (with `skip`) a warning and the list the record keeps.
+async fn check_uncarried(main: &mut PgConn, skip: bool) -> Result<Vec<String>> {
+    let objects = metadata::uncarried(main).await?;
+    if objects.is_empty() {
+        return Ok(objects);
+    }
+    let mut named: Vec<&str> = objects
+        .iter()
+        .take(NAMED_OBJECTS)
+        .map(String::as_str)
+        .collect();
+    let more = objects.len().saturating_sub(NAMED_OBJECTS);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    if !skip {
+        return Err(Error::Usage(format!(
+            "the database holds {} object(s) the logical backup does not carry: {}{more}. \
+             Pass --skip-unsupported to back up without them (the backup and restore reports \
+             list them), or use a physical backup (cbdr backup), which carries everything",
+            objects.len(),
+            named.join(", ")
+        )));
+    }
+    named.truncate(NAMED_OBJECTS);
+    tracing::warn!(
+        "--skip-unsupported: leaving out {} object(s) the logical backup does not carry: {}{more}",
+        objects.len(),
+        named.join(", ")
+    );
+    Ok(objects)
 }
 
 /// Every table of the database that a backup could copy.
@@ -1128,6 +1189,7 @@ async fn write_failure_report(
         report: None,
         tables: vec![],
         object_counts: Default::default(),
+        skipped_objects: Vec::new(),
         server_signals: None,
         segment_count: 0,
         encrypted: repo.codec.key.is_some(),

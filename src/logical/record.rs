@@ -160,6 +160,10 @@ pub struct LogicalBackupRecord {
     pub tables: Vec<TableData>,
     /// How many TOC entries of each kind.
     pub object_counts: std::collections::BTreeMap<String, u64>,
+    /// Objects the backup does not carry, left out at the user's request
+    /// (`--skip-unsupported`), one description each.
+    #[serde(default)]
+    pub skipped_objects: Vec<String>,
     pub server_signals: Option<ServerSignals>,
     /// Segments of the cluster backed up (0: a single PostgreSQL server).
     pub segment_count: u32,

@@ -149,7 +149,23 @@ pub fn backup_report(r: &LogicalBackupRecord, o: &BackupOutcome) -> String {
             let _ = writeln!(out, "{:<28}{n}", kind.to_lowercase());
         }
     }
+    skipped_objects(&mut out, r);
     out
+}
+
+/// The objects a `--skip-unsupported` backup left out.
+fn skipped_objects(out: &mut String, r: &LogicalBackupRecord) {
+    if r.skipped_objects.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nobjects not in the backup (--skip-unsupported): {}",
+        r.skipped_objects.len()
+    );
+    for o in &r.skipped_objects {
+        let _ = writeln!(out, "  {o}");
+    }
 }
 
 /// One thing that failed in a restore.
@@ -216,6 +232,7 @@ pub fn restore_report(o: &RestoreOutcome) -> String {
     let data = o.failures.iter().filter(|f| f.phase == "data").count();
     line(&mut out, "failed statements", meta);
     line(&mut out, "failed tables (data)", data);
+    skipped_objects(&mut out, o.backup);
     out
 }
 

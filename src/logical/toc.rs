@@ -75,6 +75,27 @@ pub enum ObjectKind {
     Owner,
     Comment,
     Acl,
+    AccessMethod,
+    ShellType,
+    Operator,
+    OperatorFamily,
+    OperatorClass,
+    Cast,
+    Transform,
+    TextSearchParser,
+    TextSearchTemplate,
+    TextSearchDictionary,
+    TextSearchConfiguration,
+    ForeignDataWrapper,
+    Server,
+    UserMapping,
+    Publication,
+    PublicationTable,
+    PublicationTablesInSchema,
+    EventTrigger,
+    ProceduralLanguage,
+    Conversion,
+    DatabaseProperties,
     Other(String),
 }
 
@@ -115,6 +136,27 @@ impl ObjectKind {
         ObjectKind::Owner,
         ObjectKind::Comment,
         ObjectKind::Acl,
+        ObjectKind::AccessMethod,
+        ObjectKind::ShellType,
+        ObjectKind::Operator,
+        ObjectKind::OperatorFamily,
+        ObjectKind::OperatorClass,
+        ObjectKind::Cast,
+        ObjectKind::Transform,
+        ObjectKind::TextSearchParser,
+        ObjectKind::TextSearchTemplate,
+        ObjectKind::TextSearchDictionary,
+        ObjectKind::TextSearchConfiguration,
+        ObjectKind::ForeignDataWrapper,
+        ObjectKind::Server,
+        ObjectKind::UserMapping,
+        ObjectKind::Publication,
+        ObjectKind::PublicationTable,
+        ObjectKind::PublicationTablesInSchema,
+        ObjectKind::EventTrigger,
+        ObjectKind::ProceduralLanguage,
+        ObjectKind::Conversion,
+        ObjectKind::DatabaseProperties,
     ];
 
     /// gpbackup's spelling.
@@ -154,6 +196,27 @@ impl ObjectKind {
             ObjectKind::Owner => "OWNER",
             ObjectKind::Comment => "COMMENT",
             ObjectKind::Acl => "ACL",
+            ObjectKind::AccessMethod => "ACCESS METHOD",
+            ObjectKind::ShellType => "SHELL TYPE",
+            ObjectKind::Operator => "OPERATOR",
+            ObjectKind::OperatorFamily => "OPERATOR FAMILY",
+            ObjectKind::OperatorClass => "OPERATOR CLASS",
+            ObjectKind::Cast => "CAST",
+            ObjectKind::Transform => "TRANSFORM",
+            ObjectKind::TextSearchParser => "TEXT SEARCH PARSER",
+            ObjectKind::TextSearchTemplate => "TEXT SEARCH TEMPLATE",
+            ObjectKind::TextSearchDictionary => "TEXT SEARCH DICTIONARY",
+            ObjectKind::TextSearchConfiguration => "TEXT SEARCH CONFIGURATION",
+            ObjectKind::ForeignDataWrapper => "FOREIGN DATA WRAPPER",
+            ObjectKind::Server => "SERVER",
+            ObjectKind::UserMapping => "USER MAPPING",
+            ObjectKind::Publication => "PUBLICATION",
+            ObjectKind::PublicationTable => "PUBLICATION TABLE",
+            ObjectKind::PublicationTablesInSchema => "PUBLICATION TABLES IN SCHEMA",
+            ObjectKind::EventTrigger => "EVENT TRIGGER",
+            ObjectKind::ProceduralLanguage => "PROCEDURAL LANGUAGE",
+            ObjectKind::Conversion => "CONVERSION",
+            ObjectKind::DatabaseProperties => "DATABASE PROPERTIES",
             ObjectKind::Other(s) => s,
         }
     }
@@ -196,6 +259,27 @@ impl From<&str> for ObjectKind {
             "OWNER" => ObjectKind::Owner,
             "COMMENT" => ObjectKind::Comment,
             "ACL" => ObjectKind::Acl,
+            "ACCESS METHOD" => ObjectKind::AccessMethod,
+            "SHELL TYPE" => ObjectKind::ShellType,
+            "OPERATOR" => ObjectKind::Operator,
+            "OPERATOR FAMILY" => ObjectKind::OperatorFamily,
+            "OPERATOR CLASS" => ObjectKind::OperatorClass,
+            "CAST" => ObjectKind::Cast,
+            "TRANSFORM" => ObjectKind::Transform,
+            "TEXT SEARCH PARSER" => ObjectKind::TextSearchParser,
+            "TEXT SEARCH TEMPLATE" => ObjectKind::TextSearchTemplate,
+            "TEXT SEARCH DICTIONARY" => ObjectKind::TextSearchDictionary,
+            "TEXT SEARCH CONFIGURATION" => ObjectKind::TextSearchConfiguration,
+            "FOREIGN DATA WRAPPER" => ObjectKind::ForeignDataWrapper,
+            "SERVER" => ObjectKind::Server,
+            "USER MAPPING" => ObjectKind::UserMapping,
+            "PUBLICATION" => ObjectKind::Publication,
+            "PUBLICATION TABLE" => ObjectKind::PublicationTable,
+            "PUBLICATION TABLES IN SCHEMA" => ObjectKind::PublicationTablesInSchema,
+            "EVENT TRIGGER" => ObjectKind::EventTrigger,
+            "PROCEDURAL LANGUAGE" => ObjectKind::ProceduralLanguage,
+            "CONVERSION" => ObjectKind::Conversion,
+            "DATABASE PROPERTIES" => ObjectKind::DatabaseProperties,
             other => ObjectKind::Other(other.to_string()),
         }
     }
@@ -277,9 +361,9 @@ mod tests {
             "\"MATERIALIZED VIEW DATA\""
         );
         // A kind of a newer cbdr is kept as it is.
-        let other: ObjectKind = serde_json::from_str("\"EVENT TRIGGER\"").unwrap();
-        assert_eq!(other, ObjectKind::Other("EVENT TRIGGER".into()));
-        assert_eq!(serde_json::to_string(&other).unwrap(), "\"EVENT TRIGGER\"");
-        assert_eq!(other.to_string(), "EVENT TRIGGER");
+        let other: ObjectKind = serde_json::from_str("\"SUBSCRIPTION\"").unwrap();
+        assert_eq!(other, ObjectKind::Other("SUBSCRIPTION".into()));
+        assert_eq!(serde_json::to_string(&other).unwrap(), "\"SUBSCRIPTION\"");
+        assert_eq!(other.to_string(), "SUBSCRIPTION");
     }
 }

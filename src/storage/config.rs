@@ -36,6 +36,10 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// A PEM file of CA certificates trusted for an `https://` endpoint,
+    /// on top of the system's (a server with a private or self-signed
+    /// certificate).
+    pub ca_file: Option<PathBuf>,
     pub storage_class: Option<String>,
     /// Server-side encryption: "AES256" or "aws:kms".
     pub sse: Option<String>,
@@ -75,6 +79,7 @@ impl Default for StorageConfig {
             force_path_style: false,
             access_key_id: None,
             secret_access_key: None,
+            ca_file: None,
             storage_class: None,
             sse: None,
             sse_kms_key_id: None,
@@ -107,6 +112,7 @@ impl std::fmt::Debug for StorageConfig {
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("ca_file", &self.ca_file)
             .field("storage_class", &self.storage_class)
             .field("sse", &self.sse)
             .field("part_size", &self.part_size)

@@ -6,9 +6,16 @@
 //! error so that nothing is ever visible under the key. The SDK retries
 //! throttling, 5xx and network errors (`max_attempts`, exponential back-off).
 //!
-//! TLS is rustls with the ring provider, and the SDK computes checksums only
-//! when an operation requires them (some S3-compatible servers refuse the
-//! SDK's default CRC32 checksums on multipart uploads).
+//! TLS is rustls with the ring provider, trusting the system's CA
+//! certificates plus those of `storage.ca_file`, and the SDK computes
+//! checksums only when an operation requires them (some S3-compatible
+//! servers refuse the SDK's default CRC32 checksums on multipart uploads).
+//!
+//! Over https the bodies of PutObject and UploadPart are sent as
+//! `UNSIGNED-PAYLOAD` (the headers are still signed): TLS protects the
+//! bytes in transit and the repository's codec authenticates every object
+//! when it is read, so a SHA-256 pass over every byte before sending it
+//! would buy nothing. Over plain http the payload is signed.
 
 use std::fmt;
 use std::io;
@@ -74,6 +81,8 @@ pub struct S3Storage {
     sse_kms_key_id: Option<String>,
     part_size: u64,
     upload_concurrency: usize,
+    /// Send bodies as `UNSIGNED-PAYLOAD` (the endpoint is https).
+    unsigned_payload: bool,
     /// `max_keys` of each ListObjectsV2 page; `None` = the server's (1000).
     list_page_size: Option<i32>,
     deadlines: Deadlines,
@@ -149,10 +158,19 @@ impl S3Storage {
             }
         }
 
+        let mut trust = tls::TrustStore::default();
+        if let Some(path) = cfg.ca_file.as_deref() {
+            trust = trust.with_pem_certificate(read_ca_file(path)?);
+        }
+        let tls_context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| StorageError::Config(format!("TLS settings: {e}")))?;
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
             ))
+            .tls_context(tls_context)
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client)
@@ -211,6 +229,9 @@ impl S3Storage {
         if let Some(endpoint) = &endpoint {
             s3_config = s3_config.endpoint_url(endpoint);
         }
+        let unsigned_payload = endpoint
+            .as_deref()
+            .is_none_or(|e| e.starts_with("https://"));
         Ok(S3Storage {
             client: Client::from_conf(s3_config.build()),
             bucket,
@@ -221,6 +242,7 @@ impl S3Storage {
             sse_kms_key_id: cfg.sse_kms_key_id.clone().filter(|s| !s.is_empty()),
             part_size: cfg.part_size,
             upload_concurrency: cfg.upload_concurrency,
+            unsigned_payload,
             list_page_size: None,
             deadlines,
         })
@@ -330,7 +352,8 @@ impl S3Storage {
     ) -> Result<u64, StorageError> {
         let len = data.len() as u64;
         crate::fault::point("s3-put-single");
-        self.client
+        let request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(object_key)
@@ -341,10 +364,13 @@ impl S3Storage {
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .set_if_none_match(if_new.then(|| "*".to_string()))
             .customize()
-            .config_override(self.transfer())
-            .send()
-            .await
-            .map_err(|e| self.put_error(key, &e))?;
+            .config_override(self.transfer());
+        let request = if self.unsigned_payload {
+            request.disable_payload_signing()
+        } else {
+            request
+        };
+        request.send().await.map_err(|e| self.put_error(key, &e))?;
         Ok(len)
     }
 
@@ -523,6 +549,11 @@ impl S3Storage {
                 .body(SdkByteStream::from(data))
                 .customize()
                 .config_override(self.transfer());
+            let request = if self.unsigned_payload {
+                request.disable_payload_signing()
+            } else {
+                request
+            };
             let (bucket, endpoint, location) = (
                 self.bucket.clone(),
                 self.endpoint_name().to_string(),
@@ -897,6 +928,41 @@ fn attempt_timeout(connect: Duration, limit: Duration) -> aws_sdk_s3::config::Bu
     )
 }
 
+/// The PEM certificates of `storage.ca_file`, checked: a file that cannot
+/// be read or holds no usable certificate is a configuration error naming
+/// it (the TLS layer would only fail at the first connection).
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, StorageError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let what = || format!("storage.ca_file {}", path.display());
+    let pem = std::fs::read(path)
+        .map_err(|e| StorageError::Config(format!("{}: cannot read it: {e}", what())))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            StorageError::Config(format!(
+                "{}: not a PEM file of certificates ({e:?}): give the CA certificate(s) in PEM form",
+                what()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(StorageError::Config(format!(
+            "{}: holds no certificate (expected \"-----BEGIN CERTIFICATE-----\" blocks)",
+            what()
+        )));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| {
+            StorageError::Config(format!(
+                "{}: a certificate cannot be used as a CA: {e}",
+                what()
+            ))
+        })?;
+    }
+    Ok(pem)
+}
+
 fn body_error(key: &str, location: String, source: io::Error) -> StorageError {
     StorageError::Io {
         op: "read the data to put as",
@@ -988,7 +1054,13 @@ where
         SdkError::DispatchFailure(failure) => {
             let chain = error_chain(err);
             let io_kind = io_error_kind(err);
-            if io_kind == Some(io::ErrorKind::ConnectionRefused) {
+            if chain.contains("invalid peer certificate") || chain.contains("TLS handshake") {
+                format!(
+                    "TLS with endpoint {endpoint} failed: if the server's certificate is signed by a private CA, \
+                     set storage.ca_file to that CA's certificate (PEM); check that the certificate names the \
+                     endpoint's host ({chain})"
+                )
+            } else if io_kind == Some(io::ErrorKind::ConnectionRefused) {
                 format!("cannot connect to endpoint {endpoint}: connection refused ({chain})")
             } else if failure.is_timeout() || io_kind == Some(io::ErrorKind::TimedOut) {
                 format!("cannot connect to endpoint {endpoint}: timed out ({chain})")

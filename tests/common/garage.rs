@@ -123,6 +123,11 @@ impl Garage {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
 
+    /// The server's process id (for the benches' CPU accounting).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// `127.0.0.1:PORT` of the S3 API.
     pub fn s3_addr(&self) -> String {
         format!("127.0.0.1:{}", self.s3_port)
@@ -271,8 +276,19 @@ fn start_once(bin: &Path) -> Result<Garage, (String, bool)> {
         .keep();
     let (s3_port, rpc_port, admin_port) = (free_port(), free_port(), free_port());
     let config = dir.join("garage.toml");
+    // `$GARAGE_COMPRESSION_LEVEL` ("none", or a zstd level): the benches
+    // turn Garage's block compression off, as a DBA would for tools that
+    // send compressed data; unset = Garage's default (zstd level 1).
+    let compression = std::env::var("GARAGE_COMPRESSION_LEVEL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| match v.trim().parse::<i32>() {
+            Ok(level) => format!("compression_level = {level}\n"),
+            Err(_) => "compression_level = \"none\"\n".to_string(),
+        })
+        .unwrap_or_default();
     let toml = format!(
-        r#"metadata_dir = "{dir}/meta"
+        r#"{compression}metadata_dir = "{dir}/meta"
 data_dir = "{dir}/data"
 db_engine = "sqlite"
 metadata_fsync = false

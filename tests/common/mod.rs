@@ -7,6 +7,8 @@
 //!   command runner): [`CbdrEnv::builder`].
 //! * [`store`]: raw and decoded access to a repository's objects, to damage
 //!   and repair them ([`store::Store`]).
+//! * [`proxy`]: a TCP proxy that can stall or cut; [`tls_proxy`]: a TLS
+//!   terminator with a CA made for the test.
 //! * [`wait_for`]: the one polling loop every test that waits uses.
 //!
 //! Every test binary compiles this module separately and uses a different
@@ -22,6 +24,7 @@ pub mod pg;
 pub mod pg13;
 pub mod proxy;
 pub mod store;
+pub mod tls_proxy;
 
 #[allow(unused_imports)]
 pub use env::{CbdrEnv, Cmd, Key, Output, Storage, CBDR};

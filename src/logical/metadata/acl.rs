@@ -38,7 +38,7 @@ pub(crate) fn add_owner(g: &mut Graph, t: &Target, owner: &str) -> usize {
 }
 
 /// GRANT statements for one object's ACL items (quoted names).
-fn grant_statements(
+pub(crate) fn grant_statements(
     out: &mut Vec<String>,
     on: &str,
     owner_q: &str,

@@ -29,6 +29,27 @@ pub(crate) mod class {
     pub const PG_EXTENSION: u32 = 3079;
     /// Shared: tables name their tablespace, pg_depend does not.
     pub const PG_TABLESPACE: u32 = 1213;
+    pub const PG_AM: u32 = 2601;
+    pub const PG_AMOP: u32 = 2602;
+    pub const PG_AMPROC: u32 = 2603;
+    pub const PG_CAST: u32 = 2605;
+    pub const PG_CONVERSION: u32 = 2607;
+    pub const PG_LANGUAGE: u32 = 2612;
+    pub const PG_OPCLASS: u32 = 2616;
+    pub const PG_OPERATOR: u32 = 2617;
+    pub const PG_OPFAMILY: u32 = 2753;
+    pub const PG_TRANSFORM: u32 = 3576;
+    pub const PG_TS_DICT: u32 = 3600;
+    pub const PG_TS_PARSER: u32 = 3601;
+    pub const PG_TS_CONFIG: u32 = 3602;
+    pub const PG_TS_TEMPLATE: u32 = 3764;
+    pub const PG_FOREIGN_DATA_WRAPPER: u32 = 2328;
+    pub const PG_FOREIGN_SERVER: u32 = 1417;
+    pub const PG_USER_MAPPING: u32 = 1418;
+    pub const PG_EVENT_TRIGGER: u32 = 3466;
+    pub const PG_PUBLICATION: u32 = 6104;
+    pub const PG_PUBLICATION_NAMESPACE: u32 = 6237;
+    pub const PG_PUBLICATION_REL: u32 = 6106;
 }
 
 /// A catalog row, as `pg_depend` names it: (catalog OID, row OID).
@@ -117,6 +138,15 @@ pub(crate) struct Graph {
     owned_sequences: HashSet<u32>,
     /// (materialized view entry, its REFRESH entry).
     refreshes: Vec<(usize, usize)>,
+    /// `pg_depend` edges (from, to) that go to another entry than the one
+    /// creating `to`: a base type's I/O functions need only its shell.
+    redirects: HashMap<(ObjRef, ObjRef), usize>,
+    /// Entries replayed after every other one (event triggers, which would
+    /// fire on the restore's own statements).
+    last: HashSet<usize>,
+    /// Whatever depends on the object also needs these entries: a stored
+    /// expression calling a cast's function is printed as the cast.
+    also: HashMap<ObjRef, Vec<usize>>,
 }
 
 impl Graph {
@@ -148,6 +178,21 @@ impl Graph {
         self.refreshes.push((matview, refresh));
     }
 
+    /// The `pg_depend` edge from `from` to `to` goes to entry `node`.
+    pub fn redirect(&mut self, from: ObjRef, to: ObjRef, node: usize) {
+        self.redirects.insert((from, to), node);
+    }
+
+    /// Every entry depending on `obj` also depends on `node`.
+    pub fn also_needs(&mut self, obj: ObjRef, node: usize) {
+        self.also.entry(obj).or_default().push(node);
+    }
+
+    /// `node` is replayed after every entry not so marked.
+    pub fn mark_last(&mut self, node: usize) {
+        self.last.insert(node);
+    }
+
     /// Resolve dependencies, fix sections, sort, number the entries.
     pub fn finish(mut self, depend: &[DependRow]) -> Vec<TocEntry> {
         let n = self.nodes.len();
@@ -174,10 +219,17 @@ impl Graph {
             {
                 continue;
             }
-            if let (Some(&a), Some(&b)) = (self.objs.get(&row.from), self.objs.get(&row.to)) {
+            let to = self
+                .redirects
+                .get(&(row.from, row.to))
+                .or_else(|| self.objs.get(&row.to));
+            if let (Some(&a), Some(&b)) = (self.objs.get(&row.from), to) {
                 if a != b {
                     edges[a].push(b);
                 }
+            }
+            if let (Some(&a), Some(more)) = (self.objs.get(&row.from), self.also.get(&row.to)) {
+                edges[a].extend(more.iter().copied().filter(|&m| m != a));
             }
         }
         // A refresh reads the materialized views its view reaches.
@@ -195,6 +247,14 @@ impl Graph {
                     }
                 }
                 stack.extend(edges[k].iter().copied());
+            }
+        }
+        // (Also on pre-data entries: the sections are fixed later.)
+        for &l in &self.last {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if !self.last.contains(&i) && node.section <= self.nodes[l].section {
+                    edges[l].push(i);
+                }
             }
         }
         for e in &mut edges {
@@ -306,15 +366,33 @@ pub(crate) fn kind_rank(kind: &ObjectKind) -> u8 {
         ObjectKind::Role => 0,
         ObjectKind::RoleGrant => 1,
         ObjectKind::Tablespace => 2,
+        ObjectKind::DatabaseProperties => 3,
         ObjectKind::Schema => 10,
         ObjectKind::Extension => 11,
+        ObjectKind::ProceduralLanguage => 11,
+        ObjectKind::AccessMethod => 11,
+        ObjectKind::ForeignDataWrapper => 11,
+        ObjectKind::Server => 11,
+        ObjectKind::UserMapping => 11,
         ObjectKind::Collation => 12,
+        ObjectKind::ShellType => 12,
         ObjectKind::Type => 13,
         ObjectKind::Domain => 14,
         ObjectKind::Function | ObjectKind::Procedure => 15,
         ObjectKind::Aggregate => 16,
+        ObjectKind::Operator => 16,
+        ObjectKind::OperatorFamily => 16,
+        ObjectKind::OperatorClass => 16,
+        ObjectKind::Cast => 16,
+        ObjectKind::Transform => 16,
+        ObjectKind::Conversion => 16,
+        ObjectKind::TextSearchParser => 16,
+        ObjectKind::TextSearchTemplate => 16,
+        ObjectKind::TextSearchDictionary => 16,
+        ObjectKind::TextSearchConfiguration => 16,
         ObjectKind::Sequence => 17,
         ObjectKind::Table => 18,
+        ObjectKind::ForeignTable => 18,
         ObjectKind::TableAttach => 19,
         ObjectKind::SequenceOwnedBy => 20,
         ObjectKind::Default => 20,
@@ -332,6 +410,10 @@ pub(crate) fn kind_rank(kind: &ObjectKind) -> u8 {
         ObjectKind::Statistics => 38,
         ObjectKind::MaterializedViewData => 39,
         ObjectKind::DefaultAcl => 40,
+        ObjectKind::Publication => 41,
+        ObjectKind::PublicationTable => 42,
+        ObjectKind::PublicationTablesInSchema => 42,
+        ObjectKind::EventTrigger => 45,
         ObjectKind::Owner => 50,
         ObjectKind::Comment => 51,
         ObjectKind::Acl => 52,

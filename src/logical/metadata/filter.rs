@@ -145,6 +145,11 @@ fn is_attached_kind(kind: &ObjectKind) -> bool {
     )
 }
 
+/// An entry on a system object (a grant on a `pg_catalog` function).
+fn is_system(e: &TocEntry) -> bool {
+    e.schema == "pg_catalog" || e.schema == "information_schema"
+}
+
 struct Selection {
     chosen: Vec<bool>,
     /// Tables chosen by the filter itself (their data is restored).
@@ -243,6 +248,10 @@ fn compute(entries: &[TocEntry], filter: &ObjectFilter) -> Selection {
         if e.section == Section::Globals {
             return true;
         }
+        if is_system(e) {
+            // Grants on system objects: part of a whole-database restore.
+            return !filter.has_includes();
+        }
         if e.owner_table.is_some() || is_attached_kind(&e.kind) {
             return false;
         }
@@ -314,6 +323,7 @@ fn compute(entries: &[TocEntry], filter: &ObjectFilter) -> Selection {
         if !chosen[i]
             && !blocked[i]
             && is_attached_kind(&entries[i].kind)
+            && !is_system(&entries[i])
             && entries[i].owner_table.is_none()
             && deps(i).all(|d| chosen[d])
         {

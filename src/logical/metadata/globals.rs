@@ -43,18 +43,20 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
     collect_tablespaces(conn, g).await
 }
 
-/// `ALTER ROLE r SET name TO value` for one `name=value` setting.
-fn role_setting(role_q: &str, setting: &str) -> Option<String> {
+/// `SET name TO value` for one stored `name=value` setting.
+pub(crate) fn set_clause(setting: &str) -> Option<String> {
     let (name, value) = setting.split_once('=')?;
     let value = if LIST_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
         value.to_string()
     } else {
         quote_literal(value)
     };
-    Some(format!(
-        "ALTER ROLE {role_q} SET {} TO {value};",
-        quote_ident(name)
-    ))
+    Some(format!("SET {} TO {value}", quote_ident(name)))
+}
+
+/// `ALTER ROLE r SET name TO value` for one `name=value` setting.
+fn role_setting(role_q: &str, setting: &str) -> Option<String> {
+    Some(format!("ALTER ROLE {role_q} {};", set_clause(setting)?))
 }
 
 async fn collect_roles(conn: &mut PgConn, g: &mut Graph) -> Result<()> {

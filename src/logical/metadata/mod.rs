@@ -4,14 +4,21 @@
 //!
 //! * [`collect`] reads the catalogs (SELECTs only, so it runs inside the
 //!   backup's REPEATABLE READ snapshot transaction) and returns one
-//!   [`TocEntry`] per object: globals (roles, memberships, tablespaces),
-//!   pre-data (schemas, extensions, collations, types, domains, functions,
-//!   aggregates, sequences and their values, tables with defaults,
-//!   identity and generated columns, partitions, views, materialized
-//!   views), post-data (indexes, constraints, foreign keys, triggers,
-//!   rules, policies, statistics, materialized view refreshes, default
-//!   privileges); each object's owner, comment and grants are entries of
-//!   their own (`OWNER`, `COMMENT`, `ACL`) that depend on it.
+//!   [`TocEntry`] per object: globals (roles, memberships, tablespaces,
+//!   the database's settings and privileges), pre-data (schemas,
+//!   extensions, access methods, languages, collations, types, shell and
+//!   base types, domains, functions, aggregates, operators, operator
+//!   families and classes, casts, transforms, conversions, text search
+//!   objects, foreign-data wrappers, servers, user mappings, sequences and
+//!   their values, tables and foreign tables with defaults, identity and
+//!   generated columns, partitions, views, materialized views, grants on
+//!   system objects), post-data (indexes, constraints, foreign keys,
+//!   triggers, rules, policies, statistics, materialized view refreshes,
+//!   default privileges, publications, event triggers last); each object's
+//!   owner, comment and grants are entries of their own (`OWNER`,
+//!   `COMMENT`, `ACL`) that depend on it.
+//! * [`uncarried`] lists what a backup would leave out (large objects,
+//!   subscriptions, security labels, any catalog no collector reads).
 //! * [`list_tables`] lists the tables whose rows a backup copies.
 //! * [`select`] picks the entries a filtered restore replays,
 //!   [`redirect_schema`] moves entries to another schema.
@@ -24,21 +31,32 @@
 //! Statements name every object schema-qualified (they are generated with
 //! an empty `search_path`) and quote identifiers as PostgreSQL does.
 
+mod access_methods;
 mod acl;
+mod casts;
+mod catalog_acl;
 mod comments;
 mod constraints;
+mod database;
 mod deps;
+mod event_triggers;
 mod extensions;
 mod filter;
+mod foreign;
 mod functions;
 mod globals;
 mod indexes;
+mod inventory;
+mod languages;
+mod operators;
+mod publications;
 mod redirect;
 mod rules;
 mod schemas;
 mod sequences;
 mod tablelist;
 mod tables;
+mod text_search;
 mod triggers;
 mod types;
 mod views;
@@ -51,6 +69,7 @@ use crate::pg::conn::{PgConn, PgError, Row};
 
 pub use crate::pg::quote::{quote_ident, quote_literal};
 pub use filter::{parse_table_name, select, selected_tables, ObjectFilter};
+pub use inventory::uncarried;
 pub use redirect::redirect_schema;
 pub use tablelist::{list_tables, TableInfo};
 
@@ -172,11 +191,19 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     let mut g = Graph::default();
     if opts.with_globals {
         globals::collect(conn, &mut g).await?;
+        database::collect(conn, &mut g).await?;
     }
     schemas::collect(conn, &mut g).await?;
     extensions::collect(conn, &mut g).await?;
+    access_methods::collect(conn, &mut g).await?;
+    languages::collect(conn, &mut g).await?;
     types::collect(conn, &mut g).await?;
     functions::collect(conn, &mut g).await?;
+    operators::collect(conn, &mut g).await?;
+    casts::collect(conn, &mut g).await?;
+    text_search::collect(conn, &mut g).await?;
+    foreign::collect(conn, &mut g).await?;
+    catalog_acl::collect(conn, &mut g).await?;
     let mut tables = tables::collect(conn, &mut g).await?;
     views::collect(conn, &mut g, &mut tables).await?;
     sequences::collect(conn, &mut g, &tables).await?;
@@ -186,8 +213,9 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     triggers::collect(conn, &mut g, &tables).await?;
     rules::collect(conn, &mut g, &tables).await?;
     acl::collect_default_privileges(conn, &mut g).await?;
+    publications::collect(conn, &mut g).await?;
+    event_triggers::collect(conn, &mut g).await?;
     bind_derived_types(conn, &mut g).await?;
-    warn_unsupported(conn).await?;
     let (depend, internal) = read_depend(conn).await?;
     // Objects that exist only as part of another (a range type's
     // constructors, a toast table) belong to that object's entry.
@@ -267,55 +295,6 @@ async fn read_depend(conn: &mut PgConn) -> Result<(Vec<DependRow>, Vec<(ObjRef, 
         }
     }
     Ok((depend, internal))
-}
-
-/// Log the kinds of user objects a logical backup does not carry.
-async fn warn_unsupported(conn: &mut PgConn) -> Result<()> {
-    let sql = format!(
-        "SELECT kind, n FROM (\
-           SELECT 'foreign tables' AS kind, count(*) AS n FROM pg_catalog.pg_class c \
-             JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
-             WHERE c.relkind = 'f' AND {c_user} AND {c_ext} \
-           UNION ALL SELECT 'foreign data wrappers and servers', \
-             (SELECT count(*) FROM pg_catalog.pg_foreign_data_wrapper w WHERE w.oid >= 16384 AND {w_ext}) \
-             + (SELECT count(*) FROM pg_catalog.pg_foreign_server f WHERE {f_ext}) \
-           UNION ALL SELECT 'operators, operator classes and families', \
-             (SELECT count(*) FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace s ON s.oid = o.oprnamespace WHERE {o_user} AND {o_ext}) \
-             + (SELECT count(*) FROM pg_catalog.pg_opclass o JOIN pg_catalog.pg_namespace s ON s.oid = o.opcnamespace WHERE {o_user} AND {oc_ext}) \
-           UNION ALL SELECT 'casts', count(*) FROM pg_catalog.pg_cast k WHERE k.oid >= 16384 AND {k_ext} \
-           UNION ALL SELECT 'text search objects', count(*) FROM pg_catalog.pg_ts_config t \
-             JOIN pg_catalog.pg_namespace s ON s.oid = t.cfgnamespace WHERE {o_user} AND {t_ext} \
-           UNION ALL SELECT 'base types', count(*) FROM pg_catalog.pg_type t \
-             JOIN pg_catalog.pg_namespace s ON s.oid = t.typnamespace \
-             WHERE t.typtype = 'b' AND t.typelem = 0 AND {o_user} AND {ty_ext} \
-           UNION ALL SELECT 'publications', count(*) FROM pg_catalog.pg_publication \
-           UNION ALL SELECT 'large objects', count(*) FROM pg_catalog.pg_largeobject_metadata \
-           UNION ALL SELECT 'event triggers', count(*) FROM pg_catalog.pg_event_trigger e WHERE {e_ext} \
-           UNION ALL SELECT 'procedural languages', count(*) FROM pg_catalog.pg_language l \
-             WHERE l.oid >= 16384 AND {l_ext} \
-         ) k WHERE n > 0",
-        c_user = user_schema("s"),
-        c_ext = not_extension_member("pg_class", "c.oid"),
-        w_ext = not_extension_member("pg_foreign_data_wrapper", "w.oid"),
-        f_ext = not_extension_member("pg_foreign_server", "f.oid"),
-        o_user = user_schema("s"),
-        o_ext = not_extension_member("pg_operator", "o.oid"),
-        oc_ext = not_extension_member("pg_opclass", "o.oid"),
-        k_ext = not_extension_member("pg_cast", "k.oid"),
-        t_ext = not_extension_member("pg_ts_config", "t.oid"),
-        ty_ext = not_extension_member("pg_type", "t.oid"),
-        e_ext = not_extension_member("pg_event_trigger", "e.oid"),
-        l_ext = not_extension_member("pg_language", "l.oid"),
-    );
-    for r in query(conn, "count unsupported objects", &sql).await? {
-        tracing::warn!(
-            "the logical backup does not include {} ({} in this database): re-create them \
-             by hand after a restore, or use a physical backup",
-            r.text("kind")?,
-            r.text("n")?
-        );
-    }
-    Ok(())
 }
 
 /// Run a catalog query; errors name what was being read.
@@ -445,6 +424,66 @@ impl Target {
     }
 }
 
+impl Target {
+    /// A target outside any table.
+    pub fn of(
+        node: usize,
+        section: Section,
+        word: &'static str,
+        grant_word: &'static str,
+        sql: &str,
+        schema: &str,
+        name: &str,
+    ) -> Target {
+        Target {
+            node,
+            section,
+            word,
+            grant_word,
+            sql: sql.to_string(),
+            schema: schema.to_string(),
+            name: name.to_string(),
+            owner_table: None,
+        }
+    }
+}
+
+/// Generic options (`{host=example,port=5432}` as a JSON array of `k=v`)
+/// as the inside of an `OPTIONS (...)` clause: `host 'example', port '5432'`.
+pub(crate) fn generic_options_sql(options: &[String]) -> String {
+    options
+        .iter()
+        .map(|o| match o.split_once('=') {
+            Some((k, v)) => format!("{} {}", quote_ident(k), quote_literal(v)),
+            None => format!("{} ''", quote_ident(o)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ` OPTIONS (...)` for non-empty options, else "".
+pub(crate) fn options_clause(options: &[String]) -> String {
+    if options.is_empty() {
+        String::new()
+    } else {
+        format!(" OPTIONS ({})", generic_options_sql(options))
+    }
+}
+
+/// A `DO` block running `create` and leaving an object of that name
+/// already there as it is: objects of the whole database (access methods,
+/// wrappers, casts, publications...) may exist when a filtered or
+/// redirected restore writes into a database that has them.
+pub(crate) fn create_unless_exists(create: &str) -> String {
+    format!(
+        "DO {};",
+        crate::pg::quote::dollar_quote(&format!(
+            "BEGIN\n    {}\nEXCEPTION WHEN duplicate_object THEN NULL;\nEND",
+            create.replace('\n', "\n    ")
+        ))
+    )
+}
+
 /// `QualifiedName` from catalog names.
 pub(crate) fn qname(schema: &str, name: &str) -> QualifiedName {
     QualifiedName {
@@ -470,6 +509,16 @@ pub(crate) fn reloptions_sql(options: &[String], prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generic_options_are_quoted() {
+        let opts = vec!["host=example".to_string(), "Port=it's=x".to_string()];
+        assert_eq!(
+            options_clause(&opts),
+            " OPTIONS (host 'example', \"Port\" 'it''s=x')"
+        );
+        assert_eq!(options_clause(&[]), "");
+    }
 
     #[test]
     fn reloptions_are_quoted() {

@@ -68,6 +68,9 @@ pub(crate) struct Column {
     pub compression: Option<String>,
     pub comment: Option<String>,
     pub acl: Option<Vec<AclRow>>,
+    /// A foreign table's column options (`k=v`).
+    #[serde(default)]
+    pub fdw_options: Option<Vec<String>>,
 }
 
 /// Columns (not dropped) of the user relations of kinds `relkinds`
@@ -91,7 +94,7 @@ pub(crate) async fn read_columns(
                 'stattarget', a.attstattarget, 'options', pg_catalog.array_to_json(a.attoptions), \
                 'compression', nullif(a.attcompression::text, ''), \
                 'comment', pg_catalog.col_description(a.attrelid, a.attnum), \
-                'acl', {acl}) AS col \
+                'acl', {acl}, 'fdw_options', pg_catalog.array_to_json(a.attfdwoptions)) AS col \
          FROM pg_catalog.pg_attribute a \
          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -189,6 +192,9 @@ struct Identity {
     max: String,
     cache: String,
     cycle: bool,
+    /// The sequence's own persistence ('p' or 'u'), which may differ from
+    /// its table's.
+    persistence: String,
 }
 
 /// The column lines of a CREATE TABLE, and what goes after it.
@@ -226,12 +232,24 @@ fn column_lines<'a>(
             } else {
                 format!("    {} {}", col.qname, col.type_sql)
             };
+            if let Some(opts) = col.fdw_options.as_ref().filter(|o| !o.is_empty()) {
+                line.push_str(&super::options_clause(opts));
+            }
             if let Some(c) = &col.collation {
                 if !typed {
                     line.push_str(&format!(" COLLATE {c}"));
                 }
             }
+            // A child of a generated parent column inherits its
+            // expression: PostgreSQL refuses one written again.
+            let parent_generated = !is_partition
+                && parents
+                    .iter()
+                    .filter_map(|p| columns.get(p))
+                    .filter_map(|pc| pc.iter().find(|c| c.name == col.name))
+                    .any(|pc| !pc.generated.is_empty());
             match (&col.default, col.generated.as_str()) {
+                (Some(_), "s") if parent_generated => {}
                 (Some(expr), "s") => {
                     line.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"))
                 }
@@ -297,8 +315,12 @@ fn create_table_sql(
     is_partition: bool,
 ) -> Result<(String, Option<String>)> {
     let mut sql = String::from("CREATE ");
+    let foreign = r.text("relkind")? == "f";
     if r.text("persistence")? == "u" {
         sql.push_str("UNLOGGED ");
+    }
+    if foreign {
+        sql.push_str("FOREIGN ");
     }
     sql.push_str(&format!("TABLE {qn}"));
     if let Some(t) = oftype {
@@ -322,6 +344,11 @@ fn create_table_sql(
     }
     if let Some(k) = r.opt("partkey")? {
         sql.push_str(&format!("\nPARTITION BY {k}"));
+    }
+    if let Some(server) = r.opt("server")? {
+        sql.push_str(&format!("\nSERVER {server}"));
+        let options: Vec<String> = r.opt_json("ftoptions")?.unwrap_or_default();
+        sql.push_str(&super::options_clause(&options));
     }
     if let Some(am) = r.opt("amname")? {
         if am != "heap" {
@@ -353,8 +380,15 @@ fn create_table_sql(
     Ok((sql, tablespace))
 }
 
-/// ALTER TABLE ... ADD GENERATED ... AS IDENTITY for each identity column.
-fn identity_statements(qn: &str, cols: &[Column], identities: &[Identity]) -> Vec<String> {
+/// ALTER TABLE ... ADD GENERATED ... AS IDENTITY for each identity column
+/// (with LOGGED or UNLOGGED when the sequence's persistence is not the
+/// table's, `table_persistence`).
+fn identity_statements(
+    qn: &str,
+    cols: &[Column],
+    identities: &[Identity],
+    table_persistence: &str,
+) -> Vec<String> {
     let mut stmts = Vec::new();
     for id in identities {
         let Some(col) = cols.iter().find(|c| c.attnum == id.attnum) else {
@@ -365,8 +399,13 @@ fn identity_statements(qn: &str, cols: &[Column], identities: &[Identity]) -> Ve
         } else {
             "BY DEFAULT"
         };
+        let persistence = match id.persistence.as_str() {
+            p if p == table_persistence => "",
+            "u" => "\n    UNLOGGED",
+            _ => "\n    LOGGED",
+        };
         stmts.push(format!(
-            "ALTER TABLE {qn} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {}\n    \
+            "ALTER TABLE {qn} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {}{persistence}\n    \
              START WITH {}\n    INCREMENT BY {}\n    MINVALUE {}\n    MAXVALUE {}\n    CACHE {}{}\n);",
             col.qname,
             id.seqname,
@@ -403,6 +442,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 pg_catalog.array_to_json(c.reloptions) AS reloptions, \
                 pg_catalog.array_to_json(tc.reloptions) AS toast_options, \
                 ts.spcname, c.reltablespace, am.amname, \
+                pg_catalog.quote_ident(fs.srvname) AS server, pg_catalog.array_to_json(ft.ftoptions) AS ftoptions, \
                 CASE WHEN c.relkind = 'p' THEN pg_catalog.pg_get_partkeydef(c.oid) END AS partkey, \
                 CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END AS partbound, \
                 (SELECT pg_catalog.json_agg(i.inhparent::int8 ORDER BY i.inhseqno) FROM pg_catalog.pg_inherits i \
@@ -418,7 +458,8 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 (SELECT pg_catalog.json_agg(pg_catalog.json_build_object('attnum', d.refobjsubid, \
                         'seqname', pg_catalog.format('%I.%I', sn.nspname, sc.relname), \
                         'start', s.seqstart::text, 'increment', s.seqincrement::text, 'min', s.seqmin::text, \
-                        'max', s.seqmax::text, 'cache', s.seqcache::text, 'cycle', s.seqcycle)) \
+                        'max', s.seqmax::text, 'cache', s.seqcache::text, 'cycle', s.seqcycle, \
+                        'persistence', sc.relpersistence::text)) \
                   FROM pg_catalog.pg_depend d \
                   JOIN pg_catalog.pg_sequence s ON s.seqrelid = d.objid \
                   JOIN pg_catalog.pg_class sc ON sc.oid = s.seqrelid \
@@ -431,7 +472,9 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
          LEFT JOIN pg_catalog.pg_class tc ON tc.oid = c.reltoastrelid \
          LEFT JOIN pg_catalog.pg_tablespace ts ON ts.oid = c.reltablespace \
          LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam \
-         WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {user} AND {ext} \
+         LEFT JOIN pg_catalog.pg_foreign_table ft ON ft.ftrelid = c.oid \
+         LEFT JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver \
+         WHERE c.relkind IN ('r', 'p', 'f') AND c.relpersistence <> 't' AND {user} AND {ext} \
          ORDER BY n.nspname, c.relname",
         distributed = if distributed {
             "pg_catalog.pg_get_table_distributedby(c.oid)"
@@ -443,7 +486,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         ext = not_extension_member("pg_class", "c.oid"),
     );
     let rows = query(conn, "tables", &sql).await?;
-    let columns = read_columns(conn, "'r', 'p'").await?;
+    let columns = read_columns(conn, "'r', 'p', 'f'").await?;
     let empty = Vec::new();
 
     // First pass: names, so that parents can be referred to.
@@ -514,14 +557,25 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         )?;
         let mut stmts = vec![sql];
         stmts.extend(after);
-        stmts.extend(identity_statements(&qn, cols, &identities));
+        stmts.extend(identity_statements(
+            &qn,
+            cols,
+            &identities,
+            &r.text("persistence")?,
+        ));
+        // (A foreign table has no replica identity: 'n'.)
         match r.text("replident")?.as_str() {
             "f" => stmts.push(format!("{only} REPLICA IDENTITY FULL;")),
-            "n" => stmts.push(format!("{only} REPLICA IDENTITY NOTHING;")),
+            "n" if relkind != "f" => stmts.push(format!("{only} REPLICA IDENTITY NOTHING;")),
             _ => {}
         }
 
-        let mut node = Node::new(Section::PreData, "TABLE", &name.schema, &name.name)
+        let (kind, word) = if relkind == "f" {
+            ("FOREIGN TABLE", "FOREIGN TABLE")
+        } else {
+            ("TABLE", "TABLE")
+        };
+        let mut node = Node::new(Section::PreData, kind, &name.schema, &name.name)
             .statement(stmts.join("\n"))
             .dep(Dep::Obj(ObjRef::new(class::PG_NAMESPACE, r.oid("nspoid")?)));
         if tablespace.is_some() {
@@ -572,7 +626,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         let target = Target {
             node,
             section: Section::PreData,
-            word: "TABLE",
+            word,
             grant_word: "TABLE",
             sql: qn.clone(),
             schema: name.schema.clone(),

@@ -2,7 +2,9 @@
 //! constraints: validated ones in the CREATE DOMAIN, NOT VALID ones as
 //! post-data entries).
 //!
-//! Base types (written in C) are not collected; `collect` warns about them.
+//! Base types: a `SHELL TYPE` entry first (its I/O functions need only
+//! the name), the functions, then the `TYPE` entry with every property.
+//! A standalone shell type (`CREATE TYPE t;`) is a `SHELL TYPE` entry.
 
 use super::acl::{add_owner_and_acl, AclRow};
 use super::comments::add_comment;
@@ -26,7 +28,132 @@ pub(crate) fn collation_name_sql(oid: &str) -> String {
 
 pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
     collect_collations(conn, g).await?;
-    collect_types(conn, g).await
+    collect_types(conn, g).await?;
+    collect_base_types(conn, g).await
+}
+
+/// The functions a base type names: (column of pg_type, CREATE TYPE word).
+const BASE_TYPE_FUNCTIONS: &[(&str, &str)] = &[
+    ("typinput", "INPUT"),
+    ("typoutput", "OUTPUT"),
+    ("typreceive", "RECEIVE"),
+    ("typsend", "SEND"),
+    ("typmodin", "TYPMOD_IN"),
+    ("typmodout", "TYPMOD_OUT"),
+    ("typanalyze", "ANALYZE"),
+    ("typsubscript", "SUBSCRIPT"),
+];
+
+async fn collect_base_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
+    let funcs: Vec<String> = BASE_TYPE_FUNCTIONS
+        .iter()
+        .map(|(col, _)| {
+            format!(
+                "CASE WHEN t.{col} <> 0 THEN pg_catalog.json_build_array(t.{col}::pg_catalog.oid::int8, t.{col}::pg_catalog.regproc::text) END AS {col}"
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT t.oid, n.nspname, t.typname, pg_catalog.format('%I.%I', n.nspname, t.typname) AS qname,                 n.oid AS nspoid, t.typisdefined, t.typlen, t.typbyval, t.typalign::text AS typalign,                 t.typstorage::text AS typstorage, t.typcategory::text AS typcategory, t.typispreferred,                 t.typdelim::text AS typdelim, t.typcollation <> 0 AS collatable, t.typdefault,                 CASE WHEN t.typelem <> 0 THEN pg_catalog.format_type(t.typelem, NULL) END AS elem,                 {funcs},                 pg_catalog.pg_get_userbyid(t.typowner) AS owner, {acl} AS acl,                 pg_catalog.obj_description(t.oid, 'pg_type') AS comment          FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace          WHERE {user} AND {ext}            AND ((t.typtype = 'b' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid))                 OR (t.typtype = 'p' AND NOT t.typisdefined))          ORDER BY n.nspname, t.typname",
+        funcs = funcs.join(", "),
+        acl = acl_json("t.typacl"),
+        user = user_schema("n"),
+        ext = not_extension_member("pg_type", "t.oid"),
+    );
+    for r in query(conn, "base and shell types", &sql).await? {
+        let schema = r.text("nspname")?;
+        let name = r.text("typname")?;
+        let qname = r.text("qname")?;
+        let oid = ObjRef::new(class::PG_TYPE, r.oid("oid")?);
+        let nsp = Dep::Obj(ObjRef::new(class::PG_NAMESPACE, r.oid("nspoid")?));
+        let shell = g.add(
+            Node::new(Section::PreData, "SHELL TYPE", &schema, &name)
+                .statement(format!("CREATE TYPE {qname};"))
+                .dep(nsp.clone()),
+        );
+        let node = if r.flag("typisdefined")? {
+            let mut opts = Vec::new();
+            let len = r.int("typlen")?;
+            opts.push(if len < 0 {
+                "    INTERNALLENGTH = variable".to_string()
+            } else {
+                format!("    INTERNALLENGTH = {len}")
+            });
+            let mut io = Vec::new();
+            for (col, word) in BASE_TYPE_FUNCTIONS {
+                if let Some((foid, fname)) = r.opt_json::<(u32, String)>(col)? {
+                    opts.push(format!("    {word} = {fname}"));
+                    io.push(foid);
+                }
+            }
+            if let Some(d) = r.opt("typdefault")? {
+                opts.push(format!("    DEFAULT = {}", quote_literal(&d)));
+            }
+            if let Some(e) = r.opt("elem")? {
+                opts.push(format!("    ELEMENT = {e}"));
+            }
+            let category = r.text("typcategory")?;
+            if category != "U" {
+                opts.push(format!("    CATEGORY = {}", quote_literal(&category)));
+            }
+            if r.flag("typispreferred")? {
+                opts.push("    PREFERRED = true".into());
+            }
+            let delim = r.text("typdelim")?;
+            if delim != "," {
+                opts.push(format!("    DELIMITER = {}", quote_literal(&delim)));
+            }
+            let align = match r.text("typalign")?.as_str() {
+                "c" => "char",
+                "s" => "int2",
+                "d" => "double",
+                _ => "int4",
+            };
+            opts.push(format!("    ALIGNMENT = {align}"));
+            let storage = match r.text("typstorage")?.as_str() {
+                "p" => "plain",
+                "e" => "external",
+                "m" => "main",
+                _ => "extended",
+            };
+            opts.push(format!("    STORAGE = {storage}"));
+            if r.flag("typbyval")? {
+                opts.push("    PASSEDBYVALUE".into());
+            }
+            if r.flag("collatable")? {
+                opts.push("    COLLATABLE = true".into());
+            }
+            let node = g.add(
+                Node::new(Section::PreData, "TYPE", &schema, &name)
+                    .statement(format!("CREATE TYPE {qname} (\n{}\n);", opts.join(",\n")))
+                    .dep(Dep::Node(shell))
+                    .dep(nsp),
+            );
+            // The I/O functions take or return the type: they need only
+            // the shell, and the type needs them.
+            for f in io {
+                let func = ObjRef::new(class::PG_PROC, f);
+                g.redirect(func, oid, shell);
+            }
+            node
+        } else {
+            shell
+        };
+        g.bind(oid, node);
+        let t = Target::of(
+            node,
+            Section::PreData,
+            "TYPE",
+            "TYPE",
+            &qname,
+            &schema,
+            &name,
+        );
+        let acl: Option<Vec<AclRow>> = r.opt_json("acl")?;
+        add_owner_and_acl(g, &t, &r.text("owner")?, acl.as_deref(), &[]);
+        add_comment(g, &t, r.opt("comment")?.as_deref());
+    }
+    Ok(())
 }
 
 async fn collect_collations(conn: &mut PgConn, g: &mut Graph) -> Result<()> {

@@ -306,6 +306,13 @@ async fn restore_into(
     } else {
         req.jobs.unwrap_or(1).max(1) as usize
     };
+    if !b.skipped_objects.is_empty() {
+        tracing::warn!(
+            "the backup left out {} object(s) it does not carry (gpbackup --skip-unsupported): \
+             they are not restored; the restore report lists them",
+            b.skipped_objects.len()
+        );
+    }
     let mut main = connect(req, db, jobs).await?;
     *server_version = main
         .parameter("server_version")
