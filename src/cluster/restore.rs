@@ -456,7 +456,7 @@ async fn check_standby(repo: &Repo, name: &str, citus: bool, force: bool) -> Res
     }
 }
 
-fn params(t: &RestoreTarget, cfg: &ClusterConfig) -> Result<ConnParams> {
+pub(super) fn params(t: &RestoreTarget, cfg: &ClusterConfig) -> Result<ConnParams> {
     let mut p = ConnParams::try_from_env().map_err(Error::Usage)?;
     p.host = t.host.clone();
     p.port = t.port;

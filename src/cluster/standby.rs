@@ -257,13 +257,7 @@ pub struct StandbyStatus {
 }
 
 fn params(i: &StandbyInstance, cfg: &ClusterConfig, timeout: Duration) -> Result<ConnParams> {
-    let mut p = ConnParams::try_from_env().map_err(Error::Usage)?;
-    p.host = i.host.clone();
-    p.port = i.port;
-    if let Some(u) = &cfg.user {
-        p.user = u.clone();
-    }
-    p.dbname = cfg.database.clone();
+    let mut p = super::restore::params(&i.target(), cfg)?;
     p.connect_timeout = timeout;
     Ok(p)
 }

@@ -24,6 +24,13 @@ pub fn pg_bin_dir(data_dir: &Path, explicit: Option<&Path>) -> Option<PathBuf> {
     debian.join("pg_ctl").exists().then_some(debian)
 }
 
+/// `pg_ctl` for a data directory (see [`pg_bin_dir`]), else the PATH's.
+fn pg_ctl(data_dir: &Path, bin_dir: Option<&Path>) -> PathBuf {
+    pg_bin_dir(data_dir, bin_dir)
+        .map(|d| d.join("pg_ctl"))
+        .unwrap_or_else(|| PathBuf::from("pg_ctl"))
+}
+
 /// Starts the server and waits until recovery is at its target: promoted,
 /// paused, or shut down, as `action` says.
 pub fn start_and_wait(
@@ -33,9 +40,7 @@ pub fn start_and_wait(
     action: TargetAction,
     timeout: Duration,
 ) -> Result<String> {
-    let pg_ctl = pg_bin_dir(data_dir, bin_dir)
-        .map(|d| d.join("pg_ctl"))
-        .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let pg_ctl = pg_ctl(data_dir, bin_dir);
     let log = data_dir.join("cbdr-start.log");
     // Only what this server logs counts (an earlier start appended too).
     let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
@@ -70,9 +75,7 @@ pub fn restart_paused(
     bin_dir: Option<&Path>,
     timeout: Duration,
 ) -> Result<String> {
-    let pg_ctl = pg_bin_dir(data_dir, bin_dir)
-        .map(|d| d.join("pg_ctl"))
-        .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let pg_ctl = pg_ctl(data_dir, bin_dir);
     let log = data_dir.join("cbdr-start.log");
     // Only what the restarted server logs counts.
     let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
@@ -106,9 +109,7 @@ pub fn restart_paused(
 /// the data directory (when the server does not run its own log
 /// collector).
 pub fn restart(data_dir: &Path, bin_dir: Option<&Path>, timeout: Duration) -> Result<String> {
-    let pg_ctl = pg_bin_dir(data_dir, bin_dir)
-        .map(|d| d.join("pg_ctl"))
-        .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let pg_ctl = pg_ctl(data_dir, bin_dir);
     let log = data_dir.join("cbdr-restart.log");
     let started = Instant::now();
     let out = Command::new(&pg_ctl)
@@ -311,9 +312,7 @@ pub fn check_reached_archive_end(
 
 /// `pg_ctl stop -m fast`, waiting; errors are returned as text.
 pub fn stop_fast(data_dir: &Path, bin_dir: Option<&Path>) -> std::result::Result<(), String> {
-    let pg_ctl = pg_bin_dir(data_dir, bin_dir)
-        .map(|d| d.join("pg_ctl"))
-        .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let pg_ctl = pg_ctl(data_dir, bin_dir);
     let out = Command::new(&pg_ctl)
         .arg("-D")
         .arg(data_dir)
