@@ -300,26 +300,38 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
         }
         None => {}
     }
-    if !out.in_doubt.is_empty() {
-        if out.rolled_back {
-            println!(
-                "rolled back {} prepared transactions left in doubt at the point (committed on no instance)",
-                out.in_doubt.len()
-            );
-        } else {
-            println!(
-                "{} prepared transactions were in doubt at the point: by the commit barrier they are committed on no instance, and they hold locks. Roll them back (or re-run the restore with --rollback-prepared):",
-                out.in_doubt.len()
-            );
-            for (id, gid) in &out.in_doubt {
-                println!(
-                    "  content {id:>3}: ROLLBACK PREPARED {};",
-                    crate::pg::quote::quote_literal(gid)
-                );
-            }
-        }
-    }
+    print_in_doubt(
+        &out.in_doubt,
+        out.rolled_back,
+        "or re-run the restore with --rollback-prepared",
+    );
     Ok(())
+}
+
+/// The prepared transactions left in doubt at a cluster restore point:
+/// rolled back, or listed with the SQL to roll them back (`rerun` says
+/// how to have cbdr do it).
+pub fn print_in_doubt(in_doubt: &[(i32, String)], rolled_back: bool, rerun: &str) {
+    if in_doubt.is_empty() {
+        return;
+    }
+    if rolled_back {
+        println!(
+            "rolled back {} prepared transactions left in doubt at the point (committed on no instance)",
+            in_doubt.len()
+        );
+        return;
+    }
+    println!(
+        "{} prepared transactions were in doubt at the point: by the commit barrier they are committed on no instance, and they hold locks. Roll them back ({rerun}):",
+        in_doubt.len()
+    );
+    for (id, gid) in in_doubt {
+        println!(
+            "  content {id:>3}: ROLLBACK PREPARED {};",
+            crate::pg::quote::quote_literal(gid)
+        );
+    }
 }
 
 #[derive(Debug, clap::Args)]

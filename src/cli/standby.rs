@@ -175,25 +175,11 @@ pub async fn run(config: &Config, cmd: StandbyCommand) -> Result<()> {
                 "standby cluster {} promoted at restore point {}: every instance is open for writes (archiving is off: set up backups of the new primary)",
                 a.common.name, done.point
             );
-            if !done.in_doubt.is_empty() {
-                if done.rolled_back {
-                    println!(
-                        "rolled back {} prepared transactions left in doubt at the point (committed on no instance)",
-                        done.in_doubt.len()
-                    );
-                } else {
-                    println!(
-                        "{} prepared transactions were in doubt at the point: by the commit barrier they are committed on no instance, and they hold locks. Roll them back (or promote with --rollback-prepared):",
-                        done.in_doubt.len()
-                    );
-                    for (id, gid) in &done.in_doubt {
-                        println!(
-                            "  content {id:>3}: ROLLBACK PREPARED {};",
-                            crate::pg::quote::quote_literal(gid)
-                        );
-                    }
-                }
-            }
+            super::cluster::print_in_doubt(
+                &done.in_doubt,
+                done.rolled_back,
+                "or promote with --rollback-prepared",
+            );
             Ok(())
         }
     }
