@@ -384,6 +384,7 @@ mod seeds {
                     start_timeout_secs: 60,
                     settings: Vec::new(),
                     dbid: None,
+                    greenplum_utility: false,
                 }),
             ]),
         ));

@@ -36,6 +36,7 @@ fn params(server: &PgServer, db: &str) -> ConnParams {
         sslmode: SslMode::Disable,
         sslrootcert: None,
         application_name: "cbdr-test".into(),
+        options: String::new(),
         connect_timeout: Duration::from_secs(30),
     }
 }

@@ -27,6 +27,7 @@ fn params(server: &PgServer, user: &str, password: Option<&str>, sslmode: SslMod
         sslmode,
         sslrootcert: None,
         application_name: "cbdr-test".into(),
+        options: String::new(),
         connect_timeout: Duration::from_secs(30),
     }
 }
@@ -252,6 +253,7 @@ async fn connection_failures_have_advice() {
         sslmode: SslMode::Prefer,
         sslrootcert: None,
         application_name: "cbdr-test".into(),
+        options: String::new(),
         connect_timeout: Duration::from_secs(5),
     };
     let err = PgConn::connect(&p, Replication::Physical)
@@ -974,6 +976,7 @@ fn fake_params(port: u16) -> ConnParams {
         sslmode: SslMode::Disable,
         sslrootcert: None,
         application_name: "cbdr-test".into(),
+        options: String::new(),
         connect_timeout: Duration::from_secs(10),
     }
 }
@@ -1098,5 +1101,33 @@ async fn copy_data_throughput() {
         "baseline, raw tokio reads of the same stream: {:.2} GB in {secs:.2} s = {:.2} GB/s",
         raw as f64 / 1e9,
         raw as f64 / 1e9 / secs
+    );
+}
+
+/// The startup packet's `options` (libpq's `PGOPTIONS`) set the session's
+/// settings: what a direct connection to a Greenplum segment needs
+/// (`-c gp_role=utility`), shown here with settings PostgreSQL has.
+#[tokio::test]
+async fn options_set_the_sessions_settings() {
+    let server = PgServer::new();
+    let mut p = params(&server, "postgres", None, SslMode::Prefer);
+    p.options = "-c work_mem=7MB -c statement_timeout=12s".into();
+    let mut conn = PgConn::connect(&p, Replication::Off).await.unwrap();
+    let rows = conn
+        .simple_query(
+            "select current_setting('work_mem') as w, current_setting('statement_timeout') as t",
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get_str("w").unwrap(), "7MB");
+    assert_eq!(rows[0].get_str("t").unwrap(), "12s");
+    conn.close().await;
+
+    // A setting the server does not know is refused at connection, named.
+    p.options = "-c no_such_setting=1".into();
+    let err = PgConn::connect(&p, Replication::Off).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no_such_setting"),
+        "an unknown setting in options: {err}"
     );
 }

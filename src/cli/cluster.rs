@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::args::{parse_time, BackupPushArgs, RestoreArgs, RestorePointArgs};
 use crate::cluster::backup::{cluster_backup_push, ClusterBackupOptions, ProgressBoard};
+use crate::cluster::greenplum_start::GreenplumRestore;
 use crate::cluster::restore::{
     cluster_restore, CitusRestore, ClusterRestoreOptions, ClusterTarget, InDoubt, RestoreConfig,
 };
@@ -268,17 +269,42 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
                 .unwrap_or_default()
         );
     }
-    if let Some((sql, commands)) = &out.greenplum {
-        println!(
-            "Greenplum/Cloudberry: the restored coordinator's gp_segment_configuration still describes the source cluster. With the coordinator alone in utility mode (PGOPTIONS='-c gp_role=utility' psql), run:"
-        );
-        for s in sql {
-            println!("  {s};");
+    match &out.greenplum {
+        Some(GreenplumRestore::Pending { sql, commands }) => {
+            println!(
+                "Greenplum/Cloudberry: the restored coordinator's gp_segment_configuration still describes the source cluster. With the coordinator alone in utility mode (PGOPTIONS='-c gp_role=utility' psql), run:"
+            );
+            for s in sql {
+                println!("  {s};");
+            }
+            println!("then bring the cluster up and rebuild mirrors and the standby:");
+            for c in commands {
+                println!("  {c}");
+            }
         }
-        println!("then bring the cluster up and rebuild mirrors and the standby:");
-        for c in commands {
-            println!("  {c}");
+        Some(GreenplumRestore::Started(g)) => {
+            println!(
+                "Greenplum/Cloudberry: gp_segment_configuration now names the restored primaries ({}); every instance was stopped ({}) and {}",
+                g.primaries
+                    .iter()
+                    .map(|(id, host, port, _)| format!("{id}: {host}:{port}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                g.stopped
+                    .iter()
+                    .map(|(id, r)| format!("{id}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                g.gpstart
+            );
+            println!(
+                "Mirrors and the standby coordinator were removed from the catalog; rebuild them:"
+            );
+            for c in &g.left {
+                println!("  {c}");
+            }
         }
+        None => {}
     }
     match &out.citus {
         Some(CitusRestore::Fixed(fix)) => println!(

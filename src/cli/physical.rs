@@ -140,7 +140,7 @@ pub async fn restore_cmd(config: &Config, content_id: i32, args: RestoreArgs) ->
             Duration::from_secs(args.start_timeout),
         );
         let outcome = tokio::task::spawn_blocking(move || {
-            start::start_and_wait(&dir, bin.as_deref(), port, action, timeout)
+            start::start_and_wait(&dir, bin.as_deref(), port, &[], action, timeout)
         })
         .await
         .map_err(|e| Error::Internal(format!("start task: {e}")))??;

@@ -32,9 +32,10 @@ use tokio_rustls::TlsAcceptor;
 use super::auth::{self, Token};
 use super::proto::{
     read_frame_bytes_within, read_frame_within, write_frame, AgentInfo, AgentMessage, AsyncStream,
-    AuthMethod, BackupRequest, CheckRequest, ClientMessage, FileContents, FileWritten, FilesDone,
-    FilesRequest, FrameError, Pong, Progress, RestartRequest, RestoreDone, RestoreRequest,
-    StandbyDone, StandbyRequest, MAX_HANDSHAKE_FRAME, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    AuthMethod, BackupRequest, CheckRequest, ClientMessage, ControlAction, ControlRequest,
+    FileContents, FileWritten, FilesDone, FilesRequest, FrameError, Pong, Progress, RestartRequest,
+    RestoreDone, RestoreRequest, StandbyDone, StandbyRequest, MAX_HANDSHAKE_FRAME,
+    MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -319,6 +320,11 @@ impl Agent {
                 }
                 ClientMessage::Restart(req) => {
                     self.run_job(Job::Restart(req), &mut rd, &mut wr, peer)
+                        .await;
+                    return;
+                }
+                ClientMessage::Control(req) => {
+                    self.run_job(Job::Control(req), &mut rd, &mut wr, peer)
                         .await;
                     return;
                 }
@@ -777,6 +783,7 @@ enum Job {
     Check(CheckRequest),
     Standby(StandbyRequest),
     Restart(RestartRequest),
+    Control(ControlRequest),
 }
 
 enum JobDone {
@@ -785,6 +792,7 @@ enum JobDone {
     Check(InstanceCheck),
     Standby(StandbyDone),
     Restart(String),
+    Control(String),
 }
 
 impl JobDone {
@@ -794,6 +802,7 @@ impl JobDone {
             JobDone::Restore(r) => &r.backup,
             JobDone::Standby(d) => return format!("standby: {}", d.report),
             JobDone::Restart(r) => return format!("restart: {r}"),
+            JobDone::Control(r) => return r.clone(),
             JobDone::Check(c) => {
                 let failed: Vec<&str> = c.failures().map(|i| i.check.as_str()).collect();
                 return if failed.is_empty() {
@@ -818,6 +827,7 @@ impl JobDone {
             JobDone::Check(c) => AgentMessage::CheckDone(c),
             JobDone::Standby(d) => AgentMessage::StandbyDone(d),
             JobDone::Restart(report) => AgentMessage::RestartDone { report },
+            JobDone::Control(report) => AgentMessage::ControlDone { report },
         }
     }
 }
@@ -830,6 +840,7 @@ impl Job {
             Job::Check(r) => r.content_id,
             Job::Standby(r) => r.content_id,
             Job::Restart(r) => r.content_id,
+            Job::Control(r) => r.content_id,
         }
     }
 
@@ -843,6 +854,14 @@ impl Job {
                 r.content_id, r.data_dir, r.restore_point
             ),
             Job::Restart(r) => format!("restart of content {} in {}", r.content_id, r.data_dir),
+            Job::Control(r) => match r.action {
+                ControlAction::Stop => {
+                    format!("stop of content {} in {}", r.content_id, r.data_dir)
+                }
+                ControlAction::GreenplumStart => {
+                    format!("gpstart of the cluster of coordinator {}", r.data_dir)
+                }
+            },
         }
     }
 
@@ -857,6 +876,7 @@ impl Job {
             Job::Check(req) => check_job(&config, req, progress).await.map(JobDone::Check),
             Job::Standby(req) => standby_job(req, progress).await.map(JobDone::Standby),
             Job::Restart(req) => restart_job(req, progress).await.map(JobDone::Restart),
+            Job::Control(req) => control_job(req, progress).await.map(JobDone::Control),
         }
     }
 }
@@ -928,21 +948,63 @@ async fn check_job(
     Ok(check_instance(config, &opts).await)
 }
 
-/// Restarts an instance (`pg_ctl restart -m fast`, waiting).
-async fn restart_job(req: RestartRequest, progress: Arc<JobProgress>) -> Result<String> {
-    check_content_id(req.content_id)?;
-    let dir = PathBuf::from(&req.data_dir);
+/// The data directory of an instance on this host named by a request.
+fn instance_dir(content_id: i32, data_dir: &str) -> Result<PathBuf> {
+    check_content_id(content_id)?;
+    let dir = PathBuf::from(data_dir);
     if !dir.is_absolute() || !dir.join("PG_VERSION").exists() {
         return Err(Error::Usage(format!(
-            "{:?} is not the data directory of a PostgreSQL instance on this host",
-            req.data_dir
+            "{data_dir:?} is not the data directory of a PostgreSQL instance on this host"
         )));
     }
+    Ok(dir)
+}
+
+/// Restarts an instance (`pg_ctl restart -m fast`, waiting).
+async fn restart_job(req: RestartRequest, progress: Arc<JobProgress>) -> Result<String> {
+    let dir = instance_dir(req.content_id, &req.data_dir)?;
     progress.set_phase("restarting");
     let timeout = Duration::from_secs(req.timeout_secs);
     tokio::task::spawn_blocking(move || crate::physical::start::restart(&dir, None, timeout))
         .await
         .map_err(|e| Error::Internal(format!("restart task: {e}")))?
+}
+
+/// Stops an instance, or runs `gpstart` for the coordinator's cluster.
+async fn control_job(req: ControlRequest, progress: Arc<JobProgress>) -> Result<String> {
+    let dir = instance_dir(req.content_id, &req.data_dir)?;
+    let timeout = Duration::from_secs(req.timeout_secs);
+    match req.action {
+        ControlAction::Stop => {
+            progress.set_phase("stopping");
+            let started = std::time::Instant::now();
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || crate::physical::start::stop_if_running(&d, None))
+                .await
+                .map_err(|e| Error::Internal(format!("stop task: {e}")))?
+                .map(|was| {
+                    if was {
+                        format!("stopped in {:.1} s", started.elapsed().as_secs_f64())
+                    } else {
+                        "was not running".to_string()
+                    }
+                })
+        }
+        ControlAction::GreenplumStart => {
+            if req.content_id != crate::cluster::topology::COORDINATOR {
+                return Err(Error::Usage(format!(
+                    "gpstart runs on the coordinator (content id -1), not on content id {}",
+                    req.content_id
+                )));
+            }
+            progress.set_phase("gpstart");
+            tokio::task::spawn_blocking(move || {
+                crate::cluster::greenplum::run_gpstart(&dir, timeout)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("gpstart task: {e}")))?
+        }
+    }
 }
 
 /// How a caller authenticated: with the token (its session key seals what
@@ -1092,9 +1154,15 @@ async fn restore_job(
         progress.set_phase("starting server");
         let timeout = Duration::from_secs(req.start_timeout_secs);
         let port = req.port;
+        let greenplum_utility = req.greenplum_utility;
         let dir = target_dir.clone();
         let report = tokio::task::spawn_blocking(move || {
-            crate::physical::start::start_and_wait(&dir, None, port, action, timeout)
+            let utility: &[&str] = if greenplum_utility {
+                &[crate::cluster::greenplum::UTILITY_MODE]
+            } else {
+                &[]
+            };
+            crate::physical::start::start_and_wait(&dir, None, port, utility, action, timeout)
         })
         .await
         .map_err(|e| Error::Internal(format!("start task: {e}")))??;

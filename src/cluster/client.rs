@@ -10,9 +10,9 @@ use tokio_rustls::TlsConnector;
 use super::auth::{self, TOKEN_HOWTO};
 use super::proto::{
     read_frame, write_frame, AgentInfo, AgentMessage, AsyncStream, AuthMethod, BackupRequest,
-    CheckRequest, ClientMessage, FileContents, FileToWrite, FilesDone, FilesRequest, FrameError,
-    Pong, Progress, RestartRequest, RestoreDone, RestoreRequest, StandbyDone, StandbyRequest,
-    PROTOCOL_VERSION,
+    CheckRequest, ClientMessage, ControlAction, ControlRequest, FileContents, FileToWrite,
+    FilesDone, FilesRequest, FrameError, Pong, Progress, RestartRequest, RestoreDone,
+    RestoreRequest, StandbyDone, StandbyRequest, PROTOCOL_VERSION,
 };
 use crate::config::AgentConfig;
 use crate::error::{Error, ExitCode, Result};
@@ -343,6 +343,23 @@ impl AgentClient {
                 AgentMessage::Progress(_) => {}
                 AgentMessage::RestartDone { report } => return Ok(report),
                 other => return Err(self.job_failure(other, "the restart")),
+            }
+        }
+    }
+
+    /// Stops an instance on the agent's host, or runs `gpstart` for the
+    /// Greenplum/Cloudberry coordinator there; like [`AgentClient::backup`].
+    pub async fn control(mut self, req: ControlRequest, silence: Duration) -> Result<String> {
+        let what = match req.action {
+            ControlAction::Stop => "the stop",
+            ControlAction::GreenplumStart => "gpstart",
+        };
+        self.send(&ClientMessage::Control(req)).await?;
+        loop {
+            match self.receive(silence, what).await? {
+                AgentMessage::Progress(_) => {}
+                AgentMessage::ControlDone { report } => return Ok(report),
+                other => return Err(self.job_failure(other, what)),
             }
         }
     }

@@ -136,6 +136,16 @@ pub fn bring_up_commands(coordinator_dir: &str, mirrors: bool, standby: bool) ->
         format!("export COORDINATOR_DATA_DIRECTORY={coordinator_dir} MASTER_DATA_DIRECTORY={coordinator_dir}"),
         "gpstart -a".to_string(),
     ];
+    cmds.extend(rebuild_commands(mirrors, standby));
+    cmds
+}
+
+/// What rebuilds the mirrors and the standby coordinator of a restored
+/// cluster (their rows were removed by [`catalog_fixup_sql`]): left to the
+/// DBA, since where they go (hosts, directories, ports) is a placement
+/// decision that the backup does not hold.
+pub fn rebuild_commands(mirrors: bool, standby: bool) -> Vec<String> {
+    let mut cmds = Vec::new();
     if mirrors {
         cmds.push("gpaddmirrors -a   # mirrors of the restored primaries (a full copy each; or gpaddmirrors -i FILE for placements)".into());
     }
@@ -143,6 +153,63 @@ pub fn bring_up_commands(coordinator_dir: &str, mirrors: bool, standby: bool) ->
         cmds.push("gpinitstandby -a -s STANDBY_HOST   # the standby coordinator".into());
     }
     cmds
+}
+
+/// The postmaster option that starts an instance alone, outside its
+/// cluster (gppylib's `PgCtlBackendOptions.set_utility`); sent as a
+/// session option too, it lets a client connect to a segment directly.
+pub const UTILITY_MODE: &str = "-c gp_role=utility";
+
+/// `gpstart -a -d DIR -t SECONDS`, with the coordinator's data directory in
+/// the environment under both its names (`COORDINATOR_DATA_DIRECTORY` in
+/// Greenplum 7 and Cloudberry, `MASTER_DATA_DIRECTORY` before), so that it
+/// starts the cluster this coordinator describes whatever the caller's
+/// environment says. `-t` bounds each instance's start.
+pub fn gpstart_command(
+    coordinator_dir: &Path,
+    timeout: std::time::Duration,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("gpstart");
+    cmd.args(["-a", "-d"])
+        .arg(coordinator_dir)
+        .arg("-t")
+        .arg(timeout.as_secs().max(1).to_string())
+        .env("COORDINATOR_DATA_DIRECTORY", coordinator_dir)
+        .env("MASTER_DATA_DIRECTORY", coordinator_dir)
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs [`gpstart_command`]: its last line of output when it succeeds.
+pub fn run_gpstart(coordinator_dir: &Path, timeout: std::time::Duration) -> Result<String> {
+    let by_hand = format!(
+        "the restored catalog is fixed and every instance stopped: run `gpstart -a -d {}` on the coordinator's host as the cluster's OS user",
+        coordinator_dir.display()
+    );
+    let out = match gpstart_command(coordinator_dir, timeout).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Usage(format!(
+                "gpstart is not in the PATH of the coordinator's agent (start `cbdr agent` from a shell that sourced greenplum_path.sh or cloudberry-env.sh); {by_hand}"
+            )))
+        }
+        Err(e) => return Err(Error::io(format!("running gpstart; {by_hand}"), e)),
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = |n: usize| tail[tail.len().saturating_sub(n)..].join("\n");
+    if !out.status.success() {
+        return Err(Error::Server(format!(
+            "gpstart -a failed ({}): {}; {by_hand} once the cause is fixed",
+            out.status,
+            last(5)
+        )));
+    }
+    Ok(format!("gpstart -a: {}", last(1)))
 }
 
 /// A restore needs one target per instance of the backup: a target cluster
@@ -364,6 +431,26 @@ mod tests {
         );
         assert_eq!(sql.last().unwrap(), "commit");
         assert_eq!(sql.len(), 6);
+    }
+
+    #[test]
+    fn gpstart_names_the_coordinator_whatever_the_environment() {
+        let cmd = gpstart_command(
+            Path::new("/data/coordinator/gpseg-1"),
+            std::time::Duration::from_secs(600),
+        );
+        assert_eq!(cmd.get_program(), "gpstart");
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(args, ["-a", "-d", "/data/coordinator/gpseg-1", "-t", "600"]);
+        let envs: Vec<_> = cmd
+            .get_envs()
+            .map(|(k, v)| (k.to_str().unwrap(), v.unwrap().to_str().unwrap()))
+            .collect();
+        assert!(envs.contains(&("COORDINATOR_DATA_DIRECTORY", "/data/coordinator/gpseg-1")));
+        assert!(envs.contains(&("MASTER_DATA_DIRECTORY", "/data/coordinator/gpseg-1")));
+        assert_eq!(rebuild_commands(false, false), Vec::<String>::new());
+        assert!(rebuild_commands(true, true)[0].starts_with("gpaddmirrors -a"));
+        assert!(rebuild_commands(true, true)[1].starts_with("gpinitstandby -a"));
     }
 
     #[test]

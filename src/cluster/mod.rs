@@ -10,6 +10,7 @@ pub mod citus;
 pub mod client;
 pub mod configure;
 pub mod greenplum;
+pub mod greenplum_start;
 pub mod proto;
 pub mod restore;
 pub mod restore_point;

@@ -76,6 +76,9 @@ pub enum AgentMessage {
     RestartDone {
         report: String,
     },
+    ControlDone {
+        report: String,
+    },
     Failed {
         /// The error with its causes.
         message: String,
@@ -113,6 +116,7 @@ pub enum ClientMessage {
     Standby(StandbyRequest),
     Files(FilesRequest),
     Restart(RestartRequest),
+    Control(ControlRequest),
 }
 
 impl ClientMessage {
@@ -127,6 +131,7 @@ impl ClientMessage {
             ClientMessage::Standby(_) => "standby",
             ClientMessage::Files(_) => "files",
             ClientMessage::Restart(_) => "restart",
+            ClientMessage::Control(_) => "control",
         }
     }
 }
@@ -313,6 +318,12 @@ pub struct RestoreRequest {
     /// `internal.auto.conf` (absent: the backed-up instance's).
     #[serde(default)]
     pub dbid: Option<i32>,
+    /// Greenplum/Cloudberry, with `start`: start the restored instance
+    /// alone, in utility mode (`-c gp_role=utility`): it recovers and is
+    /// promoted outside any cluster, until the coordinator's catalog is
+    /// fixed and `gpstart` brings the cluster up.
+    #[serde(default)]
+    pub greenplum_utility: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +363,28 @@ pub struct RestartRequest {
     /// Its data directory (absolute), as the server reports it.
     pub data_dir: String,
     pub timeout_secs: u64,
+}
+
+/// Stop an instance on the agent's host, or bring up the Greenplum/
+/// Cloudberry cluster whose coordinator it is (a cluster restore with
+/// `--start`, once the restored coordinator's catalog is fixed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    pub content_id: i32,
+    /// Its data directory (absolute).
+    pub data_dir: String,
+    pub action: ControlAction,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    /// `pg_ctl stop -m fast`, waiting; an instance already stopped is fine.
+    Stop,
+    /// `gpstart -a` with this coordinator data directory, as the agent's OS
+    /// user with the agent's environment (`greenplum_path.sh` sourced).
+    GreenplumStart,
 }
 
 /// Files for the agent's host (`configure backup`: the cbdr config and the
@@ -559,7 +592,14 @@ mod tests {
                     start: true,
                     start_timeout_secs: 60,
                     settings: Vec::new(),
-                    dbid: None,
+                    dbid: Some(4),
+                    greenplum_utility: true,
+                }),
+                ClientMessage::Control(ControlRequest {
+                    content_id: -1,
+                    data_dir: "/data/coordinator".into(),
+                    action: ControlAction::GreenplumStart,
+                    timeout_secs: 600,
                 }),
             ];
             let sent = msgs.clone();

@@ -190,10 +190,10 @@ pub struct ClusterRestoreOutcome {
     pub rolled_back: bool,
     /// For a Citus cluster: what the fix-up did, or what is left to run.
     pub citus: Option<CitusRestore>,
-    /// For Greenplum/Cloudberry: the catalog fix-up to run on the restored
-    /// coordinator in utility mode, then the commands that bring the
-    /// cluster up (not run by cbdr: untested without a Greenplum build).
-    pub greenplum: Option<(Vec<String>, Vec<String>)>,
+    /// For Greenplum/Cloudberry: with `--start`, the catalog fixed and
+    /// the cluster started by `gpstart`; else what to run (untested without
+    /// a Greenplum build).
+    pub greenplum: Option<super::greenplum_start::GreenplumRestore>,
     /// `--standby`: the standby's record.
     pub standby: Option<super::standby::StandbyRecord>,
 }
@@ -295,6 +295,7 @@ pub async fn cluster_restore(
         RecoveryAction::Promote
     };
     let archive_off = opts.archive_off || opts.standby.is_some();
+    let greenplum = point.barrier == super::catalog::Barrier::Greenplum;
     tracing::info!(
         "restoring {} instances to cluster restore point {}",
         targets.len(),
@@ -322,6 +323,7 @@ pub async fn cluster_restore(
                 start_timeout_secs: opts.start_timeout.as_secs(),
                 settings: settings.clone(),
                 dbid: t.dbid,
+                greenplum_utility: greenplum && opts.start,
             };
             let id = seg.content_id;
             // Recovery replays WAL without progress messages for a while.
@@ -376,28 +378,8 @@ pub async fn cluster_restore(
         // read-only.
         return Ok(outcome);
     }
-    if outcome.point.barrier == super::catalog::Barrier::Greenplum {
-        use super::greenplum::{bring_up_commands, catalog_fixup_sql, RestoredPrimary};
-        let primaries: Vec<RestoredPrimary> = targets
-            .iter()
-            .map(|(seg, t)| RestoredPrimary {
-                content_id: seg.content_id,
-                dbid: t.dbid,
-                hostname: t.host.clone(),
-                address: t.host.clone(),
-                port: t.port,
-                data_dir: t.data_dir.display().to_string(),
-            })
-            .collect();
-        let coordinator_dir = targets
-            .iter()
-            .find(|(s, _)| s.content_id == super::topology::COORDINATOR)
-            .map(|(_, t)| t.data_dir.display().to_string())
-            .unwrap_or_default();
-        outcome.greenplum = Some((
-            catalog_fixup_sql(&primaries),
-            bring_up_commands(&coordinator_dir, true, true),
-        ));
+    if greenplum && !opts.start {
+        outcome.greenplum = Some(super::greenplum_start::pending(&targets)?);
     }
     if citus {
         let placement: super::citus::Placement = targets
@@ -425,6 +407,21 @@ pub async fn cluster_restore(
         if !outcome.in_doubt.is_empty() && opts.in_doubt == InDoubt::Rollback {
             rollback(&targets, &config.cluster, &outcome.in_doubt).await?;
             outcome.rolled_back = true;
+        }
+        if greenplum {
+            // In-doubt transactions left are settled by gpstart: the
+            // coordinator's distributed transaction recovery commits on
+            // the segments what its log committed and aborts the rest.
+            outcome.greenplum = Some(super::greenplum_start::GreenplumRestore::Started(
+                super::greenplum_start::fix_and_start(
+                    &targets,
+                    &config.cluster,
+                    &config.agent,
+                    opts.connect_timeout,
+                    opts.start_timeout,
+                )
+                .await?,
+            ));
         }
     }
     Ok(outcome)

@@ -283,13 +283,21 @@ pub async fn timeline_history(
     found.ok_or_else(|| PgError::Protocol("TIMELINE_HISTORY returned no row".into()))
 }
 
-/// `START_REPLICATION SLOT slot PHYSICAL X/Y TIMELINE n`.
+/// What Greenplum's and Cloudberry's own copies of a segment leave out
+/// (gppylib's `PgBaseBackup`, used by `gpinitstandby` and `gprecoverseg
+/// -F`: `pg_basebackup -E ./db_dumps -E ./promote`): old `gpcrondump`
+/// dumps kept in the data directory, and the trigger file of a promotion.
+/// Their BASE_BACKUP matches these against paths relative to the data
+/// directory, with the leading `./`.
+pub const GREENPLUM_EXCLUDES: [&str; 2] = ["./db_dumps", "./promote"];
+
 /// The `BASE_BACKUP` command: the parenthesised options of PostgreSQL 15+
 /// (with `compression`, e.g. `COMPRESSION 'lz4'`, when the server
 /// compresses), else the keywords of PostgreSQL 13 and 14, which Greenplum 7
 /// and Cloudberry speak too; on those (`greenplum`) `NOVERIFY_CHECKSUMS`,
 /// since append-optimized files fail the heap page checksum check and the
-/// backup would error at its end.
+/// backup would error at its end, and an `EXCLUDE 'path'` (their own
+/// keyword) for each of [`GREENPLUM_EXCLUDES`].
 pub fn base_backup_command(
     label: &str,
     version: u32,
@@ -303,11 +311,20 @@ pub fn base_backup_command(
             "BASE_BACKUP (LABEL {label}, PROGRESS true, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP true{compression})"
         )
     } else {
-        let noverify = if greenplum { " NOVERIFY_CHECKSUMS" } else { "" };
-        format!("BASE_BACKUP LABEL {label} PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP{noverify}")
+        let greenplum_options = if greenplum {
+            let excludes: String = GREENPLUM_EXCLUDES
+                .iter()
+                .map(|p| format!(" EXCLUDE {}", crate::pg::quote::quote_literal(p)))
+                .collect();
+            format!(" NOVERIFY_CHECKSUMS{excludes}")
+        } else {
+            String::new()
+        };
+        format!("BASE_BACKUP LABEL {label} PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP{greenplum_options}")
     }
 }
 
+/// `START_REPLICATION SLOT slot PHYSICAL X/Y TIMELINE n`.
 pub fn start_replication_command(slot: &str, start: Lsn, tli: TimelineId) -> String {
     format!(
         "START_REPLICATION SLOT {slot} PHYSICAL {start} TIMELINE {}",
@@ -474,8 +491,10 @@ mod tests {
             base_backup_command("cbdr b1", 130000, None, false),
             "BASE_BACKUP LABEL 'cbdr b1' PROGRESS FAST NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP"
         );
-        assert!(base_backup_command("x", 140000, None, true)
-            .ends_with(" TABLESPACE_MAP NOVERIFY_CHECKSUMS"));
+        assert!(base_backup_command("x", 140000, None, true).ends_with(
+            " TABLESPACE_MAP NOVERIFY_CHECKSUMS EXCLUDE './db_dumps' EXCLUDE './promote'"
+        ));
+        assert!(!base_backup_command("x", 140000, None, false).contains("EXCLUDE"));
         assert!(base_backup_command("it's", 150000, None, false).contains("LABEL 'it''s'"));
     }
     use crate::pg::conn::ServerError;

@@ -32,11 +32,15 @@ fn pg_ctl(data_dir: &Path, bin_dir: Option<&Path>) -> PathBuf {
 }
 
 /// Starts the server and waits until recovery is at its target: promoted,
-/// paused, or shut down, as `action` says.
+/// paused, or shut down, as `action` says. `server_options` go to the
+/// postmaster's command line after the port (e.g. `-c gp_role=utility`);
+/// pg_ctl hands that line to a shell, so they are fixed options of cbdr's,
+/// never user input, and hold no quotes.
 pub fn start_and_wait(
     data_dir: &Path,
     bin_dir: Option<&Path>,
     port: Option<u16>,
+    server_options: &[&str],
     action: TargetAction,
     timeout: Duration,
 ) -> Result<String> {
@@ -51,8 +55,8 @@ pub fn start_and_wait(
         .arg(&log)
         .arg("-W")
         .arg("start");
-    if let Some(p) = port {
-        cmd.arg("-o").arg(format!("-p {p}"));
+    if let Some(o) = postmaster_options(port, server_options) {
+        cmd.arg("-o").arg(o);
     }
     let out = cmd
         .output()
@@ -65,6 +69,16 @@ pub fn start_and_wait(
         )));
     }
     wait_for_target(data_dir, &pg_ctl, &log, offset, action, timeout)
+}
+
+/// The `-o` of `pg_ctl start`: the port, then the other options.
+fn postmaster_options(port: Option<u16>, server_options: &[&str]) -> Option<String> {
+    let words: Vec<String> = port
+        .map(|p| format!("-p {p}"))
+        .into_iter()
+        .chain(server_options.iter().map(|o| o.to_string()))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
 }
 
 /// Restarts a server in recovery (`pg_ctl restart -m fast`, or a start if
@@ -326,11 +340,48 @@ pub fn stop_fast(data_dir: &Path, bin_dir: Option<&Path>) -> std::result::Result
     }
 }
 
+/// Stops the server if it runs (`pg_ctl status`, then `pg_ctl stop -m
+/// fast`, waiting): whether it was running.
+pub fn stop_if_running(data_dir: &Path, bin_dir: Option<&Path>) -> Result<bool> {
+    let pg_ctl = pg_ctl(data_dir, bin_dir);
+    let status = Command::new(&pg_ctl)
+        .arg("-D")
+        .arg(data_dir)
+        .arg("status")
+        .output()
+        .map_err(|e| Error::io(format!("running {}", pg_ctl.display()), e))?;
+    // pg_ctl status: 0 running, 3 not running.
+    if status.status.code() == Some(3) {
+        return Ok(false);
+    }
+    stop_fast(data_dir, bin_dir).map_err(|e| {
+        Error::Server(format!(
+            "pg_ctl stop -m fast -D {} failed: {e}",
+            data_dir.display()
+        ))
+    })?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MB1: u64 = 1 << 20;
+
+    #[test]
+    fn postmaster_options_put_the_port_first() {
+        assert_eq!(postmaster_options(None, &[]), None);
+        assert_eq!(postmaster_options(Some(5433), &[]).unwrap(), "-p 5433");
+        assert_eq!(
+            postmaster_options(Some(6000), &["-c gp_role=utility"]).unwrap(),
+            "-p 6000 -c gp_role=utility"
+        );
+        assert_eq!(
+            postmaster_options(None, &["-c gp_role=utility"]).unwrap(),
+            "-c gp_role=utility"
+        );
+    }
 
     fn seg(name: &str) -> WalSegmentName {
         WalSegmentName::parse(name).unwrap()

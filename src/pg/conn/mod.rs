@@ -389,6 +389,9 @@ impl PgConn {
         if !params.application_name.is_empty() {
             startup.push(("application_name", &params.application_name));
         }
+        if !params.options.is_empty() {
+            startup.push(("options", &params.options));
+        }
         startup.push(("client_encoding", "UTF8"));
         match replication {
             Replication::Off => {}

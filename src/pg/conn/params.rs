@@ -91,6 +91,11 @@ pub struct ConnParams {
     /// PEM file of trusted root certificates; `None` = the system roots.
     pub sslrootcert: Option<PathBuf>,
     pub application_name: String,
+    /// Settings for the session, sent as the startup packet's `options`
+    /// (libpq's `options`, `PGOPTIONS`): e.g. `-c gp_role=utility`, which
+    /// Greenplum and Cloudberry segments need from a direct connection.
+    /// Empty: none.
+    pub options: String,
     /// For the whole connection set-up (connect, TLS, authentication);
     /// zero = no limit.
     pub connect_timeout: Duration,
@@ -108,6 +113,7 @@ impl fmt::Debug for ConnParams {
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
             .field("application_name", &self.application_name)
+            .field("options", &self.options)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -120,7 +126,7 @@ impl ConnParams {
     /// (default: the user), `PGSSLMODE` (prefer), `PGSSLROOTCERT` (default:
     /// ~/.postgresql/root.crt if it exists; `system` = the system roots),
     /// `PGCONNECT_TIMEOUT` (seconds; default 30, 0 = none), `PGAPPNAME`
-    /// (default `cbdr`).
+    /// (default `cbdr`), `PGOPTIONS` (default none).
     ///
     /// `passfile` is `PGPASSFILE`, default ~/.pgpass; it is read at
     /// connect time when `password` is `None` and the server asks for one,
@@ -261,6 +267,7 @@ pub(crate) fn from_vars(
         sslmode,
         sslrootcert,
         application_name: get("PGAPPNAME").unwrap_or_else(|| "cbdr".to_owned()),
+        options: get("PGOPTIONS").unwrap_or_default(),
         connect_timeout,
     };
     (params, problems)
@@ -489,6 +496,7 @@ hostlong:5432:*:u:long
         assert_eq!(p.sslmode, SslMode::Prefer);
         assert_eq!(p.sslrootcert, None);
         assert_eq!(p.application_name, "cbdr");
+        assert_eq!(p.options, "");
         assert_eq!(p.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         let expect_host = if Path::new(DEFAULT_SOCKET_DIR).is_dir() {
             DEFAULT_SOCKET_DIR
@@ -506,6 +514,7 @@ hostlong:5432:*:u:long
             ("PGSSLROOTCERT", "/etc/ca.pem"),
             ("PGCONNECT_TIMEOUT", "1"),
             ("PGAPPNAME", "app"),
+            ("PGOPTIONS", "-c gp_role=utility"),
             ("PGPASSFILE", "/etc/pgpass"),
         ]);
         assert!(problems.is_empty());
@@ -519,6 +528,7 @@ hostlong:5432:*:u:long
         assert_eq!(p.sslrootcert, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(p.connect_timeout, Duration::from_secs(2));
         assert_eq!(p.application_name, "app");
+        assert_eq!(p.options, "-c gp_role=utility");
         assert_eq!(p.target(), "db.example:6543");
         // The password never shows in Debug.
         let dbg = format!("{p:?}");
