@@ -15,7 +15,12 @@
 //! ```text
 //! CBDR_BENCH_SCALE=20 cargo bench --bench delta     # ~300 MB per data set
 //! CBDR_BENCH_KINDS=pgbench CBDR_BENCH_ROUNDS=5 ...     # one data set, restores 5 times each
+//! CBDR_BENCH_REPO=garage ...                            # the repository on Garage (S3)
 //! ```
+//! With `CBDR_BENCH_REPO=garage` the repository (and the WAL archive) is a
+//! bucket of the test Garage server (`tests/common/garage.rs`), which
+//! shares the cores with cbdr: its CPU seconds during each command are
+//! reported beside cbdr's.
 //! Each restore runs `CBDR_BENCH_ROUNDS` times (default 3), in turns; the
 //! median wall time and the median CPU time are kept.
 //! Data sets: `pgbench` (`pgbench -i -s SCALE`, lz4 ~9×) and `random`
@@ -51,6 +56,8 @@ struct Run {
     max_rss: u64,
     tree_rss: u64,
     stored: u64,
+    /// Garage's CPU seconds during the command (a Garage repository).
+    garage_cpu: Option<f64>,
 }
 
 struct Data {
@@ -103,12 +110,16 @@ impl Data {
         fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
         let repo = dir.path().join("repo");
         let config = dir.path().join("cbdr.toml");
+        let storage = if on_garage() {
+            common::garage::bucket(&format!("deltabench-{kind}")).config_toml("")
+        } else {
+            format!("[storage]\ntype = \"fs\"\npath = \"{}\"\n", repo.display())
+        };
         fs::write(
             &config,
             format!(
-                "[storage]\ntype = \"fs\"\npath = \"{}\"\n\n[compression]\nmethod = \"lz4\"\n\n\
+                "{storage}\n[compression]\nmethod = \"lz4\"\n\n\
                  [encryption]\nkey_file = \"{}\"\n\n[backup]\ndelta_max_steps = 6\n",
-                repo.display(),
                 key.display()
             ),
         )
@@ -153,16 +164,13 @@ impl Data {
         unsafe { libc::sync() };
     }
 
-    fn timed(&self, tag: &str, args: &[&str]) -> bench_common::Timed {
+    fn timed(&self, tag: &str, args: &[&str]) -> (bench_common::Timed, Option<f64>) {
         self.quiesce();
-        let t = timed(
+        timed_with_garage(
             self.cmd(args),
             self.dir.path(),
             &format!("{}-{tag}", self.kind),
-            Some(Duration::from_millis(50)),
-        );
-        assert!(t.success, "{tag}: {}\n{}", t.status, t.output);
-        t
+        )
     }
 
     /// The newest backup's name and stored bytes.
@@ -194,7 +202,7 @@ impl Data {
     fn backup(&self, tag: &str, args: &[&str]) -> (Run, String) {
         let mut all = vec!["backup-push"];
         all.extend_from_slice(args);
-        let t = self.timed(tag, &all);
+        let (t, garage_cpu) = self.timed(tag, &all);
         let (name, stored, _) = self.newest();
         (
             Run {
@@ -204,6 +212,7 @@ impl Data {
                 max_rss: t.max_rss,
                 tree_rss: t.tree_rss,
                 stored,
+                garage_cpu,
             },
             name,
         )
@@ -211,7 +220,7 @@ impl Data {
 
     fn restore(&self, tag: &str, backup: &str) -> Run {
         let dir = self.dir.path().join(tag);
-        let t = self.timed(
+        let (t, garage_cpu) = self.timed(
             tag,
             &[
                 "restore",
@@ -230,6 +239,7 @@ impl Data {
             max_rss: t.max_rss,
             tree_rss: t.tree_rss,
             stored: 0,
+            garage_cpu,
         }
     }
 
@@ -260,7 +270,8 @@ fn main() {
     let kinds = env_or("CBDR_BENCH_KINDS", "pgbench,random");
     let rounds = env_num("CBDR_BENCH_ROUNDS", "3").max(1);
     println!(
-        "delta bench: scale {scale}, {rounds} restore rounds, load average at start {} ({} CPUs)",
+        "delta bench: scale {scale}, repository {}, {rounds} restore rounds, load average at start {} ({} CPUs)",
+        env_or("CBDR_BENCH_REPO", "fs"),
         loadavg(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -301,18 +312,19 @@ fn main() {
         let r_tar = medians.next().unwrap();
         println!("\n== {kind}: {:.0} MB of files ==", plain as f64 / MB);
         println!(
-            "  {:<28} {:>8} {:>8} {:>10} {:>12} {:>12}",
-            "", "seconds", "CPU s", "stored MB", "max RSS MB", "tree RSS MB"
+            "  {:<28} {:>8} {:>8} {:>10} {:>12} {:>12} {:>10}",
+            "", "seconds", "CPU s", "stored MB", "max RSS MB", "tree RSS MB", "Garage s"
         );
         for r in [&full, &delta, &full2, &tar, &r_delta, &r_full, &r_tar] {
             println!(
-                "  {:<28} {:>8.2} {:>8.2} {:>10.1} {:>12.1} {:>12.1}",
+                "  {:<28} {:>8.2} {:>8.2} {:>10.1} {:>12.1} {:>12.1} {:>10}",
                 r.what,
                 r.seconds,
                 r.cpu_seconds,
                 r.stored as f64 / MB,
                 r.max_rss as f64 / MB,
-                r.tree_rss as f64 / MB
+                r.tree_rss as f64 / MB,
+                fmt_opt(r.garage_cpu, 2)
             );
         }
         let stored_ratio = delta.stored as f64 / full.stored as f64;
@@ -331,7 +343,7 @@ fn main() {
             .map(|r| {
                 json!({
                     "what": r.what, "seconds": r.seconds, "cpu_seconds": r.cpu_seconds,
-                    "stored_bytes": r.stored,
+                    "stored_bytes": r.stored, "garage_cpu_seconds": r.garage_cpu,
                     "max_rss": r.max_rss, "tree_rss": r.tree_rss,
                 })
             })
@@ -354,6 +366,7 @@ fn main() {
         &path,
         serde_json::to_string_pretty(&json!({
             "scale": scale,
+            "repository": env_or("CBDR_BENCH_REPO", "fs"),
             "load_average_at_end": loadavg(),
             "data_sets": report,
         }))
@@ -372,11 +385,13 @@ fn median_run(mut runs: Vec<Run>) -> Run {
     };
     let mut wall: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
     let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_seconds).collect();
+    let mut garage: Vec<f64> = runs.iter().filter_map(|r| r.garage_cpu).collect();
     let max_rss = runs.iter().map(|r| r.max_rss).max().unwrap_or(0);
     let tree_rss = runs.iter().map(|r| r.tree_rss).max().unwrap_or(0);
     let mut r = runs.swap_remove(0);
     r.seconds = mid(&mut wall);
     r.cpu_seconds = mid(&mut cpu);
+    r.garage_cpu = (!garage.is_empty()).then(|| mid(&mut garage));
     r.max_rss = max_rss;
     r.tree_rss = tree_rss;
     r
@@ -399,13 +414,8 @@ impl Data {
             .env("PGPORT", self.pg.port().to_string())
             .env("PGUSER", "postgres");
         self.quiesce();
-        let t = timed(
-            cmd,
-            self.dir.path(),
-            &format!("{}-tar", self.kind),
-            Some(Duration::from_millis(50)),
-        );
-        assert!(t.success, "tar backup: {}\n{}", t.status, t.output);
+        let (t, garage_cpu) =
+            timed_with_garage(cmd, self.dir.path(), &format!("{}-tar", self.kind));
         let (name, stored, _) = self.newest();
         (
             Run {
@@ -415,8 +425,29 @@ impl Data {
                 max_rss: t.max_rss,
                 tree_rss: t.tree_rss,
                 stored,
+                garage_cpu,
             },
             name,
         )
     }
+}
+
+/// True when the bench's repository is on Garage (`CBDR_BENCH_REPO=garage`).
+fn on_garage() -> bool {
+    env_or("CBDR_BENCH_REPO", "fs") == "garage"
+}
+
+/// Runs `cmd` timed (it must succeed), with Garage's CPU seconds during it
+/// when the repository is on Garage.
+fn timed_with_garage(
+    cmd: Command,
+    dir: &std::path::Path,
+    tag: &str,
+) -> (bench_common::Timed, Option<f64>) {
+    let garage = on_garage().then(|| common::garage::garage().pid());
+    let before = garage.and_then(process_cpu);
+    let t = timed(cmd, dir, tag, Some(Duration::from_millis(50)));
+    assert!(t.success, "{tag}: {}\n{}", t.status, t.output);
+    let cpu = before.zip(garage.and_then(process_cpu)).map(|(a, b)| b - a);
+    (t, cpu)
 }

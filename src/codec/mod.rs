@@ -13,6 +13,7 @@ mod compression;
 mod header;
 mod key;
 mod object;
+mod slice;
 mod stream;
 
 use std::io;
@@ -172,6 +173,20 @@ impl Codec {
         let mut r = self.reader(io::Cursor::new(data), name)?;
         io::Read::read_to_end(&mut r, out).map_err(|e| CodecError::from_io(e, name))?;
         Ok(())
+    }
+
+    /// Decodes the object `name` held whole in `input`, in place (`input`
+    /// is overwritten): the same checks as [`Codec::decode`] without its
+    /// copies and allocations. The plain bytes are `out[..n]` for the
+    /// returned `n`; `out` may be left longer (it is reused, not zeroed
+    /// again, by the next call).
+    pub fn decode_in_place(
+        &self,
+        name: &str,
+        input: &mut [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, CodecError> {
+        slice::decode_in_place(input, name, self.key.clone(), out)
     }
 }
 

@@ -8,9 +8,9 @@ use super::key::{self, Key};
 use super::stream::Stream;
 use super::{Codec, CodecError, FinishWrite};
 
-const LAST: u32 = 1 << 31;
-const TAG_LEN: usize = 16;
-const CRC_LEN: usize = 4;
+pub(super) const LAST: u32 = 1 << 31;
+pub(super) const TAG_LEN: usize = 16;
+pub(super) const CRC_LEN: usize = 4;
 
 /// Writes one object: `Write` the plain bytes, then [`ObjectWriter::finish`].
 /// Dropping it without `finish` leaves an object without its last chunk,
@@ -163,7 +163,7 @@ impl<W: Write> Write for Sealer<W> {
     }
 }
 
-fn chunk_crc(index: u64, last: bool, data: &[u8]) -> u32 {
+pub(super) fn chunk_crc(index: u64, last: bool, data: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&index.to_le_bytes());
     h.update(&[u8::from(last)]);
@@ -188,30 +188,7 @@ impl ObjectReader {
         key: Option<Arc<Key>>,
     ) -> Result<ObjectReader, CodecError> {
         let (header, header_bytes) = Header::read(&mut input, name)?;
-        let cipher = match (&header.encryption, key) {
-            (None, None) => None,
-            (Some(_), None) => return Err(CodecError::KeyRequired { name: name.into() }),
-            (None, Some(_)) => return Err(CodecError::NotEncrypted { name: name.into() }),
-            (Some(enc), Some(k)) => {
-                let master = k.master(&enc.kdf).map_err(|e| match e {
-                    CodecError::WrongKeyKind {
-                        written_with,
-                        given,
-                        ..
-                    } => CodecError::WrongKeyKind {
-                        name: name.into(),
-                        written_with,
-                        given,
-                    },
-                    other => other,
-                })?;
-                if key::key_check(&master) != enc.key_check {
-                    return Err(CodecError::WrongKey { name: name.into() });
-                }
-                let object_key = key::object_key(&master, &enc.object_salt, name);
-                Some(Stream::new(&object_key, &enc.nonce_prefix))
-            }
-        };
+        let cipher = open_cipher(&header, key, name)?;
         let chunk = header.chunk_size();
         let opener = Arc::new(Mutex::new(Opener {
             input: Box::new(input),
@@ -398,4 +375,37 @@ impl Read for SharedOpener {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         self.0.lock().unwrap().read(out)
     }
+}
+
+/// The cipher that opens the chunks of an object with `header`, checked
+/// against the configured key.
+pub(super) fn open_cipher(
+    header: &Header,
+    key: Option<Arc<Key>>,
+    name: &str,
+) -> Result<Option<Stream>, CodecError> {
+    Ok(match (&header.encryption, key) {
+        (None, None) => None,
+        (Some(_), None) => return Err(CodecError::KeyRequired { name: name.into() }),
+        (None, Some(_)) => return Err(CodecError::NotEncrypted { name: name.into() }),
+        (Some(enc), Some(k)) => {
+            let master = k.master(&enc.kdf).map_err(|e| match e {
+                CodecError::WrongKeyKind {
+                    written_with,
+                    given,
+                    ..
+                } => CodecError::WrongKeyKind {
+                    name: name.into(),
+                    written_with,
+                    given,
+                },
+                other => other,
+            })?;
+            if key::key_check(&master) != enc.key_check {
+                return Err(CodecError::WrongKey { name: name.into() });
+            }
+            let object_key = key::object_key(&master, &enc.object_salt, name);
+            Some(Stream::new(&object_key, &enc.nonce_prefix))
+        }
+    })
 }

@@ -88,15 +88,27 @@ impl Stream {
         buf: &mut Vec<u8>,
         last: bool,
     ) -> Result<(), StreamError> {
+        let plain = self.open_slice(aad, buf, last)?;
+        buf.truncate(plain);
+        Ok(())
+    }
+
+    /// Checks and decrypts `buf` (ciphertext and tag) in place; returns
+    /// the length of the plain bytes at its start.
+    pub(super) fn open_slice(
+        &mut self,
+        aad: &[u8],
+        buf: &mut [u8],
+        last: bool,
+    ) -> Result<usize, StreamError> {
         self.check(last)?;
         let plain = self
             .key
             .open_in_place(self.nonce(last), Aad::from(aad), buf)
             .map_err(|_| StreamError)?
             .len();
-        buf.truncate(plain);
         self.advance(last);
-        Ok(())
+        Ok(plain)
     }
 }
 

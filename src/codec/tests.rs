@@ -193,3 +193,91 @@ fn streaming_read_in_small_pieces() {
     }
     assert_eq!(out, data);
 }
+
+/// `decode_in_place` as a caller uses it: one output buffer for many
+/// objects.
+fn in_place(
+    codec: &Codec,
+    name: &str,
+    enc: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Vec<u8>, CodecError> {
+    let mut input = enc.to_vec();
+    let n = codec.decode_in_place(name, &mut input, out)?;
+    Ok(out[..n].to_vec())
+}
+
+#[test]
+fn in_place_decoding_reads_what_the_stream_reads() {
+    // Several chunks, several lz4 blocks (over 1 MiB), empty, tiny.
+    let data = sample(2_500_000);
+    let mut out = Vec::new();
+    for method in Compression::ALL {
+        for key in [None, Some(raw_key(1))] {
+            for codec in [
+                Codec::new(method, None, key.clone()),
+                small_chunks(Codec::new(method, None, key.clone())),
+            ] {
+                for len in [2_500_000, 0, 1, 4097, 1 << 20, 300_000] {
+                    let enc = codec.encode("k#3", &data[..len]).unwrap();
+                    let got = in_place(&codec, "k#3", &enc, &mut out).unwrap();
+                    assert_eq!(
+                        got,
+                        &data[..len],
+                        "{method} key={} len={len}",
+                        key.is_some()
+                    );
+                    // Another name is another key.
+                    if key.is_some() {
+                        let e = in_place(&codec, "k#4", &enc, &mut out).unwrap_err();
+                        assert!(e.is_integrity(), "{e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn in_place_decoding_detects_flips_cuts_and_trailing_bytes() {
+    let data = sample(20_000);
+    let mut out = Vec::new();
+    for method in [Compression::Lz4, Compression::None, Compression::Zstd] {
+        for key in [None, Some(raw_key(1))] {
+            let codec = small_chunks(Codec::new(method, None, key.clone()));
+            let enc = codec.encode("o", &data).unwrap();
+            for pos in (0..enc.len()).step_by(7) {
+                let mut bad = enc.clone();
+                bad[pos] ^= 0x10;
+                let r = in_place(&codec, "o", &bad, &mut out);
+                assert!(
+                    r.is_err(),
+                    "{method}: flip at {pos} of {} went unnoticed",
+                    enc.len()
+                );
+                assert!(r.unwrap_err().is_integrity(), "{method}: flip at {pos}");
+            }
+            for len in (0..enc.len()).step_by(3) {
+                let e = in_place(&codec, "o", &enc[..len], &mut out).unwrap_err();
+                assert!(e.is_integrity(), "{method}: cut at {len}: {e}");
+            }
+            let mut longer = enc.clone();
+            longer.extend_from_slice(b"junk");
+            let e = in_place(&codec, "o", &longer, &mut out).unwrap_err();
+            assert!(matches!(e, CodecError::Corrupt { .. }), "{e}");
+            let e = in_place(
+                &Codec::new(method, None, Some(raw_key(2))),
+                "o",
+                &enc,
+                &mut out,
+            )
+            .unwrap_err();
+            let expect_wrong = key.is_some();
+            assert!(
+                matches!(e, CodecError::WrongKey { .. }) == expect_wrong
+                    && matches!(e, CodecError::NotEncrypted { .. }) != expect_wrong,
+                "{e}"
+            );
+        }
+    }
+}

@@ -375,18 +375,6 @@ fn plan_reads(map: &FileMap, first: u64, end: u64) -> Vec<Read1> {
     reads
 }
 
-/// Part of a shared read buffer, readable through a `Cursor`.
-struct Slice {
-    buf: Arc<Vec<u8>>,
-    range: std::ops::Range<usize>,
-}
-
-impl AsRef<[u8]> for Slice {
-    fn as_ref(&self) -> &[u8] {
-        self.buf.get(self.range.clone()).unwrap_or_default()
-    }
-}
-
 /// Restores blocks `chunk * CHUNK_BLOCKS..` of a file (a blocking thread).
 fn restore_chunk(
     shared: &Shared,
@@ -461,25 +449,20 @@ fn restore_chunk(
                 Error::Storage(s) => Error::Storage(s),
                 other => damaged(other.to_string()),
             })?;
-        let bytes = Arc::new(bytes);
+        let mut bytes = bytes;
         for (e, wanted) in read {
             let at = (e.offset - e0.offset) as usize;
             let name = object_name(&key, e.seq);
-            // Decoded from the read buffer itself, not a copy of it.
-            let object = std::io::Cursor::new(Slice {
-                buf: bytes.clone(),
-                range: at..at + e.len as usize,
-            });
-            plain.clear();
-            shared
+            // Decoded in the read buffer itself, into the job's buffer.
+            let object = bytes
+                .get_mut(at..at + e.len as usize)
+                .ok_or_else(|| damaged(format!("{name} lies outside its read")))?;
+            let plain_len = shared
                 .repo
                 .codec
-                .reader(object, &name)
-                .and_then(|mut r| {
-                    std::io::Read::read_to_end(&mut r, &mut plain)
-                        .map_err(|err| crate::codec::CodecError::from_io(err, &name))
-                })
+                .decode_in_place(&name, object, &mut plain)
                 .map_err(|err| damaged(err.to_string()))?;
+            let plain = &plain[..plain_len];
             // Blocks that follow each other in the extent and in the file
             // are written at once.
             let mut k = 0;
