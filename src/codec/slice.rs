@@ -177,13 +177,25 @@ fn lz4_frame(data: &[u8], out: &mut Vec<u8>) -> Option<Result<usize, Lz4Fault>> 
             return bad("the lz4 frame ends inside a block");
         };
         at += len;
-        grow(out, n + block_max);
         if stored {
+            grow(out, n + len);
             out[n..n + len].copy_from_slice(block);
             n += len;
-        } else {
-            match lz4_flex::block::decompress_into(block, &mut out[n..n + block_max]) {
-                Ok(k) => n += k,
+            continue;
+        }
+        // Room for what the block likely holds first (a small file's
+        // block must not cost a zeroed megabyte), all of it if that
+        // was too little.
+        let likely = (len * 16).clamp(64 << 10, block_max);
+        for room in [likely, block_max] {
+            grow(out, n + room);
+            match lz4_flex::block::decompress_into(block, &mut out[n..n + room]) {
+                Ok(k) => {
+                    n += k;
+                    break;
+                }
+                Err(lz4_flex::block::DecompressError::OutputTooSmall { .. })
+                    if room < block_max => {}
                 Err(e) => return Some(Err(Lz4Fault::Bad(e.to_string()))),
             }
         }
@@ -227,6 +239,16 @@ mod tests {
             (ours.clone().content_checksum(true), false),
             (ours.clone().content_size(Some(0)), false),
         ] {
+            // Zeros: a block far smaller than its room's first guess.
+            let zeros = vec![0u8; 2_000_000];
+            let zinfo = match info.content_size {
+                Some(_) => info.clone().content_size(Some(zeros.len() as u64)),
+                None => info.clone(),
+            };
+            let n = decompress(Compression::Lz4, &frame(zinfo, &zeros), &mut out)
+                .ok()
+                .unwrap();
+            assert_eq!(&out[..n], &zeros[..]);
             for len in [0, 1, 70_000, data.len()] {
                 let mut info = info.clone();
                 if info.content_size.is_some() {

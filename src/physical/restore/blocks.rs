@@ -28,6 +28,15 @@ const READ_MAX: u64 = 7 * 1024 * 1024 + 512 * 1024;
 /// Reads of a chunk job in flight beside the one being decoded: the next
 /// extents arrive while the current ones are decoded and written.
 const READ_AHEAD: usize = 1;
+/// Chunk jobs at once at most. Most files of a cluster are small: each is
+/// one job that makes one small ranged read, which costs an S3 round trip
+/// (tens of milliseconds) and almost no CPU; with only `--parallel` jobs
+/// at once a restore from S3 waited on round trips one after the other.
+/// What bounds memory is [`JOB_BYTES`], not this count.
+const MAX_JOBS: usize = 64;
+/// Plain bytes of the chunks being restored at once, per `--parallel`
+/// (16 MiB: one full chunk; a chunk job holds its reads and one extent).
+const JOB_BYTES: u64 = CHUNK_BLOCKS * BLOCK_SIZE as u64;
 
 /// Reads the records of the backup's chain (itself first) and checks that
 /// every pack they list is in the repository, before anything is written.
@@ -149,6 +158,10 @@ pub(super) async fn unpack_blocks(
 ) -> Result<()> {
     let newest = &shared.chain[0];
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    // KiB of chunks in flight.
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        (parallel.max(1) as u64 * JOB_BYTES / KIB) as usize,
+    ));
     let mut failure: Option<Error> = None;
     let early_sync = shared
         .write
@@ -194,16 +207,31 @@ pub(super) async fn unpack_blocks(
                 };
                 let map = Arc::new(map);
                 for chunk in 0..block_count(map.size).div_ceil(CHUNK_BLOCKS) {
-                    while tasks.len() >= parallel.max(1) {
+                    while tasks.len() >= MAX_JOBS {
                         if let Some(Err(e)) = join(&mut tasks).await {
                             failure = Some(e);
                             break 'archives;
                         }
                     }
+                    // Finished jobs' faults are seen without waiting.
+                    while let Some(r) = tasks.try_join_next() {
+                        if let Err(e) = flatten(r) {
+                            failure = Some(e);
+                            break 'archives;
+                        }
+                    }
+                    let first = chunk * CHUNK_BLOCKS * BLOCK_SIZE as u64;
+                    let bytes = (map.size - first).min(JOB_BYTES);
+                    let permit = budget
+                        .clone()
+                        .acquire_many_owned(bytes.div_ceil(KIB) as u32)
+                        .await
+                        .expect("the budget is never closed");
                     let (shared, map, archive) = (shared.clone(), map.clone(), a.name.clone());
                     let (out, manifest_path) = jobs.clone();
                     let handle = tokio::runtime::Handle::current();
                     tasks.spawn_blocking(move || {
+                        let _permit = permit;
                         restore_chunk(
                             &shared,
                             &handle,
@@ -236,11 +264,15 @@ pub(super) async fn unpack_blocks(
     }
 }
 
+const KIB: u64 = 1024;
+
 async fn join(tasks: &mut JoinSet<Result<()>>) -> Option<Result<()>> {
-    tasks.join_next().await.map(|j| {
-        j.map_err(|e| Error::Internal(format!("restore task: {e}")))
-            .and_then(|r| r)
-    })
+    tasks.join_next().await.map(flatten)
+}
+
+fn flatten(j: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    j.map_err(|e| Error::Internal(format!("restore task: {e}")))
+        .and_then(|r| r)
 }
 
 /// Makes a directory or link, or creates (empty) the file of a map;
