@@ -168,6 +168,8 @@ pub(super) async fn unpack_blocks(
         .then(|| EarlySync::start(dirs.values().map(|(d, _)| d.clone()).collect()));
     'archives: for a in &newest.archives {
         let (dir, prefix) = dirs[&a.name].clone();
+        // Small files whose extents lie next to each other, read at once.
+        let mut batch: Option<Batch> = None;
         for n in 0..a.map_parts {
             let key = layout::map_pack_key(newest.content_id, &newest.name, &a.name, n);
             let pack = match crate::storage::get_bytes(shared.repo.storage.as_ref(), &key).await {
@@ -206,43 +208,59 @@ pub(super) async fn unpack_blocks(
                     }
                 };
                 let map = Arc::new(map);
+                let (out, manifest_path) = jobs;
+                if let Some(span) = small_span(&map) {
+                    if !batch.as_ref().is_some_and(|b| b.takes(&span, map.size)) {
+                        if let Some(b) = batch.take() {
+                            if let Err(e) =
+                                spawn_batch(&mut tasks, &budget, &shared, &a.name, b).await
+                            {
+                                failure = Some(e);
+                                break 'archives;
+                            }
+                        }
+                        batch = Some(Batch::new(&span));
+                    }
+                    let b = batch.as_mut().expect("just made");
+                    b.end = span.3;
+                    b.plain += map.size;
+                    b.files.push((map, out, manifest_path));
+                    continue;
+                }
+                if let Some(b) = batch.take() {
+                    if let Err(e) = spawn_batch(&mut tasks, &budget, &shared, &a.name, b).await {
+                        failure = Some(e);
+                        break 'archives;
+                    }
+                }
                 for chunk in 0..block_count(map.size).div_ceil(CHUNK_BLOCKS) {
-                    while tasks.len() >= MAX_JOBS {
-                        if let Some(Err(e)) = join(&mut tasks).await {
-                            failure = Some(e);
-                            break 'archives;
-                        }
-                    }
-                    // Finished jobs' faults are seen without waiting.
-                    while let Some(r) = tasks.try_join_next() {
-                        if let Err(e) = flatten(r) {
-                            failure = Some(e);
-                            break 'archives;
-                        }
-                    }
                     let first = chunk * CHUNK_BLOCKS * BLOCK_SIZE as u64;
                     let bytes = (map.size - first).min(JOB_BYTES);
-                    let permit = budget
-                        .clone()
-                        .acquire_many_owned(bytes.div_ceil(KIB) as u32)
-                        .await
-                        .expect("the budget is never closed");
                     let (shared, map, archive) = (shared.clone(), map.clone(), a.name.clone());
-                    let (out, manifest_path) = jobs.clone();
+                    let (out, manifest_path) = (out.clone(), manifest_path.clone());
                     let handle = tokio::runtime::Handle::current();
-                    tasks.spawn_blocking(move || {
-                        let _permit = permit;
+                    let job = move || {
                         restore_chunk(
                             &shared,
                             &handle,
                             &archive,
                             &map,
                             chunk,
-                            &out,
-                            &manifest_path,
+                            (&out, &manifest_path),
+                            None,
                         )
-                    });
+                    };
+                    if let Err(e) = spawn_job(&mut tasks, &budget, bytes, job).await {
+                        failure = Some(e);
+                        break 'archives;
+                    }
                 }
+            }
+        }
+        if let Some(b) = batch.take() {
+            if let Err(e) = spawn_batch(&mut tasks, &budget, &shared, &a.name, b).await {
+                failure = Some(e);
+                break 'archives;
             }
         }
     }
@@ -265,6 +283,136 @@ pub(super) async fn unpack_blocks(
 }
 
 const KIB: u64 = 1024;
+/// Files up to this size are restored in batches (see [`Batch`]).
+const BATCH_FILE: u64 = 256 * 1024;
+
+/// Small files next to each other in one block pack of one backup: one
+/// job, one ranged read (on S3 a request per small file was most of a
+/// restore's time, and most of the server's CPU).
+struct Batch {
+    backup: u16,
+    pack: u32,
+    start: u64,
+    end: u64,
+    /// Plain bytes of its files.
+    plain: u64,
+    files: Vec<(Arc<FileMap>, PathBuf, String)>,
+}
+
+/// `(backup, pack, start, end)`: where a small file's extents lie, when
+/// they are all in one pack.
+type Span = (u16, u32, u64, u64);
+
+fn small_span(map: &FileMap) -> Option<Span> {
+    if map.size > BATCH_FILE {
+        return None;
+    }
+    let e = map.runs.first()?.extent;
+    let mut span = (e.backup, e.pack, e.offset, e.offset + e.len as u64);
+    for r in &map.runs[1..] {
+        let e = r.extent;
+        if (e.backup, e.pack) != (span.0, span.1) {
+            return None;
+        }
+        span.2 = span.2.min(e.offset);
+        span.3 = span.3.max(e.offset + e.len as u64);
+    }
+    Some(span)
+}
+
+impl Batch {
+    fn new(span: &Span) -> Batch {
+        Batch {
+            backup: span.0,
+            pack: span.1,
+            start: span.2,
+            end: span.2,
+            plain: 0,
+            files: Vec::new(),
+        }
+    }
+
+    /// Whether a file of `size` bytes at `span` joins this batch's read.
+    fn takes(&self, span: &Span, size: u64) -> bool {
+        (span.0, span.1) == (self.backup, self.pack)
+            && span.2 >= self.end
+            && span.2 - self.end <= READ_GAP
+            && span.3 - self.start <= READ_MAX
+            && self.plain + size <= JOB_BYTES
+    }
+}
+
+/// Spawns `job` once fewer than [`MAX_JOBS`] run and `bytes` of the budget
+/// are free; a finished job's fault is returned first.
+async fn spawn_job(
+    tasks: &mut JoinSet<Result<()>>,
+    budget: &Arc<tokio::sync::Semaphore>,
+    bytes: u64,
+    job: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<()> {
+    while tasks.len() >= MAX_JOBS {
+        if let Some(Err(e)) = join(tasks).await {
+            return Err(e);
+        }
+    }
+    while let Some(r) = tasks.try_join_next() {
+        flatten(r)?;
+    }
+    let permit = budget
+        .clone()
+        .acquire_many_owned(bytes.min(JOB_BYTES).div_ceil(KIB) as u32)
+        .await
+        .expect("the budget is never closed");
+    tasks.spawn_blocking(move || {
+        let _permit = permit;
+        job()
+    });
+    Ok(())
+}
+
+/// Restores the files of `batch` from one read.
+async fn spawn_batch(
+    tasks: &mut JoinSet<Result<()>>,
+    budget: &Arc<tokio::sync::Semaphore>,
+    shared: &Arc<Shared>,
+    archive: &str,
+    batch: Batch,
+) -> Result<()> {
+    let (shared, archive) = (shared.clone(), archive.to_string());
+    let handle = tokio::runtime::Handle::current();
+    let bytes = batch.plain;
+    spawn_job(tasks, budget, bytes, move || {
+        let b = &shared.chain[batch.backup as usize];
+        let key = layout::block_pack_key(b.content_id, &b.name, &archive, batch.pack);
+        let read = handle
+            .block_on(read_range(
+                &shared.repo,
+                &key,
+                batch.start,
+                batch.end - batch.start,
+            ))
+            .map_err(|e| match e {
+                Error::Storage(s) if s.is_not_found() => Error::Integrity(format!(
+                    "backup {} is damaged: {key} is missing; backup {} cannot be restored: restore another backup (`cbdr list` shows them) and take a new full one",
+                    b.name, shared.chain[0].name
+                )),
+                other => other,
+            })?;
+        for (map, out, manifest_path) in &batch.files {
+            restore_chunk(
+                &shared,
+                &handle,
+                &archive,
+                map,
+                0,
+                (out, manifest_path),
+                Some((batch.start, &read)),
+            )?;
+        }
+        Ok(())
+    })
+    .await
+}
 
 async fn join(tasks: &mut JoinSet<Result<()>>) -> Option<Result<()>> {
     tasks.join_next().await.map(flatten)
@@ -414,8 +562,8 @@ fn restore_chunk(
     archive: &str,
     map: &FileMap,
     chunk: u64,
-    out: &Path,
-    manifest_path: &str,
+    (out, manifest_path): (&Path, &str),
+    batch_read: Option<(u64, &[u8])>,
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let blocks = block_count(map.size);
@@ -447,6 +595,19 @@ fn restore_chunk(
         let b = &shared.chain[e0.backup as usize];
         let key = layout::block_pack_key(b.content_id, &b.name, archive, e0.pack);
         let span = last.offset + last.len as u64 - e0.offset;
+        if let Some((at, buf)) = batch_read {
+            // A batch's read holds it.
+            let part = e0
+                .offset
+                .checked_sub(at)
+                .and_then(|s| buf.get(s as usize..(s + span) as usize))
+                .map(<[u8]>::to_vec);
+            let k = key.clone();
+            let job = handle.spawn(async move {
+                part.ok_or_else(|| Error::Internal(format!("{k}: outside its batch's read")))
+            });
+            return (key, job);
+        }
         let repo = shared.repo.clone();
         let k = key.clone();
         let job = handle.spawn(async move { read_range(&repo, &k, e0.offset, span).await });
@@ -640,5 +801,44 @@ mod tests {
         let reads = plan_reads(&m, 3, 5);
         assert_eq!(reads.len(), 1);
         assert_eq!(reads[0][0].1, vec![(0, 3), (1, 4)]);
+    }
+
+    #[test]
+    fn small_files_next_to_each_other_share_a_read() {
+        let file = |size: u64, extents: &[ExtentRef]| FileMap {
+            path: "f".into(),
+            kind: Kind::File,
+            size,
+            link: None,
+            runs: extents
+                .iter()
+                .enumerate()
+                .map(|(i, e)| BlockRun {
+                    extent: *e,
+                    at: 0,
+                    first: i as u64,
+                    count: 1,
+                })
+                .collect(),
+            hashes: vec![[0; 32]; extents.len()],
+        };
+        let a = file(8192, &[ext(1, 4, 100)]);
+        let span = small_span(&a).unwrap();
+        assert_eq!(span, (1, 0, 4, 104));
+        let mut batch = Batch::new(&span);
+        batch.end = span.3;
+        batch.plain = a.size;
+        // The next extent of the pack joins; one of another backup, one
+        // before the batch's end, one past the read's limit and a large
+        // file do not.
+        assert!(batch.takes(&small_span(&file(100, &[ext(1, 108, 50)])).unwrap(), 100));
+        assert!(!batch.takes(&small_span(&file(100, &[ext(0, 108, 50)])).unwrap(), 100));
+        assert!(!batch.takes(&small_span(&file(100, &[ext(1, 50, 10)])).unwrap(), 100));
+        let far = small_span(&file(100, &[ext(1, READ_MAX, 10)])).unwrap();
+        assert!(!batch.takes(&far, 100));
+        assert!(small_span(&file(BATCH_FILE + 1, &[ext(1, 108, 50)])).is_none());
+        // A file with blocks in two backups is not batched.
+        let two = file(16384, &[ext(1, 4, 100), ext(0, 4, 10)]);
+        assert!(small_span(&two).is_none());
     }
 }
