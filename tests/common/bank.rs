@@ -41,6 +41,21 @@ async fn connect(port: u16) -> PgConn {
         .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
 }
 
+/// Runs one statement on `port` and returns the first column of each row.
+pub fn query(port: u16, sql: &str) -> Vec<String> {
+    runtime().block_on(async {
+        let mut c = connect(port).await;
+        let rows = c
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await;
+        rows.iter()
+            .map(|r| r.get(0).unwrap_or("").to_string())
+            .collect()
+    })
+}
+
 async fn exec(c: &mut PgConn, sql: &str) {
     c.simple_query(sql)
         .await

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use cbdr::pg::conn::{PgConn, Replication};
 
+pub use super::bank::query;
 use super::bank::{params, runtime};
 use super::cluster::TestCluster;
 
@@ -57,18 +58,6 @@ async fn exec(c: &mut PgConn, sql: &str) -> Vec<cbdr::pg::conn::Row> {
     c.simple_query(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-/// Runs one statement on `port` and returns the first column of each row.
-pub fn query(port: u16, sql: &str) -> Vec<String> {
-    runtime().block_on(async {
-        let mut c = connect(port).await;
-        let rows = exec(&mut c, sql).await;
-        c.close().await;
-        rows.iter()
-            .map(|r| r.get(0).unwrap_or("").to_string())
-            .collect()
-    })
 }
 
 /// `create extension citus` everywhere, the workers added to the
