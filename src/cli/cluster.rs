@@ -285,16 +285,10 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
         Some(GreenplumRestore::Started(g)) => {
             println!(
                 "Greenplum/Cloudberry: gp_segment_configuration now names the restored primaries ({}); every instance was stopped ({}) and {}",
-                g.primaries
-                    .iter()
-                    .map(|(id, host, port, _)| format!("{id}: {host}:{port}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                g.stopped
-                    .iter()
-                    .map(|(id, r)| format!("{id}: {r}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                joined(&g.primaries, |(id, host, port, _)| format!(
+                    "{id}: {host}:{port}"
+                )),
+                joined(&g.stopped, |(id, r)| format!("{id}: {r}")),
                 g.gpstart
             );
             println!(
@@ -309,11 +303,7 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
     match &out.citus {
         Some(CitusRestore::Fixed(fix)) => println!(
             "Citus: pg_dist_node now names the restored nodes (rows rewritten per content id: {}); recover_prepared_transactions() settled {} prepared transactions; background jobs are back on",
-            fix.rewritten
-                .iter()
-                .map(|(id, n)| format!("{id}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            joined(&fix.rewritten, |(id, n)| format!("{id}: {n}")),
             fix.recovered
         ),
         Some(CitusRestore::Pending(sql)) => {
@@ -444,3 +434,8 @@ async fn restore_config_from_target(config: &Config, args: RestoreConfigArgs) ->
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `items`, each shown by `show`, separated by ", ".
+fn joined<T>(items: &[T], show: impl Fn(&T) -> String) -> String {
+    items.iter().map(show).collect::<Vec<_>>().join(", ")
+}
