@@ -400,6 +400,14 @@ impl PgServer {
         options.start_existing(data_dir)
     }
 
+    /// Starts a restored data directory on a new port, archiving off, and
+    /// waits until its recovery has ended.
+    pub fn start_restored(dir: &Path) -> PgServer {
+        let s = PgServer::start_existing(dir, PgServer::builder().conf("archive_mode = off"));
+        s.wait_for_recovery_end();
+        s
+    }
+
     fn from_parts(tmp: TempDir, data_dir: PathBuf, env: Vec<(String, String)>) -> PgServer {
         // If the test process dies without unwinding (killed, aborted,
         // process::exit with a server in a static), stop the postmaster
