@@ -249,7 +249,7 @@ pub async fn verify(repo: &Repo, opts: &VerifyOptions) -> Result<VerifyReport> {
     let faults = Faults::default();
     let ids = match opts.content_id {
         Some(id) => vec![id],
-        None => content_ids(repo).await?,
+        None => repo.content_ids().await?,
     };
     let mut report = VerifyReport::default();
 
@@ -354,23 +354,6 @@ pub async fn verify(repo: &Repo, opts: &VerifyOptions) -> Result<VerifyReport> {
     report.faults = faults.take();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// Every content id with objects in the repository.
-async fn content_ids(repo: &Repo) -> Result<Vec<i32>> {
-    let mut ids = BTreeSet::new();
-    for o in repo.storage.list("seg").await? {
-        if let Some(id) = o
-            .key
-            .split('/')
-            .next()
-            .and_then(|s| s.strip_prefix("seg"))
-            .and_then(|s| s.parse().ok())
-        {
-            ids.insert(id);
-        }
-    }
-    Ok(ids.into_iter().collect())
 }
 
 /// Checks that a cluster backup's every instance backup is there; true

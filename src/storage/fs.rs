@@ -255,6 +255,16 @@ impl Storage for FsStorage {
         }
     }
 
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        super::validate_dir_prefix(prefix)?;
+        let dir = self.root.join(prefix);
+        let result = tokio::task::spawn_blocking(move || dirs_with_files(&dir))
+            .await
+            .map_err(blocking_failed)
+            .and_then(|r| r);
+        result.map_err(|e| self.io_err("list", prefix, e))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let root = self.root.clone();
         let prefix_owned = prefix.to_string();
@@ -303,6 +313,51 @@ impl Storage for FsStorage {
     fn location(&self) -> String {
         self.root.display().to_string()
     }
+}
+
+/// The subdirectories of `dir` that hold a file other than a temp file
+/// (at any depth), sorted; none when `dir` does not exist.
+fn dirs_with_files(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if entry.file_type()?.is_dir() && holds_a_file(&entry.path())? {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether `dir` holds a file other than a temp file, at any depth (the
+/// walk ends at the first).
+fn holds_a_file(dir: &Path) -> io::Result<bool> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push(entry.path());
+            } else if ty.is_file() && !entry.file_name().to_str().is_some_and(is_temp_name) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Every file whose key starts with `prefix`, sorted; temp files skipped.
@@ -421,6 +476,36 @@ mod tests {
         };
         assert!(s.abort_incomplete(&not_temp).await.is_err());
         assert!(s.head("a/b/one").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn directories_are_listed_when_they_hold_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(&dir.path().join("repo")).unwrap();
+        for key in ["seg0/base/x", "seg-1/wal/deep/y", "top"] {
+            s.put(key, body_from_bytes(&b"1"[..])).await.unwrap();
+        }
+        // Only a temp file, or nothing at all: not listed.
+        std::fs::create_dir_all(dir.path().join("repo/seg5/wal")).unwrap();
+        std::fs::write(dir.path().join("repo/seg5/wal/.z.cbdr-tmp.1.ff"), b"half").unwrap();
+        std::fs::create_dir_all(dir.path().join("repo/seg7/empty")).unwrap();
+        let dirs = s.list_dirs("").await.unwrap();
+        assert_eq!(dirs, ["seg-1", "seg0"]);
+        let keys: Vec<String> = s
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(
+            dirs,
+            super::super::dirs_of("", keys.iter().map(String::as_str))
+        );
+        assert_eq!(s.list_dirs("seg-1/").await.unwrap(), ["wal"]);
+        assert!(s.list_dirs("nowhere/").await.unwrap().is_empty());
+        assert!(s.list_dirs("seg-1").await.is_err());
+        assert!(s.list_dirs("../").await.is_err());
     }
 
     #[tokio::test]

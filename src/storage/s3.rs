@@ -747,6 +747,45 @@ impl Storage for S3Storage {
         }
     }
 
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        super::validate_dir_prefix(prefix)?;
+        let root = join_key(&self.prefix, "");
+        let full_prefix = format!("{root}{prefix}");
+        let mut dirs = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .set_max_keys(self.list_page_size)
+                .customize()
+                .config_override(self.small())
+                .send()
+                .await
+                .map_err(|e| self.remote("list", &format!("{prefix}*/"), &e))?;
+            dirs.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix()?.strip_prefix(&full_prefix)?.strip_suffix('/'))
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string),
+            );
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) && !next.is_empty() => {
+                    token = Some(next.to_string())
+                }
+                _ => break,
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        Ok(dirs)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         validate_list_prefix(prefix)?;
         let root = join_key(&self.prefix, "");
