@@ -758,3 +758,44 @@ pub(crate) fn constraint_target(
         owner_table: Some(table.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(attnum: i32, name: &str, encoding: Option<&str>) -> Column {
+        let mut c: Column = serde_json::from_value(serde_json::json!({
+            "attnum": attnum, "name": name, "qname": quote_ident(name), "type": "integer",
+            "notnull": attnum == 1, "identity": "", "generated": "", "islocal": true,
+            "default_oid": null, "default": null, "collation": null, "storage": null,
+            "stattarget": -1, "options": null, "compression": null, "comment": null, "acl": null
+        }))
+        .unwrap();
+        c.encoding = encoding.map(String::from);
+        c
+    }
+
+    #[test]
+    fn column_encodings_follow_the_constraints() {
+        let cols = vec![
+            column(1, "a", Some(" ENCODING (compresstype=zstd)")),
+            column(2, "B", None),
+        ];
+        let out = column_lines(
+            &cols,
+            &[],
+            &HashMap::new(),
+            false,
+            false,
+            "ALTER TABLE ONLY s.t",
+        );
+        assert_eq!(
+            out.lines,
+            vec![
+                "    a integer NOT NULL ENCODING (compresstype=zstd)",
+                "    \"B\" integer"
+            ]
+        );
+        assert!(out.after.is_empty() && out.separate_defaults.is_empty());
+    }
+}
