@@ -307,49 +307,35 @@ impl Storage for FsStorage {
 
 /// Every file whose key starts with `prefix`, sorted; temp files skipped.
 fn walk(root: &Path, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
-    // Start from the deepest directory the prefix names in full.
-    let start_rel = match prefix.rfind('/') {
-        Some(i) => &prefix[..i],
-        None => "",
-    };
-    let mut out = Vec::new();
-    let mut stack = vec![(root.join(start_rel), start_rel.to_string())];
-    while let Some((dir, rel)) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let key = if rel.is_empty() {
-                name.to_string()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let ty = entry.file_type()?;
-            if ty.is_dir() {
-                if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
-                    stack.push((entry.path(), key));
-                }
-            } else if ty.is_file() && !is_temp_name(name) && key.starts_with(prefix) {
-                let meta = entry.metadata()?;
-                out.push(ObjectInfo {
-                    key,
-                    size: meta.len(),
-                    modified: meta.modified().ok(),
-                });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(out)
+    walk_files(root, prefix, |key, name, meta| {
+        (!is_temp_name(name)).then(|| ObjectInfo {
+            key,
+            size: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    })
 }
 
 /// The temp files a killed writer left under `prefix` (by their own key).
 fn walk_temp(root: &Path, prefix: &str) -> io::Result<Vec<Incomplete>> {
+    walk_files(root, prefix, |key, name, meta| {
+        is_temp_name(name).then(|| Incomplete {
+            key,
+            id: String::new(),
+            started: meta.modified().ok(),
+        })
+    })
+}
+
+/// What `pick` makes of each regular file whose key starts with `prefix`
+/// (it gets the key, the file name and its metadata), sorted by key. The
+/// walk starts from the deepest directory the prefix names in full and
+/// enters only directories that can hold such keys.
+fn walk_files<T: HasKey>(
+    root: &Path,
+    prefix: &str,
+    pick: impl Fn(String, &str, &std::fs::Metadata) -> Option<T>,
+) -> io::Result<Vec<T>> {
     let start_rel = match prefix.rfind('/') {
         Some(i) => &prefix[..i],
         None => "",
@@ -376,17 +362,32 @@ fn walk_temp(root: &Path, prefix: &str) -> io::Result<Vec<Incomplete>> {
                 if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
                     stack.push((entry.path(), key));
                 }
-            } else if ty.is_file() && is_temp_name(name) && key.starts_with(prefix) {
-                out.push(Incomplete {
-                    key,
-                    id: String::new(),
-                    started: entry.metadata()?.modified().ok(),
-                });
+            } else if ty.is_file() && key.starts_with(prefix) {
+                if let Some(item) = pick(key, name, &entry.metadata()?) {
+                    out.push(item);
+                }
             }
         }
     }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.sort_by(|a, b| a.key().cmp(b.key()));
     Ok(out)
+}
+
+/// What [`walk_files`] sorts by.
+trait HasKey {
+    fn key(&self) -> &str;
+}
+
+impl HasKey for ObjectInfo {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl HasKey for Incomplete {
+    fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 #[cfg(test)]
