@@ -213,6 +213,9 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     casts::collect(conn, &mut g).await?;
     text_search::collect(conn, &mut g).await?;
     foreign::collect(conn, &mut g).await?;
+    if flavor.is_mpp() {
+        greenplum::protocols::collect(conn, &mut g).await?;
+    }
     catalog_acl::collect(conn, &mut g).await?;
     let gp = if flavor.is_mpp() {
         let version = conn.server_version_num();

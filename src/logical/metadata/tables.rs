@@ -604,6 +604,9 @@ pub(crate) async fn collect(
                 r.oid("reltablespace")?,
             )));
         }
+        if let Some(obj) = gp.and_then(|gp| gp.external_needs(oid)) {
+            node = node.dep(Dep::Obj(obj));
+        }
         for p in &parents {
             if !is_partition {
                 node = node.dep(Dep::Obj(ObjRef::new(class::PG_CLASS, *p)));

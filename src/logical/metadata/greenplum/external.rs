@@ -19,11 +19,15 @@ use serde_json::Value;
 use super::super::{generic_options_sql, quote_literal};
 use crate::error::{Error, Result};
 
-/// SQL: `reloid`, `ext` (the row as JSON), `encoding_name` and `persistent`
-/// (errors are logged persistently) for the user external tables.
+/// SQL: `reloid`, `ext` (the row as JSON), `encoding_name`, `persistent`
+/// (errors are logged persistently) and `protocol_oid` (the custom
+/// protocol of its URIs, which must be created first) for the user
+/// external tables.
 pub(crate) const EXTTABLES_SQL: &str = "SELECT e.reloid, pg_catalog.to_json(e) AS ext, \
      pg_catalog.pg_encoding_to_char(e.encoding) AS encoding_name, \
-     coalesce('log_errors=p' = ANY (ft.ftoptions), false) AS persistent \
+     coalesce('log_errors=p' = ANY (ft.ftoptions), false) AS persistent, \
+     (SELECT x.oid FROM pg_catalog.pg_extprotocol x \
+       WHERE x.ptcname = pg_catalog.split_part(e.urilocation[1], '://', 1)) AS protocol_oid \
      FROM pg_catalog.pg_exttable e \
      LEFT JOIN pg_catalog.pg_foreign_table ft ON ft.ftrelid = e.reloid \
      WHERE e.reloid >= 16384";

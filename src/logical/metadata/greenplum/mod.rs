@@ -2,7 +2,8 @@
 //! logical backup: the server's [flavor](ServerFlavor), distribution
 //! policies, append-optimized storage and column encodings, external
 //! tables (all appended to or replacing CREATE TABLE, through
-//! [`TableExtras`]), resource queues and groups (with `--with-globals`),
+//! [`TableExtras`]), external protocols, resource queues and groups (with
+//! `--with-globals`),
 //! and the inventory of what the backup still does not carry there.
 //!
 //! Every query here runs only when [`detect`] says the server is
@@ -20,12 +21,13 @@
 mod distribution;
 mod external;
 mod flavor;
+pub(crate) mod protocols;
 pub(crate) mod resources;
 mod storage;
 
 use std::collections::HashMap;
 
-use super::{query, RowExt};
+use super::{query, ObjRef, RowExt};
 use crate::error::Result;
 use crate::pg::conn::PgConn;
 
@@ -48,6 +50,7 @@ pub(crate) const CARRIED_CATALOGS: &[&str] = &[
     "pg_resgroup",
     "pg_resgroupcapability",
     "pg_auth_time_constraint",
+    "pg_extprotocol",
 ];
 
 /// The Greenplum/Cloudberry parts of the tables, by relation OID.
@@ -57,6 +60,8 @@ pub(crate) struct TableExtras {
     appendonly: HashMap<u32, AoRow>,
     encodings: HashMap<(u32, i32), Vec<String>>,
     externals: HashMap<u32, ExtTable>,
+    /// External table → the custom protocol (`pg_extprotocol` OID) it uses.
+    protocols: HashMap<u32, u32>,
     syntax: AoSyntax,
 }
 
@@ -81,19 +86,25 @@ impl TableExtras {
             );
         }
         let mut externals = HashMap::new();
+        let mut protocols = HashMap::new();
         for r in query(conn, "external tables", external::EXTTABLES_SQL).await? {
             let ext = ExtTable::from_row(
                 &r.json::<serde_json::Value>("ext")?,
                 &r.opt("encoding_name")?.unwrap_or_default(),
                 r.flag("persistent")?,
             )?;
-            externals.insert(r.oid("reloid")?, ext);
+            let oid = r.oid("reloid")?;
+            if r.opt("protocol_oid")?.is_some() {
+                protocols.insert(oid, r.oid("protocol_oid")?);
+            }
+            externals.insert(oid, ext);
         }
         Ok(TableExtras {
             policies,
             appendonly,
             encodings,
             externals,
+            protocols,
             // Greenplum 7 (PostgreSQL 12) brought table access methods.
             syntax: if server_version_num != 0 && server_version_num < 120000 {
                 AoSyntax::Reloptions
@@ -125,6 +136,14 @@ impl TableExtras {
             .get(&(oid, attnum))
             .map(|o| storage::encoding_clause(o))
             .filter(|s| !s.is_empty())
+    }
+
+    /// What external table `oid` needs created first besides its schema:
+    /// its custom protocol.
+    pub(crate) fn external_needs(&self, oid: u32) -> Option<ObjRef> {
+        self.protocols
+            .get(&oid)
+            .map(|p| ObjRef::new(protocols::PG_EXTPROTOCOL, *p))
     }
 
     /// The CREATE statement of relation `oid` when it is an external
@@ -202,6 +221,7 @@ mod tests {
             appendonly,
             encodings,
             externals: HashMap::new(),
+            protocols: HashMap::from([(5, 16400)]),
             syntax: AoSyntax::AccessMethod,
         }
     }
@@ -232,6 +252,11 @@ mod tests {
         assert_eq!(x.encoding(2, 1), None);
         assert_eq!(x.encoding(1, 2), None);
         assert_eq!(x.external_table_sql(1, "s.t", &[]), None);
+        assert_eq!(x.external_needs(1), None);
+        assert_eq!(
+            x.external_needs(5),
+            Some(ObjRef::new(protocols::PG_EXTPROTOCOL, 16400))
+        );
     }
 
     #[test]
