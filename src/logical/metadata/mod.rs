@@ -224,7 +224,7 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
         None
     };
     let mut tables = tables::collect(conn, &mut g, gp.as_ref()).await?;
-    views::collect(conn, &mut g, &mut tables).await?;
+    views::collect(conn, &mut g, &mut tables, gp.as_ref()).await?;
     sequences::collect(conn, &mut g, &tables).await?;
     let index_extras = indexes::collect(conn, &mut g, &tables).await?;
     constraints::collect(conn, &mut g, &tables, &index_extras).await?;
