@@ -236,20 +236,10 @@ fn is_storage(e: &Error) -> bool {
 
 fn render(e: &Error) -> String {
     // Not "the restored data does not verify": nothing is restored here.
-    let mut out = match e {
-        Error::Integrity(m) => m.clone(),
-        e => e.to_string(),
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
+    match e {
+        Error::Integrity(m) => crate::error::with_causes(m.clone(), e),
+        e => e.render(),
     }
-    out
 }
 
 /// Runs the verification; storage failures while listing end it (exit 3),
