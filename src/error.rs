@@ -31,6 +31,23 @@ pub enum ExitCode {
     Internal = 70,
 }
 
+impl ExitCode {
+    /// The exit code a number stands for (one sent by an agent or a check);
+    /// 0 and numbers cbdr does not use are a bug's.
+    pub fn from_number(code: u8) -> ExitCode {
+        match code {
+            1 => ExitCode::NotFound,
+            2 => ExitCode::Usage,
+            3 => ExitCode::Storage,
+            4 => ExitCode::Integrity,
+            5 => ExitCode::Conflict,
+            6 => ExitCode::Postgres,
+            7 => ExitCode::Agent,
+            _ => ExitCode::Internal,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -202,6 +219,24 @@ pub fn with_causes(mut message: String, e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use crate::pg::conn::ServerError;
+
+    #[test]
+    fn exit_codes_from_numbers() {
+        for code in [
+            ExitCode::NotFound,
+            ExitCode::Usage,
+            ExitCode::Storage,
+            ExitCode::Integrity,
+            ExitCode::Conflict,
+            ExitCode::Postgres,
+            ExitCode::Agent,
+        ] {
+            assert_eq!(ExitCode::from_number(code as u8), code);
+        }
+        for n in [0, 8, 70, 255] {
+            assert_eq!(ExitCode::from_number(n), ExitCode::Internal, "{n}");
+        }
+    }
 
     #[test]
     fn causes_are_shown_once() {
