@@ -50,9 +50,37 @@ pub struct Repo {
     checked: Arc<std::sync::OnceLock<RepoMeta>>,
 }
 
+/// Copies what `input` yields into the object writer `w` of object
+/// `name`: a codec error inside the input (an object read back) stays a
+/// codec error, anything else is an error reading the data for `name`.
+pub(crate) fn copy_input(input: impl Read, w: &mut dyn Write, name: &str) -> Result<()> {
+    let mut input = io::BufReader::with_capacity(1 << 20, input);
+    io::copy(&mut input, w).map_err(|e| match e.get_ref() {
+        Some(i) if i.is::<crate::codec::CodecError>() => {
+            Error::Codec(crate::codec::CodecError::from_io(e, name))
+        }
+        _ => Error::io(format!("reading the data for {name}"), e),
+    })?;
+    Ok(())
+}
+
 impl Repo {
     /// Opens the repository the config names, with its key, and checks
     /// both (see [`Repo::check`]). Writes nothing.
+    /// The content ids that have objects in the repository, in order (one
+    /// listing of the top-level directories, not of every object).
+    pub async fn content_ids(&self) -> Result<Vec<i32>> {
+        let mut ids: Vec<i32> = self
+            .storage
+            .list_dirs("")
+            .await?
+            .iter()
+            .filter_map(|d| layout::content_id_of_dir(d))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     pub async fn open(config: &Config) -> Result<Repo> {
         let repo = Repo::open_unchecked(config).await?;
         repo.check().await?;
@@ -199,17 +227,8 @@ impl Repo {
         input: R,
     ) -> Result<TransferStats> {
         let name = key.to_string();
-        self.put_with(key, move |w| {
-            let mut input = io::BufReader::with_capacity(1 << 20, input);
-            io::copy(&mut input, w).map_err(|e| match e.get_ref() {
-                Some(i) if i.is::<crate::codec::CodecError>() => {
-                    Error::Codec(crate::codec::CodecError::from_io(e, &name))
-                }
-                _ => Error::io(format!("reading the data for {name}"), e),
-            })?;
-            Ok(())
-        })
-        .await
+        self.put_with(key, move |w| copy_input(input, w, &name))
+            .await
     }
 
     /// Encodes what `fill` writes into the object `key`, streaming; `fill`
