@@ -285,6 +285,8 @@ pub(super) async fn unpack_blocks(
 }
 
 const KIB: u64 = 1024;
+/// Bytes of one write(2) at most.
+const WRITE_MAX: usize = 128 * 1024;
 /// Files up to this size are restored in batches (see [`Batch`]).
 const BATCH_FILE: u64 = 256 * 1024;
 
@@ -699,8 +701,14 @@ fn restore_chunk(
                     // writing one large file spun on it (on a 1 GB segment
                     // file that was most of a restore's CPU time).
                     let _one = writing.lock().unwrap_or_else(|e| e.into_inner());
-                    file.write_all_at(data, i * BLOCK_SIZE as u64)
-                        .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+                    // In pieces: one 1 MiB write cost far more kernel time
+                    // than the same bytes in 128 KiB writes (measured).
+                    let mut at = i * BLOCK_SIZE as u64;
+                    for piece in data.chunks(WRITE_MAX) {
+                        file.write_all_at(piece, at)
+                            .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+                        at += piece.len() as u64;
+                    }
                 }
                 written.push((i, len as u64, crc32c::crc32c(data)));
                 shared.bytes.fetch_add(len as u64, Ordering::Relaxed);
