@@ -87,19 +87,21 @@ fn replay(server: &PgServer, db: &str, entries: &[TocEntry], skip: impl Fn(&TocE
     });
 }
 
-/// `pg_dump --schema-only` of `db` with extra arguments, without the
+/// `pg_dump --schema-only` of `db` with extra arguments (with none: with
+/// the large objects' entries), without the
 /// lines that differ between runs (`\restrict` keys).
 fn pg_dump(server: &PgServer, db: &str, args: &[&str]) -> String {
     let out = pg_command(pg_bin("pg_dump"))
         .arg("-h")
         .arg(server.socket_dir())
-        .args([
-            "-p",
-            &server.port().to_string(),
-            "-U",
-            "postgres",
-            "--schema-only",
-        ])
+        .args(["-p", &server.port().to_string(), "-U", "postgres"])
+        // A whole-database dump shows the large objects' entries too (BLOB,
+        // owners, comments, grants: pre-data, left out by --schema-only).
+        .args(if args.is_empty() {
+            &["--section=pre-data", "--section=post-data", "-b"][..]
+        } else {
+            &["--schema-only"][..]
+        })
         .args(args)
         .arg(db)
         .output()
@@ -268,6 +270,7 @@ fn zoo_round_trip_gives_the_same_pg_dump() {
         "EVENT TRIGGER",
         "PROCEDURAL LANGUAGE",
         "CONVERSION",
+        "BLOB",
     ] {
         assert!(kinds.contains(k), "no {k} entry; kinds: {kinds:?}");
     }

@@ -1,7 +1,7 @@
 //! What the logical backup does not carry, found from the catalogs
 //! themselves rather than from a list of known kinds: rows of every
-//! per-database catalog with object OIDs that no collector reads (large
-//! objects, a catalog of a newer release or of a fork), relations and
+//! per-database catalog with object OIDs that no collector reads (a
+//! catalog of a newer release or of a fork), relations and
 //! types of kinds the collectors do not know, security labels and
 //! subscriptions. The backup fails on them by default, naming each.
 
@@ -47,6 +47,7 @@ const CARRIED_CATALOGS: &[&str] = &[
     "pg_language",
     "pg_conversion",
     "pg_enum",
+    "pg_largeobject_metadata",
 ];
 
 /// Relation kinds the collectors handle (tables, partitioned and foreign

@@ -14,11 +14,12 @@
 //!   generated columns, partitions, views, materialized views, grants on
 //!   system objects), post-data (indexes, constraints, foreign keys,
 //!   triggers, rules, policies, statistics, materialized view refreshes,
-//!   default privileges, publications, event triggers last); each object's
+//!   default privileges, publications, event triggers last), large
+//!   objects (created empty: their contents are data); each object's
 //!   owner, comment and grants are entries of their own (`OWNER`,
 //!   `COMMENT`, `ACL`) that depend on it.
-//! * [`uncarried`] lists what a backup would leave out (large objects,
-//!   subscriptions, security labels, any catalog no collector reads).
+//! * [`uncarried`] lists what a backup would leave out (subscriptions,
+//!   security labels, any catalog no collector reads).
 //! * [`list_tables`] lists the tables whose rows a backup copies.
 //! * [`select`] picks the entries a filtered restore replays,
 //!   [`redirect_schema`] moves entries to another schema.
@@ -48,6 +49,7 @@ mod globals;
 mod indexes;
 mod inventory;
 mod languages;
+mod large_objects;
 mod operators;
 mod publications;
 mod redirect;
@@ -215,6 +217,7 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     acl::collect_default_privileges(conn, &mut g).await?;
     publications::collect(conn, &mut g).await?;
     event_triggers::collect(conn, &mut g).await?;
+    large_objects::collect(conn, &mut g).await?;
     bind_derived_types(conn, &mut g).await?;
     let (depend, internal) = read_depend(conn).await?;
     // Objects that exist only as part of another (a range type's
