@@ -961,16 +961,26 @@ fn binary_rows_convert_into_changed_columns_and_text_stays_available() {
 
 #[test]
 fn objects_not_carried_stop_the_backup_unless_skipped() {
+    // A subscription is carried, but its connection string is readable by
+    // superusers (and pg_read_all_data) only: a backup by another role
+    // cannot carry it.
     let e = env();
     e.create_db(
         "lo",
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2); \
          CREATE SUBSCRIPTION sub1 CONNECTION 'host=127.0.0.1 port=1 dbname=none' \
-           PUBLICATION p WITH (connect = false);",
+           PUBLICATION p WITH (connect = false); \
+         CREATE ROLE lo_backup LOGIN IN ROLE pg_monitor; GRANT SELECT ON t TO lo_backup;",
     );
+    let as_backup_role = |args: &[&str]| e.pg().env("PGUSER", "lo_backup").run(args).parts();
     // Named, with the way out, before anything is copied.
-    let out = e.fails(&["gpbackup", "--dbname", "lo"], 2, "subscription sub1");
-    assert!(out.contains("--skip-unsupported"), "{out}");
+    let (code, out, err) = as_backup_role(&["gpbackup", "--dbname", "lo", "--without-globals"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("subscription sub1 (its connection string is readable by superusers only"),
+        "{err}"
+    );
+    assert!(err.contains("--skip-unsupported"), "{err}");
     assert!(
         !e.logical_listing()
             .iter()
@@ -979,10 +989,28 @@ fn objects_not_carried_stop_the_backup_unless_skipped() {
         e.logical_listing()
     );
 
-    let ts = e.backup(&["--dbname", "lo", "--skip-unsupported"]);
-    assert_eq!(e.record(&ts).skipped_objects, ["subscription sub1"]);
+    let (code, out, err) = as_backup_role(&[
+        "gpbackup",
+        "--dbname",
+        "lo",
+        "--without-globals",
+        "--skip-unsupported",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let ts = timestamp_of(&out);
+    let skipped = e.record(&ts).skipped_objects;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].starts_with("subscription sub1 "), "{skipped:?}");
     e.restore(&ts, &["--create-db", "--redirect-db", "lo_copy"]);
     assert_eq!(e.server.psql_db("lo_copy", "SELECT count(*) FROM t"), "2");
+    assert_eq!(
+        e.server.psql_db(
+            "lo_copy",
+            "SELECT count(*) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
+              WHERE d.datname = 'lo_copy'"
+        ),
+        "0"
+    );
     // Both reports say what is not there.
     let reports = e.ok(&["list", "--report", &ts]);
     assert_eq!(
@@ -993,6 +1021,21 @@ fn objects_not_carried_stop_the_backup_unless_skipped() {
         "{reports}"
     );
     assert!(reports.contains("subscription sub1"), "{reports}");
+
+    // A superuser's backup carries it (never connected, as pg_dump
+    // restores it).
+    let ts = e.backup(&["--dbname", "lo"]);
+    assert!(e.record(&ts).skipped_objects.is_empty());
+    e.restore(&ts, &["--create-db", "--redirect-db", "lo_sub"]);
+    assert_eq!(
+        e.server.psql_db(
+            "lo_sub",
+            "SELECT s.subname || ' ' || s.subenabled || ' ' || s.subslotname || ' ' || s.subconninfo \
+               FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
+              WHERE d.datname = 'lo_sub'"
+        ),
+        "sub1 false sub1 host=127.0.0.1 port=1 dbname=none"
+    );
 }
 
 #[test]

@@ -271,6 +271,7 @@ fn zoo_round_trip_gives_the_same_pg_dump() {
         "PROCEDURAL LANGUAGE",
         "CONVERSION",
         "BLOB",
+        "SUBSCRIPTION",
     ] {
         assert!(kinds.contains(k), "no {k} entry; kinds: {kinds:?}");
     }

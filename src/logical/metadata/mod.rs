@@ -14,12 +14,14 @@
 //!   generated columns, partitions, views, materialized views, grants on
 //!   system objects), post-data (indexes, constraints, foreign keys,
 //!   triggers, rules, policies, statistics, materialized view refreshes,
-//!   default privileges, publications, event triggers last), large
+//!   default privileges, publications, subscriptions, event triggers
+//!   last), large
 //!   objects (created empty: their contents are data); each object's
 //!   owner, comment and grants are entries of their own (`OWNER`,
 //!   `COMMENT`, `ACL`) that depend on it.
-//! * [`uncarried`] lists what a backup would leave out (subscriptions,
-//!   security labels, any catalog no collector reads).
+//! * [`uncarried`] lists what a backup would leave out (security labels,
+//!   subscriptions this session may not read, any catalog no collector
+//!   reads).
 //! * [`list_tables`] lists the tables whose rows a backup copies.
 //! * [`select`] picks the entries a filtered restore replays,
 //!   [`redirect_schema`] moves entries to another schema.
@@ -56,6 +58,7 @@ mod redirect;
 mod rules;
 mod schemas;
 mod sequences;
+mod subscriptions;
 mod tablelist;
 mod tables;
 mod text_search;
@@ -218,6 +221,7 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     publications::collect(conn, &mut g).await?;
     event_triggers::collect(conn, &mut g).await?;
     large_objects::collect(conn, &mut g).await?;
+    subscriptions::collect(conn, &mut g).await?;
     bind_derived_types(conn, &mut g).await?;
     let (depend, internal) = read_depend(conn).await?;
     // Objects that exist only as part of another (a range type's
