@@ -113,7 +113,7 @@ SET default_tablespace = ''; \
 SET default_table_access_method = heap;";
 
 /// Oldest server release `collect` reads (Cloudberry is built on 14).
-const MIN_SERVER_VERSION: u32 = 140000;
+const MIN_SERVER_VERSION: u32 = 130000;
 
 /// Read the catalogs of the connected database and return its objects as
 /// table-of-contents entries, numbered in replay order (`id` 1..), with
@@ -128,7 +128,7 @@ pub async fn collect(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Vec<To
     let version = conn.server_version_num();
     if version != 0 && version < MIN_SERVER_VERSION {
         return Err(Error::Usage(format!(
-            "the logical backup reads the catalogs of PostgreSQL 14 or later (or Cloudberry); \
+            "the logical backup reads the catalogs of PostgreSQL 13 or later (or Cloudberry); \
              this server is version {}.{}: use pg_dump for it",
             version / 10000,
             version % 10000 / 100
@@ -247,15 +247,20 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
 /// Row types and array types belong to the entry of their relation or
 /// element type (a column of type `t[]` needs `t`).
 async fn bind_derived_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
-    let rows = query(
+    // Before 14, a true array type is a varlena with an element type.
+    let is_array = since(
         conn,
-        "row and array types",
-        "SELECT t.oid, t.typrelid, t.typelem, t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc AS is_array \
+        140000,
+        "t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc",
+        "t.typlen = -1",
+    );
+    let sql = format!(
+        "SELECT t.oid, t.typrelid, t.typelem, {is_array} AS is_array \
          FROM pg_catalog.pg_type t \
          WHERE t.oid >= 16384 AND (t.typrelid <> 0 OR t.typelem <> 0) \
-         ORDER BY t.oid",
-    )
-    .await?;
+         ORDER BY t.oid"
+    );
+    let rows = query(conn, "row and array types", &sql).await?;
     // Row types first: an array of a row type then finds its table.
     for r in &rows {
         let rel = r.oid("typrelid")?;
@@ -370,6 +375,17 @@ impl RowExt for Row {
             Err(PgError::Column { .. }) if self.get_by_name(col).is_none() => Ok(None),
             r => r.context(CATALOG_QUERY),
         }
+    }
+}
+
+/// `expr` on servers of release `version` or later (`150000`), else
+/// `older` (a column or function the older catalog lacks).
+pub(crate) fn since<'a>(conn: &PgConn, version: u32, expr: &'a str, older: &'a str) -> &'a str {
+    let v = conn.server_version_num();
+    if v == 0 || v >= version {
+        expr
+    } else {
+        older
     }
 }
 
