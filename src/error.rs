@@ -31,6 +31,23 @@ pub enum ExitCode {
     Internal = 70,
 }
 
+impl ExitCode {
+    /// The exit code a number stands for (one sent by an agent or a check);
+    /// 0 and numbers cbdr does not use are a bug's.
+    pub fn from_number(code: u8) -> ExitCode {
+        match code {
+            1 => ExitCode::NotFound,
+            2 => ExitCode::Usage,
+            3 => ExitCode::Storage,
+            4 => ExitCode::Integrity,
+            5 => ExitCode::Conflict,
+            6 => ExitCode::Postgres,
+            7 => ExitCode::Agent,
+            _ => ExitCode::Internal,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -109,6 +126,12 @@ fn pg_message(context: &str, source: &PgError) -> String {
 }
 
 impl Error {
+    /// The message and its causes, each once (a cause whose text the
+    /// message already holds is not repeated): what a user is shown.
+    pub fn render(&self) -> String {
+        with_causes(self.to_string(), self)
+    }
+
     /// A failed request to PostgreSQL, while doing `context`.
     pub fn postgres(context: impl Into<String>, source: PgError) -> Error {
         Error::Postgres {
@@ -178,10 +201,56 @@ impl<T> PgResultExt<T> for std::result::Result<T, PgError> {
     }
 }
 
+/// `message`, then each cause of `e` whose text it does not hold yet.
+pub fn with_causes(mut message: String, e: &dyn std::error::Error) -> String {
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pg::conn::ServerError;
+
+    #[test]
+    fn exit_codes_from_numbers() {
+        for code in [
+            ExitCode::NotFound,
+            ExitCode::Usage,
+            ExitCode::Storage,
+            ExitCode::Integrity,
+            ExitCode::Conflict,
+            ExitCode::Postgres,
+            ExitCode::Agent,
+        ] {
+            assert_eq!(ExitCode::from_number(code as u8), code);
+        }
+        for n in [0, 8, 70, 255] {
+            assert_eq!(ExitCode::from_number(n), ExitCode::Internal, "{n}");
+        }
+    }
+
+    #[test]
+    fn causes_are_shown_once() {
+        // The message already holds its cause: not repeated.
+        let e = Error::io("reading /x", io::Error::other("disk on fire"));
+        assert_eq!(e.render(), "reading /x: disk on fire");
+        // A cause the message does not hold is appended (the error's own
+        // text is the caller's to put in the message).
+        let e = Error::io("sending", io::Error::other("the wire broke"));
+        assert_eq!(
+            with_causes("upload failed".into(), &e),
+            "upload failed: the wire broke"
+        );
+    }
 
     #[test]
     fn postgres_errors_keep_the_server_message() {

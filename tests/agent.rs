@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use cbdr::cluster::client::AgentClient;
 use cbdr::cluster::proto::{
-    BackupRequest, Progress, RecoveryAction, RecoveryTargetSpec, RestoreRequest, MAX_FRAME,
+    BackupRequest, Progress, RecoveryTargetSpec, RestoreRequest, MAX_FRAME,
 };
 use cbdr::config::AgentConfig;
 use cbdr::ExitCode;
@@ -292,21 +292,15 @@ fn backup_and_point_in_time_restore_through_the_agent() {
     let done = rt
         .block_on(client.restore(
             RestoreRequest {
-                content_id: -1,
-                target_dir: target_dir.display().to_string(),
-                backup: None,
-                target: RecoveryTargetSpec::Lsn(lsn),
-                action: RecoveryAction::Promote,
-                tablespace_map: Vec::new(),
-                force: false,
                 port: Some(port),
-                restore_command: None,
                 archive_off: true,
                 start: true,
                 start_timeout_secs: 120,
-                settings: Vec::new(),
-                dbid: None,
-                greenplum_utility: false,
+                ..RestoreRequest::new(
+                    -1,
+                    target_dir.display().to_string(),
+                    RecoveryTargetSpec::Lsn(lsn),
+                )
             },
             SILENCE,
             |p| beats.push(p.clone()),
@@ -831,21 +825,13 @@ fn backup_and_restore_through_the_agent_on_garage() {
     let done = rt
         .block_on(client.restore(
             RestoreRequest {
-                content_id: -1,
-                target_dir: target_dir.display().to_string(),
                 backup: Some(record.name.clone()),
-                target: RecoveryTargetSpec::Immediate,
-                action: RecoveryAction::Promote,
-                tablespace_map: Vec::new(),
-                force: false,
-                port: None,
-                restore_command: None,
                 archive_off: true,
-                start: false,
-                start_timeout_secs: 0,
-                settings: Vec::new(),
-                dbid: None,
-                greenplum_utility: false,
+                ..RestoreRequest::new(
+                    -1,
+                    target_dir.display().to_string(),
+                    RecoveryTargetSpec::Immediate,
+                )
             },
             SILENCE,
             |_| {},
@@ -870,21 +856,12 @@ fn backup_and_restore_through_the_agent_on_garage() {
     let e = rt
         .block_on(client.restore(
             RestoreRequest {
-                content_id: -1,
-                target_dir: target_dir.display().to_string(),
-                backup: None,
-                target: RecoveryTargetSpec::Latest,
-                action: RecoveryAction::Promote,
-                tablespace_map: Vec::new(),
-                force: false,
-                port: None,
-                restore_command: None,
                 archive_off: true,
-                start: false,
-                start_timeout_secs: 0,
-                settings: Vec::new(),
-                dbid: None,
-                greenplum_utility: false,
+                ..RestoreRequest::new(
+                    -1,
+                    target_dir.display().to_string(),
+                    RecoveryTargetSpec::Latest,
+                )
             },
             SILENCE,
             |_| {},

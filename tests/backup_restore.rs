@@ -5,12 +5,12 @@ mod common;
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::pg::{chown_to_pg, pg_bin, pg_command, verify_backup, PgServer};
-use common::{CbdrEnv, Key, Storage, CBDR};
+use common::{CbdrEnv, Key, QuietPoint, Storage, CBDR};
 
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 
@@ -58,13 +58,6 @@ impl Setup {
     }
 }
 
-/// Starts a restored directory on a new port and waits for recovery.
-fn start_restored(dir: &Path) -> PgServer {
-    let s = PgServer::start_existing(dir, PgServer::builder().conf("archive_mode = off"));
-    s.wait_for_recovery_end();
-    s
-}
-
 #[test]
 fn point_in_time_restore_on_filesystem() {
     let s = setup(Storage::Fs);
@@ -79,12 +72,11 @@ fn point_in_time_restore_on_filesystem() {
     server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
 
     // A quiet moment: a restore point, its time and LSN, and a dump.
-    s.on(&server).ok(&["create-restore-point", "quiet_point"]);
-    let lsn = server.psql("select pg_current_wal_lsn()");
-    std::thread::sleep(Duration::from_millis(1100));
-    let time = server.psql("select now()");
-    std::thread::sleep(Duration::from_millis(1100));
-    let at_point = server.dump();
+    let QuietPoint {
+        lsn,
+        time,
+        dump: at_point,
+    } = s.quiet_point(&server, "quiet_point");
 
     // More writes after it.
     server.run_pgbench(&["-c", "2", "-t", "300", "-n"]);
@@ -101,13 +93,17 @@ fn point_in_time_restore_on_filesystem() {
     let (code, err, dir) = s.restore("to_point", &["--restore-point", "quiet_point"]);
     assert_eq!(code, 0, "{err}");
     verify_backup(&dir);
-    let restored = start_restored(&dir);
+    let restored = PgServer::start_restored(&dir);
     assert_eq!(restored.dump(), at_point, "restore point");
     drop(restored);
 
     let (code, err, dir) = s.restore("to_time", &["--target-time", &time]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(start_restored(&dir).dump(), at_point, "target time");
+    assert_eq!(
+        PgServer::start_restored(&dir).dump(),
+        at_point,
+        "target time"
+    );
 
     // --start: cbdr starts the server and waits for the target.
     let port = common::free_port().to_string();
@@ -138,11 +134,15 @@ fn point_in_time_restore_on_filesystem() {
         .output()
         .unwrap();
     assert!(stop.status.success());
-    assert_eq!(start_restored(&dir).dump(), at_point, "target lsn");
+    assert_eq!(
+        PgServer::start_restored(&dir).dump(),
+        at_point,
+        "target lsn"
+    );
 
     let (code, err, dir) = s.restore("to_latest", &[]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(start_restored(&dir).dump(), at_end, "latest");
+    assert_eq!(PgServer::start_restored(&dir).dump(), at_end, "latest");
 
     // A non-empty target directory is refused.
     let (code, err, _) = s.restore("to_latest", &[]);
@@ -246,7 +246,7 @@ fn interrupted_or_damaged_backups_never_restore_as_good() {
     chown_to_pg(&part);
     let (code, err, dir) = s.restore("good", &["--backup", &newest]);
     assert_eq!(code, 0, "{err}");
-    let restored = start_restored(&dir);
+    let restored = PgServer::start_restored(&dir);
     assert_eq!(
         restored.psql("select count(*) from pgbench_accounts"),
         "100000"
@@ -271,7 +271,7 @@ fn backup_and_restore_on_garage() {
     let (code, err, dir) = s.restore("from_s3", &[]);
     assert_eq!(code, 0, "{err}");
     verify_backup(&dir);
-    assert_eq!(start_restored(&dir).dump(), expected);
+    assert_eq!(PgServer::start_restored(&dir).dump(), expected);
 }
 
 /// The compression the server applied to a listed backup's data directory.
@@ -338,7 +338,11 @@ fn auto_lets_the_server_compress_only_what_compresses_well() {
         );
         assert_eq!(code, 0, "{err}");
         verify_backup(&dir);
-        assert_eq!(&start_restored(&dir).dump(), expected, "backup {i}");
+        assert_eq!(
+            &PgServer::start_restored(&dir).dump(),
+            expected,
+            "backup {i}"
+        );
     }
 }
 
@@ -385,7 +389,7 @@ fn a_promoted_copy_archives_a_new_timeline_that_latest_follows() {
     // Latest follows the new timeline through its history file.
     let (code, err, dir) = s.restore("latest", &["--archive-mode", "off"]);
     assert_eq!(code, 0, "{err}");
-    let latest = start_restored(&dir);
+    let latest = PgServer::start_restored(&dir);
     assert_eq!(
         latest.psql("select string_agg(v, ',' order by v) from t"),
         "before backup,on timeline 1,on timeline 2"
@@ -437,7 +441,7 @@ fn tablespaces_are_restored_to_new_locations() {
         .to_string_lossy()
         .starts_with("PG_15_")));
     drop(server);
-    let restored = start_restored(&dir);
+    let restored = PgServer::start_restored(&dir);
     assert_eq!(
         restored.psql("select count(*) || ':' || md5(string_agg(v, ',' order by id)) from far"),
         expected

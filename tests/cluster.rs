@@ -53,7 +53,21 @@ fn restore_cluster(
     name: &str,
     extra: &[&str],
 ) -> (Vec<u16>, Vec<std::path::PathBuf>, String) {
+    restore_cluster_with(c, name, extra, "")
+}
+
+/// [`restore_cluster`] with `more` appended to the restore config (it
+/// belongs to the last instance's `[[segments]]` entry).
+fn restore_cluster_with(
+    c: &TestCluster,
+    name: &str,
+    extra: &[&str],
+    more: &str,
+) -> (Vec<u16>, Vec<std::path::PathBuf>, String) {
     let (rc, ports) = c.restore_config(name);
+    let mut text = std::fs::read_to_string(&rc).unwrap();
+    text.push_str(more);
+    std::fs::write(&rc, text).unwrap();
     let mut args = vec![
         "restore",
         "--restore-config",
@@ -320,6 +334,19 @@ fn cluster_with_wal_streamed_by_the_agents() {
     let mut c = common::cluster::TestCluster::start_with("cbdr-cluster-stream", 2, None, true);
     let ports = segment_ports(&c);
     bank::setup(&ports);
+    // A tablespace on the last segment, which the restore moves.
+    let ts_old = c.path("ts_old");
+    std::fs::create_dir_all(&ts_old).unwrap();
+    common::pg::chown_to_pg(&ts_old);
+    let last = *ports.last().unwrap();
+    bank::query(
+        last,
+        &format!("create tablespace moved location '{}'", ts_old.display()),
+    );
+    bank::query(
+        last,
+        "create table in_ts tablespace moved as select g as id from generate_series(1, 500) g",
+    );
     c.start_agents();
     let bank = Bank::start(c.coordinator().port(), &ports, BARRIER_KEY, 2);
     bank.wait_for(10);
@@ -339,10 +366,39 @@ fn cluster_with_wal_streamed_by_the_agents() {
         ));
         assert_eq!(slot.trim(), "1", "instance {i}: the agent's slot is in use");
     }
-    let (rports, dirs, out) = restore_cluster(
+    // `restore-config` lists the tablespace the backup holds, to edit.
+    let generated = c.ok(&["restore-config"]);
+    let old = ts_old.display().to_string();
+    assert!(
+        generated.contains("[segments.tablespace_map]")
+            && generated.contains(&format!("\"{old}\" = \"{old}\"")),
+        "{generated}"
+    );
+    let ts_new = c.path("streamed").join("ts_new");
+    let (rports, dirs, out) = restore_cluster_with(
         &c,
         "streamed",
         &["--restore-point", "streamed", "--rollback-prepared"],
+        &format!(
+            "[segments.tablespace_map]\n\"{old}\" = \"{}\"\n",
+            ts_new.display()
+        ),
+    );
+    let restored = *rports.last().unwrap();
+    assert_eq!(
+        bank::query(
+            restored,
+            "select pg_tablespace_location(oid) from pg_tablespace where spcname = 'moved'"
+        ),
+        vec![ts_new.display().to_string()]
+    );
+    assert_eq!(
+        bank::query(restored, "select count(*) from in_ts"),
+        vec!["500"]
+    );
+    assert!(
+        std::fs::read_dir(&ts_new).unwrap().next().is_some(),
+        "the tablespace's files are in its new location"
     );
     let state = bank::BankState::read(&rports[1..]);
     for d in &dirs {

@@ -286,20 +286,7 @@ fn duplicate_and_racing(place: &Place) {
         let b = dir_b.join(&name);
         fs::write(&b, &data).unwrap();
         chown_to_pg(&dir_b);
-        let children: Vec<_> = [&a, &b]
-            .iter()
-            .map(|p| {
-                place
-                    .fault_cmd(None, None)
-                    .command(&["wal-push", p.to_str().unwrap()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for c in children {
-            let out = c.wait_with_output().unwrap();
+        for out in push_at_once(place, [&a, &b]) {
             assert!(
                 out.status.success(),
                 "{}",
@@ -308,6 +295,26 @@ fn duplicate_and_racing(place: &Place) {
         }
         assert_eq!(place.fetch(&name).unwrap(), data);
     }
+}
+
+/// `wal-push` of both files at once (two processes); their outputs.
+fn push_at_once(place: &Place, files: [&Path; 2]) -> Vec<std::process::Output> {
+    let children: Vec<_> = files
+        .iter()
+        .map(|p| {
+            place
+                .fault_cmd(None, None)
+                .command(&["wal-push", p.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
 }
 
 /// Two pushes of one file with different bytes at once: exactly one wins,
@@ -325,21 +332,9 @@ fn racing_different(place: &Place) {
         let b = dir_b.join(&name);
         fs::write(&b, &y).unwrap();
         chown_to_pg(&dir_b);
-        let children: Vec<_> = [&a, &b]
+        let codes: Vec<i32> = push_at_once(place, [&a, &b])
             .iter()
-            .map(|p| {
-                place
-                    .fault_cmd(None, None)
-                    .command(&["wal-push", p.to_str().unwrap()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        let codes: Vec<i32> = children
-            .into_iter()
-            .map(|c| c.wait_with_output().unwrap().status.code().unwrap_or(-1))
+            .map(|out| out.status.code().unwrap_or(-1))
             .collect();
         let stored = place.fetch(&name).unwrap();
         match codes[..] {

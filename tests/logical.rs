@@ -373,6 +373,12 @@ fn single_data_file_leaf_partitions_and_filtered_restores() {
     ]);
     let rec = e.record(&ts);
     assert!(rec.options.single_data_file && rec.options.leaf_partition_data);
+    // PostgreSQL is told from Greenplum/Cloudberry (whose catalogs are
+    // then read).
+    assert_eq!(
+        rec.server_flavor,
+        cbdr::logical::metadata::ServerFlavor::Postgresql
+    );
     assert!(
         rec.tables
             .iter()

@@ -12,21 +12,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
 
 use common::bank::{self, Bank};
 use common::cluster::{stop_data_dir, TestCluster, BARRIER_KEY};
 use common::pg::{pg_bin, pg_command, verify_backup, PgServer};
-use common::{CbdrEnv, Key, Storage};
+use common::{CbdrEnv, Key, QuietPoint, Storage};
 
 const KEY_HEX: &str = "1f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddee13";
-
-fn start_restored(dir: &Path) -> PgServer {
-    let s = PgServer::start_existing(dir, PgServer::builder().conf("archive_mode = off"));
-    s.wait_for_recovery_end();
-    s
-}
 
 #[test]
 fn single_server_backup_and_point_in_time_restores() {
@@ -53,12 +45,11 @@ fn single_server_backup_and_point_in_time_restores() {
     assert!(writer.wait_with_output().unwrap().status.success());
     server.run_pgbench(&["-c", "2", "-t", "200", "-n"]);
 
-    env.on(&server).ok(&["create-restore-point", "p13"]);
-    let lsn = server.psql("select pg_current_wal_lsn()");
-    std::thread::sleep(Duration::from_millis(1100));
-    let time = server.psql("select now()");
-    std::thread::sleep(Duration::from_millis(1100));
-    let at_point = server.dump();
+    let QuietPoint {
+        lsn,
+        time,
+        dump: at_point,
+    } = env.quiet_point(&server, "p13");
     server.run_pgbench(&["-c", "2", "-t", "300", "-n"]);
     assert_ne!(server.dump(), at_point);
     server.archive_everything();
@@ -74,7 +65,7 @@ fn single_server_backup_and_point_in_time_restores() {
         let (code, out, err) = env.cmd().run(&args).parts();
         assert_eq!(code, 0, "restore {name}: {out}{err}");
         verify_backup(&dir);
-        let restored = start_restored(&dir);
+        let restored = PgServer::start_restored(&dir);
         let got = restored.dump();
         assert!(
             got == at_point,

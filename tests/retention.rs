@@ -530,7 +530,7 @@ fn cluster_backups_are_deleted_as_a_whole() {
     for s in &c.servers {
         s.psql("create table t (v bigint)");
     }
-    let mut names = Vec::new();
+    let mut backups = Vec::new();
     let mut states = Vec::new();
     for round in 1..=3 {
         for s in &c.servers {
@@ -540,7 +540,7 @@ fn cluster_backups_are_deleted_as_a_whole() {
         }
         states.push(c.servers.iter().map(state).collect::<Vec<_>>());
         let out = c.ok(&["backup-push"]);
-        names.push(out.split_whitespace().nth(2).unwrap().to_string());
+        backups.push(out.split_whitespace().nth(2).unwrap().to_string());
     }
     let env = &c.env;
     let before: BTreeSet<String> = env.object_keys().into_iter().collect();
@@ -562,8 +562,8 @@ fn cluster_backups_are_deleted_as_a_whole() {
 
     let dry = env.json(&["delete", "retain", "2", "--json"]);
     let plan = &dry["plan"];
-    assert_eq!(names_of(&plan["cluster_backups"]), [names[0].clone()]);
-    assert_eq!(plan["cluster_restore_points"][0], names[0].as_str());
+    assert_eq!(names(&plan["cluster_backups"]), [backups[0].clone()]);
+    assert_eq!(plan["cluster_restore_points"][0], backups[0].as_str());
     assert_eq!(plan["instances"].as_array().unwrap().len(), 4, "{plan}");
     for i in plan["instances"].as_array().unwrap() {
         assert_eq!(i["backups"].as_array().unwrap().len(), 1, "{i}");
@@ -572,12 +572,9 @@ fn cluster_backups_are_deleted_as_a_whole() {
     env.ok(&["delete", "retain", "2", "--confirm"]);
     let after: BTreeSet<String> = env.object_keys().into_iter().collect();
     assert_left(&after, &before, &deleted);
-    assert!(!after.contains(&format!("cluster/backups/{}.json", names[0])));
+    assert!(!after.contains(&format!("cluster/backups/{}.json", backups[0])));
     let listing = env.json(&["list", "--json"]);
-    assert_eq!(
-        names_of(&listing["cluster"]["backups"]),
-        names[1..].to_vec()
-    );
+    assert_eq!(names(&listing["cluster"]["backups"]), backups[1..].to_vec());
 
     // The oldest kept cluster backup restores to its point on every instance.
     let (rc, ports) = c.restore_config("older");
@@ -586,7 +583,7 @@ fn cluster_backups_are_deleted_as_a_whole() {
         "--restore-config",
         rc.to_str().unwrap(),
         "--backup",
-        &names[1],
+        &backups[1],
         "--start",
         "--archive-mode",
         "off",
@@ -599,14 +596,6 @@ fn cluster_backups_are_deleted_as_a_whole() {
         assert_eq!(got, states[1][i], "instance {i}");
         common::cluster::stop_data_dir(&c.path("older").join(format!("seg{}", i as i32 - 1)));
     }
-}
-
-fn names_of(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]
@@ -741,7 +730,7 @@ fn a_killed_cluster_delete_leaves_garbage_that_garbage_removes() {
         // Whatever list shows is whole: verify reads every object of every
         // listed backup and the WAL each needs, and finds no fault.
         let listing = env.json(&["list", "--json"]);
-        let listed = names_of(&listing["cluster"]["backups"]);
+        let listed = names(&listing["cluster"]["backups"]);
         assert!(listed.contains(&newest), "{fault}: {listing}");
         let r = env.run(&["verify", "--json", "--wal-since", "all"]);
         let report: Value = serde_json::from_str(&r.stdout)
@@ -788,7 +777,7 @@ fn a_killed_cluster_delete_leaves_garbage_that_garbage_removes() {
         );
         let listing = env.json(&["list", "--json"]);
         assert_eq!(
-            names_of(&listing["cluster"]["backups"]),
+            names(&listing["cluster"]["backups"]),
             std::slice::from_ref(&newest),
             "{fault}"
         );

@@ -70,14 +70,19 @@ fn status(c: &TestCluster) -> serde_json::Value {
         .json(&["standby", "status", "--json"])
 }
 
-/// Waits until `standby status` says every instance is paused at `point`.
+/// Waits until `standby status` says every instance is paused at `point`
+/// and the standby's record says the advance there finished (instances
+/// reach the point before the advance that sent them records it).
 fn wait_paused_at(c: &TestCluster, point: &str) -> serde_json::Value {
     common::wait_for(
-        &format!("every standby instance paused at {point}"),
+        &format!("every standby instance paused at {point}, the advance recorded"),
         Duration::from_secs(90),
         || {
             let s = status(c);
-            if s["common_point"] == point {
+            if s["common_point"] == point
+                && s["record"]["state"] == "at_point"
+                && s["record"]["point"] == point
+            {
                 Ok(s)
             } else {
                 Err(format!("{s:#}"))

@@ -377,6 +377,36 @@ async fn list_is_paginated_sorted_and_relative() {
     assert_eq!(s.list("seg-1/wal/0000002").await.unwrap().len(), 10);
     assert!(s.list("seg-3/").await.unwrap().is_empty());
     assert!(s.list("../x").await.is_err());
+
+    // Directories one level down, by a delimited listing: more of them
+    // than a server page (7), none from outside the storage prefix.
+    for d in 0..8 {
+        s.put(&format!("d{d}/deep/x"), body_from_bytes(&b"d"[..]))
+            .await
+            .unwrap();
+    }
+    let dirs = s.list_dirs("").await.unwrap();
+    let keys: Vec<String> = s
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        dirs,
+        cbdr::storage::dirs_of("", keys.iter().map(String::as_str))
+    );
+    assert_eq!(dirs.len(), 11, "{dirs:?}");
+    assert_eq!(&dirs[8..], ["seg-1", "seg-10", "seg-2"]);
+    assert_eq!(s.list_dirs("seg-1/").await.unwrap(), ["wal"]);
+    assert!(
+        s.list_dirs("seg-2/").await.unwrap().is_empty(),
+        "a file, not a directory"
+    );
+    assert!(s.list_dirs("seg-3/").await.unwrap().is_empty());
+    assert!(s.list_dirs("seg-1").await.is_err(), "no trailing '/'");
+    assert!(s.list_dirs("../").await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

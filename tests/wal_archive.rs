@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
-use common::pg::{chown_to_pg, pg_bin, pg_command, PgServer};
+use common::pg::{chown_to_pg, PgServer};
 use common::{CbdrEnv, Key, Storage, CBDR};
 
 const KEY_HEX: &str = "6f1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff0";
@@ -50,28 +50,7 @@ fn archive_and_recover(storage: Storage) {
     // A base backup taken before the writes, without WAL: recovery needs
     // every segment from the archive.
     let base = s.path("base");
-    let out = pg_command(pg_bin("pg_basebackup"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-X",
-            "none",
-            "-c",
-            "fast",
-            "-D",
-        ])
-        .arg(&base)
-        .arg("-p")
-        .arg(server.port().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.pg_basebackup(&base, &["-X", "none"]);
 
     server.psql("create table t (id int primary key, payload text)");
     for round in 0..8 {

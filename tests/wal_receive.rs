@@ -469,17 +469,7 @@ fn primary_and_standby(s: &Setup) -> (PgServer, PgServer) {
     let primary = new_server();
     primary.psql("create table t (id int primary key, payload text)");
     let dir = s.path("standby");
-    let out = pg_command(pg_bin("pg_basebackup"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R"])
-        .args(["-c", "fast", "-p", &primary.port().to_string(), "-D"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    primary.pg_basebackup(&dir, &["-X", "stream", "-R"]);
     let standby = PgServer::start_existing(&dir, PgServer::builder());
     wait_for("the standby to stream", None, || {
         primary.psql("select count(*) from pg_stat_replication where state = 'streaming'") == "1"
@@ -502,26 +492,7 @@ fn receiver_follows_a_timeline_switch_from_an_old_slot_position() {
     let (primary, standby) = primary_and_standby(&s);
     let first = redo_segno(&standby);
     let base = s.path("base");
-    let out = pg_command(pg_bin("pg_basebackup"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-X",
-            "none",
-            "-c",
-            "fast",
-        ])
-        .args(["-p", &primary.port().to_string(), "-D"])
-        .arg(&base)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    primary.pg_basebackup(&base, &["-X", "none"]);
 
     // Some of timeline 1 through the standby, then the receiver dies.
     let rx = s.receiver(&standby, &["--create-slot"]);

@@ -148,15 +148,8 @@ fn print_instance(r: &InstanceCheck) {
 
 /// An error that exits with `code` (a failed check's).
 fn error_with_code(code: u8, message: String) -> Error {
-    let exit_code = match code {
-        1 => ExitCode::NotFound,
-        2 => ExitCode::Usage,
-        3 => ExitCode::Storage,
-        4 => ExitCode::Integrity,
-        5 => ExitCode::Conflict,
-        6 => ExitCode::Postgres,
-        7 => ExitCode::Agent,
-        _ => ExitCode::Internal,
-    };
-    Error::Summary { message, exit_code }
+    Error::Summary {
+        message,
+        exit_code: ExitCode::from_number(code),
+    }
 }

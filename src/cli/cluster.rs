@@ -285,16 +285,10 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
         Some(GreenplumRestore::Started(g)) => {
             println!(
                 "Greenplum/Cloudberry: gp_segment_configuration now names the restored primaries ({}); every instance was stopped ({}) and {}",
-                g.primaries
-                    .iter()
-                    .map(|(id, host, port, _)| format!("{id}: {host}:{port}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                g.stopped
-                    .iter()
-                    .map(|(id, r)| format!("{id}: {r}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                joined(&g.primaries, |(id, host, port, _)| format!(
+                    "{id}: {host}:{port}"
+                )),
+                joined(&g.stopped, |(id, r)| format!("{id}: {r}")),
                 g.gpstart
             );
             println!(
@@ -309,11 +303,7 @@ pub async fn restore(config: &Config, topo: &Topology, args: RestoreArgs) -> Res
     match &out.citus {
         Some(CitusRestore::Fixed(fix)) => println!(
             "Citus: pg_dist_node now names the restored nodes (rows rewritten per content id: {}); recover_prepared_transactions() settled {} prepared transactions; background jobs are back on",
-            fix.rewritten
-                .iter()
-                .map(|(id, n)| format!("{id}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            joined(&fix.rewritten, |(id, n)| format!("{id}: {n}")),
             fix.recovered
         ),
         Some(CitusRestore::Pending(sql)) => {
@@ -384,8 +374,28 @@ pub async fn restore_config(config: &Config, args: RestoreConfigArgs) -> Result<
             "no cluster is configured: list the instances in [[cluster.segments]] (see config-templates/cluster.toml), or set [cluster] discover = true on a Greenplum/Cloudberry coordinator".into(),
         )
     })?;
-    print!("{}", RestoreConfig::from_topology(&topo).to_toml());
+    let mut rc = RestoreConfig::from_topology(&topo);
+    let listed = add_tablespaces(config, &mut rc).await;
+    print!("{}", rc.to_toml());
+    print_tablespace_note(listed);
     Ok(())
+}
+
+/// Adds the tablespaces the backups hold to a restore config; the error
+/// (the repository cannot be read) is only noted: the config is still
+/// useful without them.
+async fn add_tablespaces(config: &Config, rc: &mut RestoreConfig) -> Result<()> {
+    let repo = crate::repo::Repo::open(config).await?;
+    rc.add_tablespaces(&repo).await
+}
+
+fn print_tablespace_note(listed: Result<()>) {
+    if let Err(e) = listed {
+        println!(
+            "\n# The backups' tablespaces are not listed (the repository could not be read: {e});"
+        );
+        println!("# add [segments.tablespace_map] entries by hand to move tablespaces.");
+    }
 }
 
 async fn restore_config_from_target(config: &Config, args: RestoreConfigArgs) -> Result<()> {
@@ -406,8 +416,10 @@ async fn restore_config_from_target(config: &Config, args: RestoreConfigArgs) ->
     p.dbname = config.cluster.database.clone();
     let rows = read_target(&p).await?;
     let ids: Vec<i32> = topo.segments().iter().map(|s| s.content_id).collect();
-    let (rc, mirrors) = target_restore_config(&rows, &ids, config.cluster.agent_port)?;
+    let (mut rc, mirrors) = target_restore_config(&rows, &ids, config.cluster.agent_port)?;
+    let listed = add_tablespaces(config, &mut rc).await;
     print!("{}", rc.to_toml());
+    print_tablespace_note(listed);
     if !mirrors.is_empty() {
         println!("\n# The target's mirrors and standby coordinator, rebuilt after the restore");
         println!("# (gpaddmirrors, gpinitstandby), not restored:");
@@ -422,3 +434,8 @@ async fn restore_config_from_target(config: &Config, args: RestoreConfigArgs) ->
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `items`, each shown by `show`, separated by ", ".
+fn joined<T>(items: &[T], show: impl Fn(&T) -> String) -> String {
+    items.iter().map(show).collect::<Vec<_>>().join(", ")
+}

@@ -334,7 +334,7 @@ pub async fn after_backup(repo: &Repo, config: &Config, scope: Option<i32>) {
         }
         Err(e) => tracing::error!(
             "retention after the backup failed (the backup itself is complete): {}; run `cbdr delete retain N` by hand to see why",
-            super::render(&e)
+            e.render()
         ),
     }
 }

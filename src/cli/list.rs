@@ -132,21 +132,7 @@ pub async fn list(config: &Config, args: ListArgs) -> Result<()> {
     }
     let mut ids: Vec<i32> = match args.content_id {
         Some(id) => vec![id],
-        None => {
-            let mut ids = std::collections::BTreeSet::new();
-            for o in repo.storage.list("seg").await? {
-                if let Some(id) = o
-                    .key
-                    .split('/')
-                    .next()
-                    .and_then(|s| s.strip_prefix("seg"))
-                    .and_then(|s| s.parse().ok())
-                {
-                    ids.insert(id);
-                }
-            }
-            ids.into_iter().collect()
-        }
+        None => repo.content_ids().await?,
     };
     ids.sort();
     let mut out = Vec::new();

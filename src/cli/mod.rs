@@ -139,7 +139,7 @@ pub fn run() -> ProcessExitCode {
     match runtime.and_then(|rt| rt.block_on(dispatch(cli))) {
         Ok(()) => ProcessExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cbdr: error: {}", render(&e));
+            eprintln!("cbdr: error: {}", e.render());
             ProcessExitCode::from(e.exit_code() as u8)
         }
     }
@@ -169,7 +169,7 @@ fn run_wal_fetch(
         Ok(_) => {}
         Err(e) => {
             let status = wal_fetch_status(Err(e.exit_code()));
-            eprintln!("cbdr: error: {}", render(e));
+            eprintln!("cbdr: error: {}", e.render());
             eprintln!(
                 "cbdr: wal-fetch {}: exit status {status} stops recovery (PostgreSQL: FATAL) rather than \
                  ending it here and promoting on a partial archive. {}",
@@ -265,21 +265,6 @@ impl Scope {
             None => Scope::One(COORDINATOR),
         })
     }
-}
-
-/// The error and its causes, each once.
-fn render(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn init_logging(verbose: u8, quiet: bool, daemon: bool) {

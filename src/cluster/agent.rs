@@ -346,7 +346,7 @@ impl Agent {
                             AgentMessage::FilesDone(done)
                         }
                         Err(e) => {
-                            let message = render(&e);
+                            let message = e.render();
                             tracing::warn!("files for {peer}: refused: {message}");
                             AgentMessage::Failed {
                                 message,
@@ -540,7 +540,7 @@ impl Agent {
                             done.into_message()
                         }
                         Ok(Err(e)) => {
-                            let message = render(&e);
+                            let message = e.render();
                             tracing::info!("{what} for {peer}: failed after {secs:.1} s: {message}");
                             AgentMessage::Failed { message, exit_code: e.exit_code() as u8 }
                         }
@@ -713,21 +713,6 @@ impl Drop for HandshakeTicket {
             q.pending.remove(i);
         }
     }
-}
-
-/// The error and its causes, each once.
-fn render(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn hostname() -> String {

@@ -47,20 +47,6 @@ fn agent_err(addr: &str, message: impl Into<String>) -> Error {
     }
 }
 
-fn exit_code_from(code: u8) -> ExitCode {
-    match code {
-        0 => ExitCode::Internal,
-        1 => ExitCode::NotFound,
-        2 => ExitCode::Usage,
-        3 => ExitCode::Storage,
-        4 => ExitCode::Integrity,
-        5 => ExitCode::Conflict,
-        6 => ExitCode::Postgres,
-        7 => ExitCode::Agent,
-        _ => ExitCode::Internal,
-    }
-}
-
 impl AgentClient {
     /// Connects to the agent at `addr` (`host:port`), with TLS when
     /// `config.tls_ca` is set, and authenticates with the shared token
@@ -431,7 +417,7 @@ impl AgentClient {
             AgentMessage::Failed { message, exit_code } => Error::AgentJob {
                 addr: self.addr.clone(),
                 message: format!("{what} failed: {message}"),
-                exit_code: exit_code_from(exit_code),
+                exit_code: ExitCode::from_number(exit_code),
             },
             other => self.unexpected(other, what),
         }
@@ -445,7 +431,7 @@ impl AgentClient {
             AgentMessage::Failed { message, exit_code } => Error::AgentJob {
                 addr: self.addr.clone(),
                 message,
-                exit_code: exit_code_from(exit_code),
+                exit_code: ExitCode::from_number(exit_code),
             },
             other => agent_err(
                 &self.addr,

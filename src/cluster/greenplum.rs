@@ -301,6 +301,7 @@ pub fn target_restore_config(
             data_dir: PathBuf::from(&r.data_dir),
             agent: Some(format!("{}:{agent_port}", r.hostname)),
             dbid: Some(r.dbid),
+            tablespace_map: Default::default(),
         })
         .collect();
     let mirrors = rows.iter().filter(|r| r.role != 'p').cloned().collect();

@@ -326,6 +326,32 @@ pub struct RestoreRequest {
     pub greenplum_utility: bool,
 }
 
+impl RestoreRequest {
+    /// A restore of `content_id` into `target_dir` to `target`, promoted,
+    /// with every option at its default (the newest backup that serves,
+    /// tablespaces where they were, not started); set the others with
+    /// struct update syntax.
+    pub fn new(content_id: i32, target_dir: String, target: RecoveryTargetSpec) -> Self {
+        RestoreRequest {
+            content_id,
+            target_dir,
+            backup: None,
+            target,
+            action: RecoveryAction::Promote,
+            tablespace_map: Vec::new(),
+            force: false,
+            port: None,
+            restore_command: None,
+            archive_off: false,
+            start: false,
+            start_timeout_secs: 0,
+            settings: Vec::new(),
+            dbid: None,
+            greenplum_utility: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreDone {
     /// The backup restored.

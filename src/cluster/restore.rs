@@ -48,6 +48,12 @@ pub struct RestoreTarget {
     /// the backed-up instance's own, which BASE_BACKUP copied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbid: Option<i32>,
+    /// Where the instance's tablespaces go: the tablespace directory the
+    /// backup recorded (as `cbdr list` shows it) to its new directory.
+    /// Absent ones stay where they were; on Greenplum/Cloudberry a
+    /// directory ending in the old dbid follows the new `dbid`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tablespace_map: BTreeMap<String, String>,
 }
 
 impl RestoreConfig {
@@ -63,9 +69,26 @@ impl RestoreConfig {
                     data_dir: s.data_dir.clone(),
                     agent: Some(s.agent.clone()),
                     dbid: None,
+                    tablespace_map: BTreeMap::new(),
                 })
                 .collect(),
         }
+    }
+
+    /// Lists, in each instance's `tablespace_map`, every tablespace its
+    /// backups hold, mapped to itself (where it was): the entries a DBA
+    /// edits to move them. Entries already there are kept.
+    pub async fn add_tablespaces(&mut self, repo: &Repo) -> Result<()> {
+        for s in &mut self.segments {
+            for b in repo.backups(s.content_id).await? {
+                for p in b.archives.iter().filter_map(|a| a.tablespace_path.as_ref()) {
+                    s.tablespace_map
+                        .entry(p.clone())
+                        .or_insert_with(|| p.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn load(path: &Path) -> Result<RestoreConfig> {
@@ -98,6 +121,15 @@ impl RestoreConfig {
             }
             if let Some(d) = s.dbid {
                 out.push_str(&format!("dbid = {d}\n"));
+            }
+            if !s.tablespace_map.is_empty() {
+                out.push_str(
+                    "# each tablespace: its directory in the backup = where it is restored\n",
+                );
+                out.push_str("[segments.tablespace_map]\n");
+                for (old, new) in &s.tablespace_map {
+                    out.push_str(&format!("{} = {}\n", toml_str(old), toml_str(new)));
+                }
             }
         }
         out
@@ -314,7 +346,11 @@ pub async fn cluster_restore(
                 backup: None,
                 target: RecoveryTargetSpec::RestorePoint(name),
                 action,
-                tablespace_map: Vec::new(),
+                tablespace_map: t
+                    .tablespace_map
+                    .iter()
+                    .map(|(o, n)| (o.clone(), n.clone()))
+                    .collect(),
                 force: opts.force,
                 port: Some(t.port),
                 restore_command: None,
@@ -541,10 +577,21 @@ mod tests {
 
     #[test]
     fn restore_config_round_trips_and_must_cover_every_instance() {
-        let rc = RestoreConfig::from_topology(&topo());
+        let mut rc = RestoreConfig::from_topology(&topo());
+        // Tablespace maps (with a quote and a space in a path) survive the
+        // round trip, on one instance and not the others.
+        rc.segments[1]
+            .tablespace_map
+            .insert("/ts/a \"x\"/3".into(), "/new/ts/3".into());
+        rc.segments[1]
+            .tablespace_map
+            .insert("/ts/b/3".into(), "/ts/b/3".into());
         let text = rc.to_toml();
+        assert!(text.contains("[segments.tablespace_map]"), "{text}");
         let back: RestoreConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, rc);
+        assert_eq!(back.segments[1].tablespace_map.len(), 2);
+        assert!(back.segments[2].tablespace_map.is_empty());
         assert_eq!(rc.targets(&topo()).unwrap().len(), 3);
 
         let mut missing = rc.clone();
@@ -560,6 +607,7 @@ mod tests {
             data_dir: "/x".into(),
             agent: None,
             dbid: None,
+            tablespace_map: BTreeMap::new(),
         });
         let e = extra.targets(&topo()).unwrap_err();
         assert!(e.to_string().contains("content id 9"), "{e}");

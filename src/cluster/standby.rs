@@ -106,6 +106,7 @@ impl StandbyInstance {
             data_dir: self.data_dir.clone(),
             agent: Some(self.agent.clone()),
             dbid: None,
+            tablespace_map: Default::default(),
         }
     }
 }

@@ -154,7 +154,8 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
     let db = db
         .first()
         .ok_or_else(|| Error::Server("the current database is not in pg_database".into()))?;
-    let db = DatabaseProps::read(db)?;
+    let mut db = DatabaseProps::read(db)?;
+    db.flavor = metadata::detect_flavor(&mut main).await?;
     let dbname = db.name.clone();
     let database_size = Some(db.size);
 
@@ -202,6 +203,7 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
         database_ctype: db.ctype.clone(),
         server_version: db.server_version.clone(),
         server_version_num: 0,
+        server_flavor: db.flavor,
         cbdr_version: env!("CARGO_PKG_VERSION").to_string(),
         start_time,
         end_time,
@@ -1156,6 +1158,7 @@ struct DatabaseProps {
     ctype: String,
     server_version: String,
     size: u64,
+    flavor: metadata::ServerFlavor,
 }
 
 impl DatabaseProps {
@@ -1169,6 +1172,7 @@ impl DatabaseProps {
             ctype: text("datctype")?,
             server_version: text("server_version")?,
             size: r.parse("size").context(what)?,
+            flavor: metadata::ServerFlavor::default(),
         })
     }
 }
@@ -1192,6 +1196,7 @@ async fn write_failure_report(
         database_ctype: db.ctype.clone(),
         server_version: db.server_version.clone(),
         server_version_num: 0,
+        server_flavor: db.flavor,
         cbdr_version: env!("CARGO_PKG_VERSION").to_string(),
         start_time,
         end_time: Utc::now(),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::copy_format::CopyFormat;
 use super::layout::{self, Timestamp};
+use super::metadata::ServerFlavor;
 use super::toc::{ObjectKind, QualifiedName, Section, TocEntry};
 use crate::error::{Error, Result};
 use crate::repo::Repo;
@@ -175,6 +176,10 @@ pub struct LogicalBackupRecord {
     pub database_ctype: String,
     pub server_version: String,
     pub server_version_num: u32,
+    /// PostgreSQL, Greenplum or Cloudberry (records written before it was
+    /// kept read as PostgreSQL).
+    #[serde(default)]
+    pub server_flavor: ServerFlavor,
     pub cbdr_version: String,
     pub start_time: DateTime<Utc>,
     pub end_time: DateTime<Utc>,

@@ -48,6 +48,9 @@ pub fn backup_report(r: &LogicalBackupRecord, o: &BackupOutcome) -> String {
     let mut out = String::from("cbdr Logical Backup Report (gpbackup layout)\n\n");
     line(&mut out, "timestamp key", &r.timestamp);
     line(&mut out, "postgresql version", &r.server_version);
+    if r.server_flavor.is_mpp() {
+        line(&mut out, "server flavor", r.server_flavor.as_str());
+    }
     line(&mut out, "cbdr version", &r.cbdr_version);
     out.push('\n');
     line(&mut out, "database name", &r.database);

@@ -42,7 +42,7 @@ impl std::ops::AddAssign for Deleted {
 /// `default_segment_size` for instances without a backup.
 pub async fn inventory(repo: &Repo, default_segment_size: u64) -> Result<Inventory> {
     let mut inv = Inventory::default();
-    for id in content_ids(repo).await? {
+    for id in repo.content_ids().await? {
         let backups = repo.backups(id).await?;
         let points = repo.restore_points(id).await?;
         let wal = repo
@@ -77,23 +77,6 @@ fn wal_object(o: ObjectInfo) -> WalObject {
         size: o.size,
         modified: o.modified,
     }
-}
-
-/// The content ids that have objects in the repository.
-pub async fn content_ids(repo: &Repo) -> Result<Vec<i32>> {
-    let mut ids = std::collections::BTreeSet::new();
-    for o in repo.storage.list("seg").await? {
-        if let Some(id) = o
-            .key
-            .split('/')
-            .next()
-            .and_then(|s| s.strip_prefix("seg"))
-            .and_then(|s| s.parse().ok())
-        {
-            ids.insert(id);
-        }
-    }
-    Ok(ids.into_iter().collect())
 }
 
 /// Carries out `plan` (see the module documentation).
@@ -306,7 +289,7 @@ pub async fn mark(
     }
     let ids = match content_id {
         Some(id) => vec![id],
-        None => content_ids(repo).await?,
+        None => repo.content_ids().await?,
     };
     let mut found = Vec::new();
     for id in ids {

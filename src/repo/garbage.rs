@@ -151,7 +151,7 @@ pub async fn plan(
         .map(|(intent, plan)| PendingDelete { intent, plan })
         .collect();
     let mut objects = Vec::new();
-    for id in delete::content_ids(repo).await? {
+    for id in repo.content_ids().await? {
         objects.extend(repo.storage.list(&layout::backups_prefix(id)).await?);
     }
     let mut orphans_found = orphans(

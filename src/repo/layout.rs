@@ -51,6 +51,13 @@ use crate::pg::WalFile;
 pub const REPO_META_KEY: &str = "cbdr-repo.json";
 
 /// The prefix of one content id's objects.
+/// The content id whose objects live under the top-level directory
+/// `name` (`seg-1`, `seg0`, ...), if it is one.
+pub fn content_id_of_dir(name: &str) -> Option<i32> {
+    let id: i32 = name.strip_prefix("seg")?.parse().ok()?;
+    (segment_prefix(id) == name).then_some(id)
+}
+
 pub fn segment_prefix(content_id: i32) -> String {
     format!("seg{content_id}")
 }
@@ -201,6 +208,16 @@ pub fn standby_key(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ids_from_directory_names() {
+        assert_eq!(content_id_of_dir("seg-1"), Some(-1));
+        assert_eq!(content_id_of_dir("seg0"), Some(0));
+        assert_eq!(content_id_of_dir("seg12"), Some(12));
+        for not in ["seg01", "seg+1", "segx", "seg", "cluster", "logical"] {
+            assert_eq!(content_id_of_dir(not), None, "{not}");
+        }
+    }
 
     #[test]
     fn wal_keys() {

@@ -53,6 +53,20 @@ pub struct Repo {
 impl Repo {
     /// Opens the repository the config names, with its key, and checks
     /// both (see [`Repo::check`]). Writes nothing.
+    /// The content ids that have objects in the repository, in order (one
+    /// listing of the top-level directories, not of every object).
+    pub async fn content_ids(&self) -> Result<Vec<i32>> {
+        let mut ids: Vec<i32> = self
+            .storage
+            .list_dirs("")
+            .await?
+            .iter()
+            .filter_map(|d| layout::content_id_of_dir(d))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     pub async fn open(config: &Config) -> Result<Repo> {
         let repo = Repo::open_unchecked(config).await?;
         repo.check().await?;

@@ -236,20 +236,10 @@ fn is_storage(e: &Error) -> bool {
 
 fn render(e: &Error) -> String {
     // Not "the restored data does not verify": nothing is restored here.
-    let mut out = match e {
-        Error::Integrity(m) => m.clone(),
-        e => e.to_string(),
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
+    match e {
+        Error::Integrity(m) => crate::error::with_causes(m.clone(), e),
+        e => e.render(),
     }
-    out
 }
 
 /// Runs the verification; storage failures while listing end it (exit 3),
@@ -259,7 +249,7 @@ pub async fn verify(repo: &Repo, opts: &VerifyOptions) -> Result<VerifyReport> {
     let faults = Faults::default();
     let ids = match opts.content_id {
         Some(id) => vec![id],
-        None => content_ids(repo).await?,
+        None => repo.content_ids().await?,
     };
     let mut report = VerifyReport::default();
 
@@ -364,23 +354,6 @@ pub async fn verify(repo: &Repo, opts: &VerifyOptions) -> Result<VerifyReport> {
     report.faults = faults.take();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// Every content id with objects in the repository.
-async fn content_ids(repo: &Repo) -> Result<Vec<i32>> {
-    let mut ids = BTreeSet::new();
-    for o in repo.storage.list("seg").await? {
-        if let Some(id) = o
-            .key
-            .split('/')
-            .next()
-            .and_then(|s| s.strip_prefix("seg"))
-            .and_then(|s| s.parse().ok())
-        {
-            ids.insert(id);
-        }
-    }
-    Ok(ids.into_iter().collect())
 }
 
 /// Checks that a cluster backup's every instance backup is there; true

@@ -255,6 +255,16 @@ impl Storage for FsStorage {
         }
     }
 
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        super::validate_dir_prefix(prefix)?;
+        let dir = self.root.join(prefix);
+        let result = tokio::task::spawn_blocking(move || dirs_with_files(&dir))
+            .await
+            .map_err(blocking_failed)
+            .and_then(|r| r);
+        result.map_err(|e| self.io_err("list", prefix, e))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let root = self.root.clone();
         let prefix_owned = prefix.to_string();
@@ -305,51 +315,82 @@ impl Storage for FsStorage {
     }
 }
 
-/// Every file whose key starts with `prefix`, sorted; temp files skipped.
-fn walk(root: &Path, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
-    // Start from the deepest directory the prefix names in full.
-    let start_rel = match prefix.rfind('/') {
-        Some(i) => &prefix[..i],
-        None => "",
+/// The subdirectories of `dir` that hold a file other than a temp file
+/// (at any depth), sorted; none when `dir` does not exist.
+fn dirs_with_files(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    let mut stack = vec![(root.join(start_rel), start_rel.to_string())];
-    while let Some((dir, rel)) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if entry.file_type()?.is_dir() && holds_a_file(&entry.path())? {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether `dir` holds a file other than a temp file, at any depth (the
+/// walk ends at the first).
+fn holds_a_file(dir: &Path) -> io::Result<bool> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
         for entry in entries {
             let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let key = if rel.is_empty() {
-                name.to_string()
-            } else {
-                format!("{rel}/{name}")
-            };
             let ty = entry.file_type()?;
             if ty.is_dir() {
-                if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
-                    stack.push((entry.path(), key));
-                }
-            } else if ty.is_file() && !is_temp_name(name) && key.starts_with(prefix) {
-                let meta = entry.metadata()?;
-                out.push(ObjectInfo {
-                    key,
-                    size: meta.len(),
-                    modified: meta.modified().ok(),
-                });
+                stack.push(entry.path());
+            } else if ty.is_file() && !entry.file_name().to_str().is_some_and(is_temp_name) {
+                return Ok(true);
             }
         }
     }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(out)
+    Ok(false)
+}
+
+/// Every file whose key starts with `prefix`, sorted; temp files skipped.
+fn walk(root: &Path, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+    walk_files(root, prefix, |key, name, meta| {
+        (!is_temp_name(name)).then(|| ObjectInfo {
+            key,
+            size: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    })
 }
 
 /// The temp files a killed writer left under `prefix` (by their own key).
 fn walk_temp(root: &Path, prefix: &str) -> io::Result<Vec<Incomplete>> {
+    walk_files(root, prefix, |key, name, meta| {
+        is_temp_name(name).then(|| Incomplete {
+            key,
+            id: String::new(),
+            started: meta.modified().ok(),
+        })
+    })
+}
+
+/// What `pick` makes of each regular file whose key starts with `prefix`
+/// (it gets the key, the file name and its metadata), sorted by key. The
+/// walk starts from the deepest directory the prefix names in full and
+/// enters only directories that can hold such keys.
+fn walk_files<T: HasKey>(
+    root: &Path,
+    prefix: &str,
+    pick: impl Fn(String, &str, &std::fs::Metadata) -> Option<T>,
+) -> io::Result<Vec<T>> {
     let start_rel = match prefix.rfind('/') {
         Some(i) => &prefix[..i],
         None => "",
@@ -376,17 +417,32 @@ fn walk_temp(root: &Path, prefix: &str) -> io::Result<Vec<Incomplete>> {
                 if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
                     stack.push((entry.path(), key));
                 }
-            } else if ty.is_file() && is_temp_name(name) && key.starts_with(prefix) {
-                out.push(Incomplete {
-                    key,
-                    id: String::new(),
-                    started: entry.metadata()?.modified().ok(),
-                });
+            } else if ty.is_file() && key.starts_with(prefix) {
+                if let Some(item) = pick(key, name, &entry.metadata()?) {
+                    out.push(item);
+                }
             }
         }
     }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.sort_by(|a, b| a.key().cmp(b.key()));
     Ok(out)
+}
+
+/// What [`walk_files`] sorts by.
+trait HasKey {
+    fn key(&self) -> &str;
+}
+
+impl HasKey for ObjectInfo {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl HasKey for Incomplete {
+    fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +476,36 @@ mod tests {
         };
         assert!(s.abort_incomplete(&not_temp).await.is_err());
         assert!(s.head("a/b/one").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn directories_are_listed_when_they_hold_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(&dir.path().join("repo")).unwrap();
+        for key in ["seg0/base/x", "seg-1/wal/deep/y", "top"] {
+            s.put(key, body_from_bytes(&b"1"[..])).await.unwrap();
+        }
+        // Only a temp file, or nothing at all: not listed.
+        std::fs::create_dir_all(dir.path().join("repo/seg5/wal")).unwrap();
+        std::fs::write(dir.path().join("repo/seg5/wal/.z.cbdr-tmp.1.ff"), b"half").unwrap();
+        std::fs::create_dir_all(dir.path().join("repo/seg7/empty")).unwrap();
+        let dirs = s.list_dirs("").await.unwrap();
+        assert_eq!(dirs, ["seg-1", "seg0"]);
+        let keys: Vec<String> = s
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(
+            dirs,
+            super::super::dirs_of("", keys.iter().map(String::as_str))
+        );
+        assert_eq!(s.list_dirs("seg-1/").await.unwrap(), ["wal"]);
+        assert!(s.list_dirs("nowhere/").await.unwrap().is_empty());
+        assert!(s.list_dirs("seg-1").await.is_err());
+        assert!(s.list_dirs("../").await.is_err());
     }
 
     #[tokio::test]

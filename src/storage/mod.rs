@@ -125,6 +125,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
 
+    /// The names one level below `prefix` (empty or ending in '/') that
+    /// hold at least one object, sorted: `seg0` for `seg0/wal/...`. This
+    /// default lists every object below `prefix`; the storages override it
+    /// with a listing whose size does not grow with the objects.
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(dirs_of(
+            prefix,
+            self.list(prefix).await?.iter().map(|o| o.key.as_str()),
+        ))
+    }
+
     /// Removes the object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
@@ -206,6 +217,31 @@ pub async fn get_bytes(storage: &dyn Storage, key: &str) -> Result<Vec<u8>, Stor
 
 /// Checks that a key is a clean relative path: no empty, `.` or `..`
 /// components, no leading `/`, no backslashes or NUL bytes.
+/// The distinct names one level below `prefix` among `keys` (keys with a
+/// '/' after the prefix), sorted.
+pub fn dirs_of<'a>(prefix: &str, keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let dirs: std::collections::BTreeSet<&str> = keys
+        .filter_map(|k| k.strip_prefix(prefix)?.split_once('/').map(|(d, _)| d))
+        .filter(|d| !d.is_empty())
+        .collect();
+    dirs.into_iter().map(str::to_string).collect()
+}
+
+/// A prefix for [`Storage::list_dirs`]: empty, or a valid key followed
+/// by '/'.
+pub fn validate_dir_prefix(prefix: &str) -> Result<(), StorageError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    match prefix.strip_suffix('/') {
+        Some(dir) => validate_key(dir),
+        None => Err(StorageError::InvalidKey {
+            key: prefix.to_string(),
+            reason: "a directory prefix must end with '/'",
+        }),
+    }
+}
+
 pub fn validate_key(key: &str) -> Result<(), StorageError> {
     let bad = |reason| {
         Err(StorageError::InvalidKey {

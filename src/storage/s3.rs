@@ -272,6 +272,44 @@ impl S3Storage {
     }
 
     /// `put`, conditional on the key being free when `if_new`.
+    /// GetObject of `key` (a `range` header when given), its body as a
+    /// stream whose read errors say `what` was being read.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<String>,
+        what: String,
+    ) -> Result<ByteStream, StorageError> {
+        validate_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    StorageError::NotFound {
+                        key: key.to_string(),
+                        location: self.location(),
+                    }
+                } else {
+                    self.remote("get", key, &e)
+                }
+            })?;
+        let stream =
+            futures_util::stream::try_unfold((out.body, what), |(mut body, what)| async move {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => Ok(Some((chunk, (body, what)))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(io::Error::other(format!("{what}: {}", error_chain(&e)))),
+                }
+            });
+        Ok(Box::pin(stream))
+    }
+
     async fn put_object(
         &self,
         key: &str,
@@ -668,34 +706,8 @@ impl Storage for S3Storage {
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        validate_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(key))
-            .send()
-            .await
-            .map_err(|e| {
-                if is_not_found(&e) {
-                    StorageError::NotFound {
-                        key: key.to_string(),
-                        location: self.location(),
-                    }
-                } else {
-                    self.remote("get", key, &e)
-                }
-            })?;
         let what = format!("reading {key} from {}", self.location());
-        let stream =
-            futures_util::stream::try_unfold((out.body, what), |(mut body, what)| async move {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => Ok(Some((chunk, (body, what)))),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(io::Error::other(format!("{what}: {}", error_chain(&e)))),
-                }
-            });
-        Ok(Box::pin(stream))
+        self.get_object(key, None, what).await
     }
 
     async fn get_range(
@@ -708,38 +720,13 @@ impl Storage for S3Storage {
         if length == 0 {
             return Ok(Box::pin(futures_util::stream::empty()));
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(key))
-            .range(format!("bytes={offset}-{}", offset + length - 1))
-            .send()
-            .await
-            .map_err(|e| {
-                if is_not_found(&e) {
-                    StorageError::NotFound {
-                        key: key.to_string(),
-                        location: self.location(),
-                    }
-                } else {
-                    self.remote("get", key, &e)
-                }
-            })?;
         let what = format!(
             "reading bytes {offset}..{} of {key} from {}",
             offset + length,
             self.location()
         );
-        let stream =
-            futures_util::stream::try_unfold((out.body, what), |(mut body, what)| async move {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => Ok(Some((chunk, (body, what)))),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(io::Error::other(format!("{what}: {}", error_chain(&e)))),
-                }
-            });
-        Ok(Box::pin(stream))
+        let range = format!("bytes={offset}-{}", offset + length - 1);
+        self.get_object(key, Some(range), what).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>, StorageError> {
@@ -758,6 +745,45 @@ impl Storage for S3Storage {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(self.remote("head", key, &e)),
         }
+    }
+
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        super::validate_dir_prefix(prefix)?;
+        let root = join_key(&self.prefix, "");
+        let full_prefix = format!("{root}{prefix}");
+        let mut dirs = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .set_max_keys(self.list_page_size)
+                .customize()
+                .config_override(self.small())
+                .send()
+                .await
+                .map_err(|e| self.remote("list", &format!("{prefix}*/"), &e))?;
+            dirs.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix()?.strip_prefix(&full_prefix)?.strip_suffix('/'))
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string),
+            );
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) && !next.is_empty() => {
+                    token = Some(next.to_string())
+                }
+                _ => break,
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        Ok(dirs)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {

@@ -41,6 +41,21 @@ async fn connect(port: u16) -> PgConn {
         .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
 }
 
+/// Runs one statement on `port` and returns the first column of each row.
+pub fn query(port: u16, sql: &str) -> Vec<String> {
+    runtime().block_on(async {
+        let mut c = connect(port).await;
+        let rows = c
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await;
+        rows.iter()
+            .map(|r| r.get(0).unwrap_or("").to_string())
+            .collect()
+    })
+}
+
 async fn exec(c: &mut PgConn, sql: &str) {
     c.simple_query(sql)
         .await
@@ -87,11 +102,71 @@ pub fn wait_for_more(workload: &str, committed: &AtomicU64, n: u64) {
     );
 }
 
-pub struct Bank {
+/// Threads that each run one async job until stopped, counting what they
+/// commit: the frame of every bank workload.
+pub struct Workers {
+    name: &'static str,
     stop: Arc<AtomicBool>,
     pub committed: Arc<AtomicU64>,
-    workers: Vec<JoinHandle<()>>,
+    handles: Vec<JoinHandle<()>>,
 }
+
+impl Workers {
+    /// `count` threads, thread `w` running `job(w, stop, committed)` on its
+    /// own runtime.
+    pub fn start<F, Fut>(name: &'static str, count: usize, job: F) -> Workers
+    where
+        F: Fn(usize, Arc<AtomicBool>, Arc<AtomicU64>) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let handles = (0..count)
+            .map(|w| {
+                let (stop, committed, job) = (stop.clone(), committed.clone(), job.clone());
+                std::thread::spawn(move || runtime().block_on(job(w, stop, committed)))
+            })
+            .collect();
+        Workers {
+            name,
+            stop,
+            committed,
+            handles,
+        }
+    }
+
+    /// Waits until at least `n` more transfers have committed.
+    pub fn wait_for(&self, n: u64) {
+        wait_for_more(self.name, &self.committed, n);
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Stops every thread and returns how many transfers committed.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.handles {
+            w.join().expect("bank worker panicked");
+        }
+        self.committed.load(Ordering::SeqCst)
+    }
+}
+
+/// A worker's own random numbers (xorshift), different for each worker.
+pub fn worker_rng(w: usize) -> impl FnMut() -> u64 {
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
+/// Transfers between the segments under the coordinator's commit barrier.
+pub struct Bank;
 
 impl Bank {
     /// Starts `workers` threads moving money between the segments.
@@ -100,45 +175,20 @@ impl Bank {
         segment_ports: &[u16],
         barrier_key: i64,
         workers: usize,
-    ) -> Bank {
+    ) -> Workers {
         assert!(segment_ports.len() >= 2, "the bank needs two segments");
-        let stop = Arc::new(AtomicBool::new(false));
-        let committed = Arc::new(AtomicU64::new(0));
-        let handles = (0..workers)
-            .map(|w| {
-                let (stop, committed) = (stop.clone(), committed.clone());
-                let ports = segment_ports.to_vec();
-                std::thread::spawn(move || {
-                    runtime().block_on(worker(
-                        w,
-                        workers,
-                        coordinator_port,
-                        ports,
-                        barrier_key,
-                        stop,
-                        committed,
-                    ))
-                })
-            })
-            .collect();
-        Bank {
-            stop,
-            committed,
-            workers: handles,
-        }
-    }
-
-    /// Waits until at least `n` more transfers have committed.
-    pub fn wait_for(&self, n: u64) {
-        wait_for_more("the bank workload", &self.committed, n);
-    }
-
-    pub fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        for w in self.workers {
-            w.join().expect("bank worker panicked");
-        }
-        self.committed.load(Ordering::SeqCst)
+        let ports = segment_ports.to_vec();
+        Workers::start("the bank workload", workers, move |w, stop, committed| {
+            worker(
+                w,
+                workers,
+                coordinator_port,
+                ports.clone(),
+                barrier_key,
+                stop,
+                committed,
+            )
+        })
     }
 }
 
@@ -156,13 +206,7 @@ async fn worker(
     for &p in &ports {
         segs.push(connect(p).await);
     }
-    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = worker_rng(w);
     // Each worker has its own accounts (id ≡ w mod workers): prepared
     // transactions keep their row locks, and two workers crossing on the
     // same rows of two segments would wait on each other forever.

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use cbdr::pg::conn::{PgConn, Replication};
 
-use super::bank::{params, runtime};
+pub use super::bank::query;
+use super::bank::{params, runtime, worker_rng, Workers};
 use super::cluster::TestCluster;
 
 pub const ACCOUNTS: i64 = 200;
@@ -59,18 +59,6 @@ async fn exec(c: &mut PgConn, sql: &str) -> Vec<cbdr::pg::conn::Row> {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-/// Runs one statement on `port` and returns the first column of each row.
-pub fn query(port: u16, sql: &str) -> Vec<String> {
-    runtime().block_on(async {
-        let mut c = connect(port).await;
-        let rows = exec(&mut c, sql).await;
-        c.close().await;
-        rows.iter()
-            .map(|r| r.get(0).unwrap_or("").to_string())
-            .collect()
-    })
-}
-
 /// `create extension citus` everywhere, the workers added to the
 /// coordinator, and the bank's distributed tables.
 pub fn setup(cluster: &TestCluster) {
@@ -107,46 +95,13 @@ pub fn setup(cluster: &TestCluster) {
 
 /// Transfers through the coordinator, each in one transaction: money out
 /// of one account, into another, and a row in the log.
-pub struct CitusBank {
-    stop: Arc<AtomicBool>,
-    pub committed: Arc<AtomicU64>,
-    workers: Vec<JoinHandle<()>>,
-}
+pub struct CitusBank;
 
 impl CitusBank {
-    pub fn start(coordinator: u16, workers: usize) -> CitusBank {
-        let stop = Arc::new(AtomicBool::new(false));
-        let committed = Arc::new(AtomicU64::new(0));
-        let handles = (0..workers)
-            .map(|w| {
-                let (stop, committed) = (stop.clone(), committed.clone());
-                std::thread::spawn(move || {
-                    runtime().block_on(bank_worker(w, workers, coordinator, stop, committed))
-                })
-            })
-            .collect();
-        CitusBank {
-            stop,
-            committed,
-            workers: handles,
-        }
-    }
-
-    /// Waits until at least `n` more transfers have committed.
-    pub fn wait_for(&self, n: u64) {
-        super::bank::wait_for_more("the Citus bank", &self.committed, n);
-    }
-
-    pub fn committed(&self) -> u64 {
-        self.committed.load(Ordering::SeqCst)
-    }
-
-    pub fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        for w in self.workers {
-            w.join().expect("bank worker panicked");
-        }
-        self.committed.load(Ordering::SeqCst)
+    pub fn start(coordinator: u16, workers: usize) -> Workers {
+        Workers::start("the Citus bank", workers, move |w, stop, committed| {
+            bank_worker(w, workers, coordinator, stop, committed)
+        })
     }
 }
 
@@ -158,13 +113,7 @@ async fn bank_worker(
     committed: Arc<AtomicU64>,
 ) {
     let mut c = connect(coordinator).await;
-    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = worker_rng(w);
     // Each worker its own accounts: no two transfers wait on each other.
     let own: Vec<i64> = (1..=ACCOUNTS)
         .filter(|id| (*id as usize) % workers == w)

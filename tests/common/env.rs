@@ -320,6 +320,22 @@ impl CbdrEnv {
             .conf(format!("archive_command = '{}'", self.archive_command()))
     }
 
+    /// A quiet moment on `server` (nothing else writing): a restore point
+    /// `name`, then the LSN and the time after it, a second apart, and a
+    /// dump: every restore to the point, the LSN or the time gives that dump.
+    pub fn quiet_point(&self, server: &PgServer, name: &str) -> QuietPoint {
+        self.on(server).ok(&["create-restore-point", name]);
+        let lsn = server.psql("select pg_current_wal_lsn()");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let time = server.psql("select now()");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        QuietPoint {
+            lsn,
+            time,
+            dump: server.dump(),
+        }
+    }
+
     /// A runner with this environment's config and no PostgreSQL env.
     pub fn cmd(&self) -> Cmd {
         let mut cmd = Cmd::new(&self.config);
@@ -544,4 +560,11 @@ impl Cmd {
         }
         out.stderr
     }
+}
+
+/// What [`CbdrEnv::quiet_point`] recorded.
+pub struct QuietPoint {
+    pub lsn: String,
+    pub time: String,
+    pub dump: String,
 }

@@ -27,7 +27,7 @@ pub mod store;
 pub mod tls_proxy;
 
 #[allow(unused_imports)]
-pub use env::{CbdrEnv, Cmd, Key, Output, Storage, CBDR};
+pub use env::{CbdrEnv, Cmd, Key, Output, QuietPoint, Storage, CBDR};
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -400,6 +400,32 @@ impl PgServer {
         options.start_existing(data_dir)
     }
 
+    /// `pg_basebackup -c fast -D dir` of this server with `args` (`-X
+    /// none`, `-X stream -R`, ...); panics with its message when it fails.
+    pub fn pg_basebackup(&self, dir: &Path, args: &[&str]) {
+        let out = pg_command(pg_bin("pg_basebackup"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-c", "fast"])
+            .args(["-p", &self.port().to_string()])
+            .args(args)
+            .arg("-D")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts a restored data directory on a new port, archiving off, and
+    /// waits until its recovery has ended.
+    pub fn start_restored(dir: &Path) -> PgServer {
+        let s = PgServer::start_existing(dir, PgServer::builder().conf("archive_mode = off"));
+        s.wait_for_recovery_end();
+        s
+    }
+
     fn from_parts(tmp: TempDir, data_dir: PathBuf, env: Vec<(String, String)>) -> PgServer {
         // If the test process dies without unwinding (killed, aborted,
         // process::exit with a server in a static), stop the postmaster

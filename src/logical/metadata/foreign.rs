@@ -60,13 +60,16 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         add_comment(g, &t, r.opt("comment")?.as_deref());
     }
 
+    // Servers of the system (Greenplum 7's and Cloudberry's
+    // gp_exttable_server, created by initdb) have OIDs below 16384, as
+    // built-in wrappers do; PostgreSQL has none.
     let sql = format!(
         "SELECT s.oid, s.srvname, pg_catalog.quote_ident(w.fdwname) AS fdw, s.srvfdw, s.srvtype, s.srvversion, \
                 pg_catalog.array_to_json(s.srvoptions) AS options, \
                 pg_catalog.pg_get_userbyid(s.srvowner) AS owner, {acl} AS acl, \
                 pg_catalog.obj_description(s.oid, 'pg_foreign_server') AS comment \
          FROM pg_catalog.pg_foreign_server s JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = s.srvfdw \
-         WHERE {ext} ORDER BY s.srvname",
+         WHERE s.oid >= 16384 AND {ext} ORDER BY s.srvname",
         acl = acl_json("s.srvacl"),
         ext = not_extension_member("pg_foreign_server", "s.oid"),
     );

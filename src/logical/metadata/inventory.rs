@@ -5,6 +5,12 @@
 //! types of kinds the collectors do not know, security labels (no label
 //! provider can be loaded here to test them) and subscriptions the backup's
 //! role may not read. The backup fails on them by default, naming each.
+//!
+//! On Greenplum and Cloudberry the catalogs the backup reads there count
+//! as carried, and the type default encodings (`pg_type_encoding`) and
+//! subpartition templates (`gp_partition_template`), which it does not
+//! carry, are listed (catalogs without an `oid` column, so the scan of
+//! catalogs would not find them).
 
 use super::{not_extension_member, query, user_schema, RowExt};
 use crate::error::Result;
@@ -62,8 +68,19 @@ const CARRIED_TYPTYPES: &str = "'b', 'c', 'd', 'e', 'p', 'r', 'm'";
 /// One line per object the backup would leave out: `large object 16401`,
 /// `subscription sub1`...
 pub async fn uncarried(conn: &mut PgConn) -> Result<Vec<String>> {
+    let flavor = super::greenplum::detect(conn).await?;
     let carried: Vec<String> = CARRIED_CATALOGS
         .iter()
+        .chain(
+            super::greenplum::CARRIED_CATALOGS
+                .iter()
+                .filter(|_| flavor.is_mpp()),
+        )
+        .chain(
+            super::greenplum::INVENTORY_CATALOGS
+                .iter()
+                .filter(|_| flavor.is_mpp()),
+        )
         .map(|c| super::quote_literal(c))
         .collect();
     let catalogs = query(
@@ -107,6 +124,26 @@ pub async fn uncarried(conn: &mut PgConn) -> Result<Vec<String>> {
             super::subscriptions::READABLE
         ),
     ];
+    if flavor.is_mpp() {
+        let names: Vec<String> = super::greenplum::INVENTORY_CATALOGS
+            .iter()
+            .map(|c| super::quote_literal(c))
+            .collect();
+        let existing: Vec<String> = query(
+            conn,
+            "Greenplum catalogs",
+            &format!(
+                "SELECT c.relname FROM pg_catalog.pg_class c \
+                 WHERE c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace AND c.relname IN ({})",
+                names.join(", ")
+            ),
+        )
+        .await?
+        .iter()
+        .map(|r| r.text("relname"))
+        .collect::<Result<_>>()?;
+        parts.extend(super::greenplum::uncarried_parts(&existing));
+    }
     for r in &catalogs {
         let cat = r.text("relname")?;
         // pg_depend names large objects by pg_largeobject.

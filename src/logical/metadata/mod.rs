@@ -15,10 +15,13 @@
 //!   system objects), post-data (indexes, constraints, foreign keys,
 //!   triggers, rules, policies, statistics, materialized view refreshes,
 //!   default privileges, publications, subscriptions, event triggers
-//!   last), large
-//!   objects (created empty: their contents are data); each object's
+//!   last), large objects (created empty: their contents are data); each
+//!   object's
 //!   owner, comment and grants are entries of their own (`OWNER`,
-//!   `COMMENT`, `ACL`) that depend on it.
+//!   `COMMENT`, `ACL`) that depend on it. On Greenplum and Cloudberry
+//!   also distribution policies, append-optimized storage, column
+//!   encodings, external tables, resource queues and groups (see
+//!   `greenplum`, written from their sources and untested here).
 //! * [`uncarried`] lists what a backup would leave out (security labels,
 //!   subscriptions this session may not read, any catalog no collector
 //!   reads).
@@ -48,6 +51,7 @@ mod filter;
 mod foreign;
 mod functions;
 mod globals;
+mod greenplum;
 mod indexes;
 mod inventory;
 mod languages;
@@ -74,6 +78,7 @@ use crate::pg::conn::{PgConn, PgError, Row};
 
 pub use crate::pg::quote::{quote_ident, quote_literal};
 pub use filter::{parse_table_name, select, selected_tables, ObjectFilter};
+pub use greenplum::{detect as detect_flavor, ServerFlavor};
 pub use inventory::uncarried;
 pub use redirect::redirect_schema;
 pub use tablelist::{list_tables, TableInfo};
@@ -194,8 +199,13 @@ async fn collect_in_txn(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Vec
 
 async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Vec<TocEntry>> {
     let mut g = Graph::default();
+    // Greenplum/Cloudberry catalogs are read only on those servers.
+    let flavor = greenplum::detect(conn).await?;
     if opts.with_globals {
         globals::collect(conn, &mut g).await?;
+        if flavor.is_mpp() {
+            greenplum::resources::collect(conn, &mut g, flavor).await?;
+        }
         database::collect(conn, &mut g).await?;
     }
     schemas::collect(conn, &mut g).await?;
@@ -208,9 +218,18 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     casts::collect(conn, &mut g).await?;
     text_search::collect(conn, &mut g).await?;
     foreign::collect(conn, &mut g).await?;
+    if flavor.is_mpp() {
+        greenplum::protocols::collect(conn, &mut g).await?;
+    }
     catalog_acl::collect(conn, &mut g).await?;
-    let mut tables = tables::collect(conn, &mut g).await?;
-    views::collect(conn, &mut g, &mut tables).await?;
+    let gp = if flavor.is_mpp() {
+        let version = conn.server_version_num();
+        Some(greenplum::TableExtras::read(conn, version).await?)
+    } else {
+        None
+    };
+    let mut tables = tables::collect(conn, &mut g, gp.as_ref()).await?;
+    views::collect(conn, &mut g, &mut tables, gp.as_ref()).await?;
     sequences::collect(conn, &mut g, &tables).await?;
     let index_extras = indexes::collect(conn, &mut g, &tables).await?;
     constraints::collect(conn, &mut g, &tables, &index_extras).await?;

@@ -18,6 +18,7 @@ use crate::pg::conn::Row;
 use super::acl::{add_acl, add_owner, AclRow};
 use super::comments::add_comments;
 use super::deps::Dep;
+use super::greenplum::TableExtras;
 use super::types::collation_name_sql;
 use super::{
     acl_json, class, not_extension_member, query, quote_ident, reloptions_sql, user_schema, Graph,
@@ -71,6 +72,10 @@ pub(crate) struct Column {
     /// A foreign table's column options (`k=v`).
     #[serde(default)]
     pub fdw_options: Option<Vec<String>>,
+    /// Greenplum/Cloudberry: ` ENCODING (...)` of a column-oriented
+    /// table's column (set from [`TableExtras`], not read here).
+    #[serde(default)]
+    pub encoding: Option<String>,
 }
 
 /// Columns (not dropped) of the user relations of kinds `relkinds`
@@ -269,6 +274,9 @@ fn column_lines<'a>(
             if col.notnull {
                 line.push_str(" NOT NULL");
             }
+            if let Some(e) = &col.encoding {
+                line.push_str(e);
+            }
             lines.push(line);
         } else if !typed {
             // Inherited column: differences from what the parents give.
@@ -311,7 +319,9 @@ fn column_lines<'a>(
     }
 }
 
-/// The CREATE TABLE statement and the table's tablespace.
+/// The CREATE TABLE statement and the table's tablespace (`gp`: the
+/// Greenplum/Cloudberry parts of the tables, on those servers).
+#[allow(clippy::too_many_arguments)]
 fn create_table_sql(
     r: &Row,
     qn: &str,
@@ -320,7 +330,9 @@ fn create_table_sql(
     parents: &[u32],
     names: &HashMap<u32, (QualifiedName, String)>,
     is_partition: bool,
+    gp: Option<&TableExtras>,
 ) -> Result<(String, Option<String>)> {
+    let oid = r.oid("oid")?;
     let mut sql = String::from("CREATE ");
     let foreign = r.text("relkind")? == "f";
     if r.text("persistence")? == "u" {
@@ -363,7 +375,10 @@ fn create_table_sql(
         }
     }
     let mut with = Vec::new();
-    let reloptions: Vec<String> = r.opt_json("reloptions")?.unwrap_or_default();
+    let mut reloptions: Vec<String> = r.opt_json("reloptions")?.unwrap_or_default();
+    if let Some(gp) = gp {
+        reloptions = gp.storage_options(oid, &reloptions);
+    }
     if !reloptions.is_empty() {
         with.push(reloptions_sql(&reloptions, ""));
     }
@@ -378,10 +393,11 @@ fn create_table_sql(
     if let Some(ts) = &tablespace {
         sql.push_str(&format!("\nTABLESPACE {}", quote_ident(ts)));
     }
-    if let Some(d) = r.opt("distributed")? {
-        if !d.is_empty() {
-            sql.push_str(&format!("\n{d}"));
-        }
+    if let Some(d) = gp
+        .filter(|_| !foreign)
+        .and_then(|gp| gp.distributed_by(oid))
+    {
+        sql.push_str(&format!("\n{d}"));
     }
     sql.push(';');
     Ok((sql, tablespace))
@@ -427,19 +443,14 @@ fn identity_statements(
     stmts
 }
 
-pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> {
-    let distributed = {
-        let r = query(
-            conn,
-            "server functions",
-            "SELECT pg_catalog.to_regproc('pg_catalog.pg_get_table_distributedby') IS NOT NULL AS gp",
-        )
-        .await?;
-        r.first()
-            .map(|r| r.flag("gp"))
-            .transpose()?
-            .unwrap_or(false)
-    };
+/// Tables; `gp`: their Greenplum/Cloudberry parts, on those servers
+/// (distribution, append-optimized storage, column encodings, external
+/// tables).
+pub(crate) async fn collect(
+    conn: &mut PgConn,
+    g: &mut Graph,
+    gp: Option<&TableExtras>,
+) -> Result<Tables> {
     let sql = format!(
         "SELECT c.oid, n.nspname, c.relname, pg_catalog.format('%I.%I', n.nspname, c.relname) AS qname, \
                 c.relkind::text AS relkind, c.relpersistence::text AS persistence, c.relispartition, \
@@ -454,7 +465,6 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END AS partbound, \
                 (SELECT pg_catalog.json_agg(i.inhparent::int8 ORDER BY i.inhseqno) FROM pg_catalog.pg_inherits i \
                   WHERE i.inhrelid = c.oid) AS parents, \
-                {distributed} AS distributed, \
                 pg_catalog.pg_get_userbyid(c.relowner) AS owner, {acl} AS acl, \
                 pg_catalog.obj_description(c.oid, 'pg_class') AS comment, \
                 (SELECT pg_catalog.json_agg(pg_catalog.json_build_object('oid', k.oid::int8, 'name', k.conname, \
@@ -483,11 +493,6 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
          LEFT JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver \
          WHERE c.relkind IN ('r', 'p', 'f') AND c.relpersistence <> 't' AND {user} AND {ext} \
          ORDER BY n.nspname, c.relname",
-        distributed = if distributed {
-            "pg_catalog.pg_get_table_distributedby(c.oid)"
-        } else {
-            "NULL::text"
-        },
         acl = acl_json("c.relacl"),
         user = user_schema("n"),
         ext = not_extension_member("pg_class", "c.oid"),
@@ -501,7 +506,14 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
         ),
     );
     let rows = query(conn, "tables", &sql).await?;
-    let columns = read_columns(conn, "'r', 'p', 'f'").await?;
+    let mut columns = read_columns(conn, "'r', 'p', 'f'").await?;
+    if let Some(gp) = gp {
+        for (oid, cols) in columns.iter_mut() {
+            for col in cols.iter_mut() {
+                col.encoding = gp.encoding(*oid, col.attnum);
+            }
+        }
+    }
     let empty = Vec::new();
 
     // First pass: names, so that parents can be referred to.
@@ -561,15 +573,21 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
             }
         }
 
-        let (sql, tablespace) = create_table_sql(
-            r,
-            &qn,
-            oftype.as_deref(),
-            &lines,
-            &parents,
-            &names,
-            is_partition,
-        )?;
+        let external = gp.and_then(|gp| gp.external_table_sql(oid, &qn, &lines));
+        let is_external = external.is_some();
+        let (sql, tablespace) = match external {
+            Some(sql) => (sql, None),
+            None => create_table_sql(
+                r,
+                &qn,
+                oftype.as_deref(),
+                &lines,
+                &parents,
+                &names,
+                is_partition,
+                gp,
+            )?,
+        };
         let mut stmts = vec![sql];
         stmts.extend(after);
         stmts.extend(identity_statements(
@@ -585,7 +603,9 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
             _ => {}
         }
 
-        let (kind, word) = if relkind == "f" {
+        // External tables are tables to gpbackup ("TABLE" entries, ALTER
+        // TABLE ... OWNER), foreign tables only in how Greenplum 7 keeps them.
+        let (kind, word) = if relkind == "f" && !is_external {
             ("FOREIGN TABLE", "FOREIGN TABLE")
         } else {
             ("TABLE", "TABLE")
@@ -598,6 +618,9 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<Tables> 
                 class::PG_TABLESPACE,
                 r.oid("reltablespace")?,
             )));
+        }
+        if let Some(obj) = gp.and_then(|gp| gp.external_needs(oid)) {
+            node = node.dep(Dep::Obj(obj));
         }
         for p in &parents {
             if !is_partition {
@@ -751,5 +774,46 @@ pub(crate) fn constraint_target(
         schema: table.schema.clone(),
         name: name.to_string(),
         owner_table: Some(table.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(attnum: i32, name: &str, encoding: Option<&str>) -> Column {
+        let mut c: Column = serde_json::from_value(serde_json::json!({
+            "attnum": attnum, "name": name, "qname": quote_ident(name), "type": "integer",
+            "notnull": attnum == 1, "identity": "", "generated": "", "islocal": true,
+            "default_oid": null, "default": null, "collation": null, "storage": null,
+            "stattarget": -1, "options": null, "compression": null, "comment": null, "acl": null
+        }))
+        .unwrap();
+        c.encoding = encoding.map(String::from);
+        c
+    }
+
+    #[test]
+    fn column_encodings_follow_the_constraints() {
+        let cols = vec![
+            column(1, "a", Some(" ENCODING (compresstype=zstd)")),
+            column(2, "B", None),
+        ];
+        let out = column_lines(
+            &cols,
+            &[],
+            &HashMap::new(),
+            false,
+            false,
+            "ALTER TABLE ONLY s.t",
+        );
+        assert_eq!(
+            out.lines,
+            vec![
+                "    a integer NOT NULL ENCODING (compresstype=zstd)",
+                "    \"B\" integer"
+            ]
+        );
+        assert!(out.after.is_empty() && out.separate_defaults.is_empty());
     }
 }

@@ -7,6 +7,7 @@
 use super::acl::{add_acl, add_owner, AclRow};
 use super::comments::add_comments;
 use super::deps::Dep;
+use super::greenplum::TableExtras;
 use super::tables::{
     column_acls, column_comments, column_settings, read_columns, TableRef, Tables,
 };
@@ -18,7 +19,14 @@ use crate::error::Result;
 use crate::logical::toc::Section;
 use crate::pg::conn::PgConn;
 
-pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &mut Tables) -> Result<()> {
+/// Views and materialized views; `gp`: on Greenplum/Cloudberry, a
+/// materialized view's distribution and append-optimized storage.
+pub(crate) async fn collect(
+    conn: &mut PgConn,
+    g: &mut Graph,
+    tables: &mut Tables,
+    gp: Option<&TableExtras>,
+) -> Result<()> {
     let sql = format!(
         "SELECT c.oid, n.nspname, c.relname, pg_catalog.format('%I.%I', n.nspname, c.relname) AS qname, \
                 c.relkind::text AS relkind, n.oid AS nspoid, pg_catalog.pg_get_viewdef(c.oid) AS def, \
@@ -50,7 +58,7 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &mut Table
         let def = r.text("def")?;
         let def = def.trim_end().trim_end_matches(';').trim_end();
         let reloptions: Vec<String> = r.opt_json("reloptions")?.unwrap_or_default();
-        let (check, options): (Vec<String>, Vec<String>) = reloptions
+        let (check, mut options): (Vec<String>, Vec<String>) = reloptions
             .into_iter()
             .partition(|o| o.starts_with("check_option="));
         let mut stmts = Vec::new();
@@ -63,13 +71,20 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph, tables: &mut Table
                     sql.push_str(&format!(" USING {}", quote_ident(&am)));
                 }
             }
+            if let Some(gp) = gp {
+                options = gp.storage_options(oid, &options);
+            }
             if !options.is_empty() {
                 sql.push_str(&format!(" WITH ({})", reloptions_sql(&options, "")));
             }
             if let Some(ts) = r.opt("spcname")? {
                 sql.push_str(&format!(" TABLESPACE {}", quote_ident(&ts)));
             }
-            sql.push_str(&format!(" AS\n{def}\n  WITH NO DATA;"));
+            sql.push_str(&format!(" AS\n{def}\n  WITH NO DATA"));
+            if let Some(d) = gp.and_then(|gp| gp.distributed_by(oid)) {
+                sql.push_str(&format!("\n{d}"));
+            }
+            sql.push(';');
             stmts.push(sql);
             for col in cols {
                 column_settings(&format!("ALTER MATERIALIZED VIEW {qn}"), col, &mut stmts);

@@ -107,26 +107,31 @@ pub struct RestoreOptions {
     pub gp_dbid: Option<i32>,
 }
 
-/// Where a tablespace archive goes: `tablespace_map`'s new location for its
-/// old one, else, for a Greenplum/Cloudberry instance taking dbid `gp_dbid`,
-/// the same location under the new dbid, else where it was.
+/// Where a tablespace archive goes: `tablespace_map`'s new directory for its
+/// old one (else where it was). For a Greenplum/Cloudberry instance taking
+/// dbid `gp_dbid`, a directory that ends in the old dbid (the layout
+/// `<location>/<dbid>`) follows the new dbid: `/ts/a/3` becomes `/ts/a/7`,
+/// and a map entry `/ts/a/3 = /new/3` becomes `/new/7`; a map entry whose
+/// new directory does not end in the old dbid is taken as written.
 fn tablespace_dir(old: &str, map: &[(String, String)], gp_dbid: Option<i32>) -> Result<String> {
-    if let Some((_, new)) = map.iter().find(|(o, _)| o == old) {
-        return Ok(new.clone());
-    }
+    let mapped = map.iter().find(|(o, _)| o == old).map(|(_, n)| n.as_str());
+    let dir = mapped.unwrap_or(old);
     let old_dbid = Path::new(old)
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.parse::<i32>().ok());
+    let ends_in_old_dbid = |d: &str| {
+        old_dbid.is_some_and(|o| {
+            Path::new(d).file_name().and_then(|n| n.to_str()) == Some(o.to_string().as_str())
+        })
+    };
     match (gp_dbid, old_dbid) {
-        (Some(new), Some(o)) if new != o => {
-            Ok(
-                crate::cluster::greenplum::tablespace_link(Path::new(old), o, None, new)?
-                    .display()
-                    .to_string(),
-            )
-        }
-        _ => Ok(old.to_string()),
+        (Some(new), Some(o)) if new != o && ends_in_old_dbid(dir) => Ok(
+            crate::cluster::greenplum::tablespace_link(Path::new(dir), o, None, new)?
+                .display()
+                .to_string(),
+        ),
+        _ => Ok(dir.to_string()),
     }
 }
 
@@ -701,6 +706,22 @@ mod tablespace_tests {
             tablespace_dir("/ts/plain", &map, Some(7)).unwrap(),
             "/ts/plain"
         );
+        // A new location written in the same layout follows the new dbid.
+        let map = vec![("/ts/a/3".to_string(), "/new/ts/3".to_string())];
+        assert_eq!(
+            tablespace_dir("/ts/a/3", &map, Some(7)).unwrap(),
+            "/new/ts/7"
+        );
+        assert_eq!(
+            tablespace_dir("/ts/a/3", &map, Some(3)).unwrap(),
+            "/new/ts/3"
+        );
+        // An identity entry (what `cbdr restore-config` writes) changes nothing.
+        let map = vec![("/ts/a/3".to_string(), "/ts/a/3".to_string())];
+        assert_eq!(tablespace_dir("/ts/a/3", &map, Some(7)).unwrap(), "/ts/a/7");
+        // Plain PostgreSQL: the map as written.
+        let map = vec![("/ts/12".to_string(), "/new/12".to_string())];
+        assert_eq!(tablespace_dir("/ts/12", &map, None).unwrap(), "/new/12");
     }
 }
 

@@ -407,6 +407,19 @@ fn without_a_kept_backup_the_wal_stays() {
     assert!(p.kept.iter().any(|k| k.contains("no backup")));
 }
 
+fn garbage_with_an_hours_grace(inv: &Inventory, now: DateTime<Utc>) -> Plan {
+    plan(
+        inv,
+        &Selection::Garbage {
+            grace: std::time::Duration::from_secs(3600),
+        },
+        None,
+        &Protected::default(),
+        now,
+    )
+    .unwrap()
+}
+
 #[test]
 fn garbage_spares_young_wal_and_all_records() {
     let mut inv = history();
@@ -414,30 +427,12 @@ fn garbage_spares_young_wal_and_all_records() {
     for o in &mut inv.instances.get_mut(&-1).unwrap().wal[..4] {
         o.modified = Some(now.into());
     }
-    let p = plan(
-        &inv,
-        &Selection::Garbage {
-            grace: std::time::Duration::from_secs(3600),
-        },
-        None,
-        &Protected::default(),
-        now,
-    )
-    .unwrap();
+    let p = garbage_with_an_hours_grace(&inv, now);
     // Segment 1 (before b1) is garbage, but young; nothing else is.
     assert!(p.is_empty(), "{p:?}");
     inv.instances.get_mut(&-1).unwrap().wal[0].modified =
         Some((now - chrono::Duration::hours(2)).into());
-    let p = plan(
-        &inv,
-        &Selection::Garbage {
-            grace: std::time::Duration::from_secs(3600),
-        },
-        None,
-        &Protected::default(),
-        now,
-    )
-    .unwrap();
+    let p = garbage_with_an_hours_grace(&inv, now);
     assert_eq!(
         wal_ranges(&p, -1),
         vec![(1, seg_name(1, 1), seg_name(1, 1))]
