@@ -263,6 +263,16 @@ fn params(i: &StandbyInstance, cfg: &ClusterConfig, timeout: Duration) -> Result
     Ok(p)
 }
 
+/// [`read_state`] of every instance of the standby, at once, in the
+/// record's order.
+async fn read_states(
+    record: &StandbyRecord,
+    cfg: &ClusterConfig,
+    timeout: Duration,
+) -> Vec<Result<ReplayState>> {
+    join_all(record.instances.iter().map(|i| read_state(i, cfg, timeout))).await
+}
+
 async fn read_state(
     i: &StandbyInstance,
     cfg: &ClusterConfig,
@@ -328,13 +338,7 @@ pub async fn status(
     let by_name: BTreeMap<&str, &ClusterRestorePoint> =
         points.iter().map(|p| (p.name.as_str(), p)).collect();
     let ends = archive_ends(repo, &record).await?;
-    let states = join_all(
-        record
-            .instances
-            .iter()
-            .map(|i| read_state(i, &config.cluster, opts.connect_timeout)),
-    )
-    .await;
+    let states = read_states(&record, &config.cluster, opts.connect_timeout).await;
     let mut instances = Vec::new();
     for (i, state) in record.instances.iter().zip(states) {
         let mut s = InstanceStatus {
@@ -463,13 +467,7 @@ pub async fn advance(
     let from = repo.cluster_restore_point(&from_name).await.ok();
     // Where each instance is now (an unreachable one is started by its
     // agent, and replays from where it stopped).
-    let states = join_all(
-        record
-            .instances
-            .iter()
-            .map(|i| read_state(i, &config.cluster, opts.connect_timeout)),
-    )
-    .await;
+    let states = read_states(&record, &config.cluster, opts.connect_timeout).await;
     let mut moving = Vec::new();
     for (i, state) in record.instances.iter().zip(&states) {
         let p = point_of(&to, i.content_id).ok_or_else(|| {

@@ -50,6 +50,20 @@ pub struct Repo {
     checked: Arc<std::sync::OnceLock<RepoMeta>>,
 }
 
+/// Copies what `input` yields into the object writer `w` of object
+/// `name`: a codec error inside the input (an object read back) stays a
+/// codec error, anything else is an error reading the data for `name`.
+pub(crate) fn copy_input(input: impl Read, w: &mut dyn Write, name: &str) -> Result<()> {
+    let mut input = io::BufReader::with_capacity(1 << 20, input);
+    io::copy(&mut input, w).map_err(|e| match e.get_ref() {
+        Some(i) if i.is::<crate::codec::CodecError>() => {
+            Error::Codec(crate::codec::CodecError::from_io(e, name))
+        }
+        _ => Error::io(format!("reading the data for {name}"), e),
+    })?;
+    Ok(())
+}
+
 impl Repo {
     /// Opens the repository the config names, with its key, and checks
     /// both (see [`Repo::check`]). Writes nothing.
@@ -213,17 +227,8 @@ impl Repo {
         input: R,
     ) -> Result<TransferStats> {
         let name = key.to_string();
-        self.put_with(key, move |w| {
-            let mut input = io::BufReader::with_capacity(1 << 20, input);
-            io::copy(&mut input, w).map_err(|e| match e.get_ref() {
-                Some(i) if i.is::<crate::codec::CodecError>() => {
-                    Error::Codec(crate::codec::CodecError::from_io(e, &name))
-                }
-                _ => Error::io(format!("reading the data for {name}"), e),
-            })?;
-            Ok(())
-        })
-        .await
+        self.put_with(key, move |w| copy_input(input, w, &name))
+            .await
     }
 
     /// Encodes what `fill` writes into the object `key`, streaming; `fill`

@@ -192,17 +192,8 @@ pub(crate) async fn store_wal_file(
 /// ([`StorageError::AlreadyExists`]).
 async fn put_new_reader(repo: &Repo, key: &str, input: Box<dyn ReadSeek>) -> Result<TransferStats> {
     let name = key.to_string();
-    repo.put_new_with(key, move |w| {
-        let mut input = io::BufReader::with_capacity(1 << 20, input);
-        io::copy(&mut input, w).map_err(|e| match e.get_ref() {
-            Some(i) if i.is::<crate::codec::CodecError>() => {
-                Error::Codec(crate::codec::CodecError::from_io(e, &name))
-            }
-            _ => Error::io(format!("reading the data for {name}"), e),
-        })?;
-        Ok(())
-    })
-    .await
+    repo.put_new_with(key, move |w| crate::repo::copy_input(input, w, &name))
+        .await
 }
 
 /// Whether the configured compression gains anything on this file: lz4 on
