@@ -114,6 +114,47 @@ fn pg_dump(server: &PgServer, db: &str, args: &[&str]) -> String {
     strip_volatile(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// `pg_dump -Fc src | pg_restore -d dst`, as a DBA copies a database.
+fn pg_dump_restore(server: &PgServer, src: &str, dst: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("src.dump");
+    let conn = |c: &mut std::process::Command| {
+        c.arg("-h").arg(server.socket_dir()).args([
+            "-p",
+            &server.port().to_string(),
+            "-U",
+            "postgres",
+        ]);
+    };
+    common::pg::chown_to_pg(dir.path());
+    let mut dump = pg_command(pg_bin("pg_dump"));
+    conn(&mut dump);
+    let out = dump
+        .args(["-Fc", "-f"])
+        .arg(&archive)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_dump -Fc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::pg::chown_to_pg(dir.path());
+    let mut restore = pg_command(pg_bin("pg_restore"));
+    conn(&mut restore);
+    let out = restore
+        .args(["--exit-on-error", "-d", dst])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn strip_volatile(dump: &str) -> String {
     dump.lines()
         .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
@@ -335,6 +376,18 @@ fn zoo_round_trip_gives_the_same_pg_dump() {
     assert_same_dump(
         "zoo",
         &pg_dump(&server, "src", &[]),
+        &pg_dump(&server, "dst", &[]),
+    );
+    // And against what pg_dump/pg_restore make of the same database,
+    // object by object (`-- Name:` blocks).
+    server.psql("CREATE DATABASE by_pg_restore");
+    pg_dump_restore(&server, "src", "by_pg_restore");
+    let by_pg_restore = pg_dump(&server, "by_pg_restore", &[]);
+    let objects = by_pg_restore.matches("-- Name: ").count();
+    assert!(objects > 300, "{objects} objects in the zoo's pg_dump");
+    assert_same_objects(
+        "cbdr's restore of the zoo vs pg_restore's",
+        &by_pg_restore,
         &pg_dump(&server, "dst", &[]),
     );
 
