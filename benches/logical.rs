@@ -21,7 +21,7 @@
 //!
 //! Before each timed command: CHECKPOINT and sync(2). The restored
 //! databases are checked by row counts. Output: a table on stdout and
-//! `target/bench-logical.json`. Skipped (with a message) when PostgreSQL
+//! `bench-logical.json` beside the build's profile directories (`target/`). Skipped (with a message) when PostgreSQL
 //! 15 is not installed.
 
 #[path = "common.rs"]
@@ -294,7 +294,7 @@ fn main() {
         "goal_speedup": GOAL,
         "load_average_end": fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     });
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-logical.json");
+    let out = bench_common::report_path("bench-logical.json");
     fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     println!("  written: {}", out.display());
 }

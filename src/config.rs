@@ -129,7 +129,7 @@ pub struct BackupConfig {
 }
 
 /// `[logical]`: gpbackup/gprestore.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogicalConfig {
     /// `auto`: COPY's binary format for tables whose columns all have
@@ -137,6 +137,24 @@ pub struct LogicalConfig {
     /// server to load), text for the others; `text`: text always.
     #[serde(default)]
     pub copy_format: CopyFormatChoice,
+    /// Bytes of a large object read, stored and written per chunk (1 KiB to
+    /// 64 MiB, default 256 KiB): what a backup or restore holds of one
+    /// large object at a time.
+    #[serde(default = "default_large_object_chunk")]
+    pub large_object_chunk: u64,
+}
+
+fn default_large_object_chunk() -> u64 {
+    crate::logical::large_objects::DEFAULT_CHUNK
+}
+
+impl Default for LogicalConfig {
+    fn default() -> LogicalConfig {
+        LogicalConfig {
+            copy_format: CopyFormatChoice::default(),
+            large_object_chunk: default_large_object_chunk(),
+        }
+    }
 }
 
 fn default_method() -> Compression {
@@ -479,6 +497,16 @@ impl Config {
                     self.compression.method.name()
                 ),
             ));
+        }
+        {
+            use crate::logical::large_objects::{MAX_CHUNK, MIN_CHUNK};
+            let chunk = self.logical.large_object_chunk;
+            if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
+                return Err(invalid(
+                    "logical.large_object_chunk",
+                    format!("{chunk} is out of range: use {MIN_CHUNK} to {MAX_CHUNK} (bytes)"),
+                ));
+            }
         }
         for (key, value) in [
             ("archive.push_concurrency", self.archive.push_concurrency),

@@ -67,6 +67,10 @@ CREATE TABLE data.part_2023 PARTITION OF data.part FOR VALUES FROM ('2023-01-01'
 CREATE TABLE data.part_2024 PARTITION OF data.part FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
 INSERT INTO data.part SELECT g, '2023-01-01'::date + (g % 700), md5(g::text) FROM generate_series(1, 5000) g;
 CREATE TABLE data.empty (x int);
+-- A large object of 5 MiB that does not compress, read and written in
+-- chunks (the config's large_object_chunk).
+SELECT lo_from_bytea(424244, (SELECT string_agg(decode(md5(g::text), 'hex'), '' ORDER BY g)
+                               FROM generate_series(1, 327680) g));
 "#;
 
 /// The shared environment (this file's key) and a server.
@@ -78,10 +82,12 @@ struct Env {
 deref_env!(Env, env);
 
 fn env_with(storage: Storage) -> Env {
+    // Small large-object chunks: the zoo's 5 MiB object is 80 of them.
     let env = CbdrEnv::builder("logical")
         .storage(storage)
         .key(Key::Raw(KEY_HEX.into()))
         .wal_segment_size(None)
+        .extra_toml("[logical]\nlarge_object_chunk = 65536")
         .build();
     let server = PgServer::builder().start();
     Env { env, server }
@@ -175,12 +181,14 @@ fn load_zoo(server: &PgServer, db: &str) {
     server.psql_db(db, DATA);
 }
 
-/// `pg_dump --schema-only` of a database, without the random \restrict key.
+/// `pg_dump --schema-only` of a database with its large objects' entries
+/// (BLOB, their owners, comments and grants: pre-data, which
+/// `--schema-only` leaves out), without the random \restrict key.
 fn schema_dump(server: &PgServer, db: &str) -> String {
     let out = pg_command(pg_bin("pg_dump"))
         .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
         .arg(server.port().to_string())
-        .args(["--schema-only", db])
+        .args(["--section=pre-data", "--section=post-data", "-b", db])
         .output()
         .unwrap();
     assert!(
@@ -197,7 +205,7 @@ fn schema_dump(server: &PgServer, db: &str) -> String {
 }
 
 /// Row count and md5 of the ordered rows of every table (and the state of
-/// every sequence) of a database.
+/// every sequence, the size and md5 of every large object) of a database.
 fn checksums(server: &PgServer, db: &str) -> BTreeMap<String, String> {
     let tables = server.psql_db(
         db,
@@ -222,6 +230,15 @@ fn checksums(server: &PgServer, db: &str) -> BTreeMap<String, String> {
             )
         };
         out.insert(name.to_string(), server.psql_db(db, &sql));
+    }
+    let los = server.psql_db(
+        db,
+        "SELECT oid, length(lo_get(oid)) || '/' || md5(lo_get(oid)) \
+           FROM pg_largeobject_metadata ORDER BY oid",
+    );
+    for line in los.lines().filter(|l| !l.is_empty()) {
+        let (oid, digest) = line.split_once('|').unwrap();
+        out.insert(format!("large object {oid}"), digest.to_string());
     }
     out
 }
@@ -305,6 +322,38 @@ fn zoo_round_trip_with_jobs_stats_and_listing() {
         &["gprestore", "--timestamp", &ts, "--redirect-db", "nope"],
         2,
         "Use the --create-db flag",
+    );
+
+    // The large objects: the 5 MiB one in 80 chunks of 64 KiB, the empty
+    // one in one row.
+    let rec = e.record(&ts);
+    assert_eq!(rec.format, 3, "a record with large objects is format 3");
+    let lo = rec.large_objects.expect("large objects copied");
+    assert_eq!((lo.objects, lo.chunks, lo.chunk_size), (3, 82, 65536));
+    assert!(lo.plain_bytes > 5 << 20, "{lo:?}");
+    // Damaged, they stop the restore (exit 4) and none is half-written.
+    let path = e.repo().join(lo.location.key());
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    fs::write(&path, bytes).unwrap();
+    let err = e.fails(
+        &[
+            "gprestore",
+            "--timestamp",
+            &ts,
+            "--redirect-db",
+            "lo_damaged",
+            "--create-db",
+        ],
+        4,
+        "corrupted",
+    );
+    assert!(err.contains(lo.location.key()), "{err}");
+    assert_eq!(
+        e.server
+            .psql_db("lo_damaged", "SELECT count(*) FROM pg_largeobject"),
+        "0"
     );
 }
 
@@ -548,6 +597,9 @@ fn backup_filters_metadata_only_and_data_only() {
         "zoo.animals",
         "zoo.visits_south",
         "sales.orders",
+        "large object 424242",
+        "large object 424243",
+        "large object 424244",
     ] {
         assert_eq!(got.get(t), want.get(t), "{t}");
     }
@@ -915,15 +967,26 @@ fn binary_rows_convert_into_changed_columns_and_text_stays_available() {
 
 #[test]
 fn objects_not_carried_stop_the_backup_unless_skipped() {
+    // A subscription is carried, but its connection string is readable by
+    // superusers (and pg_read_all_data) only: a backup by another role
+    // cannot carry it.
     let e = env();
     e.create_db(
         "lo",
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2); \
-         SELECT lo_from_bytea(424242, 'hello');",
+         CREATE SUBSCRIPTION sub1 CONNECTION 'host=127.0.0.1 port=1 dbname=none' \
+           PUBLICATION p WITH (connect = false); \
+         CREATE ROLE lo_backup LOGIN IN ROLE pg_monitor; GRANT SELECT ON t TO lo_backup;",
     );
+    let as_backup_role = |args: &[&str]| e.pg().env("PGUSER", "lo_backup").run(args).parts();
     // Named, with the way out, before anything is copied.
-    let out = e.fails(&["gpbackup", "--dbname", "lo"], 2, "large object 424242");
-    assert!(out.contains("--skip-unsupported"), "{out}");
+    let (code, out, err) = as_backup_role(&["gpbackup", "--dbname", "lo", "--without-globals"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("subscription sub1 (its connection string is readable by superusers only"),
+        "{err}"
+    );
+    assert!(err.contains("--skip-unsupported"), "{err}");
     assert!(
         !e.logical_listing()
             .iter()
@@ -932,10 +995,28 @@ fn objects_not_carried_stop_the_backup_unless_skipped() {
         e.logical_listing()
     );
 
-    let ts = e.backup(&["--dbname", "lo", "--skip-unsupported"]);
-    assert_eq!(e.record(&ts).skipped_objects, ["large object 424242"]);
+    let (code, out, err) = as_backup_role(&[
+        "gpbackup",
+        "--dbname",
+        "lo",
+        "--without-globals",
+        "--skip-unsupported",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let ts = timestamp_of(&out);
+    let skipped = e.record(&ts).skipped_objects;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].starts_with("subscription sub1 "), "{skipped:?}");
     e.restore(&ts, &["--create-db", "--redirect-db", "lo_copy"]);
     assert_eq!(e.server.psql_db("lo_copy", "SELECT count(*) FROM t"), "2");
+    assert_eq!(
+        e.server.psql_db(
+            "lo_copy",
+            "SELECT count(*) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
+              WHERE d.datname = 'lo_copy'"
+        ),
+        "0"
+    );
     // Both reports say what is not there.
     let reports = e.ok(&["list", "--report", &ts]);
     assert_eq!(
@@ -945,7 +1026,22 @@ fn objects_not_carried_stop_the_backup_unless_skipped() {
         2,
         "{reports}"
     );
-    assert!(reports.contains("large object 424242"), "{reports}");
+    assert!(reports.contains("subscription sub1"), "{reports}");
+
+    // A superuser's backup carries it (never connected, as pg_dump
+    // restores it).
+    let ts = e.backup(&["--dbname", "lo"]);
+    assert!(e.record(&ts).skipped_objects.is_empty());
+    e.restore(&ts, &["--create-db", "--redirect-db", "lo_sub"]);
+    assert_eq!(
+        e.server.psql_db(
+            "lo_sub",
+            "SELECT s.subname || ' ' || s.subenabled || ' ' || s.subslotname || ' ' || s.subconninfo \
+               FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
+              WHERE d.datname = 'lo_sub'"
+        ),
+        "sub1 false sub1 host=127.0.0.1 port=1 dbname=none"
+    );
 }
 
 #[test]

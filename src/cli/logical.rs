@@ -348,6 +348,7 @@ pub async fn backup(config: &Config, a: GpbackupArgs, verbose: u8, quiet: bool) 
         jobs: a.jobs.unwrap_or(1),
         queue: a.copy_queue_size.map(|n| n as usize).unwrap_or(4),
         copy_format: config.logical.copy_format,
+        large_object_chunk: config.logical.large_object_chunk,
         incremental: a.incremental,
         from_timestamp,
         command_line: command_line(),

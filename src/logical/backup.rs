@@ -27,11 +27,12 @@ use tokio::sync::mpsc;
 use super::copy_format::{self, CopyFormat, CopyFormatChoice};
 use super::data::{self, SingleFileWriter};
 use super::incremental::{self, Settled};
+use super::large_objects;
 use super::layout::{self, Timestamp};
 use super::metadata::{self, MetadataOptions, ObjectFilter, TableInfo};
 use super::record::{
-    build_metadata, BackupOptionsRecord, DataLocation, LogicalBackupRecord, ObjectStats,
-    ServerSignals, StoredStats, TableData, TableSignals, TableStats, RECORD_FORMAT,
+    build_metadata, BackupOptionsRecord, DataLocation, LargeObjectData, LogicalBackupRecord,
+    ObjectStats, ServerSignals, StoredStats, TableData, TableSignals, TableStats, RECORD_FORMAT,
 };
 use super::report::{self, BackupOutcome};
 use super::toc::QualifiedName;
@@ -64,6 +65,8 @@ pub struct BackupRequest {
     pub queue: usize,
     /// `[logical] copy_format`: binary rows where the column types allow.
     pub copy_format: CopyFormatChoice,
+    /// `[logical] large_object_chunk`: bytes of a large object per row.
+    pub large_object_chunk: u64,
     pub incremental: bool,
     pub from_timestamp: Option<Timestamp>,
     pub command_line: String,
@@ -181,6 +184,7 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
         server_signals,
         full_copy_reason,
         skipped_objects,
+        large_objects,
     ) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -191,7 +195,7 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
     main.close().await;
 
     let mut record = LogicalBackupRecord {
-        format: RECORD_FORMAT,
+        format: super::record::record_format(large_objects.is_some()),
         timestamp: ts.to_string(),
         database: dbname.clone(),
         database_encoding: db.encoding.clone(),
@@ -210,6 +214,7 @@ pub async fn gpbackup(repo: &Repo, req: &BackupRequest) -> Result<LogicalBackupR
         statistics,
         report: None,
         tables,
+        large_objects,
         object_counts,
         skipped_objects,
         server_signals: Some(server_signals),
@@ -367,6 +372,7 @@ type Outcome = (
     ServerSignals,
     Option<String>,
     Vec<String>,
+    Option<LargeObjectData>,
 );
 
 async fn backup_in_snapshot(
@@ -575,6 +581,13 @@ async fn backup_in_snapshot(
     while let Some(r) = worker_set.join_next().await {
         r.map_err(|e| Error::Internal(format!("backup worker: {e}")))?;
     }
+    // Large objects belong to a whole-database backup (pg_dump leaves
+    // them out of one filtered to schemas or tables).
+    let large_objects = if req.metadata_only || req.filter.has_includes() {
+        None
+    } else {
+        large_objects::dump(repo, main, ts, req.large_object_chunk, req.queue).await?
+    };
     main.run("ending the snapshot transaction", "COMMIT")
         .await?;
 
@@ -618,6 +631,7 @@ async fn backup_in_snapshot(
         server_signals,
         full_copy_reason,
         skipped,
+        large_objects,
     ))
 }
 
@@ -1193,6 +1207,7 @@ async fn write_failure_report(
         statistics: None,
         report: None,
         tables: vec![],
+        large_objects: None,
         object_counts: Default::default(),
         skipped_objects: Vec::new(),
         server_signals: None,

@@ -8,6 +8,8 @@
 //!                                           format, as the record says per table)
 //! logical/{TS}/data/all                     --single-data-file: every table's rows, as
 //!                                           independently decodable frames
+//! logical/{TS}/data/large_objects           the large objects' contents (binary COPY
+//!                                           rows: oid, offset, bytes of one chunk)
 //! logical/{TS}/statistics.json              --with-stats: pg_class row/page counts
 //! logical/{TS}/report                       the backup report (gpbackup_{TS}_report)
 //! logical/{TS}/restores/{RTS}/report        the report of a restore of this backup
@@ -91,6 +93,10 @@ pub fn single_data_key(ts: &Timestamp) -> String {
     format!("{}data/all", backup_prefix(ts))
 }
 
+pub fn large_objects_key(ts: &Timestamp) -> String {
+    format!("{}data/large_objects", backup_prefix(ts))
+}
+
 /// The name a frame of the single data file is sealed under: binds it to
 /// the object and to its position, so frames cannot be swapped.
 pub fn frame_name(key: &str, frame: u32) -> String {
@@ -148,6 +154,7 @@ mod tests {
             toc_key(&ts),
             table_data_key(&ts, 16384),
             single_data_key(&ts),
+            large_objects_key(&ts),
             stats_key(&ts),
             report_key(&ts),
             restore_report_key(&ts, &Timestamp::parse("20260102030500").unwrap()),

@@ -6,6 +6,7 @@ pub mod copy_format;
 pub mod data;
 pub mod flags;
 pub mod incremental;
+pub mod large_objects;
 pub mod layout;
 pub mod metadata;
 pub mod record;

@@ -12,8 +12,21 @@ use super::toc::{ObjectKind, QualifiedName, Section, TocEntry};
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 
-/// 2: tables may be stored in COPY's binary format ([`TableData::format`]).
-pub const RECORD_FORMAT: u32 = 2;
+/// The newest record format this cbdr reads and writes. 2: tables may be
+/// stored in COPY's binary format ([`TableData::format`]). 3: the backup
+/// holds large objects ([`LogicalBackupRecord::large_objects`]), which an
+/// older cbdr would not restore: a backup without them is still written
+/// as 2 ([`record_format`]).
+pub const RECORD_FORMAT: u32 = 3;
+
+/// The format a record is written with: the oldest that holds what it has.
+pub fn record_format(large_objects: bool) -> u32 {
+    if large_objects {
+        3
+    } else {
+        2
+    }
+}
 
 /// The options a backup was taken with (gpbackup's config.yaml).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +86,22 @@ impl DataLocation {
             DataLocation::Object { key } | DataLocation::Frame { key, .. } => key,
         }
     }
+}
+
+/// The contents of the database's large objects: one object of binary
+/// COPY rows `(oid, offset, chunk)` (see `logical::large_objects`). Their
+/// owners, comments and grants are metadata entries (`BLOB`, `OWNER`...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LargeObjectData {
+    /// Large objects copied.
+    pub objects: u64,
+    /// Rows (chunks) stored.
+    pub chunks: u64,
+    /// The largest chunk a row holds: a restore refuses a longer one.
+    pub chunk_size: u64,
+    pub plain_bytes: u64,
+    pub stored_bytes: u64,
+    pub location: DataLocation,
 }
 
 /// What says a table's data may have changed (see `incremental`).
@@ -163,6 +192,12 @@ pub struct LogicalBackupRecord {
     pub report: Option<ObjectStats>,
     /// Every table whose rows the backup set holds.
     pub tables: Vec<TableData>,
+    /// The large objects' contents (absent: the database had none, or the
+    /// backup was filtered to schemas or tables, which leaves them out as
+    /// pg_dump does). Always this backup's own: an incremental copies them
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_objects: Option<LargeObjectData>,
     /// How many TOC entries of each kind.
     pub object_counts: std::collections::BTreeMap<String, u64>,
     /// Objects the backup does not carry, left out at the user's request
@@ -205,6 +240,7 @@ impl LogicalBackupRecord {
         self.own_tables()
             .map(|t| t.plain_bytes)
             .chain(self.objects().map(|o| o.plain_bytes))
+            .chain(self.large_objects.iter().map(|l| l.plain_bytes))
             .fold(0, u64::saturating_add)
     }
 
@@ -212,6 +248,7 @@ impl LogicalBackupRecord {
         self.own_tables()
             .map(|t| t.stored_bytes)
             .chain(self.objects().map(|o| o.stored_bytes))
+            .chain(self.large_objects.iter().map(|l| l.stored_bytes))
             .fold(0, u64::saturating_add)
     }
 

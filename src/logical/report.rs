@@ -144,6 +144,13 @@ pub fn backup_report(r: &LogicalBackupRecord, o: &BackupOutcome) -> String {
         ),
     );
     line(&mut out, "rows", r.rows());
+    if let Some(lo) = &r.large_objects {
+        line(
+            &mut out,
+            "large objects",
+            format!("{} ({} plain)", lo.objects, human(lo.plain_bytes)),
+        );
+    }
     line(&mut out, "bytes (plain)", human(r.plain_bytes()));
     line(&mut out, "bytes (stored)", human(r.stored_bytes()));
     if !r.object_counts.is_empty() {

@@ -58,7 +58,9 @@ impl ObjectFilter {
             && self.exclude_tables.is_empty()
     }
 
-    fn has_includes(&self) -> bool {
+    /// An include list is given: objects of no schema (large objects,
+    /// extensions...) are left out, as pg_restore's `-n`/`-t` do.
+    pub fn has_includes(&self) -> bool {
         !self.include_schemas.is_empty() || !self.include_tables.is_empty()
     }
 

@@ -1,9 +1,10 @@
 //! What the logical backup does not carry, found from the catalogs
 //! themselves rather than from a list of known kinds: rows of every
-//! per-database catalog with object OIDs that no collector reads (large
-//! objects, a catalog of a newer release or of a fork), relations and
-//! types of kinds the collectors do not know, security labels and
-//! subscriptions. The backup fails on them by default, naming each.
+//! per-database catalog with object OIDs that no collector reads (a
+//! catalog of a newer release or of a fork), relations and
+//! types of kinds the collectors do not know, security labels (no label
+//! provider can be loaded here to test them) and subscriptions the backup's
+//! role may not read. The backup fails on them by default, naming each.
 //!
 //! On Greenplum and Cloudberry the catalogs the backup reads there count
 //! as carried, and the type default encodings (`pg_type_encoding`) and
@@ -53,6 +54,7 @@ const CARRIED_CATALOGS: &[&str] = &[
     "pg_language",
     "pg_conversion",
     "pg_enum",
+    "pg_largeobject_metadata",
 ];
 
 /// Relation kinds the collectors handle (tables, partitioned and foreign
@@ -114,9 +116,13 @@ pub async fn uncarried(conn: &mut PgConn) -> Result<Vec<String>> {
                 pg_catalog.pg_describe_object(l.classoid, l.objoid, l.objsubid)) \
          FROM pg_catalog.pg_seclabel l WHERE l.objoid >= 16384"
             .to_string(),
-        "SELECT pg_catalog.format('subscription %I', s.subname) FROM pg_catalog.pg_subscription s \
-         WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())"
-            .to_string(),
+        format!(
+            "SELECT pg_catalog.format('subscription %I (its connection string is readable by \
+                    superusers only: back up as one)', s.subname) \
+             FROM pg_catalog.pg_subscription s WHERE {} AND NOT {}",
+            super::subscriptions::OF_THIS_DATABASE,
+            super::subscriptions::READABLE
+        ),
     ];
     if flavor.is_mpp() {
         let names: Vec<String> = super::greenplum::INVENTORY_CATALOGS

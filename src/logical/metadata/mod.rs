@@ -14,14 +14,17 @@
 //!   generated columns, partitions, views, materialized views, grants on
 //!   system objects), post-data (indexes, constraints, foreign keys,
 //!   triggers, rules, policies, statistics, materialized view refreshes,
-//!   default privileges, publications, event triggers last); each object's
+//!   default privileges, publications, subscriptions, event triggers
+//!   last), large objects (created empty: their contents are data); each
+//!   object's
 //!   owner, comment and grants are entries of their own (`OWNER`,
 //!   `COMMENT`, `ACL`) that depend on it. On Greenplum and Cloudberry
 //!   also distribution policies, append-optimized storage, column
 //!   encodings, external tables, resource queues and groups (see
 //!   `greenplum`, written from their sources and untested here).
-//! * [`uncarried`] lists what a backup would leave out (large objects,
-//!   subscriptions, security labels, any catalog no collector reads).
+//! * [`uncarried`] lists what a backup would leave out (security labels,
+//!   subscriptions this session may not read, any catalog no collector
+//!   reads).
 //! * [`list_tables`] lists the tables whose rows a backup copies.
 //! * [`select`] picks the entries a filtered restore replays,
 //!   [`redirect_schema`] moves entries to another schema.
@@ -52,12 +55,14 @@ mod greenplum;
 mod indexes;
 mod inventory;
 mod languages;
+mod large_objects;
 mod operators;
 mod publications;
 mod redirect;
 mod rules;
 mod schemas;
 mod sequences;
+mod subscriptions;
 mod tablelist;
 mod tables;
 mod text_search;
@@ -113,7 +118,7 @@ SET default_tablespace = ''; \
 SET default_table_access_method = heap;";
 
 /// Oldest server release `collect` reads (Cloudberry is built on 14).
-const MIN_SERVER_VERSION: u32 = 140000;
+const MIN_SERVER_VERSION: u32 = 130000;
 
 /// Read the catalogs of the connected database and return its objects as
 /// table-of-contents entries, numbered in replay order (`id` 1..), with
@@ -128,7 +133,7 @@ pub async fn collect(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Vec<To
     let version = conn.server_version_num();
     if version != 0 && version < MIN_SERVER_VERSION {
         return Err(Error::Usage(format!(
-            "the logical backup reads the catalogs of PostgreSQL 14 or later (or Cloudberry); \
+            "the logical backup reads the catalogs of PostgreSQL 13 or later (or Cloudberry); \
              this server is version {}.{}: use pg_dump for it",
             version / 10000,
             version % 10000 / 100
@@ -234,6 +239,8 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
     acl::collect_default_privileges(conn, &mut g).await?;
     publications::collect(conn, &mut g).await?;
     event_triggers::collect(conn, &mut g).await?;
+    large_objects::collect(conn, &mut g).await?;
+    subscriptions::collect(conn, &mut g).await?;
     bind_derived_types(conn, &mut g).await?;
     let (depend, internal) = read_depend(conn).await?;
     // Objects that exist only as part of another (a range type's
@@ -259,15 +266,20 @@ async fn collect_objects(conn: &mut PgConn, opts: &MetadataOptions) -> Result<Ve
 /// Row types and array types belong to the entry of their relation or
 /// element type (a column of type `t[]` needs `t`).
 async fn bind_derived_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
-    let rows = query(
+    // Before 14, a true array type is a varlena with an element type.
+    let is_array = since(
         conn,
-        "row and array types",
-        "SELECT t.oid, t.typrelid, t.typelem, t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc AS is_array \
+        140000,
+        "t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc",
+        "t.typlen = -1",
+    );
+    let sql = format!(
+        "SELECT t.oid, t.typrelid, t.typelem, {is_array} AS is_array \
          FROM pg_catalog.pg_type t \
          WHERE t.oid >= 16384 AND (t.typrelid <> 0 OR t.typelem <> 0) \
-         ORDER BY t.oid",
-    )
-    .await?;
+         ORDER BY t.oid"
+    );
+    let rows = query(conn, "row and array types", &sql).await?;
     // Row types first: an array of a row type then finds its table.
     for r in &rows {
         let rel = r.oid("typrelid")?;
@@ -382,6 +394,17 @@ impl RowExt for Row {
             Err(PgError::Column { .. }) if self.get_by_name(col).is_none() => Ok(None),
             r => r.context(CATALOG_QUERY),
         }
+    }
+}
+
+/// `expr` on servers of release `version` or later (`150000`), else
+/// `older` (a column or function the older catalog lacks).
+pub(crate) fn since<'a>(conn: &PgConn, version: u32, expr: &'a str, older: &'a str) -> &'a str {
+    let v = conn.server_version_num();
+    if v == 0 || v >= version {
+        expr
+    } else {
+        older
     }
 }
 

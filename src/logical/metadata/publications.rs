@@ -52,22 +52,26 @@ pub(crate) async fn collect(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         add_comment(g, &t, r.opt("comment")?.as_deref());
     }
 
-    let rows = query(
+    // Row filters and column lists are 15's.
+    let filter_and_columns = super::since(
         conn,
-        "publication tables",
+        150000,
+        "CASE WHEN pr.prqual IS NOT NULL THEN pg_catalog.pg_get_expr(pr.prqual, pr.prrelid) END AS filter, \
+         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY k.ord) \
+           FROM pg_catalog.unnest(pr.prattrs::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.attnum) AS columns",
+        "NULL::text AS filter, NULL::text AS columns",
+    );
+    let sql = format!(
         "SELECT pr.oid, pr.prpubid, pr.prrelid, p.pubname, n.nspname, c.relname, \
-                pg_catalog.format('%I.%I', n.nspname, c.relname) AS qname, \
-                CASE WHEN pr.prqual IS NOT NULL THEN pg_catalog.pg_get_expr(pr.prqual, pr.prrelid) END AS filter, \
-                (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY k.ord) \
-                  FROM pg_catalog.unnest(pr.prattrs::int2[]) WITH ORDINALITY AS k(attnum, ord) \
-                  JOIN pg_catalog.pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.attnum) AS columns \
+                pg_catalog.format('%I.%I', n.nspname, c.relname) AS qname, {filter_and_columns} \
          FROM pg_catalog.pg_publication_rel pr \
          JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
          JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         ORDER BY p.pubname, n.nspname, c.relname",
-    )
-    .await?;
+         ORDER BY p.pubname, n.nspname, c.relname"
+    );
+    let rows = query(conn, "publication tables", &sql).await?;
     for r in rows {
         let pubname = r.text("pubname")?;
         let table = super::qname(&r.text("nspname")?, &r.text("relname")?);

@@ -97,7 +97,7 @@ pub(crate) async fn read_columns(
                 'collation', CASE WHEN a.attcollation <> t.typcollation THEN {coll} END, \
                 'storage', CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage::text END, \
                 'stattarget', a.attstattarget, 'options', pg_catalog.array_to_json(a.attoptions), \
-                'compression', nullif(a.attcompression::text, ''), \
+                'compression', {compression}, \
                 'comment', pg_catalog.col_description(a.attrelid, a.attnum), \
                 'acl', {acl}, 'fdw_options', pg_catalog.array_to_json(a.attfdwoptions)) AS col \
          FROM pg_catalog.pg_attribute a \
@@ -112,6 +112,13 @@ pub(crate) async fn read_columns(
         acl = acl_json("a.attacl"),
         user = user_schema("n"),
         ext = not_extension_member("pg_class", "c.oid"),
+        // Column compression is 14's.
+        compression = super::since(
+            conn,
+            140000,
+            "nullif(a.attcompression::text, '')",
+            "NULL::text"
+        ),
     );
     let mut out: HashMap<u32, Vec<Column>> = HashMap::new();
     for r in query(conn, "columns", &sql).await? {
@@ -469,7 +476,7 @@ pub(crate) async fn collect(
                         'seqname', pg_catalog.format('%I.%I', sn.nspname, sc.relname), \
                         'start', s.seqstart::text, 'increment', s.seqincrement::text, 'min', s.seqmin::text, \
                         'max', s.seqmax::text, 'cache', s.seqcache::text, 'cycle', s.seqcycle, \
-                        'persistence', sc.relpersistence::text)) \
+                        'persistence', {seq_persistence})) \
                   FROM pg_catalog.pg_depend d \
                   JOIN pg_catalog.pg_sequence s ON s.seqrelid = d.objid \
                   JOIN pg_catalog.pg_class sc ON sc.oid = s.seqrelid \
@@ -489,6 +496,14 @@ pub(crate) async fn collect(
         acl = acl_json("c.relacl"),
         user = user_schema("n"),
         ext = not_extension_member("pg_class", "c.oid"),
+        // Unlogged sequences are 15's: before, an identity sequence is
+        // its table's (no LOGGED/UNLOGGED to write).
+        seq_persistence = super::since(
+            conn,
+            150000,
+            "sc.relpersistence::text",
+            "c.relpersistence::text"
+        ),
     );
     let rows = query(conn, "tables", &sql).await?;
     let mut columns = read_columns(conn, "'r', 'p', 'f'").await?;

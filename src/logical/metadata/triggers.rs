@@ -81,11 +81,13 @@ fn enable_sql(table: &str, trigger: &str, enabled: &str) -> String {
     }
 }
 
+/// A partition's clones of its parent's triggers whose enable state is
+/// their own (before 15 a clone is internal: not a constraint's trigger).
 async fn collect_clone_states(conn: &mut PgConn, g: &mut Graph, tables: &Tables) -> Result<()> {
     let rows = query(
         conn,
         "partition trigger states",
-        "SELECT t.tgname, t.tgrelid, t.tgparentid, t.tgenabled::text AS enabled          FROM pg_catalog.pg_trigger t          JOIN pg_catalog.pg_trigger p ON p.oid = t.tgparentid          JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace          WHERE NOT t.tgisinternal AND t.tgparentid <> 0 AND t.tgenabled <> p.tgenabled          ORDER BY n.nspname, c.relname, t.tgname",
+        "SELECT t.tgname, t.tgrelid, t.tgparentid, t.tgenabled::text AS enabled          FROM pg_catalog.pg_trigger t          JOIN pg_catalog.pg_trigger p ON p.oid = t.tgparentid          JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace          WHERE (NOT t.tgisinternal OR t.tgconstraint = 0) AND t.tgparentid <> 0 AND t.tgenabled <> p.tgenabled          ORDER BY n.nspname, c.relname, t.tgname",
     )
     .await?;
     for r in rows {

@@ -45,8 +45,11 @@ const BASE_TYPE_FUNCTIONS: &[(&str, &str)] = &[
 ];
 
 async fn collect_base_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
+    // typsubscript is 14's.
+    let has_subscript = conn.server_version_num() == 0 || conn.server_version_num() >= 140000;
     let funcs: Vec<String> = BASE_TYPE_FUNCTIONS
         .iter()
+        .filter(|(col, _)| has_subscript || *col != "typsubscript")
         .map(|(col, _)| {
             format!(
                 "CASE WHEN t.{col} <> 0 THEN pg_catalog.json_build_array(t.{col}::pg_catalog.oid::int8, t.{col}::pg_catalog.regproc::text) END AS {col}"
@@ -239,10 +242,7 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
                 CASE WHEN r.rngcollation <> 0 AND r.rngcollation <> st.typcollation THEN {rngcoll} END AS rng_collation, \
                 CASE WHEN r.rngcanonical <> 0 THEN r.rngcanonical::pg_catalog.regproc::text END AS rng_canonical, \
                 CASE WHEN r.rngsubdiff <> 0 THEN r.rngsubdiff::pg_catalog.regproc::text END AS rng_subdiff, \
-                r.rngmultitypid, \
-                CASE WHEN r.rngmultitypid <> 0 THEN (SELECT pg_catalog.format('%I.%I', mn.nspname, mt.typname) \
-                    FROM pg_catalog.pg_type mt JOIN pg_catalog.pg_namespace mn ON mn.oid = mt.typnamespace \
-                    WHERE mt.oid = r.rngmultitypid) END AS rng_multirange, \
+                {multirange}, \
                 pg_catalog.format_type(t.typbasetype, t.typtypmod) AS dom_base, t.typnotnull, \
                 pg_catalog.pg_get_expr(t.typdefaultbin, 0) AS dom_default_expr, t.typdefault AS dom_default, \
                 CASE WHEN t.typtype = 'd' AND t.typcollation <> bt.typcollation THEN {domcoll} END AS dom_collation, \
@@ -264,6 +264,16 @@ async fn collect_types(conn: &mut PgConn, g: &mut Graph) -> Result<()> {
         acl = acl_json("t.typacl"),
         attcoll = collation_name_sql("a.attcollation"),
         rngcoll = collation_name_sql("r.rngcollation"),
+        // Multiranges are 14's.
+        multirange = super::since(
+            conn,
+            140000,
+            "r.rngmultitypid, \
+             CASE WHEN r.rngmultitypid <> 0 THEN (SELECT pg_catalog.format('%I.%I', mn.nspname, mt.typname) \
+                 FROM pg_catalog.pg_type mt JOIN pg_catalog.pg_namespace mn ON mn.oid = mt.typnamespace \
+                 WHERE mt.oid = r.rngmultitypid) END AS rng_multirange",
+            "NULL::oid AS rngmultitypid, NULL::text AS rng_multirange",
+        ),
         domcoll = collation_name_sql("t.typcollation"),
         user = user_schema("n"),
         ext = not_extension_member("pg_type", "t.oid"),

@@ -87,11 +87,17 @@ pub(super) async fn check_objects(
                 })
         })
         .map(|t| t.location.key());
+    let large_objects = b
+        .large_objects
+        .iter()
+        .filter(|_| restore_data && !req.filter.has_includes())
+        .map(|l| l.location.key());
     let keys: BTreeSet<&str> = [&b.metadata, &b.toc]
         .into_iter()
         .flatten()
         .map(|o| o.key.as_str())
         .chain(tables)
+        .chain(large_objects)
         .collect();
     // One listing per backup of the chain, rather than a request per table.
     let mut stored: HashSet<String> = HashSet::new();

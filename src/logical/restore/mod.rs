@@ -361,6 +361,9 @@ async fn restore_into(
         }
         tracing::info!("pre-data done in {:.2} s", t.elapsed().as_secs_f64());
     }
+    if restore_data {
+        restore_large_objects(repo, req, b, &mut main, restore_metadata, state).await?;
+    }
 
     // Data and post-data, in parallel.
     let post: Vec<TocEntry> = if restore_metadata {
@@ -428,6 +431,37 @@ async fn restore_into(
         c.close().await;
     }
     Ok(())
+}
+
+/// The large objects' contents, on the main connection before the tables
+/// (a whole-database restore only: not with an include filter, as
+/// pg_restore's `-n`/`-t` leave them out).
+async fn restore_large_objects(
+    repo: &Repo,
+    req: &RestoreRequest,
+    b: &LogicalBackupRecord,
+    main: &mut PgConn,
+    created: bool,
+    state: &mut State,
+) -> Result<()> {
+    let Some(lo) = &b.large_objects else {
+        return Ok(());
+    };
+    if req.filter.has_includes() {
+        return Ok(());
+    }
+    if req.progress {
+        println!("Restoring {} large objects", lo.objects);
+    }
+    match super::large_objects::restore(repo, main, lo, created, req.queue).await {
+        Ok(r) => {
+            tracing::info!("{} large objects restored, {} bytes", r.objects, r.bytes);
+            Ok(())
+        }
+        // A damaged backup stops the restore whatever the flags say.
+        Err(e @ (Error::Integrity(_) | Error::Codec(_))) => Err(e),
+        Err(e) => fail(req, state, "data", "large objects".into(), e.to_string()),
+    }
 }
 
 async fn load_entries(repo: &Repo, b: &LogicalBackupRecord) -> Result<Vec<TocEntry>> {
