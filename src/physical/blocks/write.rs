@@ -24,11 +24,21 @@ const UPLOADS: usize = 2;
 /// Extents encoded at once (on the blocking pool), appended in order.
 const ENCODING: usize = 3;
 
+/// How far past a map it needs a read of the base's map packs goes: the
+/// maps of the files that follow in the base's order come with it (a new
+/// backup meets the files in much the same order), one round trip for
+/// many maps instead of one each.
+const MAP_READ_AHEAD: u64 = 2 << 20;
+
 /// The base of one archive: its backup and the index of its large files.
 pub struct BaseArchive {
     pub record: BackupRecord,
     pub archive: String,
     pub index: HashMap<String, IndexEntry>,
+    /// Where each map pack's last map ends (no read goes past it).
+    pack_ends: HashMap<u32, u64>,
+    /// The last read of a map pack: (pack, offset, bytes).
+    window: std::sync::Mutex<Option<(u32, u64, Bytes)>>,
 }
 
 impl BaseArchive {
@@ -47,11 +57,46 @@ impl BaseArchive {
             .get_json(&key)
             .await
             .map_err(|e| base_damaged(base, e))?;
+        let mut pack_ends: HashMap<u32, u64> = HashMap::new();
+        for e in entries.iter().filter(|e| e.map.is_none()) {
+            let end = pack_ends.entry(e.pack).or_default();
+            *end = (*end).max(e.offset + e.len as u64);
+        }
         Ok(Some(BaseArchive {
             record: base.clone(),
             archive: archive.to_string(),
             index: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+            pack_ends,
+            window: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// The stored bytes of the map `e` points at: from the last read when
+    /// it holds them, else from a read that also takes up to
+    /// [`MAP_READ_AHEAD`] bytes after them (never past the pack's last map).
+    async fn map_bytes(&self, repo: &Repo, key: &str, e: &IndexEntry) -> Result<Vec<u8>> {
+        let (start, len) = (e.offset, e.len as u64);
+        let held = |w: &Option<(u32, u64, Bytes)>| match w {
+            Some((pack, at, bytes))
+                if *pack == e.pack && *at <= start && start + len <= at + bytes.len() as u64 =>
+            {
+                let from = (start - at) as usize;
+                Some(bytes[from..from + len as usize].to_vec())
+            }
+            _ => None,
+        };
+        if let Some(b) = held(&self.window.lock().expect("map window")) {
+            return Ok(b);
+        }
+        let pack_end = self.pack_ends.get(&e.pack).copied().unwrap_or(start + len);
+        let read = (start + len.max(MAP_READ_AHEAD))
+            .min(pack_end)
+            .max(start + len)
+            - start;
+        let bytes = Bytes::from(read_range(repo, key, start, read).await?);
+        let mut w = self.window.lock().expect("map window");
+        *w = Some((e.pack, start, bytes));
+        Ok(held(&w).expect("the read holds the map"))
     }
 
     /// The base's map of `path`, if it has one.
@@ -73,7 +118,8 @@ impl BaseArchive {
             return Ok(Some(map.clone()));
         }
         let key = layout::map_pack_key(b.content_id, &b.name, &self.archive, e.pack);
-        let bytes = read_range(repo, &key, e.offset, e.len as u64)
+        let bytes = self
+            .map_bytes(repo, &key, e)
             .await
             .map_err(|e| base_damaged(b, e))?;
         let (repo2, key2, seq) = (repo.clone(), key.clone(), e.seq);
