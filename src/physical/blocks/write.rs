@@ -944,6 +944,84 @@ mod tests {
         out
     }
 
+    #[tokio::test]
+    async fn base_maps_are_read_ahead_within_their_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(crate::storage::FsStorage::new(dir.path()).unwrap());
+        let repo = Repo::new(storage, Codec::new(Compression::Lz4, None, None));
+        let pack: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+        let key = "pack";
+        repo.storage
+            .put(key, crate::storage::body_from_bytes(pack.clone()))
+            .await
+            .unwrap();
+        let entry = |path: &str, offset: u64, len: u32| IndexEntry {
+            path: path.into(),
+            pack: 0,
+            seq: 0,
+            offset,
+            len,
+            map: None,
+        };
+        let entries = [
+            entry("a", 10, 100),
+            entry("b", 1000, 200),
+            entry("c", 3 << 20, 50),
+            entry("d", (5 << 20) - 10, 10),
+        ];
+        let archive = ArchiveRecord {
+            name: "base".into(),
+            tablespace_path: None,
+            parts: 0,
+            plain_bytes: 0,
+            stored_bytes: 0,
+            server_compression: None,
+            map_parts: 1,
+        };
+        let base = BaseArchive {
+            record: record("b", archive, vec!["b".into()]),
+            archive: "base".into(),
+            index: HashMap::new(),
+            pack_ends: HashMap::from([(0, 5 << 20)]),
+            window: std::sync::Mutex::new(None),
+        };
+        let want =
+            |e: &IndexEntry| pack[e.offset as usize..(e.offset + e.len as u64) as usize].to_vec();
+        assert_eq!(
+            base.map_bytes(&repo, key, &entries[0]).await.unwrap(),
+            want(&entries[0])
+        );
+        // The pack is gone: the next map is served from the read ahead.
+        repo.storage.delete(key).await.unwrap();
+        assert_eq!(
+            base.map_bytes(&repo, key, &entries[1]).await.unwrap(),
+            want(&entries[1])
+        );
+        assert_eq!(
+            base.map_bytes(&repo, key, &entries[0]).await.unwrap(),
+            want(&entries[0])
+        );
+        // Beyond the window: a new read (which fails now, naming the pack).
+        let e = base.map_bytes(&repo, key, &entries[2]).await.unwrap_err();
+        assert!(e.to_string().contains(key), "{e}");
+        // A read near the pack's end stops at it.
+        repo.storage
+            .put(key, crate::storage::body_from_bytes(pack.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            base.map_bytes(&repo, key, &entries[2]).await.unwrap(),
+            want(&entries[2])
+        );
+        assert_eq!(
+            base.map_bytes(&repo, key, &entries[3]).await.unwrap(),
+            want(&entries[3])
+        );
+        let w = base.window.lock().unwrap();
+        let (_, at, bytes) = w.as_ref().unwrap();
+        assert!(at + bytes.len() as u64 <= 5 << 20);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_delta_stores_the_blocks_whose_content_changed() {
         let dir = tempfile::tempdir().unwrap();
