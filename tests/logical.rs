@@ -181,66 +181,11 @@ fn load_zoo(server: &PgServer, db: &str) {
     server.psql_db(db, DATA);
 }
 
-/// `pg_dump --schema-only` of a database with its large objects' entries
+/// `pg_dump` of a database's schema with its large objects' entries
 /// (BLOB, their owners, comments and grants: pre-data, which
-/// `--schema-only` leaves out), without the random \restrict key.
+/// `--schema-only` leaves out).
 fn schema_dump(server: &PgServer, db: &str) -> String {
-    let out = pg_command(pg_bin("pg_dump"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
-        .arg(server.port().to_string())
-        .args(["--section=pre-data", "--section=post-data", "-b", db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Row count and md5 of the ordered rows of every table (and the state of
-/// every sequence, the size and md5 of every large object) of a database.
-fn checksums(server: &PgServer, db: &str) -> BTreeMap<String, String> {
-    let tables = server.psql_db(
-        db,
-        "SELECT format('%I.%I', n.nspname, c.relname), \
-                CASE WHEN c.relispopulated THEN c.relkind::text ELSE 'unpopulated' END \
-           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-          WHERE c.relkind IN ('r', 'S', 'm') AND n.nspname !~ '^pg_' \
-            AND n.nspname <> 'information_schema' ORDER BY 1",
-    );
-    let mut out = BTreeMap::new();
-    for line in tables.lines().filter(|l| !l.is_empty()) {
-        let (name, kind) = line.rsplit_once('|').unwrap();
-        if kind == "unpopulated" {
-            out.insert(name.to_string(), kind.to_string());
-            continue;
-        }
-        let sql = if kind == "S" {
-            format!("SELECT last_value || '/' || is_called FROM {name}")
-        } else {
-            format!(
-                "SELECT count(*) || '/' || coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {name} t"
-            )
-        };
-        out.insert(name.to_string(), server.psql_db(db, &sql));
-    }
-    let los = server.psql_db(
-        db,
-        "SELECT oid, length(lo_get(oid)) || '/' || md5(lo_get(oid)) \
-           FROM pg_largeobject_metadata ORDER BY oid",
-    );
-    for line in los.lines().filter(|l| !l.is_empty()) {
-        let (oid, digest) = line.split_once('|').unwrap();
-        out.insert(format!("large object {oid}"), digest.to_string());
-    }
-    out
+    server.pg_dump(&["--section=pre-data", "--section=post-data", "-b", db])
 }
 
 fn assert_same_database(server: &PgServer, a: &str, b: &str) {
@@ -260,11 +205,7 @@ fn assert_same_database(server: &PgServer, a: &str, b: &str) {
             diff.join("\n")
         );
     }
-    assert_eq!(
-        checksums(server, a),
-        checksums(server, b),
-        "data of {a} and {b}"
-    );
+    assert_eq!(server.digests(a), server.digests(b), "data of {a} and {b}");
 }
 
 #[test]
@@ -424,8 +365,8 @@ fn single_data_file_leaf_partitions_and_filtered_restores() {
             "zoo.visits",
         ],
     );
-    let got = checksums(&e.server, "onlyvisits");
-    let want = checksums(&e.server, "zoo");
+    let got = e.server.digests("onlyvisits");
+    let want = e.server.digests("zoo");
     for leaf in [
         "zoo.visits_north_2023",
         "zoo.visits_east",
@@ -448,7 +389,7 @@ fn single_data_file_leaf_partitions_and_filtered_restores() {
             "target",
         ],
     );
-    let got = checksums(&e.server, "redir");
+    let got = e.server.digests("redir");
     assert_eq!(got.get("target.mixed"), want.get("data.mixed"));
     let idx = e.server.psql_db(
         "redir",
@@ -510,10 +451,10 @@ fn backup_filters_metadata_only_and_data_only() {
         .collect();
     assert_eq!(names, ["data.part"], "{names:?}");
     e.restore(&ts, &["--create-db", "--redirect-db", "dataonly_schema"]);
-    let got = checksums(&e.server, "dataonly_schema");
+    let got = e.server.digests("dataonly_schema");
     assert_eq!(
         got.get("data.part_2024"),
-        checksums(&e.server, "zoo").get("data.part_2024")
+        e.server.digests("zoo").get("data.part_2024")
     );
     assert!(
         !got.contains_key("data.mixed") && !got.contains_key("zoo.animals"),
@@ -590,8 +531,8 @@ fn backup_filters_metadata_only_and_data_only() {
         &data,
         &["--redirect-db", "split", "--data-only", "--truncate-table"],
     );
-    let got = checksums(&e.server, "split");
-    let want = checksums(&e.server, "zoo");
+    let got = e.server.digests("split");
+    let want = e.server.digests("zoo");
     for t in [
         "data.mixed",
         "zoo.animals",
@@ -1312,8 +1253,8 @@ fn garage_round_trip_with_ranged_reads() {
         ],
     );
     assert_eq!(
-        checksums(&e.server, "one").get("data.mixed"),
-        checksums(&e.server, "zoo").get("data.mixed")
+        e.server.digests("one").get("data.mixed"),
+        e.server.digests("zoo").get("data.mixed")
     );
     let listing = e.logical_listing();
     assert_eq!(listing.len(), 1);

@@ -727,10 +727,16 @@ impl PgServer {
     /// `pg_dump` of the `postgres` database, without what differs between
     /// two dumps of the same data (pg_dump 15.14+'s random `\restrict` key).
     pub fn dump(&self) -> String {
+        self.pg_dump(&["--no-comments", "postgres"])
+    }
+
+    /// `pg_dump ARGS` of this server, without the lines that differ between
+    /// two dumps of the same data (the random `\restrict` key).
+    pub fn pg_dump(&self, args: &[&str]) -> String {
         let out = pg_command(pg_bin("pg_dump"))
             .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
             .arg(self.port().to_string())
-            .args(["--no-comments", "postgres"])
+            .args(args)
             .output()
             .unwrap();
         assert!(
@@ -744,6 +750,46 @@ impl PgServer {
             .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Row count and md5 of the ordered rows of every table (and the state
+    /// of every sequence, which materialized views are unpopulated, the
+    /// size and md5 of every large object, as `large object OID`) of `db`.
+    pub fn digests(&self, db: &str) -> std::collections::BTreeMap<String, String> {
+        let tables = self.psql_db(
+            db,
+            "SELECT format('%I.%I', n.nspname, c.relname), \
+                    CASE WHEN c.relispopulated THEN c.relkind::text ELSE 'unpopulated' END \
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relkind IN ('r', 'S', 'm') AND n.nspname !~ '^pg_' \
+                AND n.nspname <> 'information_schema' ORDER BY 1",
+        );
+        let mut out = std::collections::BTreeMap::new();
+        for line in tables.lines().filter(|l| !l.is_empty()) {
+            let (name, kind) = line.rsplit_once('|').unwrap();
+            if kind == "unpopulated" {
+                out.insert(name.to_string(), kind.to_string());
+                continue;
+            }
+            let sql = if kind == "S" {
+                format!("SELECT last_value || '/' || is_called FROM {name}")
+            } else {
+                format!(
+                    "SELECT count(*) || '/' || coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {name} t"
+                )
+            };
+            out.insert(name.to_string(), self.psql_db(db, &sql));
+        }
+        let los = self.psql_db(
+            db,
+            "SELECT oid, length(lo_get(oid)) || '/' || md5(lo_get(oid)) \
+               FROM pg_largeobject_metadata ORDER BY oid",
+        );
+        for line in los.lines().filter(|l| !l.is_empty()) {
+            let (oid, digest) = line.split_once('|').unwrap();
+            out.insert(format!("large object {oid}"), digest.to_string());
+        }
+        out
     }
 
     /// Wait (up to 120 s) until the server has left recovery
