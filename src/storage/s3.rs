@@ -310,6 +310,30 @@ impl S3Storage {
         Ok(Box::pin(stream))
     }
 
+    /// One page of ListObjectsV2 under `full_prefix` (with `delimiter`:
+    /// the common prefixes too), from `token` on.
+    async fn list_page(
+        &self,
+        full_prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+    ) -> Result<
+        aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output,
+        SdkError<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error>,
+    > {
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(full_prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .set_continuation_token(token)
+            .set_max_keys(self.list_page_size)
+            .customize()
+            .config_override(self.small())
+            .send()
+            .await
+    }
+
     async fn put_object(
         &self,
         key: &str,
@@ -755,16 +779,7 @@ impl Storage for S3Storage {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .delimiter("/")
-                .set_continuation_token(token.take())
-                .set_max_keys(self.list_page_size)
-                .customize()
-                .config_override(self.small())
-                .send()
+                .list_page(&full_prefix, Some("/"), token.take())
                 .await
                 .map_err(|e| self.remote("list", &format!("{prefix}*/"), &e))?;
             dirs.extend(
@@ -794,15 +809,7 @@ impl Storage for S3Storage {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .set_continuation_token(token.take())
-                .set_max_keys(self.list_page_size)
-                .customize()
-                .config_override(self.small())
-                .send()
+                .list_page(&full_prefix, None, token.take())
                 .await
                 .map_err(|e| self.remote("list", &format!("{prefix}*"), &e))?;
             for object in page.contents() {
