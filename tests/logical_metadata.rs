@@ -91,27 +91,16 @@ fn replay(server: &PgServer, db: &str, entries: &[TocEntry], skip: impl Fn(&TocE
 /// the large objects' entries), without the
 /// lines that differ between runs (`\restrict` keys).
 fn pg_dump(server: &PgServer, db: &str, args: &[&str]) -> String {
-    let out = pg_command(pg_bin("pg_dump"))
-        .arg("-h")
-        .arg(server.socket_dir())
-        .args(["-p", &server.port().to_string(), "-U", "postgres"])
-        // A whole-database dump shows the large objects' entries too (BLOB,
-        // owners, comments, grants: pre-data, left out by --schema-only).
-        .args(if args.is_empty() {
-            &["--section=pre-data", "--section=post-data", "-b"][..]
-        } else {
-            &["--schema-only"][..]
-        })
-        .args(args)
-        .arg(db)
-        .output()
-        .expect("run pg_dump");
-    assert!(
-        out.status.success(),
-        "pg_dump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    strip_volatile(&String::from_utf8_lossy(&out.stdout))
+    // A whole-database dump shows the large objects' entries too (BLOB,
+    // owners, comments, grants: pre-data, left out by --schema-only).
+    let mut all: Vec<&str> = if args.is_empty() {
+        vec!["--section=pre-data", "--section=post-data", "-b"]
+    } else {
+        vec!["--schema-only"]
+    };
+    all.extend_from_slice(args);
+    all.push(db);
+    server.pg_dump(&all)
 }
 
 /// `pg_dump -Fc src | pg_restore -d dst`, as a DBA copies a database.
